@@ -1,0 +1,77 @@
+"""daemonapp: long-running daemons, listeners and jobs on one Twisted reactor.
+
+The names below are the supported public API. They load lazily (PEP 562) so that
+``daemonapp.cgi_frontend`` can run a CGI request without importing Twisted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from daemonapp._version import __version__
+
+if TYPE_CHECKING:
+    from daemonapp.app import DaemonApp
+    from daemonapp.daemon import Daemon
+    from daemonapp.durations import parse_duration, parse_size
+    from daemonapp.interfaces import (
+        IActivityMonitor,
+        IAsyncLock,
+        IDaemon,
+        IJobStore,
+        IListener,
+        ILockBackend,
+        ILockProvider,
+        IScheduler,
+    )
+    from daemonapp.locks import HighlanderBusy, highlander
+
+_LAZY = {
+    "Daemon": "daemonapp.daemon",
+    "DaemonApp": "daemonapp.app",
+    "parse_duration": "daemonapp.durations",
+    "parse_size": "daemonapp.durations",
+    "IActivityMonitor": "daemonapp.interfaces",
+    "IAsyncLock": "daemonapp.interfaces",
+    "IDaemon": "daemonapp.interfaces",
+    "IJobStore": "daemonapp.interfaces",
+    "IListener": "daemonapp.interfaces",
+    "ILockBackend": "daemonapp.interfaces",
+    "ILockProvider": "daemonapp.interfaces",
+    "IScheduler": "daemonapp.interfaces",
+    "highlander": "daemonapp.locks",
+    "HighlanderBusy": "daemonapp.locks",
+}
+
+__all__ = [
+    "Daemon",
+    "DaemonApp",
+    "HighlanderBusy",
+    "IActivityMonitor",
+    "IAsyncLock",
+    "IDaemon",
+    "IJobStore",
+    "IListener",
+    "ILockBackend",
+    "ILockProvider",
+    "IScheduler",
+    "__version__",
+    "highlander",
+    "parse_duration",
+    "parse_size",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'daemonapp' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

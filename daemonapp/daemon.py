@@ -1,0 +1,603 @@
+"""Daemon: a unit of periodic work that reschedules itself, and its backoff rule.
+
+A Daemon knows how to run (get_work / do_work until the work or the budget runs out)
+and how long to wait afterwards; *when* it runs is the scheduler's business (an
+IScheduler, normally the DaemonApp), which it never imports.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Mapping
+from inspect import iscoroutine
+from typing import Any, ClassVar
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from daemonapp.durations import parse_duration
+from daemonapp.interfaces import IAsyncLock, IDaemon, IScheduler
+
+__all__ = [
+    "ENDED",
+    "FAILED",
+    "IDLE",
+    "LOCKED_OUT",
+    "READY",
+    "WAITING",
+    "WORKED",
+    "YIELDED",
+    "Daemon",
+    "OptionError",
+    "SeedDaemon",
+    "default_maximum_idle",
+    "idle_delays",
+    "next_idle_delay",
+]
+
+log = Logger()
+
+WORKED = "worked"
+YIELDED = "yielded"
+IDLE = "idle"
+FAILED = "failed"
+LOCKED_OUT = "locked-out"
+
+# What Daemon._advance tells the scheduler.
+READY = 0  # the run goes on: keep the daemon in the ready queue
+WAITING = 1  # waiting on a Deferred or a thread; IScheduler.wake(daemon) follows
+ENDED = 2  # the run ended and the daemon told the scheduler when it is due again
+
+#: After a yielded run a daemon holding a lock waits this long before it takes the
+#: lock again, so that a waiter elsewhere gets its turn (DESIGN §5).
+LOCK_YIELD_PAUSE = 0.05
+
+_LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_JOB_REPR_MAX = 1000
+
+# Markers for results that arrive later (a Deferred, a coroutine or a thread).
+_GOT_JOB = "got_job"
+_DID_WORK = "did_work"
+_THREAD_ITEM = "thread_item"
+_HOOK_FAILED = "hook_failed"
+_LOCK_RESULT = "lock_result"
+_LOCK_FAILED = "lock_failed"
+
+
+class OptionError(ValueError):
+    """A bad value for a daemon option; config turns it into FILE:LINE: key: message."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class _ThreadFailure(Exception):
+    """Carries the phase and job of a hook that failed in a worker thread."""
+
+    def __init__(self, phase: str, job: object, failure: Failure) -> None:
+        super().__init__(phase)
+        self.phase = phase
+        self.job = job
+        self.failure = failure
+
+
+def _call_now(function: Callable[..., object], *args: object) -> None:
+    function(*args)
+
+
+def default_maximum_idle(run_every: float, increase_idle_by: float,
+                         multiply_idle_by: float) -> float:
+    """The cap on the idle delay when maximum_idle is not set (DESIGN §1)."""
+    if multiply_idle_by > 1:
+        return 8 * run_every
+    return run_every + 3 * increase_idle_by
+
+
+def next_idle_delay(previous: float | None, run_every: float, increase_idle_by: float,
+                    multiply_idle_by: float, maximum_idle: float) -> float:
+    """The delay after one more idle (or failed, or locked-out) run.
+
+    ``previous`` is the delay chosen after the last run of the idle streak, None
+    when the streak starts: d1 = min(max, run_every * mult + inc), then
+    dk = min(max, dk-1 * mult + inc).
+    """
+    base = run_every if previous is None else previous
+    return min(maximum_idle, base * multiply_idle_by + increase_idle_by)
+
+
+def idle_delays(run_every: float, increase_idle_by: float = 0.0, multiply_idle_by: float = 1.0,
+                maximum_idle: float | None = None, count: int = 5) -> list[float]:
+    """The first ``count`` delays of an idle streak (for `daemonapp check` and docs)."""
+    if maximum_idle is None:
+        maximum_idle = default_maximum_idle(run_every, increase_idle_by, multiply_idle_by)
+    delays: list[float] = []
+    previous: float | None = None
+    for _ in range(count):
+        previous = next_idle_delay(previous, run_every, increase_idle_by, multiply_idle_by,
+                                   maximum_idle)
+        delays.append(previous)
+    return delays
+
+
+def _duration(key: str, value: object, *, positive: bool = False) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise OptionError(key, str(e)) from None
+    if positive and seconds <= 0:
+        raise OptionError(key, f"expected a duration above zero, got {value!r}")
+    return seconds
+
+
+def _optional_duration(key: str, value: object) -> float | None:
+    return None if value is None else _duration(key, value, positive=True)
+
+
+def _number(key: str, value: object, *, minimum: float, below: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise OptionError(key, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise OptionError(key, f"expected a number, got {value!r}") from None
+    if math.isnan(number) or number < minimum or (below is not None and number >= below):
+        bound = f"from {minimum:g} up to (not including) {below:g}" if below is not None \
+            else f"of at least {minimum:g}"
+        raise OptionError(key, f"expected a number {bound}, got {value!r}")
+    return number
+
+
+def _integer(key: str, value: object, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(key, f"expected a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise OptionError(key, f"expected a whole number of at least {minimum}, got {value!r}")
+    return value
+
+
+def _optional_count(key: str, value: object) -> int | None:
+    return None if value is None else _integer(key, value, minimum=1)
+
+
+def _flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _lock_name(key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _LOCK_NAME.match(value):
+        raise OptionError(
+            key, f"expected a lock name of letters, digits, '.', '_' and '-', got {value!r}")
+    return value
+
+
+#: Every Daemon attribute of DESIGN §1 and the converter that checks it.
+_CONVERTERS: dict[str, Callable[[str, object], object]] = {
+    "run_every": lambda k, v: _duration(k, v, positive=True),
+    "increase_idle_by": _duration,
+    "multiply_idle_by": lambda k, v: _number(k, v, minimum=1.0),
+    "maximum_idle": _optional_duration,
+    "priority": _integer,
+    "max_items": _optional_count,
+    "max_seconds": _optional_duration,
+    "jitter": lambda k, v: _number(k, v, minimum=0.0, below=1.0),
+    "in_thread": _flag,
+    "lock": _lock_name,
+    "start_delay": _duration,
+}
+
+
+@implementer(IDaemon)
+class Daemon:
+    """Periodic work that reschedules itself and backs off while idle.
+
+    Subclasses override :meth:`get_work` and :meth:`do_work`; the class
+    attributes below are defaults that keywords (and YAML keys) override.
+    """
+
+    #: The attribute names of DESIGN §1, in its order.
+    ATTRIBUTES: ClassVar[tuple[str, ...]] = tuple(_CONVERTERS)
+
+    run_every: float = 0.0  # required: a subclass or the constructor sets it
+    increase_idle_by: float = 0.0
+    multiply_idle_by: float = 1.0
+    maximum_idle: float | None = None
+    priority: int = 0
+    max_items: int | None = None
+    max_seconds: float | None = None
+    jitter: float = 0.0
+    in_thread: bool = False
+    lock: str | None = None
+    start_delay: float = 0.0
+
+    def __init__(self, *, name: str | None = None, **attributes: Any) -> None:
+        for key in attributes:
+            if key not in _CONVERTERS:
+                raise TypeError(
+                    f"{type(self).__name__}() got an unexpected keyword argument {key!r}: "
+                    f"it is neither a Daemon attribute nor a parameter of "
+                    f"{type(self).__name__}.__init__")
+        for key, convert in _CONVERTERS.items():
+            value = attributes.get(key, getattr(type(self), key))
+            if key == "run_every" and not value:
+                raise OptionError(key, "is required: a duration above zero, like \"30s\"")
+            setattr(self, key, convert(key, value))
+        if self.maximum_idle is None:
+            self.maximum_idle = default_maximum_idle(
+                self.run_every, self.increase_idle_by, self.multiply_idle_by)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise OptionError("name", f"expected a non-empty string, got {name!r}")
+        self.name: str = name or type(self).__name__
+        self.stats: dict[str, Any] = {
+            "runs": 0,
+            "items": 0,
+            "failures": 0,
+            "last_outcome": None,
+            "last_run_at": None,
+            "next_run_at": None,
+            "current_delay": None,
+        }
+        self.app: IScheduler | None = None
+        self._active = False
+        self._stopping = False
+        self._stop_waiters: list[Deferred[None]] = []
+        # The run in progress.
+        self._in_run = False
+        self._inside = False  # inside _advance: results that arrive now are not woken
+        self._resume: tuple[str, Any] | None = None
+        self._run_started = 0.0
+        self._run_items = 0
+        self._phase = "get_work"
+        self._job: object = None
+        self._lock_handle: IAsyncLock | None = None
+        self._lock_held = False
+        # The idle streak: the un-jittered delay after its last run, None when it is over.
+        self._idle_delay: float | None = None
+        # The scheduler's bookkeeping (owned by the scheduler, kept here for speed).
+        self._sched_seq = -1
+        self._due = 0.0
+
+    # ------------------------------------------------------------------ hooks
+
+    def get_work(self) -> Any:
+        """Return a job, or None when there is nothing to do (may be a Deferred)."""
+        return None
+
+    def do_work(self, job: Any) -> Any:
+        """Handle one job returned by :meth:`get_work` (may return a Deferred)."""
+        return None
+
+    # -------------------------------------------------------------- lifecycle
+
+    @property
+    def reactor(self) -> Any:
+        """The scheduler's clock/reactor (available once the daemon was added)."""
+        if self.app is None:
+            raise RuntimeError(f"daemon {self.name!r} was not added to a DaemonApp")
+        return self.app.reactor
+
+    @property
+    def running(self) -> bool:
+        """True while a run is in progress."""
+        return self._in_run
+
+    def start(self) -> None:
+        """Make the first run due start_delay from now."""
+        if self.app is None:
+            raise RuntimeError(
+                f"daemon {self.name!r} has no scheduler: add it with DaemonApp.add(daemon)")
+        if self._active:
+            return
+        self._active = True
+        self._stopping = False
+        self.app.daemon_started(self, self.start_delay)
+
+    def stop(self) -> Deferred[None]:
+        """Run no more; the Deferred fires once a run in progress has ended."""
+        if not self._active:
+            return succeed(None)
+        self._stopping = True
+        if self._in_run:
+            d: Deferred[None] = Deferred()
+            self._stop_waiters.append(d)
+            return d
+        self._deactivate()
+        return succeed(None)
+
+    def _deactivate(self) -> None:
+        self._active = False
+        self._stopping = False
+        self.stats["next_run_at"] = None
+        if self.app is not None:
+            self.app.daemon_stopped(self)
+
+    # ------------------------------------------------------------------- runs
+
+    def _advance(self, deadline: float) -> int:
+        """Run items until the run ends, waits, or the clock passes ``deadline``.
+
+        Runs at least one item. Called by the scheduler only; returns READY,
+        WAITING or ENDED.
+        """
+        app = self.app
+        assert app is not None
+        seconds = app.seconds
+        self._inside = True
+        try:
+            if not self._in_run:
+                self._in_run = True
+                self._run_started = seconds()
+                self._run_items = 0
+                self._resume = None
+                if self.lock is not None:
+                    status = self._take_lock()
+                    if status != READY:
+                        return status
+            get_work = self.get_work
+            do_work = self.do_work
+            max_items = self.max_items
+            max_seconds = self.max_seconds
+            while True:
+                resume = self._resume
+                if resume is not None:
+                    self._resume = None
+                    kind, value = resume
+                    if kind == _GOT_JOB:
+                        job = value
+                    elif kind == _DID_WORK:
+                        job = _DID_WORK
+                    elif kind == _THREAD_ITEM:
+                        job = value if value is None else _DID_WORK
+                    elif kind == _LOCK_RESULT:
+                        if not value:
+                            return self._end(LOCKED_OUT)
+                        self._lock_held = True
+                        continue
+                    elif kind == _LOCK_FAILED:
+                        return self._failed(value, "lock", None)
+                    else:  # _HOOK_FAILED
+                        failure, phase, job = value
+                        return self._failed(failure, phase, job)
+                else:
+                    if self._stopping:
+                        return self._end(WORKED if self._run_items else IDLE)
+                    if self.in_thread:
+                        return self._in_thread()
+                    self._phase = "get_work"
+                    self._job = None
+                    try:
+                        job = get_work()
+                    except Exception:
+                        return self._failed(Failure(), "get_work", None)
+                    if isinstance(job, Deferred) or iscoroutine(job):
+                        status = self._wait(job, _GOT_JOB)
+                        if status == WAITING:
+                            return status
+                        continue
+                if job is None:
+                    return self._end(WORKED if self._run_items else IDLE)
+                if job is not _DID_WORK:
+                    self._phase = "do_work"
+                    self._job = job
+                    try:
+                        result = do_work(job)
+                    except Exception:
+                        return self._failed(Failure(), "do_work", job)
+                    if isinstance(result, Deferred) or iscoroutine(result):
+                        status = self._wait(result, _DID_WORK)
+                        if status == WAITING:
+                            return status
+                        continue
+                # One item is done: the budget is checked after each do_work.
+                self._run_items += 1
+                if max_items is not None and self._run_items >= max_items:
+                    return self._end(YIELDED)
+                now = seconds()
+                if max_seconds is not None and now - self._run_started >= max_seconds:
+                    return self._end(YIELDED)
+                if now >= deadline:
+                    return READY
+        finally:
+            self._inside = False
+
+    def _wait(self, result: Any, kind: str) -> int:
+        """Wait for a Deferred or coroutine; READY when it had already fired."""
+        d: Deferred[Any] = Deferred.fromCoroutine(result) if iscoroutine(result) else result
+        phase, job = self._phase, self._job
+        self._resume = None
+        d.addCallbacks(self._arrived, self._arrived_failure, callbackArgs=(kind,),
+                       errbackArgs=(phase, job))
+        return READY if self._resume is not None else WAITING
+
+    def _arrived(self, value: Any, kind: str) -> None:
+        self._resume = (kind, value)
+        if not self._inside and self.app is not None:
+            self.app.wake(self)
+
+    def _arrived_failure(self, failure: Failure, phase: str, job: object) -> None:
+        if failure.check(_ThreadFailure):
+            exc = failure.value
+            assert isinstance(exc, _ThreadFailure)
+            failure, phase, job = exc.failure, exc.phase, exc.job
+        self._arrived((failure, phase, job), _HOOK_FAILED)
+
+    def _in_thread(self) -> int:
+        """One item (get_work, then do_work when there is a job) in the app's thread pool."""
+        app = self.app
+        assert app is not None
+        self._phase = "get_work"
+        d: Deferred[object] = Deferred()
+        reactor = app.reactor
+        # A task.Clock has no callFromThread: tests pair it with a synchronous pool.
+        call_from_thread = getattr(reactor, "callFromThread", _call_now)
+
+        def on_result(ok: bool, result: object) -> None:
+            call_from_thread(d.callback if ok else d.errback, result)
+
+        app.threadpool.callInThreadWithCallback(on_result, self._thread_item)
+        return self._wait(d, _THREAD_ITEM)
+
+    def _thread_item(self) -> object:
+        try:
+            job = self.get_work()
+        except Exception:
+            raise _ThreadFailure("get_work", None, Failure()) from None
+        if job is None:
+            return None
+        try:
+            self.do_work(job)
+        except Exception:
+            raise _ThreadFailure("do_work", job, Failure()) from None
+        return _DID_WORK
+
+    def _take_lock(self) -> int:
+        app = self.app
+        assert app is not None and self.lock is not None
+        if self._lock_handle is None:
+            self._lock_handle = app.lock_for(self.lock)
+        try:
+            d: Deferred[bool] = self._lock_handle.acquire(app.lock_wait)  # type: ignore[assignment]
+        except Exception:
+            return self._failed(Failure(), "lock", None)
+        self._resume = None
+        d.addCallbacks(self._arrived, self._lock_error, callbackArgs=(_LOCK_RESULT,))
+        if self._resume is None:
+            return WAITING
+        return READY
+
+    def _lock_error(self, failure: Failure) -> None:
+        self._arrived(failure, _LOCK_FAILED)
+
+    def _failed(self, failure: Failure, phase: str, job: object) -> int:
+        text = repr(job)
+        if len(text) > _JOB_REPR_MAX:
+            text = text[:_JOB_REPR_MAX] + "..."
+        log.failure("daemon {daemon} failed in {phase} (job {job})", failure,
+                    daemon=self.name, phase=phase, job=text)
+        self.stats["failures"] += 1
+        return self._end(FAILED)
+
+    def _end(self, outcome: str) -> int:
+        """Close the run, choose the next delay, and hand the daemon back."""
+        app = self.app
+        assert app is not None
+        if outcome in (WORKED, YIELDED):
+            self._idle_delay = None
+            delay = self.run_every if outcome == WORKED else 0.0
+        else:
+            assert self.maximum_idle is not None
+            self._idle_delay = next_idle_delay(self._idle_delay, self.run_every,
+                                               self.increase_idle_by, self.multiply_idle_by,
+                                               self.maximum_idle)
+            delay = self._idle_delay
+        if self.jitter and outcome != YIELDED:
+            delay *= 1.0 + self.jitter * (2.0 * random.random() - 1.0)  # noqa: S311
+        if self._lock_held:
+            self._lock_held = False
+            if outcome == YIELDED:
+                delay = LOCK_YIELD_PAUSE
+            self._release_lock()
+        now = app.seconds()
+        stats = self.stats
+        stats["runs"] += 1
+        stats["items"] += self._run_items
+        stats["last_outcome"] = outcome
+        stats["last_run_at"] = self._run_started
+        stats["current_delay"] = delay
+        self._in_run = False
+        self._job = None
+        if self._stopping:
+            waiters, self._stop_waiters = self._stop_waiters, []
+            self._deactivate()
+            app.run_ended(self, None)
+            for waiter in waiters:
+                waiter.callback(None)
+        else:
+            stats["next_run_at"] = now + delay
+            app.run_ended(self, delay)
+        return ENDED
+
+    def _release_lock(self) -> None:
+        handle = self._lock_handle
+        assert handle is not None
+        try:
+            result = handle.release()
+        except Exception:
+            log.failure("daemon {daemon} could not release lock {lock}",
+                        daemon=self.name, lock=self.lock)
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(
+                lambda f: log.failure("daemon {daemon} could not release lock {lock}", f,
+                                      daemon=self.name, lock=self.lock))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class SeedDaemon(Daemon):
+    """A daemon whose work is to decide which other daemons exist.
+
+    :meth:`reconcile` returns the wanted children as a mapping of key to a
+    zero-argument factory (or a Deferred of one). New keys are built and added
+    to the app as ``"<seed name>/<key>"``; keys that vanished are stopped and
+    removed. A run that changes nothing is idle, so the seed backs off.
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.children: dict[str, Daemon] = {}
+        self._checked = False
+
+    def reconcile(self) -> Any:
+        """Return {key: factory} of the children that should run now."""
+        return {}
+
+    def get_work(self) -> Any:
+        if self._checked:
+            self._checked = False
+            return None
+        self._checked = True
+        wanted = self.reconcile()
+        if isinstance(wanted, Deferred) or iscoroutine(wanted):
+            d = Deferred.fromCoroutine(wanted) if iscoroutine(wanted) else wanted
+            return d.addCallback(self._changes)
+        return self._changes(wanted)
+
+    def _changes(self, wanted: Mapping[str, Callable[[], Daemon]]) -> Any:
+        if set(wanted) == set(self.children):
+            self._checked = False
+            return None
+        return wanted
+
+    def do_work(self, wanted: Mapping[str, Callable[[], Daemon]]) -> Any:
+        app = self.app
+        assert app is not None
+        stops: list[Deferred[None]] = []
+        for key in sorted(set(self.children) - set(wanted)):
+            child = self.children.pop(key)
+            log.info("seed {daemon} stops {child}", daemon=self.name, child=child.name)
+            stops.append(app.remove(child))  # type: ignore[arg-type]
+        for key in sorted(set(wanted) - set(self.children)):
+            try:
+                child = wanted[key]()
+            except Exception:
+                log.failure("seed {daemon} could not build child {key}",
+                            daemon=self.name, key=key)
+                continue
+            child.name = f"{self.name}/{key}"
+            self.children[key] = child
+            log.info("seed {daemon} starts {child}", daemon=self.name, child=child.name)
+            app.add(child)
+        if stops:
+            return gatherResults(stops)
+        return None

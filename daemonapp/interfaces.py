@@ -1,0 +1,168 @@
+"""The zope.interface contracts between daemonapp's parts.
+
+Each interface here has several implementations (or is the seam through which one
+part talks to another without importing it), and each implementation is checked
+with ``verifyObject`` in its tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from zope.interface import Attribute, Interface
+
+
+class IDaemon(Interface):
+    """A unit of periodic work scheduled by a DaemonApp."""
+
+    name = Attribute("str: the daemon's name (YAML section, or the class name)")
+    priority = Attribute("int: higher runs first when several daemons are due")
+    stats = Attribute("dict: runs, items, failures, last_outcome, last_run_at, "
+                      "next_run_at, current_delay")
+
+    def get_work() -> object:
+        """Return a job, None when there is nothing to do, or a Deferred of either."""
+
+    def do_work(job: object) -> object:
+        """Handle one job; may return a Deferred."""
+
+    def start() -> None:
+        """Schedule the first run start_delay from now."""
+
+    def stop() -> object:
+        """Stop scheduling; return a Deferred that fires when a run in flight ended."""
+
+
+class IScheduler(Interface):
+    """What a Daemon needs from the app that schedules it (implemented by DaemonApp)."""
+
+    reactor = Attribute("the injected reactor or task.Clock")
+    threadpool = Attribute("the thread pool for in_thread daemons")
+    lock_wait = Attribute("float: seconds a daemon waits for its lock before a locked-out run")
+
+    def seconds() -> float:
+        """The scheduler's clock, ``reactor.seconds()``."""
+
+    def daemon_started(daemon: Any, delay: float) -> None:
+        """Make ``daemon`` due ``delay`` seconds from now."""
+
+    def daemon_stopped(daemon: Any) -> None:
+        """Forget ``daemon``: it will not be run again."""
+
+    def run_ended(daemon: Any, delay: float | None) -> None:
+        """A run ended: due again ``delay`` seconds from now (None: the daemon stopped)."""
+
+    def wake(daemon: Any) -> None:
+        """A daemon that waited on a Deferred or a thread can go on with its run."""
+
+    def lock_for(name: str) -> IAsyncLock:
+        """A lock handle for a daemon's ``lock:`` option."""
+
+    def add(daemon: Any) -> None:
+        """Add (and, when the app runs, start) another daemon."""
+
+    def remove(daemon: Any) -> object:
+        """Stop and forget a daemon; a Deferred fires when its run in flight ended."""
+
+
+class IActivityMonitor(Interface):
+    """How listeners and job runners tell the app about work in flight.
+
+    The app counts these for its idle exit; listeners never import the app.
+    """
+
+    def begin(kind: str) -> None:
+        """Something of ``kind`` ("request", "job", ...) started."""
+
+    def end(kind: str) -> None:
+        """Something of ``kind`` ended; a "request" also sets the last-request time."""
+
+    def request_limit_reached(reason: str) -> None:
+        """A listener reached max_requests: start a graceful stop (exit status 0)."""
+
+
+class IListener(IService):
+    """A network listener (FastCGI, SCGI, HTTP) served on the app's reactor."""
+
+    protocol_name = Attribute("str: 'fastcgi', 'scgi' or 'http'")
+    in_flight = Attribute("int: requests being answered now")
+
+    def set_activity_monitor(monitor: IActivityMonitor) -> None:
+        """Report requests to ``monitor`` (the app calls this in add_listener)."""
+
+    def drain() -> object:
+        """Stop accepting, answer what is in flight; a Deferred fires when done."""
+
+    def snapshot() -> dict[str, object]:
+        """A JSON-able status of this listener for ``daemonapp status``."""
+
+
+class IAsyncLock(Interface):
+    """A highlander lock as the scheduler uses it: never blocks the reactor."""
+
+    name = Attribute("str: the lock's name")
+
+    def acquire(timeout: float) -> object:
+        """A Deferred that fires True once held, False when ``timeout`` passed."""
+
+    def release() -> object:
+        """Release the lock; may return a Deferred."""
+
+
+class ILockProvider(Interface):
+    """Makes the IAsyncLock a daemon's ``lock:`` option names."""
+
+    def lock_for(name: str) -> IAsyncLock:
+        """A new lock handle for ``name``: two handles exclude each other."""
+
+    def close() -> object:
+        """Release whatever is held; may return a Deferred."""
+
+
+class ILockBackend(Interface):
+    """A blocking highlander lock (flock or PostgreSQL lease), threading.Lock-like."""
+
+    name = Attribute("str")
+    token = Attribute("int | None: the fencing token of the current hold")
+
+    def acquire(timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` (None: forever, 0: one try); True when held."""
+
+    def release() -> None:
+        """Release the lock; it can be acquired again."""
+
+    def still_held() -> bool:
+        """False when the hold was lost (a lease that expired)."""
+
+
+class IJobStore(Interface):
+    """Where jobs live: SQLite in state_dir, or PostgreSQL."""
+
+    def submit(kind: str, payload: dict[str, object], unique_key: str | None = None,
+               priority: int = 0, run_after: float | None = None) -> object:
+        """Add a job; return (a Deferred of) its id."""
+
+    def claim(holder: str, lease: float = 30.0) -> object:
+        """Mark the best due pending job running; return it or None."""
+
+    def heartbeat(job_id: int, token: int, lease: float = 30.0) -> object:
+        """Extend the lease; raises StaleLease when the token is old."""
+
+    def complete(job_id: int, token: int) -> object:
+        """Mark done; raises StaleLease when the token is old."""
+
+    def fail(job_id: int, token: int, error: str, retry_at: float | None = None) -> object:
+        """Record a failed attempt: pending again at retry_at, else failed."""
+
+    def cancel(job_id: int) -> object:
+        """Mark cancelled."""
+
+    def retry(job_id: int) -> object:
+        """Make a failed job pending with a fresh budget."""
+
+    def get(job_id: int) -> object:
+        """The job's record (state, attempts, error, percent, message), or None."""
+
+    def close() -> object:
+        """Release connections."""

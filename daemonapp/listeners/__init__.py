@@ -1,0 +1,262 @@
+"""Listeners: FastCGI, SCGI and HTTP on the app's reactor, serving WSGI or native handlers.
+
+The config helper uses two names from here: :data:`LISTENER_OPTIONS` (every allowed key
+of a listener item and its converter) and :func:`build_listener` (an IListener from
+one item). See docs/listeners.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any
+
+from daemonapp.durations import parse_duration, parse_size
+from daemonapp.interfaces import IListener
+from daemonapp.listeners.endpoints import parse_endpoint, parse_mode
+from daemonapp.listeners.limits import (
+    DEFAULT_BACKLOG,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PARAM_BYTES,
+    DEFAULT_QUEUE_TIMEOUT,
+    Dispatcher,
+    JobsStatus,
+)
+from daemonapp.listeners.native import NativeApp, Request
+from daemonapp.listeners.service import Listener
+from daemonapp.listeners.wsgi import WSGIApp
+
+__all__ = [
+    "LISTENER_OPTIONS",
+    "PROTOCOLS",
+    "Listener",
+    "Request",
+    "build_listener",
+]
+
+PROTOCOLS = ("fastcgi", "scgi", "http")
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _protocol(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in PROTOCOLS:
+        raise ValueError(f"expected one of {', '.join(PROTOCOLS)}, got {value!r}")
+    return value.lower()
+
+
+def _endpoint(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"fd:{value}"
+    parse_endpoint(value)  # raises ValueError with a message
+    result: str = value.strip()
+    return result
+
+
+def _target(value: Any) -> str:
+    if not isinstance(value, str) or not _TARGET.fullmatch(value.strip()):
+        raise ValueError(f'expected "module:callable" like "myapp.web:application", '
+                         f"got {value!r}")
+    return value.strip()
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _int(minimum: int, *, optional: bool = False) -> Callable[[Any], Any]:
+    def convert(value: Any) -> int | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"expected a whole number of at least {minimum}, got {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"expected a whole number of at least {minimum}, "
+                             f"got {value!r}") from None
+        if number < minimum:
+            raise ValueError(f"expected a whole number of at least {minimum}, got {value!r}")
+        return number
+    return convert
+
+
+def _duration(*, optional: bool = False, positive: bool = False) -> Callable[[Any], Any]:
+    def convert(value: Any) -> float | None:
+        if value is None and optional:
+            return None
+        seconds = parse_duration(value)
+        if positive and seconds <= 0:
+            raise ValueError(f"expected a duration above zero, got {value!r}")
+        return seconds
+    return convert
+
+
+def _size(*, minimum: int = 0) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        size = parse_size(value)
+        if size < minimum:
+            raise ValueError(f"expected a size of at least {minimum} bytes, got {value!r}")
+        return size
+    return convert
+
+
+def _allow_from(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ValueError(f'expected addresses or networks like ["127.0.0.1", "10.0.0.0/8"], '
+                         f"got {value!r}")
+    networks = []
+    for item in items:
+        try:
+            networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"expected an IP address or network, got {item!r}") from None
+    return networks
+
+
+def _script_name(value: Any) -> str:
+    if not isinstance(value, str) or (value and not value.startswith("/")):
+        raise ValueError(f'expected the mount path like "/app" (or "" for the root), '
+                         f"got {value!r}")
+    return value.rstrip("/")
+
+
+def _group(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a group name or number, got {value!r}")
+    return value.strip()
+
+
+#: Every key a listener item may have, with the converter that checks and normalizes it.
+LISTENER_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "protocol": _protocol,
+    "endpoint": _endpoint,
+    "wsgi": _target,
+    "native": _target,
+    "jobs": _bool,
+    "threads": _int(0),
+    "max_concurrent": _int(1, optional=True),
+    "backlog": _int(0),
+    "queue_timeout": _duration(),
+    "max_param_bytes": _size(minimum=1),
+    "max_body_bytes": _size(),
+    "request_timeout": _duration(optional=True, positive=True),
+    "max_requests": _int(1, optional=True),
+    "max_requests_jitter": _int(0),
+    "allow_from": _allow_from,
+    "script_name": _script_name,
+    "socket_group": _group,
+    "mode": parse_mode,
+}
+
+
+def _option_error(key: str, message: str) -> ValueError:
+    from daemonapp.daemon import OptionError
+
+    return OptionError(key, message)
+
+
+def import_target(key: str, target: str) -> Any:
+    """Import ``module:callable`` (OptionError naming ``key`` when it cannot)."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as err:
+        raise _option_error(key, f"cannot import {target!r}: {err}") from err
+    if not callable(found):
+        raise _option_error(key, f"{target!r} is not callable")
+    return found
+
+
+def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
+                   state_dir: str | None = None,
+                   jobs_status: JobsStatus | None = None) -> IListener:
+    """Build the listener one config item describes (not started yet).
+
+    ``options`` uses the keys of :data:`LISTENER_OPTIONS` (raw or already converted).
+    Relative unix socket paths are resolved against ``base_dir``. ``jobs_status`` is
+    what ``jobs: true`` serves at ``/jobs/<id>``. Raises OptionError(key, message).
+    """
+    values: dict[str, Any] = {}
+    for key, raw in options.items():
+        converter = LISTENER_OPTIONS.get(key)
+        if converter is None:
+            raise _option_error(key, "unknown listener option; expected one of "
+                                     + ", ".join(LISTENER_OPTIONS))
+        try:
+            values[key] = converter(raw)
+        except ValueError as err:
+            raise _option_error(key, str(err)) from err
+    protocol = values.get("protocol", "fastcgi")
+    if "wsgi" in values and "native" in values:
+        raise _option_error("native", "a listener serves either wsgi or native, not both")
+    jobs = values.get("jobs", False)
+    if not ("wsgi" in values or "native" in values or jobs):
+        raise _option_error("protocol", "a listener needs wsgi: module:callable, "
+                                        "native: module:callable or jobs: true")
+    if jobs and jobs_status is None:
+        raise _option_error("jobs", "jobs: true needs a job dispatcher in the same app")
+    endpoint_text = values.get("endpoint")
+    if endpoint_text is None and protocol != "fastcgi":
+        raise _option_error("endpoint", f"a {protocol} listener needs an endpoint, "
+                                        f'like "unix:/run/myapp/{protocol}.sock"')
+    try:
+        endpoint = parse_endpoint(endpoint_text, base_dir=base_dir, mode=values.get("mode"))
+    except ValueError as err:
+        raise _option_error("endpoint", str(err)) from err
+    threads = values.get("threads", 10)
+    app: NativeApp | WSGIApp | None = None
+    if "wsgi" in values:
+        app = WSGIApp(import_target("wsgi", values["wsgi"]), reactor=reactor, threads=threads)
+    elif "native" in values:
+        app = NativeApp(import_target("native", values["native"]))
+    max_concurrent = values.get("max_concurrent")
+    if max_concurrent is None and isinstance(app, WSGIApp) and threads > 0:
+        max_concurrent = threads
+    dispatcher = Dispatcher(
+        app,
+        reactor=reactor,
+        max_concurrent=max_concurrent,
+        backlog=values.get("backlog", DEFAULT_BACKLOG),
+        queue_timeout=values.get("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
+        request_timeout=values.get("request_timeout"),
+        max_body_bytes=values.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
+        max_param_bytes=values.get("max_param_bytes", DEFAULT_MAX_PARAM_BYTES),
+        max_requests=values.get("max_requests"),
+        max_requests_jitter=values.get("max_requests_jitter", 0),
+        script_name=values.get("script_name"),
+        jobs_status=jobs_status if jobs else None,
+    )
+    allow_from = values.get("allow_from")
+    networks = ([ipaddress.ip_network(net) for net in allow_from]
+                if allow_from is not None else None)
+    factory: Any
+    if protocol == "fastcgi":
+        from daemonapp.listeners.fastcgi import FastCGIFactory
+
+        factory = FastCGIFactory(dispatcher, reactor=reactor, allow_from=networks)
+    elif protocol == "scgi":
+        from daemonapp.listeners.scgi import SCGIFactory
+
+        factory = SCGIFactory(dispatcher, reactor=reactor, allow_from=networks)
+    else:
+        from daemonapp.listeners.http import HTTPSite
+
+        factory = HTTPSite(dispatcher, reactor=reactor, allow_from=networks)
+    listener: IListener = Listener(
+        protocol_name=protocol, endpoint=endpoint, factory=factory, dispatcher=dispatcher,
+        reactor=reactor, app=app, socket_group=values.get("socket_group"),
+    )
+    return listener

@@ -1,0 +1,437 @@
+"""DaemonApp: the scheduler's order, its one timer, deadlines, idle exit and graceful stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from daemonapp import DaemonApp, IActivityMonitor, IScheduler
+from daemonapp.daemon import SeedDaemon
+from daemonapp.testing import FakeDaemon, make_app, run_until_idle
+
+
+class Recorder(FakeDaemon):
+    """A FakeDaemon that appends its name to a shared list for each item."""
+
+    def __init__(self, trace: list[str], jobs: Any = (), **kw: Any) -> None:
+        super().__init__(jobs, **kw)
+        self.trace = trace
+
+    def do_work(self, job: Any) -> Any:
+        self.trace.append(self.name)
+        return super().do_work(job)
+
+
+class Slow(FakeDaemon):
+    """A FakeDaemon whose do_work waits for the test to fire a Deferred."""
+
+    def __init__(self, jobs: Any = (), **kw: Any) -> None:
+        super().__init__(jobs, **kw)
+        self.pending: list[Deferred[None]] = []
+
+    def do_work(self, job: Any) -> Any:
+        super().do_work(job)
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_interfaces(self) -> None:
+        """DaemonApp is an IService, an IScheduler and an IActivityMonitor."""
+        app, _ = make_app()
+        verifyObject(IService, app)
+        verifyObject(IScheduler, app)
+        verifyObject(IActivityMonitor, app)
+
+    def test_duplicate_name(self) -> None:
+        """Two daemons cannot share a name."""
+        app, _ = make_app()
+        app.add(FakeDaemon(name="a"))
+        with self.assertRaises(ValueError):
+            app.add(FakeDaemon(name="a"))
+
+
+class OrderTests(SynchronousTestCase):
+    def test_priority_order(self) -> None:
+        """When several daemons are due, higher priority runs first."""
+        trace: list[str] = []
+        app, clock = make_app()
+        for name, prio in [("low", 0), ("high", 5), ("mid", 1)]:
+            app.add(Recorder(trace, ["x"], name=name, priority=prio, run_every=10))
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(trace, ["high", "mid", "low"])
+
+    def test_fifo_among_equals(self) -> None:
+        """Daemons of equal priority and due time run in the order they were added."""
+        trace: list[str] = []
+        app, clock = make_app()
+        for name in "abc":
+            app.add(Recorder(trace, ["x"], name=name, run_every=10))
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(trace, ["a", "b", "c"])
+
+    def test_earlier_due_first(self) -> None:
+        """Among equal priorities, the daemon due earlier runs first."""
+        trace: list[str] = []
+        app, clock = make_app()
+        app.add(Recorder(trace, ["x"], name="late", run_every=10, start_delay=5))
+        app.add(Recorder(trace, ["x"], name="early", run_every=10, start_delay=3))
+        app.startService()
+        clock.advance(10)
+        self.assertEqual(trace, ["early", "late"])
+
+    def test_round_robin_of_yielded(self) -> None:
+        """A yielded daemon goes behind equal-priority daemons already due."""
+        trace: list[str] = []
+        app, clock = make_app()
+        app.add(Recorder(trace, [1, 2, 3], name="a", max_items=1, run_every=10))
+        app.add(Recorder(trace, [1, 2, 3], name="b", max_items=1, run_every=10))
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(trace, ["a", "b", "a", "b", "a", "b"])
+
+    def test_in_flight_run_does_not_block_others(self) -> None:
+        """A run waiting on a Deferred does not hold up other daemons."""
+        trace: list[str] = []
+        app, clock = make_app()
+        slow = Slow(["x"], name="slow", run_every=1)
+        app.add(slow)
+        app.add(Recorder(trace, ["a", "b"], name="fast", run_every=1, max_items=1))
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(trace, ["fast", "fast"])
+        self.assertEqual(len(slow.pending), 1)
+
+    def test_time_slice_yields_to_reactor(self) -> None:
+        """After time_slice of reactor.seconds(), the scheduler lets other calls run."""
+        app, clock = make_app(time_slice=0.010)
+        seen: list[int] = []
+
+        class Busy(FakeDaemon):
+            def do_work(self, job: Any) -> Any:
+                clock.rightNow += 0.004  # each item costs 4 ms of the clock
+                return super().do_work(job)
+
+        d = Busy(list(range(10)), run_every=10)
+        app.add(d)
+        app.startService()
+        clock.callLater(0, lambda: seen.append(len(d.done)))
+        clock.advance(0)
+        self.assertEqual(seen, [3])  # 4, 8, 12 ms: the slice ended after the third item
+        self.assertEqual(len(d.done), 10)
+
+    def test_one_item_per_slice_at_least(self) -> None:
+        """Each slice runs at least one item, however long it takes."""
+        app, clock = make_app(time_slice=0.001)
+
+        class Huge(FakeDaemon):
+            def do_work(self, job: Any) -> Any:
+                clock.rightNow += 1.0
+                return super().do_work(job)
+
+        d = Huge(["a", "b"], run_every=10)
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual([j for _, j in d.done], ["a", "b"])
+
+
+class TimerTests(SynchronousTestCase):
+    def test_one_timer_for_ten_thousand_idle_daemons(self) -> None:
+        """With 10,000 backed-off daemons and nothing due, exactly one timer is armed."""
+        app, clock = make_app()
+        for i in range(10_000):
+            app.add(FakeDaemon(name=f"d{i}", run_every=1 + i % 7, increase_idle_by=i % 5,
+                               start_delay=i % 13))
+        app.startService()
+        for _ in range(20):
+            clock.advance(1)
+            self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertTrue(all(d.stats["runs"] > 0 for d in app.daemons.values()))
+
+    def test_timer_for_earliest_due(self) -> None:
+        """The one timer fires at the earliest due time."""
+        app, clock = make_app()
+        app.add(FakeDaemon(name="a", run_every=50))
+        app.add(FakeDaemon(name="b", run_every=20))
+        app.startService()
+        clock.advance(0)
+        (call,) = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 20.0)
+
+    def test_add_while_running(self) -> None:
+        """A daemon added to a running app first runs start_delay later."""
+        app, clock = make_app()
+        app.startService()
+        clock.advance(100)
+        d = FakeDaemon(name="late", run_every=10, start_delay=5)
+        app.add(d)
+        clock.advance(5)
+        self.assertEqual(d.get_work_calls, [105.0])
+
+
+class DeadlineTests(SynchronousTestCase):
+    def test_hard_deadline(self) -> None:
+        """shutdown_after stops the app whatever the work, with exit status 0."""
+        app, clock = make_app(shutdown_after=100)
+        app.add(FakeDaemon(run_every=1))
+        app.startService()
+        ended = app.when_ended()
+        clock.advance(99)
+        self.assertNoResult(ended)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(ended), 0)
+        self.assertEqual(app.stop_reason, "hard deadline (shutdown_after)")
+
+    def test_no_settings_runs_forever(self) -> None:
+        """Without deadlines or idle exit, the app runs until it is stopped."""
+        app, clock = make_app()
+        app.add(FakeDaemon(run_every=30, increase_idle_by=1000))
+        app.startService()
+        ended = app.when_ended()
+        clock.advance(10**7)
+        self.assertNoResult(ended)
+
+    def test_nothing_to_do_exits_at_soft_deadline(self) -> None:
+        """An app with nothing to do exits at its soft deadline."""
+        app, clock = make_app(stay_alive_for=50, shutdown_if_idle=10)
+        app.startService()
+        ended = app.when_ended()
+        clock.advance(49)
+        self.assertNoResult(ended)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(ended), 0)
+
+    def test_no_idle_exit_before_soft_deadline(self) -> None:
+        """stay_alive_for is a minimum life: no idle exit before it."""
+        app, clock = make_app(stay_alive_for=500, shutdown_if_idle=10)
+        app.add(FakeDaemon(run_every=1000))
+        app.startService()
+        ended = app.when_ended()
+        clock.advance(499)
+        self.assertNoResult(ended)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(ended), 0)
+
+    def test_idle_exit_at_computed_moment(self) -> None:
+        """Idle exit comes at the first run end whose next gap reaches the threshold."""
+        app, clock = make_app(shutdown_if_idle=100)
+        d = FakeDaemon(run_every=30, increase_idle_by=10, maximum_idle=120)
+        app.add(d)
+        app.startService()
+        ended = app.when_ended()
+        # Runs at 0, 40, 90, 150, 220, 300, 390; after the run at 390 the gap is 100.
+        clock.advance(0)
+        for _ in range(389):
+            clock.advance(1)
+        self.assertNoResult(ended)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(ended), 0)
+        self.assertEqual(d.get_work_calls, [0.0, 40.0, 90.0, 150.0, 220.0, 300.0, 390.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_idle_exit_waits_for_run_in_flight(self) -> None:
+        """A run in flight keeps the app alive past the idle threshold."""
+        app, clock = make_app(shutdown_if_idle=10)
+        d = Slow(["x"], run_every=1000)
+        app.add(d)
+        app.startService()
+        ended = app.when_ended()
+        clock.advance(500)
+        self.assertNoResult(ended)
+        d.pending.pop().callback(None)
+        self.assertEqual(self.successResultOf(ended), 0)
+
+    def test_idle_exit_counts_requests(self) -> None:
+        """The last request must have ended at least the threshold ago."""
+        app, clock = make_app(shutdown_if_idle=60)
+        app.add(FakeDaemon(run_every=1000))
+        app.startService()
+        ended = app.when_ended()
+        app.begin("request")
+        self.assertNoResult(ended)  # a request in flight at start
+        clock.advance(30)
+        app.end("request")
+        clock.advance(59)
+        self.assertNoResult(ended)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(ended), 0)
+
+    def test_request_limit(self) -> None:
+        """A listener's max_requests ends the app gracefully with status 0."""
+        app, clock = make_app()
+        app.startService()
+        app.request_limit_reached("50 requests")
+        self.assertEqual(self.successResultOf(app.when_ended()), 0)
+
+
+class StopTests(SynchronousTestCase):
+    def test_graceful_stop_finishes_current_item(self) -> None:
+        """A graceful stop lets the run in flight end after its current item."""
+        app, clock = make_app()
+        d = Slow(["a", "b", "c"], run_every=10)
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        stopped = app.stopService()
+        self.assertNoResult(stopped)
+        d.pending.pop().callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual([j for _, j in d.done], ["a"])
+        self.assertEqual(self.successResultOf(app.when_ended()), 0)
+
+    def test_stop_starts_no_new_run(self) -> None:
+        """After the stop began, no daemon starts a run."""
+        app, clock = make_app()
+        slow = Slow(["a"], name="slow", run_every=10)
+        other = FakeDaemon(name="other", run_every=10, start_delay=5)
+        app.add(slow)
+        app.add(other)
+        app.startService()
+        clock.advance(0)
+        app.stop("test")
+        clock.advance(10)
+        self.assertEqual(other.get_work_calls, [])
+
+    def test_stop_timeout_abandons(self) -> None:
+        """After stop_timeout the app abandons what is left and ends with status 1."""
+        app, clock = make_app(stop_timeout=30)
+        d = Slow(["a"], run_every=10)
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        stopped = app.stopService()
+        clock.advance(29)
+        self.assertNoResult(stopped)
+        clock.advance(1)
+        self.successResultOf(stopped)
+        self.assertEqual(self.successResultOf(app.when_ended()), 1)
+
+    def test_stop_service_idempotent(self) -> None:
+        """stopService can be called twice (twistd and MultiService both do)."""
+        app, clock = make_app()
+        app.startService()
+        first = app.stopService()
+        second = app.stopService()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.successResultOf(app.stopService())
+
+    def test_stop_hooks_run_after_daemons(self) -> None:
+        """Stop hooks run once the daemons have stopped."""
+        app, clock = make_app()
+        order: list[str] = []
+        d = Slow(["a"], run_every=10)
+        app.add(d)
+        app.add_stop_hook(lambda: order.append("hook"))
+        app.startService()
+        clock.advance(0)
+        app.stop("test")
+        order.append("item done")
+        d.pending.pop().callback(None)
+        self.assertEqual(order, ["item done", "hook"])
+
+    def test_stops_its_reactor(self) -> None:
+        """By default the app stops its reactor when it ends."""
+        reactor = MemoryReactorClock()
+        app = DaemonApp(reactor=reactor, handle_signals=False, shutdown_after=5)
+        reactor.running = True
+        app.startService()
+        reactor.advance(5)
+        self.assertTrue(reactor.hasStopped)
+
+    def test_embedders_keep_reactor(self) -> None:
+        """stop_reactor=False leaves the reactor running."""
+        reactor = MemoryReactorClock()
+        app = DaemonApp(reactor=reactor, handle_signals=False, shutdown_after=5,
+                        stop_reactor=False)
+        app.startService()
+        reactor.advance(5)
+        self.assertFalse(reactor.hasStopped)
+        self.assertEqual(self.successResultOf(app.when_ended()), 0)
+
+    def test_second_signal_stops_at_once(self) -> None:
+        """A second SIGTERM ends the app at once, abandoning the run in flight."""
+        import signal
+
+        app, clock = make_app()
+        d = Slow(["a"], run_every=10)
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        app._handle_signal(signal.SIGTERM)
+        ended = app.when_ended()
+        self.assertNoResult(ended)
+        app._handle_signal(signal.SIGTERM)
+        self.assertEqual(self.successResultOf(ended), 1)
+
+    def test_sighup_reopens_logs(self) -> None:
+        """SIGHUP calls the reopen hooks and does not stop the app."""
+        import signal
+
+        app, _ = make_app()
+        calls: list[int] = []
+        app.on_reopen_logs(lambda: calls.append(1))
+        app.startService()
+        app._handle_signal(signal.SIGHUP)
+        self.assertEqual(calls, [1])
+        self.assertNoResult(app.when_ended())
+
+
+class SeedTests(SynchronousTestCase):
+    def test_reconcile_starts_and_stops_children(self) -> None:
+        """A seed daemon adds new children and removes vanished ones."""
+        wanted = {"a", "b"}
+
+        class Seed(SeedDaemon):
+            run_every = 10
+
+            def reconcile(self) -> Any:
+                return {k: (lambda: FakeDaemon(run_every=5)) for k in wanted}
+
+        app, clock = make_app()
+        app.add(Seed(name="seed"))
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(sorted(app.daemons), ["seed", "seed/a", "seed/b"])
+        wanted.discard("a")
+        wanted.add("c")
+        clock.advance(10)
+        self.assertEqual(sorted(app.daemons), ["seed", "seed/b", "seed/c"])
+
+    def test_unchanged_is_idle(self) -> None:
+        """A reconcile that changes nothing is an idle run, so the seed backs off."""
+
+        class Seed(SeedDaemon):
+            run_every = 10
+            increase_idle_by = 10
+
+            def reconcile(self) -> Any:
+                return {}
+
+        app, clock = make_app()
+        seed = Seed()
+        app.add(seed)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual((seed.stats["last_outcome"], seed.stats["current_delay"]),
+                         ("idle", 20.0))
+
+
+class TestingHelperTests(SynchronousTestCase):
+    def test_run_until_idle(self) -> None:
+        """run_until_idle drives the clock until nothing is due within the horizon."""
+        app, clock = make_app()
+        d = FakeDaemon(["a", "b"], run_every=10, increase_idle_by=100)
+        app.add(d)
+        now = run_until_idle(app, clock, horizon=50)
+        self.assertEqual([j for _, j in d.done], ["a", "b"])
+        self.assertEqual(now, 10.0)

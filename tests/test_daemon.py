@@ -1,0 +1,525 @@
+"""Daemon: attributes, the outcome table of DESIGN §1 and its exact rules."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from daemonapp import Daemon, IDaemon
+from daemonapp.daemon import OptionError, default_maximum_idle, idle_delays, next_idle_delay
+from daemonapp.testing import FakeDaemon, ImmediateThreadPool, make_app
+
+
+def delays_of(daemon: Daemon, clock: Any, runs: int) -> list[float]:
+    """Advance from run to run and collect the delay chosen after each."""
+    out = []
+    clock.advance(0)
+    for _ in range(runs):
+        out.append(daemon.stats["current_delay"])
+        clock.advance(daemon.stats["current_delay"])
+    return out
+
+
+class Replicator(Daemon):
+    run_every = 30
+    increase_idle_by = 10
+
+    def __init__(self, *, record_count: int = 1, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.record_count = record_count
+
+
+class AttributeTests(SynchronousTestCase):
+    def test_interface(self) -> None:
+        """A Daemon provides IDaemon."""
+        verifyObject(IDaemon, FakeDaemon(run_every=1))
+
+    def test_defaults(self) -> None:
+        """Unset attributes take DESIGN's defaults."""
+        d = FakeDaemon(run_every=30)
+        self.assertEqual(
+            (d.increase_idle_by, d.multiply_idle_by, d.maximum_idle, d.priority, d.max_items,
+             d.max_seconds, d.jitter, d.in_thread, d.lock, d.start_delay),
+            (0.0, 1.0, 30.0, 0, None, None, 0.0, False, None, 0.0))
+
+    def test_default_maximum_idle_additive(self) -> None:
+        """maximum_idle defaults to run_every + 3 x increase_idle_by."""
+        self.assertEqual(FakeDaemon(run_every=30, increase_idle_by=10).maximum_idle, 60.0)
+
+    def test_default_maximum_idle_multiplicative(self) -> None:
+        """maximum_idle defaults to 8 x run_every when multiply_idle_by > 1."""
+        d = FakeDaemon(run_every=10, multiply_idle_by=2, increase_idle_by=5)
+        self.assertEqual(d.maximum_idle, 80.0)
+
+    def test_durations_as_strings(self) -> None:
+        """Durations accept strings like "10s", "5m", "1h30m"."""
+        d = FakeDaemon(run_every="1h30m", increase_idle_by="10s", maximum_idle="5m")
+        self.assertEqual((d.run_every, d.increase_idle_by, d.maximum_idle),
+                         (5400.0, 10.0, 300.0))
+
+    def test_subclass_parameters(self) -> None:
+        """Keywords go to the subclass's __init__ and to the Daemon attributes."""
+        d = Replicator(record_count=10, name="collective", maximum_idle="2m")
+        self.assertEqual((d.record_count, d.name, d.maximum_idle, d.run_every),
+                         (10, "collective", 120.0, 30.0))
+
+    def test_unknown_keyword(self) -> None:
+        """A key unknown to Daemon and to the subclass is a TypeError that names it."""
+        with self.assertRaises(TypeError) as e:
+            Replicator(record_cuont=3)
+        self.assertIn("record_cuont", str(e.exception))
+
+    def test_name_defaults_to_class(self) -> None:
+        """Without a name, a daemon is named after its class."""
+        self.assertEqual(Replicator().name, "Replicator")
+
+    def test_run_every_required(self) -> None:
+        """run_every must be set and above zero."""
+        with self.assertRaises(OptionError) as e:
+            Daemon()
+        self.assertEqual(e.exception.key, "run_every")
+
+    def test_bad_duration(self) -> None:
+        """A bad duration is an OptionError that names the key."""
+        with self.assertRaises(OptionError) as e:
+            FakeDaemon(run_every="soon")
+        self.assertEqual(str(e.exception),
+                         "run_every: expected a duration like \"30s\", \"5m\" or \"1h30m\", "
+                         "got 'soon'")
+
+    def test_bad_jitter(self) -> None:
+        """jitter must lie in [0, 1)."""
+        with self.assertRaises(OptionError):
+            FakeDaemon(jitter=1.5)
+
+    def test_bad_lock_name(self) -> None:
+        """A lock name must match [A-Za-z0-9][A-Za-z0-9._-]*."""
+        with self.assertRaises(OptionError) as e:
+            FakeDaemon(lock="../etc")
+        self.assertEqual(e.exception.key, "lock")
+
+    def test_stats_keys(self) -> None:
+        """stats holds the documented keys."""
+        self.assertEqual(set(FakeDaemon().stats),
+                         {"runs", "items", "failures", "last_outcome", "last_run_at",
+                          "next_run_at", "current_delay"})
+
+    def test_start_without_app(self) -> None:
+        """start() outside an app says how to add the daemon."""
+        with self.assertRaises(RuntimeError) as e:
+            FakeDaemon().start()
+        self.assertIn("DaemonApp.add", str(e.exception))
+
+
+class BackoffRuleTests(SynchronousTestCase):
+    def test_additive(self) -> None:
+        """run_every 30, increase 10 → 40, 50, 60, 60."""
+        self.assertEqual(idle_delays(30, 10, count=4), [40.0, 50.0, 60.0, 60.0])
+
+    def test_multiplicative(self) -> None:
+        """run_every 10, multiply 2 → 20, 40, 80, 80 (cap 8 x run_every)."""
+        self.assertEqual(idle_delays(10, 0, 2, count=4), [20.0, 40.0, 80.0, 80.0])
+
+    def test_both(self) -> None:
+        """run_every 10, multiply 2, increase 5 → 25, 55, 80."""
+        self.assertEqual(idle_delays(10, 5, 2, count=3), [25.0, 55.0, 80.0])
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        run_every=st.floats(0.01, 1e4),
+        increase=st.floats(0, 1e4),
+        multiply=st.floats(1, 10),
+        cap=st.one_of(st.none(), st.floats(0.01, 1e5)),
+    )
+    def test_properties(self, run_every: float, increase: float, multiply: float,
+                        cap: float | None) -> None:
+        """Idle delays never exceed the cap, never shrink, and follow the recurrence."""
+        maximum = cap if cap is not None else default_maximum_idle(run_every, increase, multiply)
+        delays = idle_delays(run_every, increase, multiply, cap, count=12)
+        assert all(d <= maximum for d in delays)
+        assert delays[0] == min(maximum, run_every * multiply + increase)
+        for prev, cur in zip(delays, delays[1:], strict=False):
+            assert cur == min(maximum, prev * multiply + increase)
+            if delays[0] < maximum:
+                assert cur >= prev
+
+    @settings(max_examples=60, deadline=None)
+    @given(run_every=st.integers(1, 100), increase=st.integers(0, 50),
+           multiply=st.sampled_from([1.0, 1.5, 2.0]), runs=st.integers(1, 8))
+    def test_scheduler_follows_rule(self, run_every: int, increase: int, multiply: float,
+                                    runs: int) -> None:
+        """The delays an idle daemon really gets on a Clock are the rule's."""
+        app, clock = make_app()
+        d = FakeDaemon(run_every=run_every, increase_idle_by=increase, multiply_idle_by=multiply)
+        app.add(d)
+        app.startService()
+        expected = idle_delays(run_every, increase, multiply, count=runs)
+        self.assertEqual(delays_of(d, clock, runs), expected)
+        self.assertEqual(d.stats["runs"], runs + 1)  # delays_of ends by starting one more
+
+
+class OutcomeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app, self.clock = make_app()
+
+    def start(self, daemon: Daemon) -> Daemon:
+        self.app.add(daemon)
+        self.app.startService()
+        self.clock.advance(0)
+        return daemon
+
+    def test_idle_sequence(self) -> None:
+        """An idle daemon with run_every 30 and increase 10 waits 40, 50, 60, 60."""
+        d = FakeDaemon(run_every=30, increase_idle_by=10)
+        self.app.add(d)
+        self.app.startService()
+        self.assertEqual(delays_of(d, self.clock, 4), [40.0, 50.0, 60.0, 60.0])
+        self.assertEqual(d.get_work_calls, [0.0, 40.0, 90.0, 150.0, 210.0])
+        self.assertEqual(d.stats["last_outcome"], "idle")
+
+    def test_worked_resets_streak(self) -> None:
+        """A run that worked waits run_every and resets the idle streak."""
+        d = FakeDaemon(run_every=30, increase_idle_by=10)
+        self.start(d)
+        self.clock.advance(40)  # idle twice: 40, then 50
+        d.add_jobs("a")
+        self.clock.advance(50)
+        self.assertEqual((d.stats["last_outcome"], d.stats["current_delay"]), ("worked", 30.0))
+        self.clock.advance(30)
+        self.assertEqual((d.stats["last_outcome"], d.stats["current_delay"]), ("idle", 40.0))
+
+    def test_delay_counts_from_end_of_run(self) -> None:
+        """A 5 s run that worked is followed by a run 35 s after it began."""
+        pending: list[Deferred[None]] = []
+
+        class Slow(FakeDaemon):
+            def do_work(self, job: Any) -> Any:
+                d: Deferred[None] = Deferred()
+                pending.append(d)
+                return d
+
+        d = self.start(Slow(["job"], run_every=30))
+        self.clock.advance(5)
+        pending.pop().callback(None)
+        self.assertEqual(d.stats["next_run_at"], 35.0)
+        self.clock.advance(30)
+        self.assertEqual(d.get_work_calls, [0.0, 5.0, 35.0])
+
+    def test_yielded_max_items(self) -> None:
+        """Reaching max_items ends the run as yielded, with no extra get_work."""
+        d = FakeDaemon(["a", "b", "c", "d", "e"], run_every=30, max_items=3)
+        self.app.add(d)
+        self.app.startService()
+        seen = []
+        d.get_work_calls = []
+        original = d._end
+
+        def spy(outcome: str) -> int:
+            seen.append((outcome, len(d.done), len(d.get_work_calls)))
+            return original(outcome)
+
+        d._end = spy  # type: ignore[method-assign]
+        self.clock.advance(0)
+        self.assertEqual(seen, [("yielded", 3, 3), ("worked", 5, 6)])
+        self.assertEqual(d.stats["current_delay"], 30.0)
+
+    def test_yield_is_due_at_once(self) -> None:
+        """A yielded run's next delay is 0."""
+        d = FakeDaemon(["a", "b"], run_every=30, max_items=1)
+        self.app.add(d)
+        self.app.startService()
+        outcomes = []
+        original = d._end
+        d._end = lambda o: (outcomes.append((o, d.stats["current_delay"])), original(o))[1]  # type: ignore[method-assign]
+        self.clock.advance(0)
+        self.assertEqual([o for o, _ in outcomes], ["yielded", "yielded", "idle"])
+        self.assertEqual([t for t, _ in d.done], [0.0, 0.0])
+
+    def test_yield_resets_streak(self) -> None:
+        """A yielded run did work, so the idle streak starts over."""
+        d = self.start(FakeDaemon(run_every=30, increase_idle_by=10, max_items=1))
+        self.clock.advance(40)
+        self.assertEqual(d.stats["current_delay"], 50.0)
+        d.add_jobs("a", "b")
+        self.clock.advance(50)
+        self.assertEqual(d.stats["last_outcome"], "idle")  # yielded, yielded, idle
+        self.assertEqual(d.stats["current_delay"], 40.0)
+
+    def test_max_seconds(self) -> None:
+        """max_seconds compares reactor.seconds() with the run's start after each item."""
+        clock = self.clock
+
+        class Slow(FakeDaemon):
+            def do_work(self, job: Any) -> Any:
+                clock.rightNow += 2  # each item takes 2 s of the clock
+                return super().do_work(job)
+
+        d = self.start(Slow(["a", "b", "c", "d"], run_every=30, max_seconds=3))
+        self.assertEqual([job for _, job in d.done], ["a", "b", "c", "d"])
+        # Two yielded runs of two items (no extra get_work), then an idle run.
+        self.assertEqual(len(d.get_work_calls), 5)
+        self.assertEqual(d.stats["runs"], 3)
+        self.assertEqual(d.stats["last_outcome"], "idle")
+
+    def test_failed_get_work(self) -> None:
+        """A raising get_work is logged with daemon, phase and job, counted, and backs off."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        class Broken(FakeDaemon):
+            def get_work(self) -> Any:
+                raise RuntimeError("db down")
+
+        d = Broken(run_every=30, increase_idle_by=10, name="broken")
+        self.app.add(d)
+        self.app.startService()
+        self.assertEqual(delays_of(d, self.clock, 3), [40.0, 50.0, 60.0])
+        self.assertEqual(d.stats["failures"], 4)  # delays_of starts a fourth run
+        self.assertEqual(d.stats["last_outcome"], "failed")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 4)
+        failures = [e for e in events if "log_failure" in e and e.get("daemon") == "broken"]
+        self.assertEqual((failures[0]["phase"], failures[0]["job"]), ("get_work", "None"))
+
+    def test_failed_do_work(self) -> None:
+        """A raising do_work logs the job's repr and the phase do_work."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        d = self.start(FakeDaemon(["ok", ValueError("bad job")], run_every=30, name="f"))
+        self.assertEqual(d.stats["last_outcome"], "failed")
+        self.assertEqual(d.stats["items"], 1)
+        self.assertEqual(d.stats["current_delay"], 30.0)  # idle rule: min(30, 30 + 0)
+        self.flushLoggedErrors(ValueError)
+        failure = next(e for e in events if "log_failure" in e and e.get("daemon") == "f")
+        self.assertEqual(failure["phase"], "do_work")
+        self.assertEqual(failure["job"], "ValueError('bad job')")
+
+    def test_failure_continues_idle_streak(self) -> None:
+        """idle, failed, idle → 40, 50, 60: a failure continues the streak like an idle run."""
+        d = self.start(FakeDaemon(run_every=30, increase_idle_by=10))
+        d.add_jobs(RuntimeError("boom"))
+        self.clock.advance(40)
+        self.clock.advance(50)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(d.stats["current_delay"], 60.0)
+
+    def test_failed_deferred(self) -> None:
+        """A Deferred that fails counts as a failed run and the app keeps running."""
+
+        class Broken(FakeDaemon):
+            def do_work(self, job: Any) -> Any:
+                return Deferred.fromCoroutine(self.boom())
+
+            async def boom(self) -> None:
+                raise KeyError("x")
+
+        d = self.start(Broken(["a"], run_every=30))
+        self.assertEqual(d.stats["last_outcome"], "failed")
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.assertTrue(self.app.running)
+
+    def test_jitter_bounds(self) -> None:
+        """Jitter spreads the delay within [1 - jitter, 1 + jitter] of the chosen one."""
+        random.seed(7)
+        d = FakeDaemon(run_every=100, jitter=0.1)
+        self.app.add(d)
+        self.app.startService()
+        delays = delays_of(d, self.clock, 50)
+        assert all(90.0 <= x <= 110.0 for x in delays)
+        assert len(set(delays)) > 1
+
+    def test_jitter_not_on_start_delay_or_yield(self) -> None:
+        """start_delay and a yield are never jittered."""
+        d = FakeDaemon(["a", "b"], run_every=100, jitter=0.5, start_delay=7, max_items=1)
+        self.app.add(d)
+        self.app.startService()
+        self.clock.advance(7)
+        self.assertEqual([t for t, _ in d.done], [7.0, 7.0])
+
+    def test_locked_out(self) -> None:
+        """A run whose lock is held elsewhere is locked-out and backs off like an idle one."""
+
+        class Busy:
+            name = "x"
+
+            def acquire(self, timeout: float) -> Deferred[bool]:
+                return succeed(False)
+
+            def release(self) -> None:
+                raise AssertionError("never held")
+
+        self.app.lock_for = lambda name: Busy()  # type: ignore[assignment,method-assign,return-value]
+        d = FakeDaemon(["a"], run_every=30, increase_idle_by=10, lock="x")
+        self.app.add(d)
+        self.app.startService()
+        self.assertEqual(delays_of(d, self.clock, 2), [40.0, 50.0])
+        self.assertEqual(d.stats["last_outcome"], "locked-out")
+        self.assertEqual(d.done, [])
+
+    def test_lock_held_for_the_run(self) -> None:
+        """The lock is taken before the first get_work and released after the last hook."""
+        trace: list[str] = []
+        waiting: list[Deferred[bool]] = []
+
+        class Lock:
+            name = "x"
+
+            def acquire(self, timeout: float) -> Deferred[bool]:
+                trace.append(f"acquire {timeout:g}")
+                d: Deferred[bool] = Deferred()
+                waiting.append(d)
+                return d
+
+            def release(self) -> None:
+                trace.append("release")
+
+        class Traced(FakeDaemon):
+            def get_work(self) -> Any:
+                trace.append("get_work")
+                return super().get_work()
+
+        self.app.lock_for = lambda name: Lock()  # type: ignore[assignment,method-assign,return-value]
+        d = Traced(["a"], run_every=30, lock="x")
+        self.start(d)
+        self.assertEqual(trace, ["acquire 10"])
+        waiting.pop().callback(True)
+        self.assertEqual(trace, ["acquire 10", "get_work", "get_work", "release"])
+        self.assertEqual(d.stats["last_outcome"], "worked")
+
+
+class HookStyleTests(SynchronousTestCase):
+    def test_deferred_hooks(self) -> None:
+        """get_work and do_work may return Deferreds that fire later."""
+        app, clock = make_app()
+        jobs: list[Deferred[Any]] = []
+        done = []
+
+        class Later(Daemon):
+            run_every = 10
+
+            def get_work(self) -> Any:
+                d: Deferred[Any] = Deferred()
+                jobs.append(d)
+                return d
+
+            def do_work(self, job: Any) -> Any:
+                done.append(job)
+                return succeed(None)
+
+        d = Later()
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        jobs.pop().callback("x")
+        jobs.pop().callback(None)
+        self.assertEqual(done, ["x"])
+        self.assertEqual(d.stats["last_outcome"], "worked")
+
+    def test_async_hooks(self) -> None:
+        """async def hooks work (through Deferred.fromCoroutine)."""
+        app, clock = make_app()
+        gate: Deferred[None] = Deferred()
+        done = []
+
+        class Async(Daemon):
+            run_every = 10
+            left = 2
+
+            async def get_work(self) -> Any:
+                await gate
+                self.left -= 1
+                return self.left if self.left >= 0 else None
+
+            async def do_work(self, job: Any) -> None:
+                done.append(job)
+
+        d = Async()
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(done, [])
+        gate.callback(None)
+        self.assertEqual(done, [1, 0])
+        self.assertEqual(d.stats["items"], 2)
+
+    def test_in_thread(self) -> None:
+        """in_thread hooks run through the app's thread pool."""
+        pool = ImmediateThreadPool()
+        app, clock = make_app(threadpool=pool)
+        d = FakeDaemon(["a", "b"], run_every=10, in_thread=True)
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual([j for _, j in d.done], ["a", "b"])
+        self.assertEqual(pool.calls, 3)  # two items and the empty get_work
+        self.assertEqual(d.stats["last_outcome"], "worked")
+
+    def test_in_thread_failure(self) -> None:
+        """A hook failing in a thread is logged with its phase and job."""
+        pool = ImmediateThreadPool()
+        app, clock = make_app(threadpool=pool)
+        d = FakeDaemon([ValueError("x")], run_every=10, in_thread=True)
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(d.stats["last_outcome"], "failed")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
+class NoOverlapTests(SynchronousTestCase):
+    def test_never_overlaps_itself(self) -> None:
+        """A run still in progress is not started again when its next time comes."""
+        app, clock = make_app()
+        pending: list[Deferred[None]] = []
+
+        class Slow(FakeDaemon):
+            def do_work(self, job: Any) -> Any:
+                d: Deferred[None] = Deferred()
+                pending.append(d)
+                return d
+
+        d = Slow(["a", "b"], run_every=1)
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        clock.advance(100)
+        self.assertEqual(d.get_work_calls, [0.0])
+        pending.pop().callback(None)
+        self.assertEqual(d.get_work_calls, [0.0, 100.0])
+
+    def test_stop_waits_for_run(self) -> None:
+        """daemon.stop() fires once the run in progress ended, after its current item."""
+        app, clock = make_app()
+        pending: list[Deferred[None]] = []
+
+        class Slow(FakeDaemon):
+            def do_work(self, job: Any) -> Any:
+                d: Deferred[None] = Deferred()
+                pending.append(d)
+                return d
+
+        d = Slow(["a", "b", "c"], run_every=1)
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        stopped = d.stop()
+        self.assertNoResult(stopped)
+        pending.pop().callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(d.get_work_calls, [0.0])
+        self.assertEqual(list(d.jobs), ["b", "c"])
+        clock.advance(10)
+        self.assertEqual(d.get_work_calls, [0.0])
+
+
+def test_next_idle_delay_starts_from_run_every() -> None:
+    """The first idle delay builds on run_every."""
+    assert next_idle_delay(None, 30, 10, 1, 60) == 40

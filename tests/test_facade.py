@@ -1,0 +1,49 @@
+"""The public facade: exactly the supported names, loaded lazily."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import daemonapp
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_all_names() -> None:
+    """__all__ lists exactly the supported public names."""
+    assert sorted(daemonapp.__all__) == sorted([
+        "Daemon", "DaemonApp", "HighlanderBusy", "IActivityMonitor", "IAsyncLock", "IDaemon",
+        "IJobStore", "IListener", "ILockBackend", "ILockProvider", "IScheduler", "__version__",
+        "highlander", "parse_duration", "parse_size",
+    ])
+
+
+def test_core_names_resolve() -> None:
+    """The core names of the facade resolve to their classes."""
+    from daemonapp.app import DaemonApp
+    from daemonapp.daemon import Daemon
+
+    assert daemonapp.Daemon is Daemon
+    assert daemonapp.DaemonApp is DaemonApp
+
+
+def test_unknown_name() -> None:
+    """An unknown attribute is an AttributeError, as for any module."""
+    try:
+        daemonapp.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as e:
+        assert "NoSuchThing" in str(e)
+    else:
+        raise AssertionError("no AttributeError")
+
+
+def test_import_is_light() -> None:
+    """Importing the package imports no Twisted, zope or yaml (PEP 562 lazy facade)."""
+    code = ("import sys, daemonapp; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('twisted', 'zope', 'yaml')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
