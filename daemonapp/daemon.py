@@ -12,6 +12,7 @@ import random
 import re
 from collections.abc import Callable, Mapping
 from inspect import iscoroutine
+from types import CoroutineType
 from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -56,6 +57,7 @@ ENDED = 2  # the run ended and the daemon told the scheduler when it is due agai
 #: lock again, so that a waiter elsewhere gets its turn (DESIGN §5).
 LOCK_YIELD_PAUSE = 0.05
 
+_ASYNC = (Deferred, CoroutineType)  # what a hook returns when its result comes later
 _LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _JOB_REPR_MAX = 1000
 
@@ -256,8 +258,6 @@ class Daemon:
         self._resume: tuple[str, Any] | None = None
         self._run_started = 0.0
         self._run_items = 0
-        self._phase = "get_work"
-        self._job: object = None
         self._lock_handle: IAsyncLock | None = None
         self._lock_held = False
         # The idle streak: the un-jittered delay after its last run, None when it is over.
@@ -326,7 +326,7 @@ class Daemon:
         """Run items until the run ends, waits, or the clock passes ``deadline``.
 
         Runs at least one item. Called by the scheduler only; returns READY,
-        WAITING or ENDED.
+        WAITING or ENDED. The synchronous path is the scheduler's hot loop.
         """
         app = self.app
         assert app is not None
@@ -346,11 +346,14 @@ class Daemon:
             do_work = self.do_work
             max_items = self.max_items
             max_seconds = self.max_seconds
+            in_thread = self.in_thread
+            items = self._run_items
+            resume = self._resume
             while True:
-                resume = self._resume
                 if resume is not None:
                     self._resume = None
                     kind, value = resume
+                    resume = None
                     if kind == _GOT_JOB:
                         job = value
                     elif kind == _DID_WORK:
@@ -365,54 +368,60 @@ class Daemon:
                     elif kind == _LOCK_FAILED:
                         return self._failed(value, "lock", None)
                     else:  # _HOOK_FAILED
+                        self._run_items = items
                         failure, phase, job = value
                         return self._failed(failure, phase, job)
                 else:
                     if self._stopping:
-                        return self._end(WORKED if self._run_items else IDLE)
-                    if self.in_thread:
+                        self._run_items = items
+                        return self._end(WORKED if items else IDLE)
+                    if in_thread:
+                        self._run_items = items
                         return self._in_thread()
-                    self._phase = "get_work"
-                    self._job = None
                     try:
                         job = get_work()
                     except Exception:
+                        self._run_items = items
                         return self._failed(Failure(), "get_work", None)
-                    if isinstance(job, Deferred) or iscoroutine(job):
-                        status = self._wait(job, _GOT_JOB)
-                        if status == WAITING:
-                            return status
+                    if job is not None and isinstance(job, _ASYNC):
+                        self._run_items = items
+                        if self._wait(job, _GOT_JOB, "get_work", None) == WAITING:
+                            return WAITING
+                        resume = self._resume
                         continue
                 if job is None:
-                    return self._end(WORKED if self._run_items else IDLE)
+                    self._run_items = items
+                    return self._end(WORKED if items else IDLE)
                 if job is not _DID_WORK:
-                    self._phase = "do_work"
-                    self._job = job
                     try:
                         result = do_work(job)
                     except Exception:
+                        self._run_items = items
                         return self._failed(Failure(), "do_work", job)
-                    if isinstance(result, Deferred) or iscoroutine(result):
-                        status = self._wait(result, _DID_WORK)
-                        if status == WAITING:
-                            return status
+                    if result is not None and isinstance(result, _ASYNC):
+                        self._run_items = items
+                        if self._wait(result, _DID_WORK, "do_work", job) == WAITING:
+                            return WAITING
+                        resume = self._resume
                         continue
                 # One item is done: the budget is checked after each do_work.
-                self._run_items += 1
-                if max_items is not None and self._run_items >= max_items:
+                items += 1
+                if max_items is not None and items >= max_items:
+                    self._run_items = items
                     return self._end(YIELDED)
                 now = seconds()
                 if max_seconds is not None and now - self._run_started >= max_seconds:
+                    self._run_items = items
                     return self._end(YIELDED)
                 if now >= deadline:
+                    self._run_items = items
                     return READY
         finally:
             self._inside = False
 
-    def _wait(self, result: Any, kind: str) -> int:
+    def _wait(self, result: Any, kind: str, phase: str, job: object) -> int:
         """Wait for a Deferred or coroutine; READY when it had already fired."""
         d: Deferred[Any] = Deferred.fromCoroutine(result) if iscoroutine(result) else result
-        phase, job = self._phase, self._job
         self._resume = None
         d.addCallbacks(self._arrived, self._arrived_failure, callbackArgs=(kind,),
                        errbackArgs=(phase, job))
@@ -434,7 +443,6 @@ class Daemon:
         """One item (get_work, then do_work when there is a job) in the app's thread pool."""
         app = self.app
         assert app is not None
-        self._phase = "get_work"
         d: Deferred[object] = Deferred()
         reactor = app.reactor
         # A task.Clock has no callFromThread: tests pair it with a synchronous pool.
@@ -444,7 +452,7 @@ class Daemon:
             call_from_thread(d.callback if ok else d.errback, result)
 
         app.threadpool.callInThreadWithCallback(on_result, self._thread_item)
-        return self._wait(d, _THREAD_ITEM)
+        return self._wait(d, _THREAD_ITEM, "get_work", None)
 
     def _thread_item(self) -> object:
         try:
@@ -514,7 +522,6 @@ class Daemon:
         stats["last_run_at"] = self._run_started
         stats["current_delay"] = delay
         self._in_run = False
-        self._job = None
         if self._stopping:
             waiters, self._stop_waiters = self._stop_waiters, []
             self._deactivate()
