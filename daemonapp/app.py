@@ -109,6 +109,8 @@ class DaemonApp(MultiService):
         self._yield_call: Any = None
         self._in_slice = False
         self._runs_in_flight = 0
+        #: The largest lateness (start − due time) of any run so far, in seconds.
+        self.max_lateness = 0.0
         # The lifetime.
         self._activity: dict[str, int] = {}
         self._last_request_end: float | None = None
@@ -207,12 +209,14 @@ class DaemonApp(MultiService):
             # Installed from callWhenRunning: the reactor installs its own handlers
             # when it starts, and they would replace ours (twistd then exits 143).
             self.reactor.callWhenRunning(self._install_signal_handlers)
-        self._soft_timer = self.reactor.callLater(self.stay_alive_for or 0.0,
-                                                  self._soft_deadline)
         if self.shutdown_after is not None:
             self._hard_timer = self.reactor.callLater(self.shutdown_after, self._hard_deadline)
         for daemon in list(self.daemons.values()):
             daemon.start()
+        if self.stay_alive_for:
+            self._soft_timer = self.reactor.callLater(self.stay_alive_for, self._soft_deadline)
+        else:
+            self._soft_deadline()  # no minimum life: idle exit is decided at start
 
     def stopService(self) -> Deferred[None]:
         """Stop gracefully (idempotent); fires when the stop is over."""
@@ -322,6 +326,10 @@ class DaemonApp(MultiService):
                     if self._stopping or not daemon._active or daemon._stopping:
                         continue  # a stopping app starts no new run
                     self._runs_in_flight += 1
+                    lateness = now - daemon._due
+                    daemon._lateness = lateness
+                    if lateness > self.max_lateness:
+                        self.max_lateness = lateness
                 status = daemon._advance(deadline)
                 if status == READY:
                     heapq.heappush(ready, entry)
@@ -554,6 +562,7 @@ class DaemonApp(MultiService):
                 "type": type(daemon).__module__ + ":" + type(daemon).__qualname__,
                 "priority": daemon.priority,
                 "running": daemon._in_run,
+                "lateness": daemon._lateness,
             }
             entry.update(daemon.stats)
             daemons.append(entry)
@@ -565,6 +574,7 @@ class DaemonApp(MultiService):
             "uptime": None if self.started_at is None else now - self.started_at,
             "stop_reason": self.stop_reason,
             "in_flight": dict(self._activity),
+            "max_lateness": self.max_lateness,
             "daemons": daemons,
             "listeners": [listener.snapshot() for listener in self.listeners],
         }

@@ -435,3 +435,21 @@ class TestingHelperTests(SynchronousTestCase):
         now = run_until_idle(app, clock, horizon=50)
         self.assertEqual([j for _, j in d.done], ["a", "b"])
         self.assertEqual(now, 10.0)
+
+
+class StartTests(SynchronousTestCase):
+    def test_idle_at_start_without_soft_deadline(self) -> None:
+        """Without stay_alive_for, an app with nothing to do ends as it starts."""
+        app, _ = make_app(shutdown_if_idle=10)
+        app.startService()
+        self.assertEqual(self.successResultOf(app.when_ended()), 0)
+
+    def test_due_daemon_keeps_app_at_start(self) -> None:
+        """A daemon due at start keeps the app from an idle exit at start."""
+        app, clock = make_app(shutdown_if_idle=10)
+        d = FakeDaemon(["a"], run_every=5)
+        app.add(d)
+        app.startService()
+        self.assertNoResult(app.when_ended())
+        clock.advance(0)
+        self.assertEqual([j for _, j in d.done], ["a"])
