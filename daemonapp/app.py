@@ -109,7 +109,7 @@ class DaemonApp(MultiService):
         self._yield_call: Any = None
         self._in_slice = False
         self._runs_in_flight = 0
-        #: The largest lateness (start − due time) of any run so far, in seconds.
+        #: The largest lateness (start - due time) of any run so far, in seconds.
         self.max_lateness = 0.0
         # The lifetime.
         self._activity: dict[str, int] = {}
@@ -177,8 +177,8 @@ class DaemonApp(MultiService):
         if self._locks is None:
             from daemonapp.locks import LockProvider
 
-            provider: ILockProvider = LockProvider(  # type: ignore[assignment]
-                reactor=self.reactor, state_dir=self.state_dir)
+            provider: ILockProvider = LockProvider(reactor=self.reactor,
+                                                   state_dir=self.state_dir)
             self._locks = provider
         return self._locks.lock_for(name)
 
@@ -328,8 +328,7 @@ class DaemonApp(MultiService):
                     self._runs_in_flight += 1
                     lateness = now - daemon._due
                     daemon._lateness = lateness
-                    if lateness > self.max_lateness:
-                        self.max_lateness = lateness
+                    self.max_lateness = max(self.max_lateness, lateness)
                 status = daemon._advance(deadline)
                 if status == READY:
                     heapq.heappush(ready, entry)

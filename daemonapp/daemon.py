@@ -265,7 +265,7 @@ class Daemon:
         # The scheduler's bookkeeping (owned by the scheduler, kept here for speed).
         self._sched_seq = -1
         self._due = 0.0
-        self._lateness = 0.0  # start − due time of the last run
+        self._lateness = 0.0  # start - due time of the last run
 
     # ------------------------------------------------------------------ hooks
 

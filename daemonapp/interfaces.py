@@ -12,6 +12,15 @@ from typing import Any
 from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
+# The lock interfaces live in a Twisted-free module so that daemonapp.locks (used by
+# CGI scripts) can declare them without importing Twisted; they are public here.
+from daemonapp._lock_interfaces import IAsyncLock, ILockBackend, ILockProvider
+
+__all__ = [
+    "IActivityMonitor", "IAsyncLock", "IDaemon", "IJobStore", "IListener",
+    "ILockBackend", "ILockProvider", "IScheduler",
+]
+
 
 class IDaemon(Interface):
     """A unit of periodic work scheduled by a DaemonApp."""
@@ -96,44 +105,6 @@ class IListener(IService):
 
     def snapshot() -> dict[str, object]:
         """A JSON-able status of this listener for ``daemonapp status``."""
-
-
-class IAsyncLock(Interface):
-    """A highlander lock as the scheduler uses it: never blocks the reactor."""
-
-    name = Attribute("str: the lock's name")
-
-    def acquire(timeout: float) -> object:
-        """A Deferred that fires True once held, False when ``timeout`` passed."""
-
-    def release() -> object:
-        """Release the lock; may return a Deferred."""
-
-
-class ILockProvider(Interface):
-    """Makes the IAsyncLock a daemon's ``lock:`` option names."""
-
-    def lock_for(name: str) -> IAsyncLock:
-        """A new lock handle for ``name``: two handles exclude each other."""
-
-    def close() -> object:
-        """Release whatever is held; may return a Deferred."""
-
-
-class ILockBackend(Interface):
-    """A blocking highlander lock (flock or PostgreSQL lease), threading.Lock-like."""
-
-    name = Attribute("str")
-    token = Attribute("int | None: the fencing token of the current hold")
-
-    def acquire(timeout: float | None = None) -> bool:
-        """Block up to ``timeout`` (None: forever, 0: one try); True when held."""
-
-    def release() -> None:
-        """Release the lock; it can be acquired again."""
-
-    def still_held() -> bool:
-        """False when the hold was lost (a lease that expired)."""
 
 
 class IJobStore(Interface):
