@@ -1,0 +1,113 @@
+"""Prometheus text metrics built from an app's status snapshot (DESIGN §7).
+
+The snapshot (``DaemonApp.snapshot()``, also what the status socket serves) is the
+single source; this module only translates it with ``prometheus_client``, so the
+numbers shown by ``daemonapp status`` and by a scrape always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["CONTENT_TYPE", "render_metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_DAEMON_COUNTERS = (
+    ("runs", "daemonapp_daemon_runs", "Runs of the daemon, whatever their outcome"),
+    ("items", "daemonapp_daemon_items", "Items (do_work calls) finished by the daemon"),
+    ("failures", "daemonapp_daemon_failures", "Runs that failed in a hook"),
+)
+_LISTENER_COUNTERS = (
+    ("requests", "daemonapp_listener_requests", "Requests received"),
+    ("answered", "daemonapp_listener_answered", "Requests answered by the application"),
+    ("rejected_503", "daemonapp_listener_rejected_503", "Requests shed with 503 + Retry-After"),
+    ("timeouts_504", "daemonapp_listener_timeouts_504", "Requests past request_timeout"),
+    ("errors_500", "daemonapp_listener_errors_500", "Requests the application failed"),
+    ("too_large_413", "daemonapp_listener_too_large_413", "Bodies over max_body_bytes"),
+    ("too_large_431", "daemonapp_listener_too_large_431", "Parameters over max_param_bytes"),
+)
+
+
+class _SnapshotCollector:
+    """A prometheus_client collector over one snapshot dict."""
+
+    def __init__(self, snapshot: Mapping[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snap = self.snapshot
+        up = GaugeMetricFamily("daemonapp_up", "1 while the app runs, 0 while it stops",
+                               value=1.0 if snap.get("state") == "running" else 0.0)
+        yield up
+        yield GaugeMetricFamily("daemonapp_uptime_seconds", "Seconds since the app started",
+                                value=float(snap.get("uptime") or 0.0))
+        yield GaugeMetricFamily("daemonapp_max_lateness_seconds",
+                                "Largest start - due time of any run so far",
+                                value=float(snap.get("max_lateness") or 0.0))
+        daemons = snap.get("daemons") or []
+        for key, name, text in _DAEMON_COUNTERS:
+            family = CounterMetricFamily(name, text, labels=["daemon"])
+            for d in daemons:
+                family.add_metric([str(d["name"])], float(d.get(key) or 0))
+            yield family
+        lateness = GaugeMetricFamily("daemonapp_daemon_lateness_seconds",
+                                     "Start - due time of the daemon's last run",
+                                     labels=["daemon"])
+        delay = GaugeMetricFamily("daemonapp_daemon_current_delay_seconds",
+                                  "Delay chosen after the daemon's last run", labels=["daemon"])
+        outcome = GaugeMetricFamily("daemonapp_daemon_last_outcome",
+                                    "1 for the outcome of the daemon's last run",
+                                    labels=["daemon", "outcome"])
+        for d in daemons:
+            label = str(d["name"])
+            lateness.add_metric([label], float(d.get("lateness") or 0.0))
+            delay.add_metric([label], float(d.get("current_delay") or 0.0))
+            if d.get("last_outcome"):
+                outcome.add_metric([label, str(d["last_outcome"])], 1.0)
+        yield lateness
+        yield delay
+        yield outcome
+        in_flight = GaugeMetricFamily("daemonapp_in_flight", "Work in flight by kind",
+                                      labels=["kind"])
+        for kind, count in (snap.get("in_flight") or {}).items():
+            in_flight.add_metric([str(kind)], float(count))
+        yield in_flight
+        listeners = snap.get("listeners") or []
+        for key, name, text in _LISTENER_COUNTERS:
+            family = CounterMetricFamily(name, text, labels=["listener"])
+            for i, listener in enumerate(listeners):
+                if key in listener:
+                    family.add_metric([_listener_label(listener, i)], float(listener[key]))
+            yield family
+        jobs = snap.get("jobs") or {}
+        by_state = jobs.get("by_state") if isinstance(jobs, Mapping) else None
+        if by_state:
+            jobs_family = GaugeMetricFamily("daemonapp_jobs", "Jobs in the store by state",
+                                            labels=["state"])
+            for state, count in sorted(by_state.items()):
+                jobs_family.add_metric([str(state)], float(count))
+            yield jobs_family
+
+
+def _listener_label(listener: Mapping[str, Any], index: int) -> str:
+    return str(listener.get("name") or listener.get("endpoint") or f"listener{index}")
+
+
+def render_metrics(snapshot: Mapping[str, Any]) -> bytes:
+    """The Prometheus text exposition of ``snapshot``.
+
+    Needs ``prometheus_client`` (``pip install daemonapp[metrics]``).
+    """
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "metrics need prometheus_client: pip install 'daemonapp[metrics]'") from e
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snapshot))  # type: ignore[arg-type]
+    result: bytes = generate_latest(registry)
+    return result
