@@ -564,17 +564,17 @@ class SeedDaemon(Daemon):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.children: dict[str, Daemon] = {}
-        self._checked = False
+        self._reconciled_run = -1  # stats["runs"] when reconcile() last ran
 
     def reconcile(self) -> Any:
         """Return {key: factory} of the children that should run now."""
         return {}
 
     def get_work(self) -> Any:
-        if self._checked:
-            self._checked = False
+        # Once per run: a failed reconcile() still counts as this run's try.
+        if self._reconciled_run == self.stats["runs"]:
             return None
-        self._checked = True
+        self._reconciled_run = self.stats["runs"]
         wanted = self.reconcile()
         if isinstance(wanted, Deferred) or iscoroutine(wanted):
             d = Deferred.fromCoroutine(wanted) if iscoroutine(wanted) else wanted
@@ -582,10 +582,17 @@ class SeedDaemon(Daemon):
         return self._changes(wanted)
 
     def _changes(self, wanted: Mapping[str, Callable[[], Daemon]]) -> Any:
-        if set(wanted) == set(self.children):
-            self._checked = False
-            return None
-        return wanted
+        return None if set(wanted) == set(self.children) else wanted
+
+    def stop(self) -> Deferred[None]:
+        """Stop the seed, and stop and remove its children too."""
+        d = super().stop()
+        children, self.children = list(self.children.values()), {}
+        if self.app is None or not children:
+            return d
+        removals: list[Deferred[Any]] = [d]
+        removals += [self.app.remove(child) for child in children]  # type: ignore[misc]
+        return gatherResults(removals, consumeErrors=True).addCallback(lambda _: None)
 
     def do_work(self, wanted: Mapping[str, Callable[[], Daemon]]) -> Any:
         app = self.app

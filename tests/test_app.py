@@ -453,3 +453,47 @@ class StartTests(SynchronousTestCase):
         self.assertNoResult(app.when_ended())
         clock.advance(0)
         self.assertEqual([j for _, j in d.done], ["a"])
+
+
+class SeedFailureTests(SynchronousTestCase):
+    def test_failed_reconcile_retried_next_run(self) -> None:
+        """A reconcile() that raised is tried again on the next run."""
+        calls: list[float] = []
+
+        class Flaky(SeedDaemon):
+            run_every = 10
+
+            def reconcile(self) -> Any:
+                assert self.app is not None
+                calls.append(self.app.seconds())
+                if len(calls) == 1:
+                    raise OSError("base directory unreadable")
+                return {"a": lambda: FakeDaemon(run_every=5)}
+
+        app, clock = make_app()
+        seed = Flaky(name="seed")
+        app.add(seed)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(seed.stats["last_outcome"], "failed")
+        self.flushLoggedErrors(OSError)
+        clock.advance(10)
+        self.assertEqual(calls, [0.0, 10.0])
+        self.assertIn("seed/a", app.daemons)
+
+    def test_stopping_seed_removes_children(self) -> None:
+        """Stopping a seed stops and removes its children."""
+
+        class Seed(SeedDaemon):
+            run_every = 10
+
+            def reconcile(self) -> Any:
+                return {"a": lambda: FakeDaemon(run_every=5)}
+
+        app, clock = make_app()
+        seed = Seed(name="seed")
+        app.add(seed)
+        app.startService()
+        clock.advance(0)
+        self.successResultOf(app.remove(seed))
+        self.assertEqual(sorted(app.daemons), [])
