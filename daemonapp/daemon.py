@@ -221,6 +221,21 @@ class Daemon:
     lock: str | None = None
     start_delay: float = 0.0
 
+    #: Methods the scheduler relies on; a subclass that redefines one by accident
+    #: would break its runs in ways hard to trace, so that is refused at once.
+    _RESERVED: ClassVar[frozenset[str]] = frozenset({
+        "_deactivate", "_advance", "_wait", "_arrived", "_arrived_failure", "_in_thread",
+        "_thread_item", "_take_lock", "_lock_error", "_failed", "_end", "_release_lock",
+    })
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        clash = sorted(Daemon._RESERVED & set(vars(cls)))
+        if clash:
+            raise TypeError(
+                f"{cls.__name__} redefines {', '.join(clash)}: these names are "
+                f"daemonapp.Daemon's internals; rename your method")
+
     def __init__(self, *, name: str | None = None, **attributes: Any) -> None:
         for key in attributes:
             if key not in _CONVERTERS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -145,7 +146,7 @@ class BackoffRuleTests(SynchronousTestCase):
         delays = idle_delays(run_every, increase, multiply, cap, count=12)
         assert all(d <= maximum for d in delays)
         assert delays[0] == min(maximum, run_every * multiply + increase)
-        for prev, cur in zip(delays, delays[1:], strict=False):
+        for prev, cur in itertools.pairwise(delays):
             assert cur == min(maximum, prev * multiply + increase)
             if delays[0] < maximum:
                 assert cur >= prev
@@ -523,3 +524,15 @@ class NoOverlapTests(SynchronousTestCase):
 def test_next_idle_delay_starts_from_run_every() -> None:
     """The first idle delay builds on run_every."""
     assert next_idle_delay(None, 30, 10, 1, 60) == 40
+
+
+def test_reserved_internal_names() -> None:
+    """A subclass that redefines one of Daemon's internals is refused when defined."""
+    import pytest
+
+    with pytest.raises(TypeError, match="_end"):
+        class Clumsy(Daemon):
+            run_every = 1
+
+            def _end(self, outcome: str) -> int:
+                return 0
