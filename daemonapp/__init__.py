@@ -6,11 +6,15 @@ The names below are the supported public API. They load lazily (PEP 562) so that
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from daemonapp._version import __version__
 
+# Not `from typing import TYPE_CHECKING`: typing (and the `re` it imports) costs ~10 ms,
+# the whole budget of the CGI frontend, which imports this package first. mypy treats
+# any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from daemonapp.app import DaemonApp
     from daemonapp.daemon import Daemon
     from daemonapp.durations import parse_duration, parse_size
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
         IScheduler,
     )
     from daemonapp.locks import HighlanderBusy, highlander
+del TYPE_CHECKING  # not part of the facade
 
 _LAZY = {
     "Daemon": "daemonapp.daemon",
