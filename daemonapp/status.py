@@ -1,0 +1,256 @@
+"""The status socket of a running app (state_dir/status.sock) and its client.
+
+Each connection gets ``app.snapshot()`` as one line of JSON, then the server
+closes it. ``daemonapp status`` reads it and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import tcp, unix
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "MAX_STATUS_BYTES",
+    "StatusService",
+    "fetch_status",
+    "format_status",
+    "status_socket_path",
+]
+
+log = Logger()
+
+STATUS_SOCKET = "status.sock"
+#: The most a client reads from a status socket.
+MAX_STATUS_BYTES = 16 * 1024 * 1024
+
+
+#: The listener snapshot keys `daemonapp status` shows, with their column titles.
+_LISTENER_COLUMNS = {
+    "name": "NAME",
+    "listening": "LISTENING",
+    "draining": "DRAINING",
+    "connections": "CONNECTIONS",
+    "in_flight": "IN_FLIGHT",
+    "queued": "QUEUED",
+    "requests": "REQUESTS",
+    "rejected_503": "503",
+    "timeouts_504": "504",
+    "errors_500": "500",
+}
+
+
+def status_socket_path(state_dir: str) -> str:
+    """Where the status socket of the app using ``state_dir`` lives."""
+    return os.path.join(state_dir, STATUS_SOCKET)
+
+
+class _StatusProtocol(Protocol):
+    def connectionMade(self) -> None:
+        factory = self.factory
+        assert isinstance(factory, _StatusFactory)
+        try:
+            snapshot = factory.snapshot()
+            data = json.dumps(snapshot, default=repr).encode() + b"\n"
+        except Exception:
+            log.failure("status snapshot failed")
+            data = json.dumps({"error": "snapshot failed"}).encode() + b"\n"
+        assert self.transport is not None
+        self.transport.write(data)
+        self.transport.loseConnection()
+
+
+class _StatusFactory(Factory):
+    protocol = _StatusProtocol
+    noisy = False
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+
+class _Port(unix.Port):  # type: ignore[misc]
+    """A Unix port bound at ``path.new`` and renamed over ``path`` (no window without a
+    socket), which on close unlinks the path only if it is still its own socket: a
+    successor may have renamed its socket over it meanwhile."""
+
+    def __init__(self, path: str, factory: Factory, reactor: Any) -> None:
+        super().__init__(path.encode(), factory, mode=0o600, reactor=reactor)
+        self._path = path
+        self._identity: tuple[int, int] | None = None
+
+    def startListening(self) -> None:
+        path = self._path
+        temporary = path + ".new"
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        skt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            skt.bind(temporary)
+            os.chmod(temporary, 0o600)
+            skt.listen(16)
+            skt.setblocking(False)
+            os.rename(temporary, path)
+            info = os.stat(path)
+        except OSError:
+            skt.close()
+            raise
+        self._identity = (info.st_dev, info.st_ino)
+        # Let Twisted adopt the socket we bound (it listens and chmods the final path).
+        self._preexistingSocket = skt
+        self._bindPath = path
+        super().startListening()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            info = os.stat(self._path)
+            if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == self._identity:
+                os.unlink(self._path)
+        except OSError:
+            pass
+        tcp.Port.connectionLost(self, reason)
+
+
+class StatusService(Service):
+    """Serves ``app.snapshot()`` as JSON on a Unix socket (mode 0600)."""
+
+    def __init__(self, app: Any, path: str) -> None:
+        self.app = app
+        self.path = path
+        self._port: _Port | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        port = _Port(self.path, _StatusFactory(self.app.snapshot), self.app.reactor)
+        try:
+            port.startListening()
+        except Exception:
+            log.failure("status socket {path} unavailable", path=self.path)
+            return
+        self._port = port
+        log.info("status socket on {path}", path=self.path)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        port, self._port = self._port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
+
+
+# ------------------------------------------------------------------------ client
+
+
+def fetch_status(path: str, *, timeout: float = 5.0) -> dict[str, Any]:
+    """The snapshot served at ``path`` (a state_dir or a socket path).
+
+    Raises OSError when nothing answers, ValueError for a bad answer.
+    """
+    if os.path.isdir(path):
+        path = status_socket_path(path)
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as skt:
+        skt.settimeout(timeout)
+        skt.connect(path)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            skt.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = skt.recv(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_STATUS_BYTES:
+                raise ValueError(f"status answer larger than {MAX_STATUS_BYTES} bytes")
+            chunks.append(chunk)
+    value = json.loads(b"".join(chunks))
+    if not isinstance(value, dict):
+        raise ValueError("status answer is not a JSON object")
+    return value
+
+
+def _seconds(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    value = float(value)
+    if value < 0:
+        return "-" + _seconds(-value)
+    if value < 1:
+        return f"{value * 1000:.0f}ms" if value else "0s"
+    if value < 60:
+        return f"{value:.3g}s"
+    minutes, secs = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) if rows else len(headers[i])
+              for i in range(len(headers))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return lines
+
+
+def format_status(snapshot: dict[str, Any]) -> str:
+    """A human-readable table of a snapshot: the app, its daemons, listeners, jobs."""
+    now = snapshot.get("now")
+    lines = [f"pid {snapshot.get('pid')}  state {snapshot.get('state')}  "
+             f"uptime {_seconds(snapshot.get('uptime'))}"]
+    if snapshot.get("stop_reason"):
+        lines.append(f"stopping: {snapshot['stop_reason']}")
+    daemons = snapshot.get("daemons") or []
+    lines.append("")
+    lines.append(f"daemons ({len(daemons)})")
+    rows = []
+    for entry in daemons:
+        next_run = entry.get("next_run_at")
+        if entry.get("running"):
+            when = "running"
+        elif isinstance(next_run, int | float) and isinstance(now, int | float):
+            when = "in " + _seconds(next_run - now)
+        else:
+            when = "-"
+        rows.append([
+            str(entry.get("name")), str(entry.get("type", "-")).rsplit(":", 1)[-1],
+            str(entry.get("last_outcome") or "-"), str(entry.get("runs", 0)),
+            str(entry.get("items", 0)), str(entry.get("failures", 0)),
+            _seconds(entry.get("current_delay")), when,
+        ])
+    lines += _table(["NAME", "TYPE", "LAST", "RUNS", "ITEMS", "FAILURES", "DELAY", "NEXT RUN"],
+                    rows)
+    listeners = snapshot.get("listeners") or []
+    if listeners:
+        lines.append("")
+        lines.append(f"listeners ({len(listeners)})")
+        keys = [key for key in _LISTENER_COLUMNS if any(key in entry for entry in listeners)]
+        if not keys:
+            keys = sorted({key for entry in listeners for key, value in entry.items()
+                           if not isinstance(value, dict | list)})
+        lines += _table([_LISTENER_COLUMNS.get(key, key.upper()) for key in keys],
+                        [[str(entry.get(key, "-")) for key in keys] for entry in listeners])
+    jobs = snapshot.get("jobs")
+    if jobs:
+        lines.append("")
+        lines.append("jobs")
+        if isinstance(jobs, dict):
+            lines += _table(["KEY", "VALUE"], [[str(k), json.dumps(v, default=repr)]
+                                               for k, v in jobs.items()])
+        else:
+            lines.append(json.dumps(jobs, default=repr))
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""twistd plugin: ``twistd -n daemonapp -c etc/daemons.yaml``.
+
+Config errors are a ``usage.UsageError`` raised in ``postOptions``: twistd prints
+the usage and every error, and exits with its usage-error status (1). twistd
+itself always exits 0 after the reactor stopped; an app that abandoned work at
+stop_timeout makes the process exit 1 through an ``atexit`` hook that runs after
+twistd removed its pid file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pwd
+import sys
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from daemonapp.config import (
+    Config,
+    ConfigError,
+    build_app,
+    load_config,
+    stop_unless_listening,
+)
+
+__all__ = ["Options", "makeService"]
+
+ENV_CONFIG = "DAEMONAPP_CONFIG"
+
+
+class Options(usage.Options):
+    """twistd daemonapp options."""
+
+    synopsis = "[-c CONFIG]"
+    longdesc = ("Run the daemons and listeners of a daemonapp YAML file (DAEMONAPP_CONFIG "
+                "when -c is not given). Check a file first with `daemonapp check FILE`.")
+    optParameters = [
+        ["config", "c", None, "the YAML configuration file (default: $DAEMONAPP_CONFIG)"],
+    ]
+
+    config: Config | None = None
+
+    def postOptions(self) -> None:
+        path = self["config"] or os.environ.get(ENV_CONFIG)
+        if not path:
+            raise usage.UsageError("a configuration file is required: -c FILE "
+                                   f"(or set {ENV_CONFIG})")
+        self["config"] = path
+        try:
+            self.config = load_config(path)
+        except ConfigError as e:
+            raise usage.UsageError(
+                f"{len(e.messages)} error(s) in {path}:\n" + "\n".join(e.messages)) from None
+
+
+def _exit_with(status: int) -> None:
+    """Replace a clean interpreter exit by ``status`` (after twistd's own cleanup)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: S110 - a closed stream must not prevent the exit
+            pass
+    os._exit(status)
+
+
+def _remember_status(status: int) -> int:
+    if status:
+        # Registered last, so it runs first among the atexit hooks; twistd has removed
+        # its pid file and stopped logging by the time the interpreter exits.
+        atexit.register(_exit_with, status)
+    return status
+
+
+def _hand_over_state_dir(options: Options, state_dir: str) -> None:
+    """Give the state directory to twistd's --uid/--gid.
+
+    makeService runs before twistd sheds its privileges, so a state_dir created
+    here by root would be closed to the app once it runs as --uid.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or os.getuid() != 0:
+        return
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return
+    if uid is not None and gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    os.chown(state_dir, -1 if uid is None else uid, -1 if gid is None else gid)
+
+
+def makeService(options: Options) -> IService:
+    """The DaemonApp of the configuration (it stops the reactor when it ends)."""
+    config = options.config
+    if config is None:  # postOptions was bypassed (a test calling makeService directly)
+        config = load_config(options["config"])
+    app = build_app(config, stop_reactor=True, handle_signals=True)
+    _hand_over_state_dir(options, config.app.state_dir)
+    app.when_ended().addCallback(_remember_status)
+    # callLater(0): after twistd has started the application and its listeners bound.
+    app.reactor.callWhenRunning(app.reactor.callLater, 0, stop_unless_listening, app)
+    return app
