@@ -1,0 +1,217 @@
+"""``daemonapp jobs``: submit, show, list, retry and cancel jobs from a shell.
+
+Talks to the store directly, so it works whether the app runs or not. The
+store comes from ``--store`` (a PostgreSQL URL or a state_dir), else from the
+job_dispatcher section of the config (``-c``, or ``DAEMONAPP_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from daemonapp.jobs._model import STATES, JobRecord
+
+__all__ = ["StoreNotFound", "main", "store_from_config"]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+DISPATCHER_TYPES = ("job_dispatcher", "daemonapp.jobs.dispatcher:JobDispatcher",
+                    "daemonapp.jobs:JobDispatcher")
+
+
+class StoreNotFound(ValueError):
+    """The config names no job store (no job_dispatcher store and no app.state_dir)."""
+
+
+def store_from_config(path: str, dispatcher: str | None = None) -> str:
+    """The job store target a config file's job_dispatcher uses.
+
+    Its ``store`` option when set, else the app's ``state_dir``; relative paths
+    are relative to the config file's directory.
+    """
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if not isinstance(data, dict):
+        raise StoreNotFound(f"{path}: expected a mapping at the top level")
+    base = os.path.dirname(os.path.abspath(path))
+    daemons = data.get("daemons") or {}
+    if not isinstance(daemons, dict):
+        raise StoreNotFound(f"{path}: daemons: expected a mapping")
+    found: tuple[str, dict[str, Any]] | None = None
+    for name, section in daemons.items():
+        if not isinstance(section, dict) or section.get("type") not in DISPATCHER_TYPES:
+            continue
+        if dispatcher is None or name == dispatcher:
+            found = (str(name), section)
+            break
+    if dispatcher is not None and found is None:
+        raise StoreNotFound(f"{path}: no job_dispatcher daemon named {dispatcher!r}")
+    store = found[1].get("store") if found is not None else None
+    if store is not None:
+        text = str(store)
+        if text.startswith(("postgresql://", "postgres://")):
+            return text
+        return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
+    app = data.get("app") or {}
+    state_dir = app.get("state_dir") if isinstance(app, dict) else None
+    if not state_dir:
+        where = f"daemons.{found[0]}.store" if found else "a job_dispatcher daemon"
+        raise StoreNotFound(f"{path}: no job store: set {where} or app.state_dir")
+    return os.path.normpath(os.path.join(base, os.path.expanduser(str(state_dir))))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daemonapp jobs",
+        description="Submit and inspect jobs in the store of a daemonapp job dispatcher.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", help="the app's YAML config (default: "
+                                              "$DAEMONAPP_CONFIG)")
+    where.add_argument("--store", help="a PostgreSQL URL or a state_dir holding jobs.sqlite3")
+    parser.add_argument("--dispatcher", help="with -c: the job_dispatcher daemon's name "
+                                             "(default: the first)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser("submit", help="add a job; prints its id")
+    submit.add_argument("kind")
+    submit.add_argument("payload", metavar="JSON", help="the payload, a JSON object")
+    submit.add_argument("--unique-key", help="reuse the pending or running job with this key")
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first")
+    submit.add_argument("--run-after", metavar="DURATION",
+                        help='start no sooner than this from now ("10m")')
+
+    show = commands.add_parser("show", help="print a job as JSON (traceback included)")
+    show.add_argument("id", type=int)
+
+    listing = commands.add_parser("list", help="list the newest jobs")
+    listing.add_argument("--state", choices=STATES)
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    retry = commands.add_parser("retry", help="make a failed job pending with a fresh budget")
+    retry.add_argument("id", type=int)
+
+    cancel = commands.add_parser("cancel", help="cancel a pending or running job")
+    cancel.add_argument("id", type=int)
+    return parser
+
+
+def _target(args: argparse.Namespace) -> str:
+    if args.store:
+        text: str = args.store
+        return text
+    config = args.config or os.environ.get("DAEMONAPP_CONFIG")
+    if not config:
+        raise StoreNotFound("no job store: give -c CONFIG or --store URL "
+                            "(or set DAEMONAPP_CONFIG)")
+    return store_from_config(config, args.dispatcher)
+
+
+def _format_time(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def _print_table(records: Sequence[JobRecord], out: TextIO) -> None:
+    rows = [("ID", "STATE", "KIND", "ATTEMPTS", "PERCENT", "UPDATED", "MESSAGE")]
+    for r in records:
+        last_error = (r.error or "").strip().splitlines()
+        message = r.message or (last_error[-1] if last_error else "")
+        rows.append((str(r.id), r.state, r.kind, f"{r.attempts}/{r.max_attempts}",
+                     f"{r.percent or 0:.0f}%", _format_time(r.updated_at), message[:60]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from daemonapp.jobs.store import open_store
+
+    store = open_store(_target(args))
+    try:
+        if args.command == "submit":
+            try:
+                payload = json.loads(args.payload)
+            except ValueError as exc:
+                err.write(f"daemonapp jobs submit: JSON: {exc}\n")
+                return EXIT_USAGE
+            run_after = None
+            if args.run_after:
+                from daemonapp.durations import parse_duration
+
+                run_after = time.time() + parse_duration(args.run_after)
+            job_id = store.submit(args.kind, payload, unique_key=args.unique_key,
+                                  priority=args.priority, run_after=run_after)
+            out.write(f"{job_id}\n")
+            return EXIT_OK
+        if args.command == "show":
+            record = store.get(args.id)
+            if record is None:
+                err.write(f"daemonapp jobs show: no job {args.id}\n")
+                return EXIT_REFUSED
+            out.write(json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n")
+            return EXIT_OK
+        if args.command == "list":
+            records = store.list(state=args.state, limit=max(1, args.limit))
+            if args.json:
+                for record in records:
+                    out.write(json.dumps(record.as_dict(), sort_keys=True) + "\n")
+            else:
+                _print_table(records, out)
+            return EXIT_OK
+        if args.command == "retry":
+            if not store.retry(args.id):
+                record = store.get(args.id)
+                state = "unknown" if record is None else record.state
+                err.write(f"daemonapp jobs retry: job {args.id} is {state}; only failed or "
+                          f"cancelled jobs can be retried\n")
+                return EXIT_REFUSED
+            out.write(f"job {args.id}: pending\n")
+            return EXIT_OK
+        if args.command == "cancel":
+            if not store.cancel(args.id):
+                record = store.get(args.id)
+                state = "unknown" if record is None else record.state
+                err.write(f"daemonapp jobs cancel: job {args.id} is {state}; only pending or "
+                          f"running jobs can be cancelled\n")
+                return EXIT_REFUSED
+            out.write(f"job {args.id}: cancelled\n")
+            return EXIT_OK
+        raise AssertionError(args.command)
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``daemonapp jobs ...``: returns the exit status (0 ok, 1 refused, 2 usage)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["jobs"]:
+        args_list = args_list[1:]
+    parser = _parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if isinstance(exit_.code, int) else EXIT_USAGE
+    try:
+        return _run(args, sys.stdout, sys.stderr)
+    except (StoreNotFound, ValueError, OSError, RuntimeError) as exc:
+        sys.stderr.write(f"daemonapp jobs: {exc}\n")
+        return EXIT_USAGE if isinstance(exc, StoreNotFound | ValueError) else EXIT_REFUSED
+    except Exception as exc:  # a database error: say it, no traceback
+        sys.stderr.write(f"daemonapp jobs: {type(exc).__name__}: {exc}\n")
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,764 @@
+"""The job stores: SQLite in the app's state_dir, or PostgreSQL by URL.
+
+Both are blocking (the dispatcher calls them from a thread pool) and implement
+IJobStore; ``open_store(target)`` picks one. Leases expire on the database's
+clock; every claim hands out a fencing token larger than any before it.
+"""
+
+# ruff: noqa: S608 - SQL is composed only from this module's constants, never from input
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from daemonapp.interfaces import IJobStore
+from daemonapp.jobs._model import (
+    ACTIVE_STATES,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    STATES,
+    Job,
+    JobCancelled,
+    JobRecord,
+    StaleLease,
+    absolute_time,
+    cap_error,
+    check_kind,
+    check_lease,
+    decode_payload,
+    encode_payload,
+)
+from daemonapp.jobs.runtime import cap_message, clamp_percent
+
+_log = Logger()
+SCHEMA_VERSION = 1
+SQLITE_FILENAME = "jobs.sqlite3"
+NOTIFY_CHANNEL = "daemonapp_jobs"
+MAX_LIST_LIMIT = 10_000
+
+
+def is_postgres_url(target: str) -> bool:
+    """True when ``target`` is a PostgreSQL URL (postgresql:// or postgres://)."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(target: str | os.PathLike[str], *,
+               max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> SQLiteJobStore | PostgresJobStore:
+    """Open the job store at ``target``: a PostgreSQL URL, or a state_dir path.
+
+    A state_dir holds one SQLite file (``jobs.sqlite3``); the directory is
+    created private (0700) when missing. ``max_attempts`` is the default budget
+    of jobs submitted through this store.
+    """
+    text = os.fspath(target)
+    if is_postgres_url(text):
+        return PostgresJobStore(text, max_attempts=max_attempts)
+    return SQLiteJobStore(text, max_attempts=max_attempts)
+
+
+def _check_state(state: str | None) -> None:
+    if state is not None and state not in STATES:
+        raise ValueError(f"unknown job state {state!r}; expected one of {', '.join(STATES)}")
+
+
+def _check_limit(limit: int) -> int:
+    value = int(limit)
+    if value < 1:
+        raise ValueError(f"limit must be at least 1, got {limit!r}")
+    return min(value, MAX_LIST_LIMIT)
+
+
+def _check_budget(max_attempts: int | None, default: int) -> int:
+    value = default if max_attempts is None else int(max_attempts)
+    if value < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
+    return value
+
+
+def _stale(job_id: int, token: int, state: str | None, current: int | None) -> StaleLease:
+    """The exception for a refused call, saying why."""
+    if state is None:
+        return StaleLease(job_id, token, "no such job")
+    if state == "cancelled":
+        return JobCancelled(job_id, token, "the job was cancelled")
+    if current is not None and current != token:
+        return StaleLease(job_id, token, f"claimed again with token {current}")
+    return StaleLease(job_id, token, f"the job is {state}, not running")
+
+
+_RECORD_COLUMNS = ("id, kind, state, attempts, max_attempts, error, percent, message, payload, "
+                   "{created_at}, {updated_at}, unique_key, priority, {run_after}, holder, token")
+
+
+def _record(row: tuple[Any, ...] | Any) -> JobRecord:
+    return JobRecord(
+        id=int(row[0]), kind=row[1], state=row[2], attempts=int(row[3]),
+        max_attempts=int(row[4]), error=row[5],
+        percent=None if row[6] is None else float(row[6]), message=row[7],
+        payload=decode_payload(row[8]), created_at=float(row[9]), updated_at=float(row[10]),
+        unique_key=row[11], priority=int(row[12]),
+        run_after=None if row[13] is None else float(row[13]),
+        holder=row[14], token=None if row[15] is None else int(row[15]),
+    )
+
+
+# -- SQLite -------------------------------------------------------------------------------
+
+# SQLite's own julianday('now') is cut to milliseconds, so a time just taken by
+# time.time() would still be "in the future": every connection gets unix_now().
+_SQLITE_NOW = "unix_now()"
+_SQLITE_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        unique_key TEXT,
+        priority INTEGER NOT NULL DEFAULT 0,
+        run_after REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        holder TEXT,
+        token INTEGER,
+        lease_expires REAL,
+        error TEXT,
+        percent REAL NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_active ON jobs(unique_key)
+        WHERE state IN ('pending', 'running')""",
+    """CREATE INDEX IF NOT EXISTS jobs_due ON jobs(priority DESC, run_after, id)
+        WHERE state = 'pending'""",
+    """CREATE INDEX IF NOT EXISTS jobs_leases ON jobs(lease_expires)
+        WHERE state = 'running'""",
+    "CREATE TABLE IF NOT EXISTS job_tokens (last INTEGER NOT NULL)",
+]
+
+
+@implementer(IJobStore)
+class SQLiteJobStore:
+    """Jobs in one SQLite file (WAL) inside a state_dir, for one host.
+
+    One connection shared by threads behind a lock; other processes (the
+    ``daemonapp jobs`` command) wait on the busy timeout.
+    """
+
+    busy_timeout_ms = 10_000
+
+    def __init__(self, state_dir: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 filename: str = SQLITE_FILENAME) -> None:
+        self.max_attempts = _check_budget(max_attempts, DEFAULT_MAX_ATTEMPTS)
+        self.state_dir = os.path.abspath(state_dir)
+        self.path = os.path.join(self.state_dir, filename)
+        self._lock = threading.Lock()
+        self._make_state_dir()
+        self._create_file()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+            check_same_thread=False)
+        self._conn.create_function("unix_now", 0, time.time)
+        self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteJobStore {self.path}>"
+
+    def _make_state_dir(self) -> None:
+        if not os.path.isdir(self.state_dir):
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+
+    def _create_file(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as err:
+            raise OSError(err.errno, f"cannot open the job database {self.path}: "
+                                     f"{err.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"the job database {self.path} is not a regular file")
+        finally:
+            os.close(fd)
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: job schema version {row[0]} is newer than this "
+                    f"daemonapp's ({SCHEMA_VERSION}); upgrade daemonapp")
+            for statement in _SQLITE_SCHEMA:
+                conn.execute(statement)
+            if conn.execute("SELECT count(*) FROM job_tokens").fetchone()[0] == 0:
+                conn.execute("INSERT INTO job_tokens (last) VALUES (0)")
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)",
+                             (SCHEMA_VERSION,))
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError(f"{self!r} is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _refusal(self, conn: sqlite3.Connection, job_id: int, token: int) -> StaleLease:
+        row = conn.execute("SELECT state, token FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _stale(job_id, token, None if row is None else row[0],
+                      None if row is None else row[1])
+
+    def submit(self, kind: str, payload: dict[str, Any], unique_key: str | None = None,
+               priority: int = 0, run_after: float | None = None, *,
+               max_attempts: int | None = None) -> int:
+        """Add a pending job; with a unique_key already pending or running, its id."""
+        check_kind(kind)
+        text = encode_payload(payload)
+        budget = _check_budget(max_attempts, self.max_attempts)
+        due = absolute_time(run_after)
+        with self._tx() as conn:
+            if unique_key is not None:
+                row = conn.execute(
+                    "SELECT id FROM jobs WHERE unique_key = ? AND state IN ('pending', 'running')",
+                    (unique_key,)).fetchone()
+                if row is not None:
+                    return int(row[0])
+            cursor = conn.execute(
+                f"""INSERT INTO jobs (kind, payload, unique_key, priority, run_after,
+                        max_attempts, created_at, updated_at)
+                    VALUES (?, ?, ?, ?, coalesce(?, {_SQLITE_NOW}), ?, {_SQLITE_NOW},
+                            {_SQLITE_NOW})""",
+                (kind, text, unique_key, int(priority), due, budget))
+            assert cursor.lastrowid is not None
+            return int(cursor.lastrowid)
+
+    def claim(self, holder: str, lease: float = DEFAULT_LEASE, *,
+              max_attempts: int | None = None) -> Job | None:
+        """Mark the best due job running for ``holder``; None when nothing is due.
+
+        Running jobs whose lease expired are claimed again (at-least-once), or
+        failed when their budget is spent. ``max_attempts`` (the dispatcher's
+        policy) replaces the budget of the job it claims.
+        """
+        seconds = check_lease(lease)
+        with self._tx() as conn:
+            conn.execute(
+                f"""UPDATE jobs SET state = 'failed', holder = NULL, lease_expires = NULL,
+                        error = 'lease expired: holder ' || coalesce(holder, '?')
+                                || ' stopped renewing it (attempt ' || attempts || ' of '
+                                || max_attempts || ')',
+                        updated_at = {_SQLITE_NOW}
+                    WHERE state = 'running' AND lease_expires < {_SQLITE_NOW}
+                        AND attempts >= max_attempts""")
+            row = conn.execute(
+                f"""SELECT id FROM jobs WHERE state = 'running' AND lease_expires < {_SQLITE_NOW}
+                    ORDER BY lease_expires LIMIT 1""").fetchone()
+            if row is None:
+                row = conn.execute(
+                    f"""SELECT id FROM jobs WHERE state = 'pending' AND run_after <= {_SQLITE_NOW}
+                        ORDER BY priority DESC, run_after, id LIMIT 1""").fetchone()
+            if row is None:
+                return None
+            token = int(conn.execute(
+                "UPDATE job_tokens SET last = last + 1 RETURNING last").fetchone()[0])
+            claimed = conn.execute(
+                f"""UPDATE jobs SET state = 'running', attempts = attempts + 1, holder = ?,
+                        token = ?, lease_expires = {_SQLITE_NOW} + ?,
+                        max_attempts = coalesce(?, max_attempts), updated_at = {_SQLITE_NOW}
+                    WHERE id = ?
+                    RETURNING id, kind, payload, token, attempts, max_attempts""",
+                (holder, token, seconds, max_attempts, row[0])).fetchone()
+        return Job(id=int(claimed[0]), kind=claimed[1], payload=decode_payload(claimed[2]),
+                   token=int(claimed[3]), attempt=int(claimed[4]),
+                   max_attempts=int(claimed[5]))
+
+    def _update_held(self, job_id: int, token: int, assignments: str,
+                     params: tuple[Any, ...]) -> str:
+        """Apply ``assignments`` to the running job held with ``token``; its new state."""
+        with self._tx() as conn:
+            row = conn.execute(
+                f"""UPDATE jobs SET {assignments}, updated_at = {_SQLITE_NOW}
+                    WHERE id = ? AND token = ? AND state = 'running' RETURNING state""",
+                (*params, job_id, token)).fetchone()
+            if row is None:
+                raise self._refusal(conn, job_id, token)
+            return str(row[0])
+
+    def heartbeat(self, job_id: int, token: int, lease: float = DEFAULT_LEASE) -> None:
+        """Extend the lease by ``lease`` seconds from now; StaleLease when lost."""
+        self._update_held(job_id, token, f"lease_expires = {_SQLITE_NOW} + ?",
+                          (check_lease(lease),))
+
+    def set_progress(self, job_id: int, token: int, percent: float, message: str = "") -> None:
+        """Record the job's progress; StaleLease when the lease is lost."""
+        self._update_held(job_id, token, "percent = ?, message = ?",
+                          (clamp_percent(percent), cap_message(message)))
+
+    def complete(self, job_id: int, token: int) -> None:
+        """Mark the job done; StaleLease when the lease is lost (a late completion)."""
+        self._update_held(job_id, token,
+                          "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", ())
+
+    def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
+        """Record a failed attempt: pending again at ``retry_at`` while budget is left,
+        else failed. Returns the new state ("pending" or "failed")."""
+        due = absolute_time(retry_at)
+        return self._update_held(
+            job_id, token,
+            """state = CASE WHEN ? IS NOT NULL AND attempts < max_attempts
+                            THEN 'pending' ELSE 'failed' END,
+               run_after = coalesce(?, run_after), holder = NULL, lease_expires = NULL,
+               error = ?""",
+            (due, due, cap_error(error)))
+
+    def release(self, job_id: int, token: int) -> None:
+        """Put a running job back to pending and give its attempt back (graceful stop)."""
+        self._update_held(
+            job_id, token,
+            f"""state = 'pending', attempts = max(attempts - 1, 0), holder = NULL,
+                lease_expires = NULL, run_after = {_SQLITE_NOW}""", ())
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a pending or running job; False when it had already ended or is unknown."""
+        with self._tx() as conn:
+            row = conn.execute(
+                f"""UPDATE jobs SET state = 'cancelled', lease_expires = NULL,
+                        updated_at = {_SQLITE_NOW}
+                    WHERE id = ? AND state IN ('pending', 'running') RETURNING id""",
+                (job_id,)).fetchone()
+        return row is not None
+
+    def retry(self, job_id: int) -> bool:
+        """Make a failed (or cancelled) job pending now with a fresh budget."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT unique_key FROM jobs WHERE id = ? AND state IN ('failed', 'cancelled')",
+                (job_id,)).fetchone()
+            if row is None:
+                return False
+            if row[0] is not None and conn.execute(
+                    "SELECT 1 FROM jobs WHERE unique_key = ? AND state IN ('pending', 'running')",
+                    (row[0],)).fetchone() is not None:
+                raise ValueError(f"job {job_id}: another job with unique key {row[0]!r} "
+                                 f"is pending or running")
+            conn.execute(
+                f"""UPDATE jobs SET state = 'pending', attempts = 0, holder = NULL,
+                        lease_expires = NULL, run_after = {_SQLITE_NOW},
+                        updated_at = {_SQLITE_NOW}
+                    WHERE id = ?""", (job_id,))
+        return True
+
+    def get(self, job_id: int) -> JobRecord | None:
+        """The job's record, or None."""
+        columns = _RECORD_COLUMNS.format(created_at="created_at", updated_at="updated_at",
+                                         run_after="run_after")
+        with self._tx() as conn:
+            row = conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?",
+                               (int(job_id),)).fetchone()
+        return None if row is None else _record(row)
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """The newest jobs first, optionally only those in ``state``."""
+        _check_state(state)
+        columns = _RECORD_COLUMNS.format(created_at="created_at", updated_at="updated_at",
+                                         run_after="run_after")
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {columns} FROM jobs WHERE (? IS NULL OR state = ?) "
+                f"ORDER BY id DESC LIMIT ?", (state, state, _check_limit(limit))).fetchall()
+        return [_record(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (every state present, zeros included)."""
+        with self._tx() as conn:
+            rows = conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({str(state): int(n) for state, n in rows})
+        return counts
+
+    def close(self) -> None:
+        """Close the connection; later calls raise RuntimeError."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+_PG_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        unique_key TEXT,
+        priority INTEGER NOT NULL DEFAULT 0,
+        run_after TIMESTAMPTZ NOT NULL DEFAULT now(),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        holder TEXT,
+        token BIGINT,
+        lease_expires TIMESTAMPTZ,
+        error TEXT,
+        percent DOUBLE PRECISION NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_active ON jobs(unique_key)
+        WHERE state IN ('pending', 'running')""",
+    """CREATE INDEX IF NOT EXISTS jobs_due ON jobs(priority DESC, run_after, id)
+        WHERE state = 'pending'""",
+    """CREATE INDEX IF NOT EXISTS jobs_leases ON jobs(lease_expires)
+        WHERE state = 'running'""",
+    "CREATE SEQUENCE IF NOT EXISTS jobs_token_seq",
+]
+_PG_EPOCH = "extract(epoch from {})::float8"
+_PG_COLUMNS = _RECORD_COLUMNS.format(created_at=_PG_EPOCH.format("created_at"),
+                                     updated_at=_PG_EPOCH.format("updated_at"),
+                                     run_after=_PG_EPOCH.format("run_after"))
+_SCHEMA_NAME = re.compile(r'^\s*"?([^",]+)"?')
+
+
+def libpq_url(url: str) -> str:
+    """``url`` with '=' and spaces inside query values escaped, as libpq requires.
+
+    So ``?options=-csearch_path=jobs`` (the natural spelling) works as well as
+    ``?options=-csearch_path%3Djobs``.
+    """
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    params = []
+    for param in query.split("&"):
+        key, eq, value = param.partition("=")
+        params.append(key + eq + value.replace("=", "%3D").replace(" ", "%20"))
+    return base + "?" + "&".join(params)
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise RuntimeError("a PostgreSQL job store needs psycopg 3: "
+                           "pip install 'daemonapp[postgres]'") from None
+    return psycopg
+
+
+@implementer(IJobStore)
+class PostgresJobStore:
+    """Jobs in PostgreSQL, shared by dispatchers on several hosts.
+
+    Claims use ``FOR UPDATE SKIP LOCKED``; the tables live in the connection's
+    current schema (``options=-csearch_path=NAME`` in the URL selects one, and
+    it is created when missing). Submits send a NOTIFY as a wake-up hint.
+    """
+
+    def __init__(self, url: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 connect_timeout: float = 10.0) -> None:
+        self.max_attempts = _check_budget(max_attempts, DEFAULT_MAX_ATTEMPTS)
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._psycopg = _import_psycopg()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._conn: Any = None
+        self.schema = ""
+        with self._lock:
+            self._migrate(self._connection())
+
+    def __repr__(self) -> str:
+        return f"<PostgresJobStore schema={self.schema!r}>"
+
+    def _connect(self) -> Any:
+        return self._psycopg.connect(libpq_url(self.url), autocommit=True,
+                                     connect_timeout=max(1, int(self.connect_timeout)))
+
+    def _connection(self) -> Any:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception as err:  # a broken connection may fail to close
+                    _log.debug("closing a broken connection: {error}", error=err)
+            conn = self._conn = self._connect()
+        return conn
+
+    def _migrate(self, conn: Any) -> None:
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        if schema is None:
+            path = conn.execute("SHOW search_path").fetchone()[0]
+            match = _SCHEMA_NAME.match(path)
+            if match is None or match.group(1).strip() == "$user":
+                raise RuntimeError(f"no schema to create the job tables in "
+                                   f"(search_path is {path!r})")
+            name = match.group(1).strip()
+            conn.execute(self._psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                self._psycopg.sql.Identifier(name)))
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        self.schema = str(schema)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                         (f"daemonapp.jobs.schema.{self.schema}",))
+            conn.execute("CREATE TABLE IF NOT EXISTS jobs_schema_version "
+                         "(version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM jobs_schema_version").fetchone()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"job schema version {row[0]} in {self.schema!r} is newer than this "
+                    f"daemonapp's ({SCHEMA_VERSION}); upgrade daemonapp")
+            for statement in _PG_SCHEMA:
+                conn.execute(statement)
+            if row is None:
+                conn.execute("INSERT INTO jobs_schema_version (version) VALUES (%s)",
+                             (SCHEMA_VERSION,))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                yield conn
+
+    def _refusal(self, conn: Any, job_id: int, token: int) -> StaleLease:
+        row = conn.execute("SELECT state, token FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        return _stale(job_id, token, None if row is None else row[0],
+                      None if row is None else row[1])
+
+    def submit(self, kind: str, payload: dict[str, Any], unique_key: str | None = None,
+               priority: int = 0, run_after: float | None = None, *,
+               max_attempts: int | None = None) -> int:
+        """Add a pending job; with a unique_key already pending or running, its id."""
+        check_kind(kind)
+        text = encode_payload(payload)
+        budget = _check_budget(max_attempts, self.max_attempts)
+        due = absolute_time(run_after)
+        while True:
+            with self._tx() as conn:
+                row = conn.execute(
+                    """INSERT INTO jobs (kind, payload, unique_key, priority, run_after,
+                            max_attempts)
+                       VALUES (%s, %s, %s, %s, coalesce(to_timestamp(%s::float8), now()), %s)
+                       ON CONFLICT (unique_key) WHERE state IN ('pending', 'running')
+                       DO NOTHING RETURNING id""",
+                    (kind, text, unique_key, int(priority), due, budget)).fetchone()
+                if row is None:
+                    row = conn.execute(
+                        """SELECT id FROM jobs WHERE unique_key = %s
+                           AND state IN ('pending', 'running')""", (unique_key,)).fetchone()
+                else:
+                    conn.execute("SELECT pg_notify(%s, current_schema())", (NOTIFY_CHANNEL,))
+            if row is not None:  # else the duplicate ended meanwhile: insert again
+                return int(row[0])
+
+    def claim(self, holder: str, lease: float = DEFAULT_LEASE, *,
+              max_attempts: int | None = None) -> Job | None:
+        """Mark the best due job running for ``holder``; None when nothing is due.
+
+        Running jobs whose lease expired (on the database's clock) are claimed
+        again, or failed when their budget is spent. ``max_attempts`` (the
+        dispatcher's policy) replaces the budget of the job it claims.
+        """
+        seconds = check_lease(lease)
+        with self._tx() as conn:
+            conn.execute(
+                """UPDATE jobs SET state = 'failed', holder = NULL, lease_expires = NULL,
+                        error = 'lease expired: holder ' || coalesce(holder, '?')
+                                || ' stopped renewing it (attempt ' || attempts || ' of '
+                                || max_attempts || ')',
+                        updated_at = now()
+                   WHERE id IN (SELECT id FROM jobs WHERE state = 'running'
+                                AND lease_expires < now() AND attempts >= max_attempts
+                                FOR UPDATE SKIP LOCKED)""")
+            row = conn.execute(
+                """SELECT id FROM jobs WHERE state = 'running' AND lease_expires < now()
+                   ORDER BY lease_expires LIMIT 1 FOR UPDATE SKIP LOCKED""").fetchone()
+            if row is None:
+                row = conn.execute(
+                    """SELECT id FROM jobs WHERE state = 'pending' AND run_after <= now()
+                       ORDER BY priority DESC, run_after, id LIMIT 1
+                       FOR UPDATE SKIP LOCKED""").fetchone()
+            if row is None:
+                return None
+            claimed = conn.execute(
+                """UPDATE jobs SET state = 'running', attempts = attempts + 1, holder = %s,
+                        token = nextval('jobs_token_seq'),
+                        lease_expires = now() + make_interval(secs => %s),
+                        max_attempts = coalesce(%s, max_attempts), updated_at = now()
+                   WHERE id = %s
+                   RETURNING id, kind, payload, token, attempts, max_attempts""",
+                (holder, seconds, max_attempts, row[0])).fetchone()
+        return Job(id=int(claimed[0]), kind=claimed[1], payload=decode_payload(claimed[2]),
+                   token=int(claimed[3]), attempt=int(claimed[4]),
+                   max_attempts=int(claimed[5]))
+
+    def _update_held(self, job_id: int, token: int, assignments: str,
+                     params: tuple[Any, ...]) -> str:
+        with self._tx() as conn:
+            row = conn.execute(
+                f"""UPDATE jobs SET {assignments}, updated_at = now()
+                    WHERE id = %s AND token = %s AND state = 'running' RETURNING state""",
+                (*params, job_id, token)).fetchone()
+            if row is None:
+                raise self._refusal(conn, job_id, token)
+            return str(row[0])
+
+    def heartbeat(self, job_id: int, token: int, lease: float = DEFAULT_LEASE) -> None:
+        """Extend the lease by ``lease`` seconds from now(); StaleLease when lost."""
+        self._update_held(job_id, token, "lease_expires = now() + make_interval(secs => %s)",
+                          (check_lease(lease),))
+
+    def set_progress(self, job_id: int, token: int, percent: float, message: str = "") -> None:
+        """Record the job's progress; StaleLease when the lease is lost."""
+        self._update_held(job_id, token, "percent = %s, message = %s",
+                          (clamp_percent(percent), cap_message(message)))
+
+    def complete(self, job_id: int, token: int) -> None:
+        """Mark the job done; StaleLease when the lease is lost (a late completion)."""
+        self._update_held(job_id, token,
+                          "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", ())
+
+    def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
+        """Record a failed attempt: pending again at ``retry_at`` while budget is left,
+        else failed. Returns the new state ("pending" or "failed")."""
+        due = absolute_time(retry_at)
+        return self._update_held(
+            job_id, token,
+            """state = CASE WHEN %s::float8 IS NOT NULL AND attempts < max_attempts
+                            THEN 'pending' ELSE 'failed' END,
+               run_after = coalesce(to_timestamp(%s::float8), run_after), holder = NULL,
+               lease_expires = NULL, error = %s""",
+            (due, due, cap_error(error)))
+
+    def release(self, job_id: int, token: int) -> None:
+        """Put a running job back to pending and give its attempt back (graceful stop)."""
+        self._update_held(
+            job_id, token,
+            """state = 'pending', attempts = greatest(attempts - 1, 0), holder = NULL,
+               lease_expires = NULL, run_after = now()""", ())
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a pending or running job; False when it had already ended or is unknown."""
+        with self._tx() as conn:
+            row = conn.execute(
+                """UPDATE jobs SET state = 'cancelled', lease_expires = NULL, updated_at = now()
+                   WHERE id = %s AND state IN ('pending', 'running') RETURNING id""",
+                (job_id,)).fetchone()
+        return row is not None
+
+    def retry(self, job_id: int) -> bool:
+        """Make a failed (or cancelled) job pending now with a fresh budget."""
+        with self._tx() as conn:
+            row = conn.execute(
+                """SELECT unique_key FROM jobs WHERE id = %s
+                   AND state IN ('failed', 'cancelled') FOR UPDATE""", (job_id,)).fetchone()
+            if row is None:
+                return False
+            if row[0] is not None and conn.execute(
+                    """SELECT 1 FROM jobs WHERE unique_key = %s
+                       AND state IN ('pending', 'running')""", (row[0],)).fetchone() is not None:
+                raise ValueError(f"job {job_id}: another job with unique key {row[0]!r} "
+                                 f"is pending or running")
+            conn.execute(
+                """UPDATE jobs SET state = 'pending', attempts = 0, holder = NULL,
+                        lease_expires = NULL, run_after = now(), updated_at = now()
+                   WHERE id = %s""", (job_id,))
+            conn.execute("SELECT pg_notify(%s, current_schema())", (NOTIFY_CHANNEL,))
+        return True
+
+    def get(self, job_id: int) -> JobRecord | None:
+        """The job's record, or None."""
+        with self._tx() as conn:
+            row = conn.execute(f"SELECT {_PG_COLUMNS} FROM jobs WHERE id = %s",
+                               (int(job_id),)).fetchone()
+        return None if row is None else _record(row)
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """The newest jobs first, optionally only those in ``state``."""
+        _check_state(state)
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"""SELECT {_PG_COLUMNS} FROM jobs WHERE (%s::text IS NULL OR state = %s)
+                    ORDER BY id DESC LIMIT %s""",
+                (state, state, _check_limit(limit))).fetchall()
+        return [_record(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (every state present, zeros included)."""
+        with self._tx() as conn:
+            rows = conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({str(state): int(n) for state, n in rows})
+        return counts
+
+    def listener(self) -> PostgresNotifier:
+        """A separate connection LISTENing for submits: a wake-up hint for dispatchers."""
+        return PostgresNotifier(self._connect(), self.schema)
+
+    def close(self) -> None:
+        """Close the connection; later calls raise RuntimeError."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class PostgresNotifier:
+    """A LISTEN connection whose socket a reactor can watch (``fileno``/``drain``)."""
+
+    def __init__(self, conn: Any, schema: str) -> None:
+        self._conn = conn
+        self.schema = schema
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+    def fileno(self) -> int:
+        return int(self._conn.pgconn.socket)
+
+    def drain(self) -> bool:
+        """Read what arrived without blocking; True when a submit for our schema did."""
+        pgconn = self._conn.pgconn
+        pgconn.consume_input()
+        woken = False
+        while True:
+            note = pgconn.notifies()
+            if note is None:
+                return woken
+            if note.extra.decode("utf-8", "replace") == self.schema:
+                woken = True
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+__all__ = [
+    "ACTIVE_STATES",
+    "STATES",
+    "PostgresJobStore",
+    "SQLiteJobStore",
+    "is_postgres_url",
+    "open_store",
+]

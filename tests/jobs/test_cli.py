@@ -1,0 +1,173 @@
+"""``daemonapp jobs``: the command line over a job store, app running or not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemonapp.jobs import open_store
+from daemonapp.jobs.cli import StoreNotFound, main, store_from_config
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "etc" / "daemons.yaml"
+    path.parent.mkdir()
+    path.write_text("app:\n  state_dir: ../var\n"
+                    "daemons:\n  work:\n    type: job_dispatcher\n    run_every: 1s\n")
+    return path
+
+
+def test_submit_prints_id(config: Path, capsys: Any) -> None:
+    """submit prints the new job's id."""
+    assert main(["-c", str(config), "submit", "mail", '{"to": "x"}']) == 0
+    assert capsys.readouterr().out == "1\n"
+
+
+def test_submit_with_store_option(tmp_path: Path, capsys: Any) -> None:
+    """--store names a state_dir directly."""
+    assert main(["--store", str(tmp_path / "s"), "submit", "mail", "{}"]) == 0
+    assert capsys.readouterr().out == "1\n"
+    assert (tmp_path / "s" / "jobs.sqlite3").exists()
+
+
+def test_state_dir_relative_to_config(config: Path, tmp_path: Path) -> None:
+    """With -c, app.state_dir is resolved relative to the config file."""
+    assert store_from_config(str(config)) == str(tmp_path / "var")
+
+
+def test_dispatcher_store_option_wins(tmp_path: Path) -> None:
+    """With -c, the job_dispatcher's store option wins over app.state_dir."""
+    path = tmp_path / "app.yaml"
+    path.write_text("app: {state_dir: ./var}\ndaemons:\n  j: {type: job_dispatcher, "
+                    "store: 'postgresql://u@db/jobs'}\n")
+    assert store_from_config(str(path)) == "postgresql://u@db/jobs"
+
+
+def test_config_without_store(tmp_path: Path) -> None:
+    """A config with neither a store nor a state_dir is an error naming what to set."""
+    path = tmp_path / "app.yaml"
+    path.write_text("daemons:\n  j: {type: job_dispatcher}\n")
+    with pytest.raises(StoreNotFound, match=r"set daemons\.j\.store or app\.state_dir"):
+        store_from_config(str(path))
+
+
+def test_submit_unique_key(config: Path, capsys: Any) -> None:
+    """submit with the same --unique-key prints the same id."""
+    main(["-c", str(config), "submit", "mail", "{}", "--unique-key", "u1"])
+    main(["-c", str(config), "submit", "mail", "{}", "--unique-key", "u1"])
+    assert capsys.readouterr().out == "1\n1\n"
+
+
+def test_submit_bad_json(config: Path, capsys: Any) -> None:
+    """A payload that is not JSON exits 2 with a message."""
+    assert main(["-c", str(config), "submit", "mail", "{nope"]) == 2
+    assert "JSON" in capsys.readouterr().err
+
+
+def test_submit_non_object(config: Path, capsys: Any) -> None:
+    """A payload that is no JSON object exits 2."""
+    assert main(["-c", str(config), "submit", "mail", "[1, 2]"]) == 2
+    assert "JSON object" in capsys.readouterr().err
+
+
+def test_show_prints_json_with_traceback(config: Path, tmp_path: Path, capsys: Any) -> None:
+    """show prints the job as JSON, its error (the traceback) included."""
+    store = open_store(str(tmp_path / "var"))
+    job_id = store.submit("mail", {"a": 1})
+    job = store.claim("h")
+    store.fail(job.id, job.token, "Traceback (most recent call last):\nValueError: x")
+    store.close()
+    assert main(["-c", str(config), "show", str(job_id)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["id"], data["state"], data["payload"]) == (job_id, "failed", {"a": 1})
+    assert data["error"] == "Traceback (most recent call last):\nValueError: x"
+
+
+def test_show_unknown(config: Path, capsys: Any) -> None:
+    """show of an unknown id exits 1."""
+    assert main(["-c", str(config), "show", "42"]) == 1
+    assert "no job 42" in capsys.readouterr().err
+
+
+def test_list(config: Path, capsys: Any) -> None:
+    """list prints a table of the newest jobs."""
+    main(["-c", str(config), "submit", "mail", "{}"])
+    main(["-c", str(config), "submit", "report", "{}"])
+    capsys.readouterr()
+    assert main(["-c", str(config), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "STATE", "KIND", "ATTEMPTS", "PERCENT", "UPDATED",
+                                "MESSAGE"]
+    assert [line.split()[:3] for line in lines[1:]] == [["2", "pending", "report"],
+                                                        ["1", "pending", "mail"]]
+
+
+def test_list_json(config: Path, capsys: Any) -> None:
+    """list --json prints one JSON object per job."""
+    main(["-c", str(config), "submit", "mail", "{}"])
+    capsys.readouterr()
+    assert main(["-c", str(config), "list", "--json"]) == 0
+    assert [json.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()] == [
+        "mail"]
+
+
+def test_cancel_and_retry(config: Path, capsys: Any) -> None:
+    """cancel marks a pending job cancelled; retry makes it pending again."""
+    main(["-c", str(config), "submit", "mail", "{}"])
+    assert main(["-c", str(config), "cancel", "1"]) == 0
+    assert main(["-c", str(config), "retry", "1"]) == 0
+    assert capsys.readouterr().out == "1\njob 1: cancelled\njob 1: pending\n"
+
+
+def test_cancel_finished_refused(config: Path, capsys: Any) -> None:
+    """cancel of a job that is not pending or running exits 1."""
+    main(["-c", str(config), "submit", "mail", "{}"])
+    main(["-c", str(config), "cancel", "1"])
+    assert main(["-c", str(config), "cancel", "1"]) == 1
+    assert "job 1 is cancelled" in capsys.readouterr().err
+
+
+def test_retry_pending_refused(config: Path, capsys: Any) -> None:
+    """retry of a pending job exits 1."""
+    main(["-c", str(config), "submit", "mail", "{}"])
+    assert main(["-c", str(config), "retry", "1"]) == 1
+    assert "only failed or cancelled" in capsys.readouterr().err
+
+
+def test_no_store_given(capsys: Any, monkeypatch: Any) -> None:
+    """Without -c, --store or DAEMONAPP_CONFIG the command exits 2."""
+    monkeypatch.delenv("DAEMONAPP_CONFIG", raising=False)
+    assert main(["list"]) == 2
+    assert "give -c CONFIG or --store URL" in capsys.readouterr().err
+
+
+def test_config_from_environment(config: Path, capsys: Any, monkeypatch: Any) -> None:
+    """DAEMONAPP_CONFIG stands in for -c."""
+    monkeypatch.setenv("DAEMONAPP_CONFIG", str(config))
+    assert main(["submit", "mail", "{}"]) == 0
+    assert capsys.readouterr().out == "1\n"
+
+
+def test_leading_jobs_word_accepted(config: Path, capsys: Any) -> None:
+    """main() accepts argv with or without the leading "jobs"."""
+    assert main(["jobs", "-c", str(config), "submit", "mail", "{}"]) == 0
+    assert capsys.readouterr().out == "1\n"
+
+
+def test_usage_error(capsys: Any) -> None:
+    """An unknown command exits 2 with argparse's usage."""
+    assert main(["frobnicate"]) == 2
+    assert "usage: daemonapp jobs" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_postgres_store(pg_url: str, capsys: Any) -> None:
+    """--store accepts a PostgreSQL URL."""
+    assert main(["--store", pg_url, "submit", "mail", "{}"]) == 0
+    job_id = int(capsys.readouterr().out)
+    assert main(["--store", pg_url, "show", str(job_id)]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "pending"
