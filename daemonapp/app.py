@@ -565,7 +565,7 @@ class DaemonApp(MultiService):
             }
             entry.update(daemon.stats)
             daemons.append(entry)
-        return {
+        snap: dict[str, Any] = {
             "pid": os.getpid(),
             "state": state,
             "now": now,
@@ -577,3 +577,10 @@ class DaemonApp(MultiService):
             "daemons": daemons,
             "listeners": [listener.snapshot() for listener in self.listeners],
         }
+        # Daemons that run jobs (the job dispatcher) describe them; the app only asks.
+        for daemon in self.daemons.values():
+            jobs_snapshot = getattr(daemon, "jobs_snapshot", None)
+            if jobs_snapshot is not None:
+                snap["jobs"] = jobs_snapshot()
+                break
+        return snap

@@ -132,6 +132,15 @@ class IJobStore(Interface):
     def retry(job_id: int) -> object:
         """Make a failed job pending with a fresh budget."""
 
+    def set_progress(job_id: int, token: int, percent: float, message: str = "") -> object:
+        """Persist the latest progress; raises StaleLease when the token is old."""
+
+    def release(job_id: int, token: int) -> object:
+        """Put a running job back to pending and give its attempt back (graceful stop)."""
+
+    def list(state: str | None = None, limit: int = 100) -> object:
+        """The newest jobs, optionally only those in ``state``."""
+
     def get(job_id: int) -> object:
         """The job's record (state, attempts, error, percent, message), or None."""
 

@@ -185,7 +185,8 @@ def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
                    jobs_status: JobsStatus | None = None) -> IListener:
     """Build the listener one config item describes (not started yet).
 
-    ``options`` uses the keys of :data:`LISTENER_OPTIONS` (raw or already converted).
+    ``options`` uses the keys of :data:`LISTENER_OPTIONS` (raw or already converted;
+    None means the default).
     Relative unix socket paths are resolved against ``base_dir``. ``jobs_status`` is
     what ``jobs: true`` serves at ``/jobs/<id>``. Raises OptionError(key, message).
     """
@@ -195,6 +196,8 @@ def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
         if converter is None:
             raise _option_error(key, "unknown listener option; expected one of "
                                      + ", ".join(LISTENER_OPTIONS))
+        if raw is None:
+            continue  # an empty YAML value: the default
         try:
             values[key] = converter(raw)
         except ValueError as err:
