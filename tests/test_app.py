@@ -267,7 +267,7 @@ class DeadlineTests(SynchronousTestCase):
 
     def test_request_limit(self) -> None:
         """A listener's max_requests ends the app gracefully with status 0."""
-        app, clock = make_app()
+        app, _ = make_app()
         app.startService()
         app.request_limit_reached("50 requests")
         self.assertEqual(self.successResultOf(app.when_ended()), 0)
@@ -317,7 +317,7 @@ class StopTests(SynchronousTestCase):
 
     def test_stop_service_idempotent(self) -> None:
         """stopService can be called twice (twistd and MultiService both do)."""
-        app, clock = make_app()
+        app, _ = make_app()
         app.startService()
         first = app.stopService()
         second = app.stopService()
