@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from typing import Any
+
+from twisted.logger import Logger
 
 from daemonapp.durations import parse_duration, parse_size
 from daemonapp.interfaces import IListener
@@ -35,6 +38,8 @@ __all__ = [
     "Request",
     "build_listener",
 ]
+
+log = Logger()
 
 PROTOCOLS = ("fastcgi", "scgi", "http")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -175,6 +180,9 @@ def import_target(key: str, target: str) -> Any:
             found = getattr(found, part)
     except (ImportError, AttributeError) as err:
         raise _option_error(key, f"cannot import {target!r}: {err}") from err
+    except Exception as err:  # the module itself failed while importing
+        raise _option_error(key, f"importing {target!r} failed: "
+                                 f"{type(err).__name__}: {err}") from err
     if not callable(found):
         raise _option_error(key, f"{target!r} is not callable")
     return found
@@ -219,6 +227,12 @@ def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
         endpoint = parse_endpoint(endpoint_text, base_dir=base_dir, mode=values.get("mode"))
     except ValueError as err:
         raise _option_error("endpoint", str(err)) from err
+    if endpoint.path is not None and state_dir is not None:
+        private = os.path.realpath(os.path.join(base_dir, state_dir))
+        if os.path.realpath(endpoint.path).startswith(private + os.sep):
+            log.warn("listener socket {path} is inside the private state_dir {state_dir}: "
+                     "a web server running as another user cannot reach it",
+                     path=endpoint.path, state_dir=private)
     threads = values.get("threads", 10)
     app: NativeApp | WSGIApp | None = None
     if "wsgi" in values:

@@ -1,0 +1,98 @@
+"""The factory every listener protocol shares: peer allow-list and connection tracking.
+
+The tracking lets a draining listener tell connections that still owe an answer from
+idle keep-alive ones it may close.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet import address
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from daemonapp.listeners.limits import Dispatcher
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrackedProtocol(Protocol):
+    """A listener connection the factory can ask about its state during a drain."""
+
+    factory: ListenerFactory
+    #: reactor time the connection was made (for the drain's grace for fresh connections)
+    connected_at = 0.0
+    #: requests that arrived on this connection so far
+    requests_seen = 0
+
+    def is_idle(self) -> bool:
+        """True when no request is in progress or partly received."""
+        raise NotImplementedError
+
+    def close_if_idle(self) -> bool:
+        """Close the connection when idle; return True if it was closed."""
+        if self.is_idle() and self.transport is not None:
+            self.transport.loseConnection()
+            return True
+        return False
+
+
+class ListenerFactory(Factory):
+    """Builds one protocol per connection; refuses peers outside ``allow_from``."""
+
+    log = Logger()
+    noisy = False  # no "Starting factory" lines: the listener logs what it does
+    protocol_class: type[TrackedProtocol] = TrackedProtocol
+    #: set by the listener while it drains
+    draining = False
+
+    def __init__(self, dispatcher: Dispatcher, *, reactor: Any,
+                 allow_from: list[Network] | None = None) -> None:
+        self.dispatcher = dispatcher
+        self.reactor = reactor
+        self.allow_from = allow_from
+        self.connections: set[TrackedProtocol] = set()
+        self.connections_total = 0
+        self.denied = 0
+
+    def allowed(self, addr: IAddress) -> bool:
+        """Whether ``addr`` may talk to us (unix peers always may)."""
+        if self.allow_from is None:
+            return True
+        if not isinstance(addr, address.IPv4Address | address.IPv6Address):
+            return True
+        try:
+            ip = ipaddress.ip_address(addr.host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            mapped = ip.ipv4_mapped
+            return any(mapped in net or ip in net for net in self.allow_from)
+        return any(ip in net for net in self.allow_from)
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        if addr is not None and not self.allowed(addr):
+            self.denied += 1
+            self.log.warn("refused a connection from {peer}: not in allow_from",
+                          peer=getattr(addr, "host", str(addr)))
+            return None
+        proto = self.make_protocol()
+        proto.factory = self
+        proto.connected_at = self.reactor.seconds()
+        self.connections_total += 1
+        return proto
+
+    def make_protocol(self) -> TrackedProtocol:
+        """A new protocol instance (subclasses pass their limits)."""
+        return self.protocol_class()
+
+    def connection_opened(self, proto: TrackedProtocol) -> None:
+        """Called by the protocol's connectionMade."""
+        self.connections.add(proto)
+
+    def connection_closed(self, proto: TrackedProtocol) -> None:
+        """Called by the protocol's connectionLost."""
+        self.connections.discard(proto)

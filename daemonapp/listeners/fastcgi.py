@@ -1,0 +1,437 @@
+"""A FastCGI 1.0 responder on a Twisted Protocol (the wire protocol only, no WSGI here).
+
+Records may be split at any byte; name/value pairs use 1- or 4-byte lengths; requests
+are multiplexed by id; GET_VALUES, KEEP_CONN, ABORT_REQUEST, UNKNOWN_TYPE and
+UNKNOWN_ROLE are handled as the spec says. Records for a request id that is not active
+are ignored; the connection is closed only for a bad version or unparsable bytes.
+Output goes out in STDOUT records of at most 65,535 bytes, with flow control through
+the transport's producer API.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from daemonapp.listeners.connections import ListenerFactory, TrackedProtocol
+from daemonapp.listeners.exchange import DONE, NEW, Exchange, Headers, cgi_head
+from daemonapp.listeners.limits import Dispatcher
+
+log = Logger()
+
+FCGI_VERSION_1 = 1
+FCGI_BEGIN_REQUEST = 1
+FCGI_ABORT_REQUEST = 2
+FCGI_END_REQUEST = 3
+FCGI_PARAMS = 4
+FCGI_STDIN = 5
+FCGI_STDOUT = 6
+FCGI_STDERR = 7
+FCGI_DATA = 8
+FCGI_GET_VALUES = 9
+FCGI_GET_VALUES_RESULT = 10
+FCGI_UNKNOWN_TYPE = 11
+
+FCGI_RESPONDER = 1
+FCGI_KEEP_CONN = 1
+
+FCGI_REQUEST_COMPLETE = 0
+FCGI_CANT_MPX_CONN = 1
+FCGI_OVERLOADED = 2
+FCGI_UNKNOWN_ROLE = 3
+
+MAX_RECORD_CONTENT = 65535
+_TEXT_HEAD = (b"Status: 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+              b"Content-Length: %d\r\n\r\n")
+#: Request ids one connection may have open at once (bounds memory per connection).
+MAX_REQUESTS_PER_CONNECTION = 100
+
+HEADER = struct.Struct("!BBHHBx")
+_BEGIN_BODY = struct.Struct("!HB5x")
+_END = struct.Struct("!BBHHBxIB3x")
+_STDOUT_EMPTY_AND_END = struct.Struct("!BBHHBxBBHHBxIB3x")
+_unpack_header = HEADER.unpack_from
+_unpack_u32 = struct.Struct("!I").unpack_from
+_pack_header = HEADER.pack
+
+
+class ProtocolError(ValueError):
+    """Unparsable bytes from the web server."""
+
+
+def encode_pairs(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """FastCGI name-value pairs (1-byte lengths below 128, else 4-byte)."""
+    out = bytearray()
+    for name, value in pairs:
+        for item in (name, value):
+            size = len(item)
+            if size < 128:
+                out.append(size)
+            else:
+                out += struct.pack("!I", size | 0x80000000)
+        out += name
+        out += value
+    return bytes(out)
+
+
+def decode_pairs(data: bytes) -> dict[str, str]:
+    """Decode name-value pairs into a dict of latin-1 strings (raises ProtocolError)."""
+    text = data.decode("latin-1")  # one decode; str offsets equal byte offsets
+    end = len(data)
+    pos = 0
+    out: dict[str, str] = {}
+    try:
+        while pos < end:
+            name_len = data[pos]
+            if name_len < 128:
+                pos += 1
+            else:
+                name_len = _unpack_u32(data, pos)[0] & 0x7FFFFFFF
+                pos += 4
+            value_len = data[pos]
+            if value_len < 128:
+                pos += 1
+            else:
+                value_len = _unpack_u32(data, pos)[0] & 0x7FFFFFFF
+                pos += 4
+            name_end = pos + name_len
+            value_end = name_end + value_len
+            if value_end > end:
+                raise ProtocolError("name-value pair longer than its record")
+            out[text[pos:name_end]] = text[name_end:value_end]
+            pos = value_end
+    except (IndexError, struct.error):
+        raise ProtocolError("truncated name-value pair length") from None
+    return out
+
+
+def record(rtype: int, request_id: int, content: bytes = b"") -> bytes:
+    """One record (no padding); content must fit (≤ 65,535 bytes)."""
+    return _pack_header(FCGI_VERSION_1, rtype, request_id, len(content), 0) + content
+
+
+def end_request(request_id: int, app_status: int = 0,
+                protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
+    """An FCGI_END_REQUEST record."""
+    return _END.pack(FCGI_VERSION_1, FCGI_END_REQUEST, request_id, 8, 0,
+                     app_status, protocol_status)
+
+
+class FastCGIExchange(Exchange):
+    """A FastCGI request: the params, body and response of one request id."""
+
+
+    def __init__(self, dispatcher: Dispatcher, proto: FastCGIProtocol, rid: int,
+                 keep_conn: bool) -> None:
+        super().__init__(dispatcher)
+        self.proto = proto
+        self.rid = rid
+        self.keep_conn = keep_conn
+        self.param_chunks: list[bytes] | None = []
+        self.param_len = 0
+
+    def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
+        self.proto.send_stdout(self, cgi_head(status, headers) + body, True)
+
+    def respond_text(self, body: bytes) -> None:
+        # the native handler's common case, without building a header list
+        if self.state == DONE or self.head_sent:
+            super().respond_text(body)
+            return
+        self.head_sent = True
+        self.proto.send_stdout(self, _TEXT_HEAD % len(body) + body, True)
+        self.dispatcher.finished(self)
+
+    def _emit_head(self, status: str, headers: Headers) -> None:
+        self.proto.send_stdout(self, cgi_head(status, headers), False)
+
+    def _emit_body(self, data: bytes) -> None:
+        self.proto.send_stdout(self, data, False)
+
+    def _emit_end(self) -> None:
+        self.proto.send_stdout(self, b"", True)
+
+    def _emit_abort(self) -> None:
+        self.proto.abort_connection(self)
+
+    def _pause_input(self) -> None:
+        self.proto.pause_input()
+
+    def _resume_input(self) -> None:
+        self.proto.resume_input()
+
+    @property
+    def peer(self) -> str:
+        return self.params.get("REMOTE_ADDR", "") or "fastcgi"
+
+
+@implementer(IPushProducer)
+class FastCGIProtocol(TrackedProtocol):
+    """One connection from the web server, carrying one or more requests."""
+
+    factory: FastCGIFactory
+
+    def __init__(self) -> None:
+        self.requests: dict[int, FastCGIExchange] = {}
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self._need = 8
+        self._closed = False
+        self._input_pauses = 0
+        self._output_paused = False
+
+    # -- connection -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.connection_opened(self)
+        self.dispatcher = self.factory.dispatcher
+        self.max_param_bytes = self.dispatcher.max_param_bytes
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closed = True
+        self._pending = []
+        requests, self.requests = self.requests, {}
+        for ex in requests.values():
+            ex.peer_gone()
+        self.factory.connection_closed(self)
+
+    def is_idle(self) -> bool:
+        return not self.requests and not self._pending_len
+
+    # producer API: the transport tells us when its write buffer is full
+    def pauseProducing(self) -> None:
+        self._output_paused = True
+        for ex in self.requests.values():
+            ex.pause_output()
+
+    def resumeProducing(self) -> None:
+        self._output_paused = False
+        for ex in list(self.requests.values()):
+            ex.resume_output()
+
+    def stopProducing(self) -> None:
+        self._closed = True
+
+    def pause_input(self) -> None:
+        """An application is behind reading its body: stop reading from the peer."""
+        self._input_pauses += 1
+        if self._input_pauses == 1 and not self._closed:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resume_input(self) -> None:
+        """An application caught up."""
+        if self._input_pauses > 0:
+            self._input_pauses -= 1
+            if self._input_pauses == 0 and not self._closed:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _protocol_error(self, message: str, **fields: Any) -> None:
+        log.warn("FastCGI: " + message + "; closing the connection", **fields)
+        self._closed = True
+        self._pending = []
+        self._pending_len = 0
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # -- parsing (the hot path) -------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._pending:
+            self._pending.append(data)
+            self._pending_len += len(data)
+            if self._pending_len < self._need:
+                return
+            data = b"".join(self._pending)
+            self._pending = []
+            self._pending_len = 0
+        size = len(data)
+        offset = 0
+        requests = self.requests
+        ready: list[FastCGIExchange] | None = None
+        while size - offset >= 8:
+            version, rtype, rid, clen, plen = _unpack_header(data, offset)
+            if version != FCGI_VERSION_1:
+                self._protocol_error("unsupported record version {version}", version=version)
+                return
+            start = offset + 8
+            end = start + clen + plen
+            if end > size:
+                self._need = end - offset
+                break
+            offset = end
+            if rtype == FCGI_STDIN:
+                ex = requests.get(rid)
+                if ex is None:
+                    continue
+                if clen:
+                    ex.feed_body(data[start:start + clen])
+                else:
+                    ex.end_body()
+            elif rtype == FCGI_PARAMS:
+                ex = requests.get(rid)
+                if ex is None or ex.param_chunks is None:
+                    continue
+                if clen:
+                    ex.param_len += clen
+                    if ex.param_len > self.max_param_bytes:
+                        self._params_too_large(ex)
+                        return
+                    ex.param_chunks.append(data[start:start + clen])
+                    continue
+                chunks = ex.param_chunks
+                ex.param_chunks = None
+                try:
+                    ex.params = decode_pairs(chunks[0] if len(chunks) == 1
+                                             else b"".join(chunks))
+                except ProtocolError as err:
+                    self._protocol_error("bad params for request {rid}: {error}",
+                                         rid=rid, error=str(err))
+                    return
+                self.requests_seen += 1
+                # dispatched after this read: if the body's end is in it too, the app
+                # gets a plain BytesIO instead of a streaming input
+                if ready is None:
+                    ready = [ex]
+                else:
+                    ready.append(ex)
+            elif rtype == FCGI_BEGIN_REQUEST:
+                if rid == 0 or rid in requests:
+                    continue
+                if clen != 8:
+                    self._protocol_error("BEGIN_REQUEST body of {size} bytes", size=clen)
+                    return
+                role, flags = _BEGIN_BODY.unpack_from(data, start)
+                if role != FCGI_RESPONDER:
+                    self.transport.write(  # type: ignore[union-attr]
+                        end_request(rid, 0, FCGI_UNKNOWN_ROLE))
+                    continue
+                if len(requests) >= MAX_REQUESTS_PER_CONNECTION:
+                    self.transport.write(  # type: ignore[union-attr]
+                        end_request(rid, 0, FCGI_CANT_MPX_CONN))
+                    continue
+                ex = FastCGIExchange(self.dispatcher, self, rid, bool(flags & FCGI_KEEP_CONN))
+                if self._output_paused:
+                    ex.output_paused = True
+                requests[rid] = ex
+            elif rtype == FCGI_ABORT_REQUEST:
+                ex = requests.pop(rid, None)
+                if ex is None:
+                    continue
+                ex.peer_gone()
+                self.transport.write(end_request(rid))  # type: ignore[union-attr]
+                if not ex.keep_conn:
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+            elif rid == 0:
+                if rtype == FCGI_GET_VALUES:
+                    self._get_values(data[start:start + clen])
+                else:
+                    self.transport.write(  # type: ignore[union-attr]
+                        record(FCGI_UNKNOWN_TYPE, 0, bytes([rtype]) + bytes(7)))
+            # any other record for a request id is ignored (DATA, or types we don't know)
+            if self._closed:
+                return
+        else:
+            self._need = 8
+        if offset < size:
+            rest = data[offset:]
+            self._pending = [rest]
+            self._pending_len = len(rest)
+        if ready is not None:
+            params_ready = self.dispatcher.params_ready
+            for ex in ready:
+                if ex.state == NEW:  # not aborted meanwhile
+                    params_ready(ex)
+
+    def _params_too_large(self, ex: FastCGIExchange) -> None:
+        ex.param_chunks = None
+        ex.keep_conn = False
+        self.dispatcher.params_too_large(ex)
+        self._closed = True
+        self._pending = []
+        self._pending_len = 0
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _get_values(self, content: bytes) -> None:
+        try:
+            names = decode_pairs(content)
+        except ProtocolError as err:
+            self._protocol_error("bad GET_VALUES: {error}", error=str(err))
+            return
+        known = self.factory.values()
+        reply = [(name.encode("latin-1"), known[name].encode("latin-1"))
+                 for name in names if name in known]
+        self.transport.write(  # type: ignore[union-attr]
+            record(FCGI_GET_VALUES_RESULT, 0, encode_pairs(reply)))
+
+    # -- output -----------------------------------------------------------------------
+
+    def send_stdout(self, ex: FastCGIExchange, data: bytes, end: bool) -> None:
+        """Write ``data`` as STDOUT records for ``ex``; with ``end``, also END_REQUEST."""
+        if self._closed:
+            return
+        rid = ex.rid
+        size = len(data)
+        transport: Any = self.transport
+        if size <= MAX_RECORD_CONTENT:
+            if end:
+                tail = _STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
+                                                  1, FCGI_END_REQUEST, rid, 8, 0, 0, 0)
+                if size:
+                    transport.write(b"".join((_pack_header(1, FCGI_STDOUT, rid, size, 0),
+                                              data, tail)))
+                else:
+                    transport.write(tail)
+            elif size:
+                transport.write(_pack_header(1, FCGI_STDOUT, rid, size, 0) + data)
+        else:
+            view = memoryview(data)
+            parts: list[bytes] = []
+            for pos in range(0, size, MAX_RECORD_CONTENT):
+                chunk = view[pos:pos + MAX_RECORD_CONTENT]
+                parts.append(_pack_header(1, FCGI_STDOUT, rid, len(chunk), 0))
+                parts.append(bytes(chunk))
+            if end:
+                parts.append(_STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
+                                                        1, FCGI_END_REQUEST, rid, 8, 0, 0, 0))
+            transport.writeSequence(parts)
+        if end:
+            requests = self.requests
+            if requests.get(rid) is ex:
+                del requests[rid]
+            if not ex.keep_conn or (self.factory.draining and not requests):
+                # draining: hand the web server's next request to the new process
+                transport.loseConnection()
+
+    def abort_connection(self, ex: FastCGIExchange) -> None:
+        """End a response cut short: close the connection so the web server sees it."""
+        if self.requests.get(ex.rid) is ex:
+            del self.requests[ex.rid]
+        if not self._closed:
+            self._closed = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class FastCGIFactory(ListenerFactory):
+    """Makes FastCGIProtocol connections for one listener."""
+
+    protocol_class = FastCGIProtocol
+
+    def values(self) -> dict[str, str]:
+        """The answers to FCGI_GET_VALUES."""
+        dispatcher = self.dispatcher
+        if dispatcher.max_concurrent is not None:
+            max_reqs = dispatcher.max_concurrent + dispatcher.backlog
+        else:
+            max_reqs = 1000
+        return {
+            "FCGI_MAX_CONNS": str(max_reqs),
+            "FCGI_MAX_REQS": str(max_reqs),
+            "FCGI_MPXS_CONNS": "1",
+        }

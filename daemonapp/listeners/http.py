@@ -1,0 +1,280 @@
+"""An HTTP listener on twisted.web feeding the same dispatcher and adapters as FastCGI.
+
+Every request goes to the listener's application (no twisted.web resources); the
+environ is built here, so UNIX-socket peers work (twisted.web.wsgi needs ``.host``).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet import address
+from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from zope.interface import implementer
+
+from daemonapp.listeners.connections import ListenerFactory, Network
+from daemonapp.listeners.exchange import Exchange, Headers
+from daemonapp.listeners.limits import Dispatcher
+
+
+@implementer(IPushProducer)
+class HTTPExchange(Exchange):
+    """A twisted.web request seen as an Exchange."""
+
+
+    def __init__(self, dispatcher: Dispatcher, request: server.Request) -> None:
+        super().__init__(dispatcher)
+        self.request = request
+        self.producing = False
+
+    def _start(self, status: str, headers: Headers) -> None:
+        code, _, reason = status.partition(" ")
+        request = self.request
+        request.setResponseCode(int(code), reason.encode("latin-1") or None)
+        add = request.responseHeaders.addRawHeader
+        for name, value in headers:
+            add(name.encode("latin-1"), value.encode("latin-1"))
+
+    def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
+        if self.request._disconnected or self.request.finished:
+            return
+        self._start(status, headers)
+        if body:
+            self.request.write(body)
+        self.request.finish()
+
+    def _emit_head(self, status: str, headers: Headers) -> None:
+        if self.request._disconnected:
+            return
+        self._start(status, headers)
+        self.request.registerProducer(self, True)
+        self.producing = True
+
+    def _emit_body(self, data: bytes) -> None:
+        if not self.request._disconnected:
+            self.request.write(data)
+
+    def _emit_end(self) -> None:
+        request = self.request
+        if self.producing:
+            self.producing = False
+            request.unregisterProducer()
+        if not request._disconnected and not request.finished:
+            request.finish()
+
+    def _emit_abort(self) -> None:
+        if self.producing:
+            self.producing = False
+            self.request.unregisterProducer()
+        self.request.loseConnection()
+
+    def pauseProducing(self) -> None:
+        self.pause_output()
+
+    def resumeProducing(self) -> None:
+        self.resume_output()
+
+    def stopProducing(self) -> None:
+        self.peer_gone()
+
+
+def _environ(request: server.Request, body_len: int) -> dict[str, str]:
+    uri: bytes = request.uri
+    path, _, query = uri.partition(b"?")
+    host = request.getHost()
+    peer = request.getClientAddress()
+    params = {
+        "REQUEST_METHOD": request.method.decode("latin-1"),
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "QUERY_STRING": query.decode("latin-1"),
+        "REQUEST_URI": uri.decode("latin-1"),
+        "SERVER_NAME": request.getRequestHostname().decode("latin-1"),
+        "SERVER_PORT": str(getattr(host, "port", 0)),
+        "SERVER_PROTOCOL": request.clientproto.decode("latin-1"),
+        "REMOTE_ADDR": peer.host if isinstance(peer, address.IPv4Address
+                                               | address.IPv6Address) else "",
+        "REMOTE_PORT": str(getattr(peer, "port", "")),
+        "CONTENT_LENGTH": str(body_len) if body_len else "",
+    }
+    if request.isSecure():
+        params["HTTPS"] = "on"
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        key = name.decode("latin-1").upper().replace("-", "_")
+        value = ", ".join(v.decode("latin-1") for v in values)
+        if key == "CONTENT_TYPE":
+            params["CONTENT_TYPE"] = value
+        elif key != "CONTENT_LENGTH":
+            params["HTTP_" + key] = value
+    return params
+
+
+class _Request(server.Request):
+    """Bounds the body by max_body_bytes while twisted.web receives it."""
+
+    too_large = False
+    received = 0
+
+    def _limit(self) -> int:
+        channel: Any = self.channel
+        site: HTTPSite = channel.site
+        return site.dispatcher.max_body_bytes
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self.too_large = True
+            self.received = length
+            self.content = io.BytesIO()
+            return
+        base: Any = super()
+        base.gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self.received += len(data)
+        if self.received > self._limit():
+            self.too_large = True
+            self.content = io.BytesIO()
+            return
+        base: Any = super()
+        base.handleContentChunk(data)
+
+
+class _Root(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, site: HTTPSite) -> None:
+        base: Any = super()
+        base.__init__()
+        self.site = site
+
+    def render(self, request: server.Request) -> Any:
+        dispatcher = self.site.dispatcher
+        ex = HTTPExchange(dispatcher, request)
+        req: Any = request
+        content = request.content
+        if req.too_large:
+            ex.params = _environ(request, req.received)
+            ex.body_complete = True
+        else:
+            body = b""
+            if content is not None:
+                content.seek(0)
+                body = content.read()
+            ex.params = _environ(request, len(body))
+            if body:
+                ex.body = [body]
+                ex.body_len = len(body)
+            ex.body_complete = True
+        request.notifyFinish().addErrback(_gone, ex)
+        dispatcher.params_ready(ex)
+        return server.NOT_DONE_YET
+
+
+def _gone(_failure: Failure, ex: HTTPExchange) -> None:
+    ex.peer_gone()
+
+
+class _Channel(http.HTTPChannel):
+    """An HTTP connection the listener can inspect while draining."""
+
+    site: HTTPSite
+    connected_at = 0.0
+
+    requests_seen = 0
+
+    def connectionMade(self) -> None:
+        base: Any = super()
+        base.connectionMade()
+        self.site.factory_tracker.connection_opened(self)  # type: ignore[arg-type]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        base: Any = super()
+        base.connectionLost(reason)
+        self.site.factory_tracker.connection_closed(self)  # type: ignore[arg-type]
+
+    def allHeadersReceived(self) -> None:
+        self.requests_seen += 1
+        base: Any = super()
+        base.allHeadersReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web answers 400 for headers over totalHeadersSize; we say 431
+        channel: Any = self
+        if channel._receivedHeaderSize > channel.totalHeadersSize:
+            self.site.dispatcher.too_large_431 += 1
+            transport: Any = self.transport
+            transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                            b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            transport.loseConnection()
+            return
+        base: Any = super()
+        base._respondToBadRequestAndDisconnect()
+
+    def is_idle(self) -> bool:
+        """No request being received or answered."""
+        return not self.requests
+
+    def close_if_idle(self) -> bool:
+        """Close when idle; True if closed."""
+        if self.is_idle() and self.transport is not None:
+            self.transport.loseConnection()
+            return True
+        return False
+
+
+class HTTPSite(server.Site):
+    """A twisted.web Site whose every request goes to the listener's dispatcher."""
+
+    protocol: Any = _Channel  # plain HTTP/1.x, no HTTP/2 negotiation
+    requestFactory = _Request
+    noisy = False
+
+    def __init__(self, dispatcher: Dispatcher, *, reactor: Any,
+                 allow_from: list[Network] | None = None) -> None:
+        base: Any = super()
+        base.__init__(resource.Resource(), reactor=reactor)
+        self.resource = _Root(self)
+        self.dispatcher = dispatcher
+        # the tracking and allow-list logic every listener factory shares
+        self.factory_tracker = ListenerFactory(dispatcher, reactor=reactor,
+                                               allow_from=allow_from)
+
+    draining = False
+
+    @property
+    def connections(self) -> Any:
+        """Open connections (for the drain)."""
+        return self.factory_tracker.connections
+
+    @property
+    def connections_total(self) -> int:
+        """Connections accepted so far."""
+        return self.factory_tracker.connections_total
+
+    @property
+    def denied(self) -> int:
+        """Connections refused by allow_from."""
+        return self.factory_tracker.denied
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        tracker = self.factory_tracker
+        if addr is not None and not tracker.allowed(addr):
+            tracker.denied += 1
+            tracker.log.warn("refused a connection from {peer}: not in allow_from",
+                             peer=getattr(addr, "host", str(addr)))
+            return None
+        base: Any = super()
+        channel = base.buildProtocol(addr)
+        channel.totalHeadersSize = self.dispatcher.max_param_bytes
+        channel.connected_at = self.reactor.seconds()
+        tracker.connections_total += 1
+        return channel
+
+    def log(self, request: Any) -> None:
+        """No access log: the listener keeps counters (and nginx logs requests)."""

@@ -1,0 +1,357 @@
+"""The dispatcher between a listener's wire protocol and its application: limits and routing.
+
+It admits requests up to ``max_concurrent``, queues up to ``backlog`` more for at most
+``queue_timeout`` and answers the rest ``503`` with ``Retry-After`` (never a dropped
+connection); it enforces ``max_body_bytes`` (413) and ``request_timeout`` (504), counts
+requests for ``max_requests`` and reports activity to the app's IActivityMonitor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daemonapp.interfaces import IActivityMonitor
+from daemonapp.listeners.exchange import DONE, NEW, QUEUED, RUNNING, Exchange, status_line
+
+#: Exchange state between "params complete" and "admitted": waiting for the whole body.
+WAITING = 4
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_PARAM_BYTES = 64 * 1024
+DEFAULT_BACKLOG = 100
+DEFAULT_QUEUE_TIMEOUT = 10.0
+
+_JOB_PATH = re.compile(r"/jobs/([0-9]{1,18})/?")
+_PLAIN = [("Content-Type", "text/plain; charset=utf-8")]
+
+
+class Application(Protocol):
+    """What the dispatcher runs: WSGIApp or NativeApp."""
+
+    needs_full_body: bool
+
+    def call(self, exchange: Exchange) -> None:
+        """Answer ``exchange`` (now or later, through its respond/send_* methods)."""
+
+
+JobsStatus = Callable[[int], "Deferred[dict[str, Any] | None]"]
+
+
+class Dispatcher:
+    """Admission, limits, routing and counters for one listener."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        app: Application | None,
+        *,
+        reactor: Any,
+        max_concurrent: int | None = None,
+        backlog: int = DEFAULT_BACKLOG,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        request_timeout: float | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_param_bytes: int = DEFAULT_MAX_PARAM_BYTES,
+        max_requests: int | None = None,
+        max_requests_jitter: int = 0,
+        script_name: str | None = None,
+        jobs_status: JobsStatus | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.app = app
+        self.reactor = reactor
+        self.max_concurrent = max_concurrent
+        self._limit = max_concurrent if max_concurrent is not None else 1 << 62
+        self.backlog = backlog
+        self.queue_timeout = queue_timeout
+        self.retry_after = str(min(60, max(1, math.ceil(queue_timeout))))
+        self.request_timeout = request_timeout
+        self.max_body_bytes = max_body_bytes
+        self.max_param_bytes = max_param_bytes
+        self.max_requests = max_requests
+        self.max_requests_jitter = max_requests_jitter
+        if max_requests is not None:
+            jitter = 0
+            if max_requests_jitter > 0:
+                # spreads restarts of several processes; not security relevant
+                jitter = (rng or random.Random()).randint(0, max_requests_jitter)  # noqa: S311
+            self.request_limit: int | None = max_requests + jitter
+        else:
+            self.request_limit = None
+        self._limit_reported = False
+        if script_name is not None:
+            script_name = script_name.rstrip("/")
+        self.script_name = script_name
+        self.jobs_status = jobs_status
+        self.needs_full_body = app.needs_full_body if app is not None else True
+        self.monitor: IActivityMonitor | None = None
+        self.queue: deque[Exchange] = deque()
+        # counters
+        self.in_flight = 0
+        self.queued = 0
+        self.active = 0  # admitted to the count and not answered yet (any state)
+        self.requests = 0
+        self.answered = 0
+        self.cancelled = 0
+        self.rejected_503 = 0
+        self.timeouts_504 = 0
+        self.errors_500 = 0
+        self.too_large_413 = 0
+        self.too_large_431 = 0
+        self._idle_waiters: list[Deferred[None]] = []
+
+    # -- entry points for the wire protocols ------------------------------------------
+
+    def params_ready(self, ex: Exchange) -> None:
+        """The request's CGI params are complete: count it, check it, admit it."""
+        params = ex.params
+        script_name = self.script_name
+        if script_name is not None:
+            path = params.get("DOCUMENT_URI")
+            if not path:
+                uri = params.get("REQUEST_URI")
+                if uri:
+                    path = unquote_to_bytes(uri.partition("?")[0]).decode("latin-1")
+                else:
+                    path = params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", "")
+            if script_name and (path == script_name or path.startswith(script_name + "/")):
+                params["SCRIPT_NAME"] = script_name
+                path = path[len(script_name):]
+            else:
+                params["SCRIPT_NAME"] = ""
+            params["PATH_INFO"] = path
+            ex.route_path = path
+        else:
+            ex.route_path = params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", "")
+        self.requests += 1
+        self.active += 1
+        ex.state = WAITING
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.begin("request")
+        limit = self.request_limit
+        if limit is not None and self.requests >= limit and not self._limit_reported:
+            self._limit_reported = True
+            self.log.info("listener reached max_requests={limit}: stopping gracefully",
+                          limit=limit)
+            if monitor is not None:
+                monitor.request_limit_reached(f"max_requests ({limit}) reached")
+        length = params.get("CONTENT_LENGTH")
+        if length and length.isdigit() and int(length) > self.max_body_bytes:
+            self.body_too_large(ex)
+            return
+        if ex.body_complete or not self.needs_full_body:
+            self._admit(ex)
+
+    def body_ended(self, ex: Exchange) -> None:
+        """The body of ``ex`` is complete."""
+        if ex.state == WAITING:
+            self._admit(ex)
+
+    def finished(self, ex: Exchange, *, cancelled: bool = False) -> None:
+        """``ex`` ended (answered, aborted or cancelled): release what it held."""
+        state = ex.state
+        if state == DONE:
+            return
+        ex.state = DONE
+        timer = ex.timer
+        if timer is not None:
+            ex.timer = None
+            if timer.active():
+                timer.cancel()
+        if state == NEW:
+            return
+        if state == RUNNING:
+            self.in_flight -= 1
+        elif state == QUEUED:
+            self.queued -= 1
+        self.active -= 1
+        if cancelled:
+            self.cancelled += 1
+        else:
+            self.answered += 1
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.end("request")
+        if self.queued and self.in_flight < self._limit:
+            self._start_next()
+        if not self.active and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def body_too_large(self, ex: Exchange) -> None:
+        """The body went over max_body_bytes: 413, or cut the response short."""
+        self.too_large_413 += 1
+        self.log.warn("request body over max_body_bytes={limit} from {peer}",
+                      limit=self.max_body_bytes, peer=ex.peer)
+        if ex.head_sent:
+            ex.abort()
+            return
+        ex.respond(status_line(413), _PLAIN,
+                   b"Request body too large\n")
+        ex.run_cancel_hooks()
+
+    def params_too_large(self, ex: Exchange) -> None:
+        """The params went over max_param_bytes: 431 (the protocol closes afterwards)."""
+        self.too_large_431 += 1
+        self.log.warn("request params over max_param_bytes={limit}", limit=self.max_param_bytes)
+        ex.respond(status_line(431), _PLAIN, b"Request header fields too large\n")
+
+    def app_failed(self, ex: Exchange) -> None:
+        """The application raised (already logged): 500, or cut the response short."""
+        self.errors_500 += 1
+        if ex.head_sent:
+            ex.abort()
+        else:
+            ex.respond(status_line(500), _PLAIN, b"Internal Server Error\n")
+
+    def when_idle(self) -> Deferred[None]:
+        """A Deferred that fires once no request is in flight, queued or arriving."""
+        if not self.active:
+            return _succeed()
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    # -- admission --------------------------------------------------------------------
+
+    def _admit(self, ex: Exchange) -> None:
+        if self.in_flight < self._limit:
+            self._start(ex)
+        elif self.queued < self.backlog:
+            ex.state = QUEUED
+            self.queued += 1
+            self.queue.append(ex)
+            ex.timer = self.reactor.callLater(self.queue_timeout, self._queue_expired, ex)
+        else:
+            self._reject(ex)
+
+    def _reject(self, ex: Exchange) -> None:
+        self.rejected_503 += 1
+        ex.respond(status_line(503), [*_PLAIN, ("Retry-After", self.retry_after)],
+                   b"Service Unavailable\n")
+        ex.run_cancel_hooks()
+
+    def _queue_expired(self, ex: Exchange) -> None:
+        ex.timer = None
+        if ex.state == QUEUED:
+            self._reject(ex)
+
+    def _start_next(self) -> None:
+        queue = self.queue
+        while queue and self.in_flight < self._limit:
+            ex = queue.popleft()
+            if ex.state != QUEUED:
+                continue
+            self.queued -= 1
+            timer = ex.timer
+            if timer is not None:
+                ex.timer = None
+                if timer.active():
+                    timer.cancel()
+            self._start(ex)
+
+    def _start(self, ex: Exchange) -> None:
+        ex.state = RUNNING
+        self.in_flight += 1
+        if self.request_timeout is not None:
+            ex.timer = self.reactor.callLater(self.request_timeout, self._timed_out, ex)
+        if self.jobs_status is not None:
+            match = _JOB_PATH.fullmatch(ex.route_path)
+            if match is not None:
+                self._serve_job(ex, int(match.group(1)))
+                return
+        app = self.app
+        if app is None:
+            ex.respond(status_line(404), _PLAIN, b"Not Found\n")
+            return
+        try:
+            app.call(ex)
+        except Exception:
+            self.log.failure("application failed on {path}", path=ex.route_path)
+            self.app_failed(ex)
+
+    def _timed_out(self, ex: Exchange) -> None:
+        ex.timer = None
+        if ex.state != RUNNING:
+            return
+        self.timeouts_504 += 1
+        if ex.head_sent:
+            self.log.warn("request {method} {path} over request_timeout={timeout}s after "
+                          "its headers were sent: ended",
+                          method=ex.params.get("REQUEST_METHOD", ""), path=ex.route_path,
+                          timeout=self.request_timeout)
+            ex.abort()
+            return
+        self.log.warn("request {method} {path} over request_timeout={timeout}s: 504",
+                      method=ex.params.get("REQUEST_METHOD", ""), path=ex.route_path,
+                      timeout=self.request_timeout)
+        ex.respond(status_line(504), _PLAIN, b"Gateway Timeout\n")
+        ex.run_cancel_hooks()
+
+    # -- /jobs/<id> -------------------------------------------------------------------
+
+    def _serve_job(self, ex: Exchange, job_id: int) -> None:
+        jobs_status = self.jobs_status
+        assert jobs_status is not None
+        deferred: Deferred[Any] = maybeDeferred(jobs_status, job_id)
+        ex.on_cancel(deferred.cancel)
+
+        def found(record: dict[str, Any] | None) -> None:
+            if ex.done:
+                return
+            if record is None:
+                body = json.dumps({"error": "no such job", "id": job_id}).encode()
+                ex.respond(status_line(404), [("Content-Type", "application/json"),
+                                              ("Content-Length", str(len(body)))], body)
+                return
+            body = json.dumps(record, default=str, sort_keys=True).encode()
+            ex.respond("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))], body)
+
+        def failed(failure: Failure) -> None:
+            if ex.done:
+                return
+            self.log.failure("jobs status for {job_id} failed", failure, job_id=job_id)
+            self.app_failed(ex)
+
+        deferred.addCallbacks(found, failed)
+
+    # -- status -----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """Counters, JSON-able."""
+        return {
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "requests": self.requests,
+            "answered": self.answered,
+            "cancelled": self.cancelled,
+            "rejected_503": self.rejected_503,
+            "timeouts_504": self.timeouts_504,
+            "errors_500": self.errors_500,
+            "too_large_413": self.too_large_413,
+            "too_large_431": self.too_large_431,
+            "max_concurrent": self.max_concurrent,
+            "backlog": self.backlog,
+            "request_limit": self.request_limit,
+        }
+
+
+def _succeed() -> Deferred[None]:
+    waiter: Deferred[None] = Deferred()
+    waiter.callback(None)
+    return waiter

@@ -1,0 +1,176 @@
+"""An SCGI server protocol: a netstring of headers, the body, one request per connection.
+
+The header netstring is bounded by ``max_param_bytes`` (431 when over it) and must
+start with ``CONTENT_LENGTH``; anything unparsable closes the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from daemonapp.listeners.connections import ListenerFactory, TrackedProtocol
+from daemonapp.listeners.exchange import Exchange, Headers, cgi_head
+
+log = Logger()
+
+
+class SCGIExchange(Exchange):
+    """The one request of an SCGI connection."""
+
+
+    def __init__(self, proto: SCGIProtocol) -> None:
+        super().__init__(proto.factory.dispatcher)
+        self.proto = proto
+
+    def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
+        transport: Any = self.proto.transport
+        transport.write(cgi_head(status, headers) + body)
+        transport.loseConnection()
+
+    def _emit_head(self, status: str, headers: Headers) -> None:
+        self.proto.transport.write(cgi_head(status, headers))  # type: ignore[union-attr]
+
+    def _emit_body(self, data: bytes) -> None:
+        self.proto.transport.write(data)  # type: ignore[union-attr]
+
+    def _emit_end(self) -> None:
+        self.proto.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _emit_abort(self) -> None:
+        self.proto.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _pause_input(self) -> None:
+        self.proto.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _resume_input(self) -> None:
+        self.proto.transport.resumeProducing()  # type: ignore[union-attr]
+
+
+@implementer(IPushProducer)
+class SCGIProtocol(TrackedProtocol):
+    """One SCGI connection."""
+
+    factory: SCGIFactory
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._header_len: int | None = None
+        self.exchange: SCGIExchange | None = None
+        self._remaining = 0
+        self._closed = False
+
+    def connectionMade(self) -> None:
+        self.factory.connection_opened(self)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closed = True
+        if self.exchange is not None:
+            self.exchange.peer_gone()
+        self.factory.connection_closed(self)
+
+    def is_idle(self) -> bool:
+        return self.exchange is None and not self._buf
+
+    def pauseProducing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.pause_output()
+
+    def resumeProducing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.resume_output()
+
+    def stopProducing(self) -> None:
+        self._closed = True
+
+    def _error(self, message: str) -> None:
+        log.warn("SCGI: {message}; closing the connection", message=message)
+        self._closed = True
+        self._buf = b""
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        ex = self.exchange
+        if ex is not None:
+            self._body(data)
+            return
+        self._buf += data
+        dispatcher = self.factory.dispatcher
+        limit = dispatcher.max_param_bytes
+        if self._header_len is None:
+            colon = self._buf.find(b":")
+            if colon < 0:
+                if len(self._buf) > 10 or (not self._buf.isdigit() and self._buf):
+                    self._error("bad netstring length")
+                return
+            digits = self._buf[:colon]
+            if not digits.isdigit() or len(digits) > 10:
+                self._error("bad netstring length")
+                return
+            self._header_len = int(digits)
+            self._buf = self._buf[colon + 1:]
+            if self._header_len > limit:
+                self._too_large()
+                return
+        size = self._header_len
+        if len(self._buf) < size + 1:
+            return
+        if self._buf[size:size + 1] != b",":
+            self._error("netstring without its trailing comma")
+            return
+        header, rest = self._buf[:size], self._buf[size + 1:]
+        self._buf = b""
+        items = header.split(b"\0")
+        if items and items[-1] == b"":
+            items.pop()
+        if len(items) % 2 or len(items) < 2 or items[0] != b"CONTENT_LENGTH":
+            self._error("headers must be name/value pairs starting with CONTENT_LENGTH")
+            return
+        params = {items[i].decode("latin-1"): items[i + 1].decode("latin-1")
+                  for i in range(0, len(items), 2)}
+        length_text = params["CONTENT_LENGTH"]
+        if not length_text.isdigit():
+            self._error("CONTENT_LENGTH is not a number")
+            return
+        self.requests_seen += 1
+        self.exchange = ex = SCGIExchange(self)
+        ex.params = params
+        self._remaining = int(length_text)
+        if self._remaining > dispatcher.max_body_bytes:
+            dispatcher.params_ready(ex)  # answers 413
+            return
+        if rest:
+            self._body(rest, dispatch=False)
+        if self._remaining == 0:
+            ex.end_body()
+        dispatcher.params_ready(ex)
+
+    def _body(self, data: bytes, dispatch: bool = True) -> None:
+        ex = self.exchange
+        assert ex is not None
+        if self._remaining <= 0:
+            return  # bytes after the declared body: ignored
+        data = data[:self._remaining]
+        self._remaining -= len(data)
+        ex.feed_body(data)
+        if self._remaining == 0 and dispatch:
+            ex.end_body()
+
+    def _too_large(self) -> None:
+        self._closed = True
+        self._buf = b""
+        self.exchange = ex = SCGIExchange(self)
+        self.factory.dispatcher.params_too_large(ex)
+
+
+class SCGIFactory(ListenerFactory):
+    """Makes SCGIProtocol connections for one listener."""
+
+    protocol_class = SCGIProtocol

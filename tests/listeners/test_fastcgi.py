@@ -1,0 +1,295 @@
+"""The FastCGI responder, record by record, on a StringTransport."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from daemonapp.listeners.fastcgi import (
+    FCGI_ABORT_REQUEST,
+    FCGI_DATA,
+    FCGI_END_REQUEST,
+    FCGI_GET_VALUES,
+    FCGI_GET_VALUES_RESULT,
+    FCGI_PARAMS,
+    FCGI_STDIN,
+    FCGI_STDOUT,
+    FCGI_UNKNOWN_TYPE,
+    ProtocolError,
+    decode_pairs,
+    encode_pairs,
+    record,
+)
+from tests.listeners import apps
+from tests.listeners.helpers import (
+    begin,
+    connect,
+    make_listener,
+    params,
+    parse_records,
+    request,
+    stdin,
+    stdout_of,
+)
+
+END_OK = struct.pack("!IB3x", 0, 0)
+
+
+class PairsTests(SynchronousTestCase):
+    def test_short_and_long_lengths(self) -> None:
+        """Names and values below 128 bytes use 1-byte lengths, longer ones 4-byte."""
+        long_value = b"v" * 300
+        data = encode_pairs([(b"A", b"1"), (b"LONG", long_value)])
+        self.assertEqual(data[:4], b"\x01\x01A1")
+        self.assertEqual(data[4:13], b"\x04\x80\x00\x01\x2cLONG")
+        self.assertEqual(decode_pairs(data), {"A": "1", "LONG": "v" * 300})
+
+    def test_four_byte_name_length(self) -> None:
+        """A 4-byte name length (high bit set) is decoded too."""
+        data = b"\x80\x00\x00\x03\x01abcX"
+        self.assertEqual(decode_pairs(data), {"abc": "X"})
+
+    def test_truncated_pair_raises(self) -> None:
+        """A pair longer than its data is a ProtocolError."""
+        self.assertRaises(ProtocolError, decode_pairs, b"\x05\x01abc")
+
+    def test_truncated_length_raises(self) -> None:
+        """A 4-byte length cut short is a ProtocolError."""
+        self.assertRaises(ProtocolError, decode_pairs, b"\x80\x00")
+
+    def test_values_are_latin1(self) -> None:
+        """Bytes above 127 become the same code points (PEP 3333 latin-1 strings)."""
+        self.assertEqual(decode_pairs(b"\x01\x02P\xc3\xa9"), {"P": "\xc3\xa9"})
+
+
+class ResponderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.listener = make_listener(native="tests.listeners.apps:echo_native")
+        self.proto, self.transport = connect(self.listener)
+
+    def test_get_answered_with_stdout_empty_stdout_end_request(self) -> None:
+        """A request gets STDOUT, an empty STDOUT, then END_REQUEST (complete, status 0)."""
+        self.proto.dataReceived(request(1, PATH_INFO="/x"))
+        records = parse_records(self.transport.value())
+        self.assertEqual([(t, r) for t, r, _ in records],
+                         [(FCGI_STDOUT, 1), (FCGI_STDOUT, 1), (FCGI_END_REQUEST, 1)])
+        self.assertEqual(records[1][2], b"")
+        self.assertEqual(records[2][2], END_OK)
+        self.assertEqual(records[0][2],
+                         b"Status: 200 OK\r\nX-Method: GET\r\nX-Path: /x\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+
+    def test_records_split_at_every_byte(self) -> None:
+        """Feeding a request one byte at a time gives the same answer as in one piece."""
+        data = request(1, body=b"hello", PATH_INFO="/x")
+        for index in range(len(data)):
+            self.proto.dataReceived(data[index:index + 1])
+        self.assertEqual(stdout_of(self.transport.value()),
+                         b"Status: 200 OK\r\nX-Method: POST\r\nX-Path: /x\r\n"
+                         b"Content-Length: 5\r\n\r\nhello")
+
+    def test_padding_is_skipped(self) -> None:
+        """Record padding is read and ignored."""
+        pairs = encode_pairs([(b"REQUEST_METHOD", b"GET"), (b"PATH_INFO", b"/p")])
+        padded = struct.pack("!BBHHBx", 1, FCGI_PARAMS, 1, len(pairs), 5) + pairs + b"\0" * 5
+        self.proto.dataReceived(begin(1) + padded + record(FCGI_PARAMS, 1) + stdin(1))
+        self.assertIn(b"X-Path: /p\r\n", stdout_of(self.transport.value()))
+
+    def test_params_split_across_records(self) -> None:
+        """A name-value pair may span two PARAMS records."""
+        pairs = encode_pairs([(b"REQUEST_METHOD", b"GET"), (b"PATH_INFO", b"/split")])
+        data = (begin(1) + record(FCGI_PARAMS, 1, pairs[:7]) + record(FCGI_PARAMS, 1, pairs[7:])
+                + record(FCGI_PARAMS, 1) + stdin(1))
+        self.proto.dataReceived(data)
+        self.assertIn(b"X-Path: /split\r\n", stdout_of(self.transport.value()))
+
+    def test_multiplexed_requests(self) -> None:
+        """Two interleaved request ids are answered each with its own body."""
+        data = (begin(1) + begin(2) + params(2, REQUEST_METHOD="POST", PATH_INFO="/two")
+                + params(1, REQUEST_METHOD="POST", PATH_INFO="/one")
+                + stdin(2, b"second") + stdin(1, b"first"))
+        self.proto.dataReceived(data)
+        out = self.transport.value()
+        self.assertTrue(stdout_of(out, 1).endswith(b"\r\n\r\nfirst"))
+        self.assertTrue(stdout_of(out, 2).endswith(b"\r\n\r\nsecond"))
+        self.assertEqual(sorted(r for t, r, _ in parse_records(out) if t == FCGI_END_REQUEST),
+                         [1, 2])
+
+    def test_keep_conn_keeps_the_connection(self) -> None:
+        """With FCGI_KEEP_CONN the connection stays open after END_REQUEST."""
+        self.proto.dataReceived(request(1, keep_conn=True))
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_without_keep_conn_the_connection_closes(self) -> None:
+        """Without FCGI_KEEP_CONN the connection is closed after END_REQUEST."""
+        self.proto.dataReceived(request(1, keep_conn=False))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_get_values(self) -> None:
+        """GET_VALUES is answered with the known variables only."""
+        query = encode_pairs([(b"FCGI_MAX_CONNS", b""), (b"FCGI_MAX_REQS", b""),
+                              (b"FCGI_MPXS_CONNS", b""), (b"OTHER", b"")])
+        self.proto.dataReceived(record(FCGI_GET_VALUES, 0, query))
+        [(rtype, rid, content)] = parse_records(self.transport.value())
+        self.assertEqual((rtype, rid), (FCGI_GET_VALUES_RESULT, 0))
+        self.assertEqual(decode_pairs(content), {"FCGI_MAX_CONNS": "1000",
+                                                 "FCGI_MAX_REQS": "1000",
+                                                 "FCGI_MPXS_CONNS": "1"})
+
+    def test_unknown_management_type(self) -> None:
+        """A management record of an unknown type gets FCGI_UNKNOWN_TYPE naming it."""
+        self.proto.dataReceived(record(42, 0, b"xyz"))
+        self.assertEqual(parse_records(self.transport.value()),
+                         [(FCGI_UNKNOWN_TYPE, 0, b"\x2a" + b"\0" * 7)])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_unknown_role(self) -> None:
+        """A role other than RESPONDER gets END_REQUEST with FCGI_UNKNOWN_ROLE."""
+        self.proto.dataReceived(begin(3, role=2))
+        self.assertEqual(parse_records(self.transport.value()),
+                         [(FCGI_END_REQUEST, 3, struct.pack("!IB3x", 0, 3))])
+
+    def test_records_for_inactive_ids_are_ignored(self) -> None:
+        """PARAMS, STDIN, DATA and ABORT for a request id that is not active are ignored."""
+        self.proto.dataReceived(params(9, REQUEST_METHOD="GET") + stdin(9, b"x")
+                                + record(FCGI_DATA, 9, b"d") + record(FCGI_ABORT_REQUEST, 9))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_records_after_the_end_are_ignored(self) -> None:
+        """Records for a request that already ended are ignored."""
+        self.proto.dataReceived(request(1))
+        written = self.transport.value()
+        self.proto.dataReceived(stdin(1, b"late") + record(FCGI_ABORT_REQUEST, 1))
+        self.assertEqual(self.transport.value(), written)
+
+    def test_bad_version_closes(self) -> None:
+        """A record with a version other than 1 closes the connection."""
+        self.proto.dataReceived(b"\x02\x01\x00\x01\x00\x08\x00\x00" + bytes(8))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unparsable_params_close(self) -> None:
+        """Params whose pair lengths overrun their data close the connection."""
+        self.proto.dataReceived(begin(1) + record(FCGI_PARAMS, 1, b"\x09\x01ab")
+                                + record(FCGI_PARAMS, 1))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_large_output_split_into_records(self) -> None:
+        """A 1 MiB response goes out in STDOUT records of at most 65,535 bytes."""
+        listener = make_listener(native="tests.listeners.apps:big_native")
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1))
+        records = parse_records(transport.value())
+        sizes = [len(c) for t, _, c in records if t == FCGI_STDOUT]
+        self.assertTrue(all(size <= 65535 for size in sizes))
+        self.assertEqual(sizes[-1], 0)
+        body = stdout_of(transport.value()).split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(body, apps.BIG)
+
+    def test_large_body_in_many_records(self) -> None:
+        """A 1 MiB body in 17 STDIN records is echoed whole."""
+        body = bytes(range(256)) * 4096
+        self.proto.dataReceived(request(1, body=body))
+        self.assertTrue(stdout_of(self.transport.value()).endswith(b"\r\n\r\n" + body))
+
+
+class AbortTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        apps.PENDING.clear()
+        self.listener = make_listener(native="tests.listeners.apps:pending_native")
+        self.proto, self.transport = connect(self.listener)
+
+    def test_abort_sends_end_request_once_and_nothing_after(self) -> None:
+        """After ABORT_REQUEST, END_REQUEST is sent once and the late answer is dropped."""
+        self.proto.dataReceived(request(1))
+        self.proto.dataReceived(record(FCGI_ABORT_REQUEST, 1))
+        self.proto.dataReceived(record(FCGI_ABORT_REQUEST, 1))
+        self.assertEqual(parse_records(self.transport.value()),
+                         [(FCGI_END_REQUEST, 1, END_OK)])
+        self.assertEqual(self.listener.in_flight, 0)
+
+    def test_abort_cancels_the_handlers_deferred(self) -> None:
+        """ABORT_REQUEST cancels the Deferred a native handler returned."""
+        self.proto.dataReceived(request(1))
+        self.proto.dataReceived(record(FCGI_ABORT_REQUEST, 1))
+        self.assertTrue(apps.PENDING[0].called)
+        self.assertEqual(self.listener.snapshot()["cancelled"], 1)
+
+    def test_abort_before_params_end(self) -> None:
+        """A request aborted while its params arrive gets END_REQUEST, and no answer."""
+        self.proto.dataReceived(begin(1) + record(FCGI_ABORT_REQUEST, 1))
+        self.assertEqual(parse_records(self.transport.value()),
+                         [(FCGI_END_REQUEST, 1, END_OK)])
+
+    def test_connection_lost_cancels(self) -> None:
+        """Losing the connection cancels the requests in flight."""
+        self.proto.dataReceived(request(1))
+        self.proto.connectionLost(None)
+        self.assertTrue(apps.PENDING[0].called)
+        self.assertEqual(self.listener.in_flight, 0)
+
+    def test_deferred_answer(self) -> None:
+        """A Deferred's result is sent when it fires."""
+        self.proto.dataReceived(request(1))
+        self.assertEqual(self.transport.value(), b"")
+        apps.PENDING[0].callback(b"later")
+        self.assertTrue(stdout_of(self.transport.value()).endswith(b"\r\n\r\nlater"))
+
+
+class LimitTests(SynchronousTestCase):
+    def test_params_over_the_limit_get_431_then_close(self) -> None:
+        """Params over max_param_bytes are answered 431 and the connection closes."""
+        listener = make_listener(native="tests.listeners.apps:hello_native",
+                                 max_param_bytes=100)
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + record(FCGI_PARAMS, 1, encode_pairs(
+            [(b"HTTP_X", b"x" * 200)])))
+        self.assertTrue(stdout_of(transport.value()).startswith(
+            b"Status: 431 Request Header Fields Too Large\r\n"))
+        self.assertEqual(parse_records(transport.value())[-1], (FCGI_END_REQUEST, 1, END_OK))
+        self.assertTrue(transport.disconnecting)
+
+    def test_body_over_the_limit_gets_413(self) -> None:
+        """A Content-Length over max_body_bytes is answered 413 without reading the body."""
+        listener = make_listener(native="tests.listeners.apps:echo_native", max_body_bytes=10)
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST", CONTENT_LENGTH="11"))
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
+
+    def test_body_over_the_limit_without_length_gets_413(self) -> None:
+        """A body that grows over max_body_bytes without Content-Length is answered 413."""
+        listener = make_listener(native="tests.listeners.apps:echo_native", max_body_bytes=10)
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST")
+                           + record(FCGI_STDIN, 1, b"x" * 11))
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
+        self.assertEqual(listener.snapshot()["too_large_413"], 1)
+
+    def test_too_many_request_ids_per_connection(self) -> None:
+        """Past 100 open request ids on one connection, BEGIN gets FCGI_CANT_MPX_CONN."""
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        proto, transport = connect(listener)
+        proto.dataReceived(b"".join(begin(rid) for rid in range(1, 102)))
+        self.assertEqual(parse_records(transport.value()),
+                         [(FCGI_END_REQUEST, 101, struct.pack("!IB3x", 0, 1))])
+
+
+class FlowControlTests(SynchronousTestCase):
+    def test_registers_as_streaming_producer(self) -> None:
+        """The protocol registers itself with its transport as a streaming producer."""
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        proto, transport = connect(listener)
+        self.assertIs(transport.producer, proto)
+        self.assertTrue(transport.streaming)
+
+    def test_pause_reaches_running_exchanges(self) -> None:
+        """pauseProducing marks running requests paused; resumeProducing resumes them."""
+        apps.PENDING.clear()
+        listener = make_listener(native="tests.listeners.apps:pending_native")
+        proto, _transport = connect(listener)
+        proto.dataReceived(request(1))
+        proto.pauseProducing()
+        self.assertTrue(proto.requests[1].output_paused)
+        proto.resumeProducing()
+        self.assertFalse(proto.requests[1].output_paused)

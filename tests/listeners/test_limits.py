@@ -1,0 +1,244 @@
+"""Listener limits: concurrency, backlog, timeouts, max_requests, activity, routing."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from daemonapp.listeners.limits import Dispatcher
+from tests.listeners import apps
+from tests.listeners.helpers import (
+    Monitor,
+    connect,
+    make_listener,
+    request,
+    stdout_of,
+)
+
+
+class ConcurrencyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        apps.PENDING.clear()
+        self.clock = MemoryReactorClock()
+        self.listener = make_listener(self.clock, native="tests.listeners.apps:pending_native",
+                                      max_concurrent=2, backlog=1, queue_timeout="5s")
+        self.proto, self.transport = connect(self.listener)
+
+    def test_over_concurrency_and_backlog_gets_503_with_retry_after(self) -> None:
+        """Past max_concurrent and backlog, a request is answered 503 with Retry-After."""
+        for rid in (1, 2, 3, 4):
+            self.proto.dataReceived(request(rid))
+        self.assertEqual(len(apps.PENDING), 2)
+        self.assertEqual(stdout_of(self.transport.value(), 4),
+                         b"Status: 503 Service Unavailable\r\n"
+                         b"Content-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n\r\n"
+                         b"Service Unavailable\n")
+        self.assertEqual(self.listener.snapshot()["rejected_503"], 1)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_queued_request_starts_when_a_slot_frees(self) -> None:
+        """A queued request runs as soon as a running one ends."""
+        for rid in (1, 2, 3):
+            self.proto.dataReceived(request(rid))
+        self.assertEqual(self.listener.snapshot()["queued"], 1)
+        apps.PENDING[0].callback(b"one")
+        self.assertEqual(len(apps.PENDING), 3)
+        self.assertEqual(self.listener.snapshot()["queued"], 0)
+        self.assertEqual(self.listener.in_flight, 2)
+
+    def test_queue_timeout_gets_503(self) -> None:
+        """A request queued longer than queue_timeout is answered 503."""
+        for rid in (1, 2, 3):
+            self.proto.dataReceived(request(rid))
+        self.clock.advance(4.9)
+        self.assertEqual(stdout_of(self.transport.value(), 3), b"")
+        self.clock.advance(0.2)
+        self.assertTrue(stdout_of(self.transport.value(), 3).startswith(b"Status: 503 "))
+        apps.PENDING[0].callback(b"one")
+        self.assertEqual(len(apps.PENDING), 2)
+
+    def test_zero_backlog_rejects_at_once(self) -> None:
+        """With backlog 0, a request past max_concurrent is answered 503 immediately."""
+        listener = make_listener(self.clock, native="tests.listeners.apps:pending_native",
+                                 max_concurrent=1, backlog=0)
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1) + request(2))
+        self.assertTrue(stdout_of(transport.value(), 2).startswith(b"Status: 503 "))
+
+
+class TimeoutTests(SynchronousTestCase):
+    def test_request_timeout_gets_504(self) -> None:
+        """A request running longer than request_timeout is answered 504 and cancelled."""
+        apps.PENDING.clear()
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, native="tests.listeners.apps:pending_native",
+                                 request_timeout="2s")
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1))
+        clock.advance(2)
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 504 Gateway Timeout"))
+        self.assertTrue(apps.PENDING[0].called)
+        self.assertEqual(listener.snapshot()["timeouts_504"], 1)
+        self.assertEqual(listener.in_flight, 0)
+
+    def test_timeout_after_headers_ends_the_request(self) -> None:
+        """Once headers are sent, a timed-out request is ended (connection closed)."""
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, native="tests.listeners.apps:pending_native",
+                                 request_timeout="1s")
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1))
+        proto.requests[1].send_head("200 OK", [])
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertNotIn(b"504", transport.value())
+        self.assertEqual(listener.in_flight, 0)
+        self.flushLoggedErrors()
+
+
+class RequestLimitTests(SynchronousTestCase):
+    def test_max_requests_reported_once(self) -> None:
+        """Reaching max_requests calls request_limit_reached once, and requests still run."""
+        monitor = Monitor()
+        listener = make_listener(native="tests.listeners.apps:hello_native", max_requests=2)
+        listener.set_activity_monitor(monitor)
+        proto, transport = connect(listener)
+        for rid in (1, 2, 3):
+            proto.dataReceived(request(rid))
+        limits = [call for call in monitor.calls if call[0] == "limit"]
+        self.assertEqual(limits, [("limit", "max_requests (2) reached")])
+        self.assertIn(b"Hello, world!", stdout_of(transport.value(), 3))
+
+    def test_jitter_adds_up_to_its_value(self) -> None:
+        """max_requests_jitter adds a random 0..jitter to the limit."""
+        limits = {Dispatcher(None, reactor=None, max_requests=100, max_requests_jitter=5,
+                             rng=random.Random(seed)).request_limit for seed in range(50)}
+        self.assertEqual(limits, {100, 101, 102, 103, 104, 105})
+
+    def test_no_jitter_by_default(self) -> None:
+        """Without jitter the limit is max_requests exactly."""
+        self.assertEqual(Dispatcher(None, reactor=None, max_requests=10).request_limit, 10)
+
+    def test_activity_reported(self) -> None:
+        """Each request is reported to the monitor as begin/end "request"."""
+        monitor = Monitor()
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        listener.set_activity_monitor(monitor)
+        proto, _ = connect(listener)
+        proto.dataReceived(request(1) + request(2))
+        self.assertEqual(monitor.calls, [("begin", "request"), ("end", "request")] * 2)
+
+    def test_rejected_requests_are_reported_as_ended(self) -> None:
+        """A 503 request is reported ended too, so idle exit still works."""
+        apps.PENDING.clear()
+        monitor = Monitor()
+        listener = make_listener(native="tests.listeners.apps:pending_native",
+                                 max_concurrent=1, backlog=0)
+        listener.set_activity_monitor(monitor)
+        proto, _ = connect(listener)
+        proto.dataReceived(request(1) + request(2))
+        self.assertEqual(monitor.calls, [("begin", "request"), ("begin", "request"),
+                                         ("end", "request")])
+
+
+class ScriptNameTests(SynchronousTestCase):
+    def _environ(self, **options: str) -> bytes:
+        listener = make_listener(wsgi="tests.listeners.apps:environ_wsgi", threads=0,
+                                 **options)
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1, SCRIPT_NAME="/app/items/7", PATH_INFO="",
+                                   REQUEST_URI="/app/items/7?x=1",
+                                   DOCUMENT_URI="/app/items/7", QUERY_STRING="x=1"))
+        return stdout_of(transport.value())
+
+    def test_fix_up_splits_at_the_mount_path(self) -> None:
+        """script_name "/app" turns nginx's SCRIPT_NAME=URI into /app + /items/7."""
+        out = self._environ(script_name="/app")
+        self.assertIn(b"SCRIPT_NAME=/app\nPATH_INFO=/items/7\nQUERY_STRING=x=1\n", out)
+
+    def test_root_mount(self) -> None:
+        """script_name "" puts the whole path in PATH_INFO."""
+        out = self._environ(script_name="")
+        self.assertIn(b"SCRIPT_NAME=\nPATH_INFO=/app/items/7\n", out)
+
+    def test_without_option_params_are_untouched(self) -> None:
+        """Without script_name, SCRIPT_NAME and PATH_INFO are what the server sent."""
+        out = self._environ()
+        self.assertIn(b"SCRIPT_NAME=/app/items/7\nPATH_INFO=\n", out)
+
+    def test_fix_up_uses_request_uri_without_document_uri(self) -> None:
+        """Without DOCUMENT_URI, the percent-decoded REQUEST_URI path is used."""
+        listener = make_listener(wsgi="tests.listeners.apps:environ_wsgi", threads=0,
+                                 script_name="/app")
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1, SCRIPT_NAME="/x", REQUEST_URI="/app/a%20b?q"))
+        self.assertIn(b"SCRIPT_NAME=/app\nPATH_INFO=/a b\n", stdout_of(transport.value()))
+
+
+class JobsRouteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from daemonapp.listeners import build_listener
+
+        self.listener = build_listener(
+            {"protocol": "fastcgi", "endpoint": "tcp:0", "jobs": True},
+            reactor=MemoryReactorClock(), base_dir="/tmp", jobs_status=apps.jobs_status)
+        self.proto, self.transport = connect(self.listener)
+
+    def test_known_job_as_json(self) -> None:
+        """/jobs/7 answers the job's record as JSON."""
+        self.proto.dataReceived(request(1, PATH_INFO="/jobs/7"))
+        head, body = stdout_of(self.transport.value()).split(b"\r\n\r\n", 1)
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertEqual(json.loads(body), {"id": 7, "percent": 40, "state": "running"})
+
+    def test_unknown_job_is_404(self) -> None:
+        """An unknown job id answers 404."""
+        self.proto.dataReceived(request(1, PATH_INFO="/jobs/8"))
+        self.assertTrue(stdout_of(self.transport.value()).startswith(b"Status: 404 Not Found"))
+
+    def test_other_paths_are_404_without_an_app(self) -> None:
+        """With only jobs served, other paths answer 404."""
+        self.proto.dataReceived(request(1, PATH_INFO="/other"))
+        self.assertTrue(stdout_of(self.transport.value()).startswith(b"Status: 404 Not Found"))
+
+
+class AllowFromTests(SynchronousTestCase):
+    def test_fastcgi_tcp_peer_outside_allow_from_is_refused(self) -> None:
+        """A FastCGI tcp peer outside allow_from gets no protocol; IPv4-mapped IPv6 counts."""
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        listener = make_listener(native="tests.listeners.apps:hello_native",
+                                 allow_from="127.0.0.1")
+        factory = listener.factory
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", "::ffff:127.0.0.1", 1)))
+        self.assertEqual(listener.snapshot()["denied"], 1)
+
+
+class WSGITimeoutTests(SynchronousTestCase):
+    def test_wsgi_timeout_drops_the_late_answer(self) -> None:
+        """A WSGI request over request_timeout gets 504; the app's late answer is dropped."""
+        import threading
+
+        from tests.listeners.helpers import ThreadReactor
+
+        reactor = ThreadReactor()
+        release = threading.Event()
+        apps.GATE = release
+        listener = make_listener(reactor, wsgi="tests.listeners.apps:gated_wsgi", threads=1,
+                                 request_timeout="1s")
+        self.addCleanup(listener.app.stop)
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1))
+        reactor.advance(1)
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 504 "))
+        written = transport.value()
+        release.set()
+        f, args = reactor.posted.get(timeout=10)  # the app's answer, posted to the loop
+        f(*args)
+        self.assertTrue(apps.GATED_DONE.is_set())
+        self.assertEqual(transport.value(), written)

@@ -1,0 +1,192 @@
+"""The WSGI adapter: environ, start_response, write, streaming input, threads."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from daemonapp.listeners.fastcgi import FCGI_STDIN, record
+from tests.listeners import apps
+from tests.listeners.helpers import (
+    ThreadReactor,
+    begin,
+    connect,
+    make_listener,
+    params,
+    request,
+    stdout_of,
+)
+
+
+def _serve(app: str, data: bytes, **options: object) -> bytes:
+    listener = make_listener(wsgi=f"tests.listeners.apps:{app}", threads=0, **options)
+    proto, transport = connect(listener)
+    proto.dataReceived(data)
+    return bytes(transport.value())
+
+
+class OnLoopTests(SynchronousTestCase):
+    def test_environ(self) -> None:
+        """The environ has the CGI params and the wsgi.* keys PEP 3333 asks for."""
+        out = stdout_of(_serve("environ_wsgi", request(
+            1, body=b"abc", PATH_INFO="/p", QUERY_STRING="a=1", SERVER_PROTOCOL="HTTP/1.1",
+            HTTP_X_TEST="yes")))
+        self.assertEqual(out.split(b"\r\n\r\n", 1)[1],
+                         b"REQUEST_METHOD=POST\nSCRIPT_NAME=\nPATH_INFO=/p\nQUERY_STRING=a=1\n"
+                         b"CONTENT_LENGTH=3\nSERVER_PROTOCOL=HTTP/1.1\nwsgi.url_scheme=http\n"
+                         b"HTTP_X_TEST=yes\n")
+
+    def test_https_scheme(self) -> None:
+        """HTTPS=on makes wsgi.url_scheme https."""
+        out = stdout_of(_serve("environ_wsgi", request(1, HTTPS="on")))
+        self.assertIn(b"wsgi.url_scheme=https\n", out)
+
+    def test_write_and_iterable_stream_in_order(self) -> None:
+        """write() output comes first, then the iterable's chunks; empty chunks are skipped."""
+        out = stdout_of(_serve("streaming_wsgi", request(1)))
+        self.assertEqual(out, b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\none,two,three")
+
+    def test_exception_before_start_response_gets_500(self) -> None:
+        """An app raising before any output is answered 500."""
+        out = stdout_of(_serve("failing_wsgi", request(1)))
+        self.assertTrue(out.startswith(b"Status: 500 Internal Server Error\r\n"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_exc_info_replaces_headers_before_output(self) -> None:
+        """start_response with exc_info before output replaces status and headers."""
+        out = stdout_of(_serve("exc_info_wsgi", request(1)))
+        self.assertEqual(out, b"Status: 500 Internal Server Error\r\n"
+                              b"Content-Type: text/plain\r\n\r\nreplaced")
+
+    def test_close_is_called(self) -> None:
+        """The result's close() is called after it was sent."""
+        apps.CLOSED.clear()
+        out = stdout_of(_serve("closing_wsgi", request(1)))
+        self.assertTrue(out.endswith(b"\r\n\r\nab"))
+        self.assertEqual(apps.CLOSED, ["closed"])
+
+    def test_wsgi_errors_logged(self) -> None:
+        """Text written to wsgi.errors goes to the log, one event per line."""
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            _serve("errors_wsgi", request(1))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        texts = [e.get("text") for e in events if e.get("log_format", "").startswith(
+            "wsgi.errors")]
+        self.assertEqual(texts, ["first line", "second"])
+
+    def test_readline_iteration(self) -> None:
+        """wsgi.input can be iterated line by line."""
+        out = stdout_of(_serve("readline_wsgi", request(1, body=b"a\nb\nc")))
+        self.assertTrue(out.endswith(b"\r\n\r\n3:cb\na\n"))
+
+    def test_params_not_copied_into_os_environ(self) -> None:
+        """Request params (HTTP_PROXY) never reach os.environ (httpoxy)."""
+        import os
+
+        _serve("environ_wsgi", request(1, HTTP_PROXY="http://evil:1"))
+        self.assertNotEqual(os.environ.get("HTTP_PROXY"), "http://evil:1")
+
+
+class ThreadedTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = ThreadReactor()
+
+    def _listener(self, app: str, **options: object) -> object:
+        listener = make_listener(self.reactor, wsgi=f"tests.listeners.apps:{app}",
+                                 threads=2, **options)
+        self.addCleanup(listener.app.stop)
+        return listener
+
+    def test_hello_in_a_thread(self) -> None:
+        """A WSGI app in the pool answers through callFromThread."""
+        listener = self._listener("hello_wsgi")
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1))
+        self.reactor.run_posted(lambda: listener.in_flight == 0)
+        self.assertEqual(stdout_of(transport.value()),
+                         b"Status: 200 OK\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: 14\r\n\r\nHello, world!\n")
+
+    def test_streaming_input(self) -> None:
+        """The app starts before the body is complete and reads it as it arrives."""
+        listener = self._listener("echo_wsgi")
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST", PATH_INFO="/e")
+                           + record(FCGI_STDIN, 1, b"first-"))
+        self.assertEqual(listener.in_flight, 1)
+        proto.dataReceived(record(FCGI_STDIN, 1, b"second") + record(FCGI_STDIN, 1))
+        self.reactor.run_posted(lambda: listener.in_flight == 0)
+        self.assertTrue(stdout_of(transport.value()).endswith(b"\r\n\r\nfirst-second"))
+
+    def test_streamed_answer_held_until_the_body_ends(self) -> None:
+        """A streamed answer begun before the body ended is sent once the body is complete."""
+        listener = self._listener("early_wsgi")
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST")
+                           + record(FCGI_STDIN, 1, b"body"))
+        exchange = proto.requests[1]
+        self.reactor.run_posted(lambda: exchange._held is not None and exchange._held[2] != [])
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(record(FCGI_STDIN, 1))
+        self.reactor.run_posted(lambda: listener.in_flight == 0)
+        self.assertEqual(stdout_of(transport.value()),
+                         b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nearly,body")
+
+    def test_big_streamed_response(self) -> None:
+        """A 1 MiB response written in 16 chunks arrives whole."""
+        listener = self._listener("big_wsgi")
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1))
+        self.reactor.run_posted(lambda: listener.in_flight == 0)
+        self.assertTrue(stdout_of(transport.value()).endswith(b"\r\n\r\n" + apps.BIG))
+
+    def test_default_max_concurrent_is_threads(self) -> None:
+        """Without max_concurrent, a WSGI listener admits as many requests as threads."""
+        listener = self._listener("hello_wsgi")
+        self.assertEqual(listener.snapshot()["max_concurrent"], 2)
+
+
+class PoolTests(SynchronousTestCase):
+    def test_restart_after_stop(self) -> None:
+        """A stopped pool runs work again after start()."""
+        import threading
+
+        from daemonapp.listeners.wsgi import WorkerPool
+
+        pool = WorkerPool(2)
+        done = threading.Event()
+        pool.submit(done.set)
+        self.assertTrue(done.wait(10))
+        pool.stop()
+        pool.start()
+        again = threading.Event()
+        pool.submit(again.set)
+        self.assertTrue(again.wait(10))
+        pool.stop()
+
+    def test_work_beyond_size_waits_its_turn(self) -> None:
+        """More work than threads is queued and all of it runs."""
+        import threading
+
+        from daemonapp.listeners.wsgi import WorkerPool
+
+        pool = WorkerPool(2)
+        lock = threading.Lock()
+        count = [0]
+        finished = threading.Event()
+
+        def work() -> None:
+            with lock:
+                count[0] += 1
+                if count[0] == 20:
+                    finished.set()
+
+        for _ in range(20):
+            pool.submit(work)
+        self.assertTrue(finished.wait(10))
+        self.assertEqual(count[0], 20)
+        pool.stop()
