@@ -11,13 +11,14 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from daemonapp.app import DaemonApp
 from daemonapp.daemon import Daemon
 
-__all__ = ["FakeDaemon", "ImmediateThreadPool", "make_app", "run_until_idle"]
+__all__ = ["FakeDaemon", "ImmediateThreadPool", "PendingDaemon", "make_app", "run_until_idle"]
 
 
 class FakeDaemon(Daemon):
@@ -50,6 +51,24 @@ class FakeDaemon(Daemon):
             raise job
         self.done.append((self.app.seconds(), job))
         return None
+
+
+class PendingDaemon(FakeDaemon):
+    """A FakeDaemon whose do_work returns a Deferred that the test fires.
+
+    Each item's Deferred is appended to ``pending``; fire it to finish the item.
+    Use it to test what happens while a run is in flight.
+    """
+
+    def __init__(self, jobs: Iterable[Any] = (), **kw: Any) -> None:
+        super().__init__(jobs, **kw)
+        self.pending: list[Deferred[None]] = []
+
+    def do_work(self, job: Any) -> Any:
+        super().do_work(job)
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
 
 
 def make_app(clock: Clock | None = None, **kw: Any) -> tuple[DaemonApp, Clock]:

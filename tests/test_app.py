@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from daemonapp import DaemonApp, IActivityMonitor, IScheduler
 from daemonapp.daemon import SeedDaemon
-from daemonapp.testing import FakeDaemon, make_app, run_until_idle
+from daemonapp.testing import FakeDaemon, PendingDaemon, make_app, run_until_idle
 
 
 class Recorder(FakeDaemon):
@@ -25,20 +24,6 @@ class Recorder(FakeDaemon):
     def do_work(self, job: Any) -> Any:
         self.trace.append(self.name)
         return super().do_work(job)
-
-
-class Slow(FakeDaemon):
-    """A FakeDaemon whose do_work waits for the test to fire a Deferred."""
-
-    def __init__(self, jobs: Any = (), **kw: Any) -> None:
-        super().__init__(jobs, **kw)
-        self.pending: list[Deferred[None]] = []
-
-    def do_work(self, job: Any) -> Any:
-        super().do_work(job)
-        d: Deferred[None] = Deferred()
-        self.pending.append(d)
-        return d
 
 
 class InterfaceTests(SynchronousTestCase):
@@ -102,7 +87,7 @@ class OrderTests(SynchronousTestCase):
         """A run waiting on a Deferred does not hold up other daemons."""
         trace: list[str] = []
         app, clock = make_app()
-        slow = Slow(["x"], name="slow", run_every=1)
+        slow = PendingDaemon(["x"], name="slow", run_every=1)
         app.add(slow)
         app.add(Recorder(trace, ["a", "b"], name="fast", run_every=1, max_items=1))
         app.startService()
@@ -241,7 +226,7 @@ class DeadlineTests(SynchronousTestCase):
     def test_idle_exit_waits_for_run_in_flight(self) -> None:
         """A run in flight keeps the app alive past the idle threshold."""
         app, clock = make_app(shutdown_if_idle=10)
-        d = Slow(["x"], run_every=1000)
+        d = PendingDaemon(["x"], run_every=1000)
         app.add(d)
         app.startService()
         ended = app.when_ended()
@@ -277,7 +262,7 @@ class StopTests(SynchronousTestCase):
     def test_graceful_stop_finishes_current_item(self) -> None:
         """A graceful stop lets the run in flight end after its current item."""
         app, clock = make_app()
-        d = Slow(["a", "b", "c"], run_every=10)
+        d = PendingDaemon(["a", "b", "c"], run_every=10)
         app.add(d)
         app.startService()
         clock.advance(0)
@@ -291,7 +276,7 @@ class StopTests(SynchronousTestCase):
     def test_stop_starts_no_new_run(self) -> None:
         """After the stop began, no daemon starts a run."""
         app, clock = make_app()
-        slow = Slow(["a"], name="slow", run_every=10)
+        slow = PendingDaemon(["a"], name="slow", run_every=10)
         other = FakeDaemon(name="other", run_every=10, start_delay=5)
         app.add(slow)
         app.add(other)
@@ -304,7 +289,7 @@ class StopTests(SynchronousTestCase):
     def test_stop_timeout_abandons(self) -> None:
         """After stop_timeout the app abandons what is left and ends with status 1."""
         app, clock = make_app(stop_timeout=30)
-        d = Slow(["a"], run_every=10)
+        d = PendingDaemon(["a"], run_every=10)
         app.add(d)
         app.startService()
         clock.advance(0)
@@ -329,7 +314,7 @@ class StopTests(SynchronousTestCase):
         """Stop hooks run once the daemons have stopped."""
         app, clock = make_app()
         order: list[str] = []
-        d = Slow(["a"], run_every=10)
+        d = PendingDaemon(["a"], run_every=10)
         app.add(d)
         app.add_stop_hook(lambda: order.append("hook"))
         app.startService()
@@ -363,7 +348,7 @@ class StopTests(SynchronousTestCase):
         import signal
 
         app, clock = make_app()
-        d = Slow(["a"], run_every=10)
+        d = PendingDaemon(["a"], run_every=10)
         app.add(d)
         app.startService()
         clock.advance(0)

@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 from daemonapp import Daemon, IDaemon
 from daemonapp.daemon import OptionError, default_maximum_idle, idle_delays, next_idle_delay
-from daemonapp.testing import FakeDaemon, ImmediateThreadPool, make_app
+from daemonapp.testing import FakeDaemon, ImmediateThreadPool, PendingDaemon, make_app
 
 
 def delays_of(daemon: Daemon, clock: Any, runs: int) -> list[float]:
@@ -198,17 +198,9 @@ class OutcomeTests(SynchronousTestCase):
 
     def test_delay_counts_from_end_of_run(self) -> None:
         """A 5 s run that worked is followed by a run 35 s after it began."""
-        pending: list[Deferred[None]] = []
-
-        class Slow(FakeDaemon):
-            def do_work(self, job: Any) -> Any:
-                d: Deferred[None] = Deferred()
-                pending.append(d)
-                return d
-
-        d = self.start(Slow(["job"], run_every=30))
+        d = self.start(PendingDaemon(["job"], run_every=30))
         self.clock.advance(5)
-        pending.pop().callback(None)
+        d.pending.pop().callback(None)
         self.assertEqual(d.stats["next_run_at"], 35.0)
         self.clock.advance(30)
         self.assertEqual(d.get_work_calls, [0.0, 5.0, 35.0])
@@ -479,41 +471,25 @@ class NoOverlapTests(SynchronousTestCase):
     def test_never_overlaps_itself(self) -> None:
         """A run still in progress is not started again when its next time comes."""
         app, clock = make_app()
-        pending: list[Deferred[None]] = []
-
-        class Slow(FakeDaemon):
-            def do_work(self, job: Any) -> Any:
-                d: Deferred[None] = Deferred()
-                pending.append(d)
-                return d
-
-        d = Slow(["a", "b"], run_every=1)
+        d = PendingDaemon(["a", "b"], run_every=1)
         app.add(d)
         app.startService()
         clock.advance(0)
         clock.advance(100)
         self.assertEqual(d.get_work_calls, [0.0])
-        pending.pop().callback(None)
+        d.pending.pop().callback(None)
         self.assertEqual(d.get_work_calls, [0.0, 100.0])
 
     def test_stop_waits_for_run(self) -> None:
         """daemon.stop() fires once the run in progress ended, after its current item."""
         app, clock = make_app()
-        pending: list[Deferred[None]] = []
-
-        class Slow(FakeDaemon):
-            def do_work(self, job: Any) -> Any:
-                d: Deferred[None] = Deferred()
-                pending.append(d)
-                return d
-
-        d = Slow(["a", "b", "c"], run_every=1)
+        d = PendingDaemon(["a", "b", "c"], run_every=1)
         app.add(d)
         app.startService()
         clock.advance(0)
         stopped = d.stop()
         self.assertNoResult(stopped)
-        pending.pop().callback(None)
+        d.pending.pop().callback(None)
         self.successResultOf(stopped)
         self.assertEqual(d.get_work_calls, [0.0])
         self.assertEqual(list(d.jobs), ["b", "c"])

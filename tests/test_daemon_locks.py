@@ -5,26 +5,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemonapp.testing import FakeDaemon, make_app
-
-
-class Held(FakeDaemon):
-    """do_work waits for the test, so the run holds its lock meanwhile."""
-
-    def __init__(self, jobs: Any = (), **kw: Any) -> None:
-        super().__init__(jobs, **kw)
-        self.pending: list[Deferred[None]] = []
-
-    def do_work(self, job: Any) -> Any:
-        super().do_work(job)
-        d: Deferred[None] = Deferred()
-        self.pending.append(d)
-        return d
+from daemonapp.testing import FakeDaemon, PendingDaemon, make_app
 
 
 class DaemonLockTests(SynchronousTestCase):
@@ -39,8 +23,8 @@ class DaemonLockTests(SynchronousTestCase):
 
     def test_two_daemons_exclude_each_other(self) -> None:
         """Two daemons of one app with the same lock never run at once."""
-        a = Held(["a1"], name="a", run_every=60, lock="queue")
-        b = Held(["b1"], name="b", run_every=60, lock="queue")
+        a = PendingDaemon(["a1"], name="a", run_every=60, lock="queue")
+        b = PendingDaemon(["b1"], name="b", run_every=60, lock="queue")
         self.app.add(a)
         self.app.add(b)
         self.app.startService()
@@ -55,8 +39,8 @@ class DaemonLockTests(SynchronousTestCase):
 
     def test_locked_out_after_wait(self) -> None:
         """A daemon that cannot get its lock within lock_wait has a locked-out run."""
-        a = Held(["a1"], name="a", run_every=60, lock="queue")
-        b = Held(["b1"], name="b", run_every=30, increase_idle_by=10, lock="queue")
+        a = PendingDaemon(["a1"], name="a", run_every=60, lock="queue")
+        b = PendingDaemon(["b1"], name="b", run_every=30, increase_idle_by=10, lock="queue")
         self.app.add(a)
         self.app.add(b)
         self.app.startService()
