@@ -2,6 +2,13 @@
 
 The header netstring is bounded by ``max_param_bytes`` (431 when over it) and must
 start with ``CONTENT_LENGTH``; anything unparsable closes the connection.
+
+SCGI has no end-of-request marker: an answer without ``Content-Length`` that is cut
+short (the app failed mid-stream, the process died) looks complete. Whole answers
+therefore always get a ``Content-Length``. A request from the CGI frontend (the
+``DAEMONAPP_CGI_FRONTEND=1`` parameter, see daemonapp.cgi_frontend) gets its whole
+answer buffered and sent at once with a ``Content-Length``, or nothing at all when the
+answer is cut short, so that the frontend answers 503 instead of a truncated 200.
 """
 
 from __future__ import annotations
@@ -18,6 +25,27 @@ from daemonapp.listeners.exchange import Exchange, Headers, cgi_head
 
 log = Logger()
 
+#: The SCGI parameter by which the CGI frontend asks for buffered answers with a
+#: Content-Length (daemonapp.cgi_frontend.FRONTEND_PARAM).
+FRONTEND_PARAM = "DAEMONAPP_CGI_FRONTEND"
+#: Bytes of answer buffered for the CGI frontend (its own default limit); an answer
+#: growing past it is dropped: nothing is sent and the frontend answers 503.
+MAX_BUFFERED_ANSWER = 64 * 1024 * 1024
+
+
+def with_length(status: str, headers: Headers, size: int, method: str) -> Headers:
+    """``headers`` with ``Content-Length: size`` added when missing.
+
+    Not for HEAD requests nor for 1xx, 204 and 304 answers, which have no body.
+    """
+    code = status[:3]
+    if method == "HEAD" or code in ("204", "304") or code.startswith("1"):
+        return headers
+    for name, _ in headers:
+        if name.lower() == "content-length":
+            return headers
+    return [*headers, ("Content-Length", str(size))]
+
 
 class SCGIExchange(Exchange):
     """The one request of an SCGI connection."""
@@ -29,6 +57,7 @@ class SCGIExchange(Exchange):
 
     def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
         transport: Any = self.proto.transport
+        headers = with_length(status, headers, len(body), self.params.get("REQUEST_METHOD", ""))
         transport.write(cgi_head(status, headers) + body)
         transport.loseConnection()
 
@@ -49,6 +78,53 @@ class SCGIExchange(Exchange):
 
     def _resume_input(self) -> None:
         self.proto.transport.resumeProducing()  # type: ignore[union-attr]
+
+
+class FrontendSCGIExchange(SCGIExchange):
+    """A request from the CGI frontend: the whole answer is sent at once, with its length.
+
+    A streamed answer is buffered (up to MAX_BUFFERED_ANSWER bytes) until it ends; one
+    that is cut short (app failure after its headers, request_timeout, too large) sends
+    nothing, so the frontend can never relay a truncated answer as a whole one.
+    """
+
+    _head: tuple[str, Headers] | None = None
+    _size = 0
+
+    def __init__(self, proto: SCGIProtocol) -> None:
+        super().__init__(proto)
+        self._answer: list[bytes] | None = []
+
+    def _emit_head(self, status: str, headers: Headers) -> None:
+        self._head = (status, headers)
+
+    def _emit_body(self, data: bytes) -> None:
+        answer = self._answer
+        if answer is None:
+            return
+        self._size += len(data)
+        if self._size > MAX_BUFFERED_ANSWER:
+            log.warn("SCGI: the answer to {path} for the CGI frontend exceeds {limit} bytes: "
+                     "dropped", path=self.route_path, limit=MAX_BUFFERED_ANSWER)
+            self.abort()
+            return
+        answer.append(data)
+
+    def _emit_end(self) -> None:
+        answer, self._answer = self._answer, None
+        transport: Any = self.proto.transport
+        if answer is None or self._head is None:
+            transport.abortConnection()
+            return
+        status, headers = self._head
+        headers = with_length(status, headers, self._size,
+                              self.params.get("REQUEST_METHOD", ""))
+        transport.writeSequence([cgi_head(status, headers), *answer])
+        transport.loseConnection()
+
+    def _emit_abort(self) -> None:
+        self._answer = None
+        self.proto.transport.abortConnection()  # type: ignore[union-attr]
 
 
 @implementer(IPushProducer)
@@ -140,7 +216,10 @@ class SCGIProtocol(TrackedProtocol):
             self._error("CONTENT_LENGTH is not a number")
             return
         self.requests_seen += 1
-        self.exchange = ex = SCGIExchange(self)
+        if params.get(FRONTEND_PARAM) == "1":
+            self.exchange = ex = FrontendSCGIExchange(self)
+        else:
+            self.exchange = ex = SCGIExchange(self)
         ex.params = params
         self._remaining = int(length_text)
         if self._remaining > dispatcher.max_body_bytes:

@@ -213,3 +213,33 @@ def gated_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> I
         return [b"late"]
     finally:
         GATED_DONE.set()
+
+
+def failing_stream_wsgi(environ: dict[str, Any],
+                        start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Streams a first chunk without Content-Length, then raises."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"partial,"
+    raise RuntimeError("failed mid-answer")
+
+
+def head_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """No Content-Length and no body (as for a HEAD request)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b""]
+
+
+def dying_stream_wsgi(environ: dict[str, Any],
+                      start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Streams a first chunk without Content-Length, then SIGKILLs its own process.
+
+    The pause lets the reactor send the first chunk when nothing holds it back.
+    """
+    import os
+    import signal
+
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"partial,"
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGKILL)
+    yield b"never"

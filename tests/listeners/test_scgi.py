@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from daemonapp import cgi_frontend
+from daemonapp.listeners import scgi
 from tests.listeners.helpers import connect, make_listener
 
 
@@ -62,3 +65,71 @@ class SCGITests(SynchronousTestCase):
         proto, transport = connect(listener)
         proto.dataReceived(scgi_request(b"four", REQUEST_METHOD="POST"))
         self.assertTrue(transport.value().startswith(b"Status: 413 "))
+
+
+class FrontendTests(SynchronousTestCase):
+    """Requests carrying DAEMONAPP_CGI_FRONTEND=1: whole answers with a length, or nothing."""
+
+    def serve(self, app: str, **options: object) -> tuple[object, StringTransport]:
+        listener = make_listener(protocol="scgi", wsgi=app, threads=0, **options)
+        return connect(listener)
+
+    def test_the_parameter_name_is_the_frontends(self) -> None:
+        """The listener looks for the very parameter the CGI frontend sends."""
+        self.assertEqual(scgi.FRONTEND_PARAM.encode(), cgi_frontend.FRONTEND_PARAM)
+
+    def test_streamed_answer_is_sent_whole_with_its_length(self) -> None:
+        """A streamed WSGI answer without Content-Length comes as one piece with one."""
+        proto, transport = self.serve("tests.listeners.apps:streaming_wsgi")
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET", DAEMONAPP_CGI_FRONTEND="1"))
+        self.assertEqual(transport.value(),
+                         b"Status: 200 OK\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: 13\r\n\r\none,two,three")
+        self.assertTrue(transport.disconnecting)
+
+    def test_an_app_failing_mid_answer_sends_nothing(self) -> None:
+        """A WSGI app that raises after streaming a chunk: no byte, the connection aborted."""
+        proto, transport = self.serve("tests.listeners.apps:failing_stream_wsgi")
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET", DAEMONAPP_CGI_FRONTEND="1"))
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_an_answer_over_the_buffer_limit_sends_nothing(self) -> None:
+        """A streamed answer larger than MAX_BUFFERED_ANSWER is dropped: no byte sent."""
+        self.patch(scgi, "MAX_BUFFERED_ANSWER", 5)
+        proto, transport = self.serve("tests.listeners.apps:streaming_wsgi")
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET", DAEMONAPP_CGI_FRONTEND="1"))
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnected)
+
+    def test_the_apps_own_length_is_kept(self) -> None:
+        """An answer that declares its Content-Length keeps it, once."""
+        proto, transport = self.serve("tests.listeners.apps:hello_wsgi")
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET", DAEMONAPP_CGI_FRONTEND="1"))
+        self.assertEqual(transport.value(),
+                         b"Status: 200 OK\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: 14\r\n\r\nHello, world!\n")
+
+    def test_head_gets_no_length(self) -> None:
+        """A HEAD answer gets no made-up Content-Length: 0."""
+        proto, transport = self.serve("tests.listeners.apps:head_wsgi")
+        proto.dataReceived(scgi_request(REQUEST_METHOD="HEAD", DAEMONAPP_CGI_FRONTEND="1"))
+        self.assertEqual(transport.value(),
+                         b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+
+    def test_without_the_parameter_a_stream_is_streamed(self) -> None:
+        """Other SCGI clients (nginx) get a streamed answer as it comes, without a length."""
+        proto, transport = self.serve("tests.listeners.apps:streaming_wsgi")
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET"))
+        self.assertEqual(transport.value(),
+                         b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\none,two,three")
+
+    def test_a_whole_answer_always_gets_its_length(self) -> None:
+        """Without the parameter too, an answer in one piece gets a Content-Length."""
+        proto, transport = self.serve("tests.listeners.apps:environ_wsgi")
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET", PATH_INFO="/x"))
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertEqual(head, b"Status: 200 OK\r\nContent-Type: text/plain\r\n"
+                               b"Content-Length: %d" % len(body))
+        self.assertTrue(body.startswith(b"REQUEST_METHOD=GET\n"))
