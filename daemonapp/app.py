@@ -316,6 +316,15 @@ class DaemonApp(MultiService):
         try:
             now = seconds()
             deadline = now + self.time_slice
+            # End the slice early when another timer on the reactor (a listener's
+            # timeout, a LoopingCall) comes due first, so it is not late by a slice.
+            timeout = getattr(self.reactor, "timeout", None)
+            if timeout is not None:
+                wait = timeout()
+                if wait is not None and wait < self.time_slice:
+                    # Never below a tenth of the slice: a callLater(0) chain elsewhere
+                    # must not shrink every slice to a single item.
+                    deadline = now + max(wait, self.time_slice / 10)
             self._promote(now)
             while ready:
                 entry = heapq.heappop(ready)

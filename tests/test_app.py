@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -112,6 +113,31 @@ class OrderTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(seen, [3])  # 4, 8, 12 ms: the slice ended after the third item
         self.assertEqual(len(d.done), 10)
+
+    def test_slice_ends_when_another_timer_is_due(self) -> None:
+        """A slice ends early when another reactor timer comes due within it."""
+
+        class TimedClock(Clock):
+            def timeout(self) -> float | None:
+                calls = self.getDelayedCalls()
+                return min(c.getTime() for c in calls) - self.seconds() if calls else None
+
+        clock = TimedClock()
+        app, _ = make_app(clock, time_slice=0.010)
+        seen: list[int] = []
+
+        class Busy(FakeDaemon):
+            def do_work(self, job: Any) -> Any:
+                clock.rightNow += 0.001
+                return super().do_work(job)
+
+        d = Busy(list(range(20)), run_every=10)
+        app.add(d)
+        clock.callLater(0.005, lambda: seen.append(len(d.done)))
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(seen, [5])
+        self.assertEqual(len(d.done), 20)
 
     def test_one_item_per_slice_at_least(self) -> None:
         """Each slice runs at least one item, however long it takes."""
