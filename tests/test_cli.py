@@ -209,6 +209,7 @@ def test_sidecar_holds_what_the_cgi_frontend_needs(tmp_path: Path) -> None:
         "lock_timeout": 2.0,
         "state_dir": str(tmp_path / "var"),
         "argv": ["python", "-m", "daemonapp.cli", "run", path],
+        "scgi_content_length": True,
     }
     assert os.stat(sidecar).st_mode & 0o777 == 0o600
 
@@ -351,6 +352,10 @@ def test_status_shows_a_running_app(short_tmp: Path) -> None:
                                env=env_for(short_tmp), check=True).stdout.decode()
         assert table.startswith(f"pid {process.pid}  state running")
         assert "\nhello  Hello" in table
+        metrics = subprocess.run([DAEMONAPP, "status", path, "--metrics"],
+                                 capture_output=True, env=env_for(short_tmp),
+                                 check=True).stdout.decode()
+        assert 'daemonapp_daemon_runs_total{daemon="hello"}' in metrics
     finally:
         process.send_signal(signal.SIGTERM)
         status, out = finish(process)
