@@ -195,6 +195,10 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(snapshot, indent=2, sort_keys=True, default=repr))
+    elif args.metrics:
+        from daemonapp.metrics import render_metrics
+
+        sys.stdout.write(render_metrics(snapshot).decode())
     else:
         print(format_status(snapshot))
     return 0
@@ -351,7 +355,8 @@ def write_sidecar(config: Config, argv: list[str]) -> str | None:
     """Write state_dir/cgi.marshal for the CGI frontend; None when no listener fits.
 
     The shape is the frontend's (``daemonapp.cgi_frontend.Settings``), which checks
-    it before the file is written atomically with mode 0600.
+    it before the file is written atomically with mode 0600. ``scgi_content_length``
+    tells the frontend that every SCGI answer of ours has a Content-Length.
     """
     from daemonapp.cgi_frontend import write_sidecar as write_settings
 
@@ -374,6 +379,9 @@ def write_sidecar(config: Config, argv: list[str]) -> str | None:
         "argv": argv,
         "config": os.path.abspath(config.path),
         "wsgi": None if wsgi is None else str(wsgi),
+        # our SCGI listener buffers every answer to the frontend and sends it whole with
+        # a Content-Length (or nothing): an answer without one was cut short
+        "scgi_content_length": True,
     }
     return write_settings(config.app.state_dir, settings)
 
@@ -535,7 +543,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("state_dir", nargs="?", metavar="STATE_DIR",
                         help="the app's state_dir, or its YAML file (default: the state_dir "
                              f"of ${ENV_CONFIG}, else ./var)")
-    status.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
+    shape = status.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
+    shape.add_argument("--metrics", action="store_true",
+                       help="print Prometheus text metrics (for a textfile collector)")
     commands.add_parser("jobs", help="submit, show, list, retry, cancel jobs "
                                      "(daemonapp jobs --help)", add_help=False)
     return parser

@@ -763,6 +763,38 @@ def test_real_daemonapp_run_is_started_on_demand_and_writes_the_sidecar(
     sidecar = read_sidecar(str(site.state_dir / "cgi.marshal"), str(site.config))
     assert sidecar is not None
     assert (sidecar.socket, sidecar.protocol) == (str(site.sock), protocol)
+    assert sidecar.length_required is True
+
+
+@pytest.mark.integration
+def test_real_daemon_killed_mid_stream_over_scgi_gives_503(site: Site) -> None:
+    """A streamed answer without Content-Length, the daemon SIGKILLed mid-way: 503, no 200."""
+    site.config.write_text(
+        "app: {state_dir: ./var, stay_alive_for: 60s}\n"
+        "listeners:\n"
+        f"  - {{protocol: scgi, endpoint: 'unix:{site.sock}:mode=0600',"
+        " wsgi: 'tests.listeners.apps:dying_stream_wsgi'}\n"
+        "cgi: {min_load: 0.5, max_load: 8, start_timeout: 20s, lock_timeout: 30s}\n"
+    )
+    env = cgi_environ(DAEMONAPP_CONFIG=str(site.config), DAEMONAPP_CGI_LOADAVG="1.0")
+    pids: list[int] = []
+    try:
+        alive_answer = run_cgi(env)
+        pids = real_daemon_pids(site.state_dir)
+        died = run_cgi(dict(env, PATH_INFO="/die"))
+    finally:
+        for pid in pids or real_daemon_pids(site.state_dir):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            wait_until(lambda pid=pid: not alive(pid), "daemonapp run to stop")
+    assert (alive_answer.status, alive_answer.body) == (200, b"alive"), alive_answer.stderr
+    assert len(pids) == 1
+    assert not alive(pids[0])
+    assert died.status == 503, died.raw
+    assert died.body == b"503 Service Unavailable\n"
+    assert b"partial" not in died.raw
 
 
 # -- integration: starting the daemon ------------------------------------------------------

@@ -56,7 +56,11 @@ def _endpoint(value: Any) -> str | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return f"fd:{value}"
-    parse_endpoint(value)  # raises ValueError with a message
+    spec = parse_endpoint(value)  # raises ValueError with a message
+    if spec.kind == "fd":
+        # one spelling ("fd:fileno=0", "fd:0" alike), so that the config's "at most one
+        # listener on the inherited fd 0" rule and `daemonapp run` recognize it
+        return f"fd:{spec.fd}"
     result: str = value.strip()
     return result
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.internet import address
+from twisted.internet import address, tcp
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -27,6 +27,37 @@ class TrackedProtocol(Protocol):
     connected_at = 0.0
     #: requests that arrived on this connection so far
     requests_seen = 0
+    #: the socket of a plain tcp/unix transport, written to directly (see :meth:`send`)
+    _socket: Any = None
+
+    def enable_direct_writes(self) -> None:
+        """Let :meth:`send` write to the socket itself (a plain tcp or unix transport)."""
+        transport = self.transport
+        if (isinstance(transport, tcp.Connection) and hasattr(transport, "_tempDataBuffer")
+                and hasattr(transport, "dataBuffer")):
+            self._socket = transport.socket
+
+    def send(self, data: bytes) -> None:
+        """``transport.write(data)``, sent at once when nothing waits in its buffer.
+
+        Twisted buffers every write until the next loop iteration, which costs two
+        epoll_ctl calls and a loop round trip per answer, and delays it by a whole
+        scheduler time slice while daemons are busy. Whatever the socket does not take
+        at once is buffered by the transport as usual (with its producer pausing).
+        """
+        transport: Any = self.transport
+        sock = self._socket
+        if (sock is not None and not transport._tempDataBuffer and not transport.dataBuffer
+                and transport.connected and not transport.disconnecting
+                and not transport._writeDisconnected):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0  # would block, or an error the transport reports when it writes
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def is_idle(self) -> bool:
         """True when no request is in progress or partly received."""

@@ -192,6 +192,7 @@ class FastCGIProtocol(TrackedProtocol):
         self.dispatcher = self.factory.dispatcher
         self.max_param_bytes = self.dispatcher.max_param_bytes
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.enable_direct_writes()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
@@ -384,12 +385,12 @@ class FastCGIProtocol(TrackedProtocol):
                 tail = _STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
                                                   1, FCGI_END_REQUEST, rid, 8, 0, 0, 0)
                 if size:
-                    transport.write(b"".join((_pack_header(1, FCGI_STDOUT, rid, size, 0),
-                                              data, tail)))
+                    self.send(b"".join((_pack_header(1, FCGI_STDOUT, rid, size, 0),
+                                        data, tail)))
                 else:
-                    transport.write(tail)
+                    self.send(tail)
             elif size:
-                transport.write(_pack_header(1, FCGI_STDOUT, rid, size, 0) + data)
+                self.send(_pack_header(1, FCGI_STDOUT, rid, size, 0) + data)
         else:
             view = memoryview(data)
             parts: list[bytes] = []

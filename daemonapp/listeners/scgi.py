@@ -56,16 +56,16 @@ class SCGIExchange(Exchange):
         self.proto = proto
 
     def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
-        transport: Any = self.proto.transport
+        proto = self.proto
         headers = with_length(status, headers, len(body), self.params.get("REQUEST_METHOD", ""))
-        transport.write(cgi_head(status, headers) + body)
-        transport.loseConnection()
+        proto.send(cgi_head(status, headers) + body)
+        proto.transport.loseConnection()  # type: ignore[union-attr]
 
     def _emit_head(self, status: str, headers: Headers) -> None:
-        self.proto.transport.write(cgi_head(status, headers))  # type: ignore[union-attr]
+        self.proto.send(cgi_head(status, headers))
 
     def _emit_body(self, data: bytes) -> None:
-        self.proto.transport.write(data)  # type: ignore[union-attr]
+        self.proto.send(data)
 
     def _emit_end(self) -> None:
         self.proto.transport.loseConnection()  # type: ignore[union-attr]
@@ -119,7 +119,7 @@ class FrontendSCGIExchange(SCGIExchange):
         status, headers = self._head
         headers = with_length(status, headers, self._size,
                               self.params.get("REQUEST_METHOD", ""))
-        transport.writeSequence([cgi_head(status, headers), *answer])
+        self.proto.send(b"".join([cgi_head(status, headers), *answer]))
         transport.loseConnection()
 
     def _emit_abort(self) -> None:
@@ -143,6 +143,7 @@ class SCGIProtocol(TrackedProtocol):
     def connectionMade(self) -> None:
         self.factory.connection_opened(self)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.enable_direct_writes()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True

@@ -164,6 +164,7 @@ class Listener(service.Service):
             return
         if self.app is not None and hasattr(self.app, "stop"):
             self.app.stop()
+        self.dispatcher.stop_io_tick()
         self.log.info("listener {name} drained", name=self.name)
         self._drained = defer.succeed(None)
         waiters, self._drain_waiters = self._drain_waiters, []

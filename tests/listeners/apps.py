@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from daemonapp.daemon import Daemon
 from daemonapp.listeners.native import Request
 
 BIG = bytes(range(256)) * 4096  # 1 MiB
@@ -231,15 +232,42 @@ def head_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> It
 
 def dying_stream_wsgi(environ: dict[str, Any],
                       start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Streams a first chunk without Content-Length, then SIGKILLs its own process.
+    """On /die: streams a chunk without Content-Length, then SIGKILLs its own process.
 
-    The pause lets the reactor send the first chunk when nothing holds it back.
+    Elsewhere: a streamed "alive" answer. The pause lets the reactor send the first
+    chunk when nothing holds it back.
     """
     import os
     import signal
 
     start_response("200 OK", [("Content-Type", "text/plain")])
+    if environ["PATH_INFO"] != "/die":
+        yield b"alive"
+        return
     yield b"partial,"
     time.sleep(0.3)
     os.kill(os.getpid(), signal.SIGKILL)
     yield b"never"
+
+
+class LatenessDaemon(Daemon):
+    """A 1 s daemon that never has work and appends "<time> <lateness s>" to ``report``.
+
+    Lateness: the start of a run minus the due time the scheduler chose for it.
+    """
+
+    run_every = 1.0
+
+    def __init__(self, *, report: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.report = report
+
+    def get_work(self) -> None:
+        now = time.time()  # the real reactor's seconds()
+        due = self.stats["next_run_at"]
+        if due is not None:
+            with open(self.report, "a") as out:
+                out.write(f"{now:.6f} {now - due:.6f}\n")
+
+    def do_work(self, job: object) -> None:
+        """Never called: get_work has nothing."""

@@ -242,3 +242,43 @@ class WSGITimeoutTests(SynchronousTestCase):
         f(*args)
         self.assertTrue(apps.GATED_DONE.is_set())
         self.assertEqual(transport.value(), written)
+
+
+class IOTickTests(SynchronousTestCase):
+    """The no-op timer that makes a busy scheduler look at the sockets every IO_TICK."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.listener = make_listener(self.clock, native="tests.listeners.apps:hello_native")
+        self.proto, self.transport = connect(self.listener)
+
+    def ticks(self) -> list[float]:
+        """When the dispatcher's timers are due."""
+        return [call.getTime() for call in self.clock.getDelayedCalls()]
+
+    def test_no_timer_without_an_app(self) -> None:
+        """A listener that reports to no app arms no timer."""
+        self.proto.dataReceived(request(1))
+        self.assertEqual(self.ticks(), [])
+
+    def test_a_request_arms_one_timer_every_2ms_while_requests_flow(self) -> None:
+        """With an app, requests keep one timer 2 ms ahead; it stops 0.25 s after the last."""
+        self.listener.set_activity_monitor(Monitor())
+        self.proto.dataReceived(request(1))
+        self.proto.dataReceived(request(2))
+        self.assertEqual(self.ticks(), [0.002])
+        self.clock.advance(0.5)
+        self.proto.dataReceived(request(3))
+        self.clock.pump([0.002] * 120)
+        self.assertEqual(len(self.ticks()), 1)
+        self.clock.pump([0.002] * 10)
+        self.assertEqual(self.ticks(), [])
+
+    def test_drained_listener_cancels_its_timer(self) -> None:
+        """The timer is cancelled once the listener has drained."""
+        self.listener.set_activity_monitor(Monitor())
+        self.proto.dataReceived(request(1))
+        self.proto.connectionLost()
+        self.assertEqual(self.ticks(), [0.002])
+        self.listener.drain()
+        self.assertEqual(self.ticks(), [])

@@ -97,3 +97,10 @@ def test_http_needs_an_endpoint() -> None:
     with pytest.raises(OptionError) as caught:
         _build(protocol="http", native="tests.listeners.apps:hello_native")
     assert caught.value.key == "endpoint"
+
+
+def test_fd_endpoint_has_one_spelling() -> None:
+    """"fd:fileno=0", " fd:0 " and 0 all become "fd:0" (how the fd 0 rules recognize it)."""
+    convert = LISTENER_OPTIONS["endpoint"]
+    assert [convert("fd:fileno=0"), convert(" fd:0 "), convert(0), convert("fd:fileno=3")] == [
+        "fd:0", "fd:0", "fd:0", "fd:3"]
