@@ -676,12 +676,13 @@ class _Validator:
             if not ok:
                 continue
             endpoint = options.get("endpoint")
-            if protocol == "fastcgi" and (endpoint is None or str(endpoint) == "fd:0"):
+            on_fd0 = str(endpoint) == "fd:0" or (protocol == "fastcgi" and endpoint is None)
+            if on_fd0:
                 inherited.append(index)
                 if len(inherited) > 1:
                     check.error(_line(body, "endpoint"), f"{prefix}.endpoint",
-                                "only one fastcgi listener may serve the inherited fd 0 "
-                                "(no endpoint, or endpoint: fd:0)")
+                                "only one listener may serve the inherited fd 0 "
+                                "(a fastcgi item with no endpoint, or endpoint: fd:0)")
                     continue
             elif endpoint is None:
                 check.error(item_line, f"{prefix}.endpoint",

@@ -568,8 +568,19 @@ def test_two_listeners_on_fd0(tmp_path: Path) -> None:
           - {protocol: fastcgi, endpoint: "fd:0", wsgi: "tests.test_config:app"}
     """)
     (message,) = errors(path)
-    assert message == (f"{path}:3: listeners[1].endpoint: only one fastcgi listener may serve "
-                       "the inherited fd 0 (no endpoint, or endpoint: fd:0)")
+    assert message == (f"{path}:3: listeners[1].endpoint: only one listener may serve the "
+                       "inherited fd 0 (a fastcgi item with no endpoint, or endpoint: fd:0)")
+
+
+def test_scgi_on_fd0_counts_too(tmp_path: Path) -> None:
+    """An scgi item on fd:0 beside a fastcgi item without endpoint is one too many."""
+    path = write(tmp_path, """
+        listeners:
+          - {protocol: fastcgi, wsgi: "tests.test_config:app"}
+          - {protocol: scgi, endpoint: "fd:0", wsgi: "tests.test_config:app"}
+    """)
+    (message,) = errors(path)
+    assert message.startswith(f"{path}:3: listeners[1].endpoint: only one listener may serve")
 
 
 def test_listener_options_are_checked_by_the_listener_module(tmp_path: Path) -> None:

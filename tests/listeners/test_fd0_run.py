@@ -126,5 +126,5 @@ def test_two_items_on_fd0_are_a_config_error(workdir: Path) -> None:
                          f"  - {{protocol: fastcgi, endpoint: 'fd:fileno=0', {HANDLER}}}\n")
     status, output = _stop(proc, signal_it=False)
     assert status == 2
-    assert (f"{workdir / 'app.yaml'}:4: listeners[1].endpoint: only one fastcgi listener "
+    assert (f"{workdir / 'app.yaml'}:4: listeners[1].endpoint: only one listener "
             "may serve the inherited fd 0") in output
