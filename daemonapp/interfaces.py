@@ -124,7 +124,8 @@ class IJobStore(Interface):
         """Mark done; raises StaleLease when the token is old."""
 
     def fail(job_id: int, token: int, error: str, retry_at: float | None = None) -> object:
-        """Record a failed attempt: pending again at retry_at, else failed."""
+        """Record a failed attempt: pending again (at retry_at, else at once) while
+        attempts are left, else failed."""
 
     def cancel(job_id: int) -> object:
         """Mark cancelled."""

@@ -320,16 +320,15 @@ class SQLiteJobStore:
                           "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", ())
 
     def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
-        """Record a failed attempt: pending again at ``retry_at`` while budget is left,
-        else failed. Returns the new state ("pending" or "failed")."""
+        """Record a failed attempt: pending again (at ``retry_at``, else at once) while
+        attempts are left, else failed. Returns the new state ("pending" or "failed")."""
         due = absolute_time(retry_at)
         return self._update_held(
             job_id, token,
-            """state = CASE WHEN ? IS NOT NULL AND attempts < max_attempts
-                            THEN 'pending' ELSE 'failed' END,
-               run_after = coalesce(?, run_after), holder = NULL, lease_expires = NULL,
+            f"""state = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'failed' END,
+               run_after = coalesce(?, {_SQLITE_NOW}), holder = NULL, lease_expires = NULL,
                error = ?""",
-            (due, due, cap_error(error)))
+            (due, cap_error(error)))
 
     def release(self, job_id: int, token: int) -> None:
         """Put a running job back to pending and give its attempt back (graceful stop)."""
@@ -642,16 +641,15 @@ class PostgresJobStore:
                           "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", ())
 
     def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
-        """Record a failed attempt: pending again at ``retry_at`` while budget is left,
-        else failed. Returns the new state ("pending" or "failed")."""
+        """Record a failed attempt: pending again (at ``retry_at``, else at once) while
+        attempts are left, else failed. Returns the new state ("pending" or "failed")."""
         due = absolute_time(retry_at)
         return self._update_held(
             job_id, token,
-            """state = CASE WHEN %s::float8 IS NOT NULL AND attempts < max_attempts
-                            THEN 'pending' ELSE 'failed' END,
-               run_after = coalesce(to_timestamp(%s::float8), run_after), holder = NULL,
+            """state = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'failed' END,
+               run_after = coalesce(to_timestamp(%s::float8), now()), holder = NULL,
                lease_expires = NULL, error = %s""",
-            (due, due, cap_error(error)))
+            (due, cap_error(error)))
 
     def release(self, job_id: int, token: int) -> None:
         """Put a running job back to pending and give its attempt back (graceful stop)."""

@@ -77,7 +77,7 @@ def test_submit_non_object(config: Path, capsys: Any) -> None:
 def test_show_prints_json_with_traceback(config: Path, tmp_path: Path, capsys: Any) -> None:
     """show prints the job as JSON, its error (the traceback) included."""
     store = open_store(str(tmp_path / "var"))
-    job_id = store.submit("mail", {"a": 1})
+    job_id = store.submit("mail", {"a": 1}, max_attempts=1)
     job = store.claim("h")
     store.fail(job.id, job.token, "Traceback (most recent call last):\nValueError: x")
     store.close()

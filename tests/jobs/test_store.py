@@ -196,12 +196,26 @@ def test_fail_retry_due_now(store: Any) -> None:
     assert store.claim("h").attempt == 2
 
 
-def test_fail_without_retry(store: Any) -> None:
-    """fail() without retry_at marks the job failed."""
+def test_fail_without_retry_at(store: Any) -> None:
+    """fail() without retry_at makes the job pending again at once while attempts are left."""
     store.submit("k", {})
     job = store.claim("h")
-    assert store.fail(job.id, job.token, "Traceback...\nValueError: x") == "failed"
-    assert store.get(job.id).state == "failed"
+    assert store.fail(job.id, job.token, "Traceback...\nValueError: x") == "pending"
+    again = store.claim("h")
+    assert (again.id, again.attempt) == (job.id, 2)
+
+
+def test_fail_spends_the_last_attempt(store: Any) -> None:
+    """The third failure of a job with max_attempts 3 marks it failed with its error."""
+    job_id = store.submit("k", {})
+    for attempt in (1, 2, 3):
+        job = store.claim("h")
+        assert (job.id, job.attempt) == (job_id, attempt)
+        state = store.fail(job.id, job.token, f"Traceback...\nValueError: {attempt}")
+    assert state == "failed"
+    record = store.get(job_id)
+    assert (record.state, record.attempts, record.error) == ("failed", 3,
+                                                              "Traceback...\nValueError: 3")
 
 
 def test_fail_budget_spent(store: Any) -> None:
