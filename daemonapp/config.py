@@ -340,6 +340,36 @@ def _resolve_path(value: str, base_dir: str) -> str:
 
 # -------------------------------------------------------------------- validation
 
+_INDEX = re.compile(r"^(.*?)\[(\d+)\]$")
+
+
+def _as_written(root: Mapping[Any, Any] | None, dotted: str, message: str) -> str:
+    """Quote a scalar as the user wrote it, not as YAML 1.1 read it.
+
+    ``run_every: on`` reads as True and ``0660`` as 432: a message saying "got True"
+    would puzzle; "got 'on'" does not.
+    """
+    parent: object = root
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        match = _INDEX.match(part)
+        name, index = (match.group(1), int(match.group(2))) if match else (part, None)
+        if not isinstance(parent, Mapping) or name not in parent:
+            return message
+        parent = parent[name]
+        if index is not None:
+            if not isinstance(parent, list) or index >= len(parent):
+                return message
+            parent = parent[index]
+    last = parts[-1]
+    if not isinstance(parent, _Mapping) or last not in parent.texts:
+        return message
+    value, text = parent[last], parent.texts[last]
+    if isinstance(value, str) or text == str(value):
+        return message
+    return message.replace(f"got {value!r}", f"got {text!r}")
+
+
 
 def _suggest(key: object, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(key), list(choices), n=1)
@@ -353,8 +383,10 @@ class _Checker:
         self.path = path
         self.base_dir = base_dir
         self.messages: list[tuple[int, str]] = []
+        self.root: Mapping[Any, Any] | None = None
 
     def error(self, line: int, key: str, message: str) -> None:
+        message = _as_written(self.root, key, message)
         self.messages.append((line, f"{self.path}:{line}: {key}: {message}"))
 
     def mapping(self, value: object, line: int, key: str) -> Mapping[Any, Any] | None:
@@ -815,6 +847,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if not isinstance(document, dict):
         raise ConfigError([f"{path_text}:1: (top level): expected a mapping with the "
                            f"sections {', '.join(SECTIONS)}"])
+    checker.root = document
     root = checker.mapping(document, 1, "(top level)") or _Mapping()
     for key in root:
         if key not in SECTIONS:

@@ -792,3 +792,15 @@ def test_dir_queue_manager_refuses_a_queue_directory(tmp_path: Path) -> None:
     """)
     (message,) = errors(path)
     assert message.startswith(f"{path}:8: daemons.mail.queue.directory: ")
+
+
+def test_errors_quote_the_source_text(tmp_path: Path) -> None:
+    """A scalar YAML 1.1 converted (`on` → True) is quoted as written in messages."""
+    path = write(tmp_path, """
+        daemons:
+          c:
+            type: daemonapp.examples.hello:Hello
+            run_every: on
+    """)
+    (message,) = errors(path)
+    assert message == f"{path}:4: daemons.c.run_every: expected a duration like \"30s\", got 'on'"
