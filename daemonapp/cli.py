@@ -243,6 +243,12 @@ def _serve_cgi(path: str | None) -> int:
     """Answer one plain CGI request through wsgiref's CGIHandler; write nothing."""
     from wsgiref.handlers import CGIHandler
 
+    # The handler takes its copy of the request first; then HTTP_* (request headers,
+    # HTTP_PROXY among them: httpoxy) leave os.environ before any application code runs.
+    handler = CGIHandler()
+    for name in [name for name in os.environ if name.startswith("HTTP_")]:
+        del os.environ[name]
+
     def fail(message: str) -> int:
         print(message, file=sys.stderr)
         sys.stdout.write("Status: 500 Internal Server Error\r\n"
@@ -261,7 +267,7 @@ def _serve_cgi(path: str | None) -> int:
         if target is None:
             continue
         application = _import_callable(target) if isinstance(target, str) else target
-        CGIHandler().run(application)
+        handler.run(application)
         return 0
     return fail(f"daemonapp: CGI: {path} has no listener with a wsgi application")
 

@@ -871,8 +871,20 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def ensure_state_dir(path: str) -> str:
-    """Create the private state directory (0700) when missing; return it."""
+    """Create the private state directory (0700) when missing; return it.
+
+    An existing one of ours that others may enter is made private again (with a
+    warning): it holds locks, pid entries, the status socket and the job database.
+    """
     os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.stat(path)
+    if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+        os.chmod(path, 0o700)
+        from twisted.logger import Logger
+
+        Logger(namespace="daemonapp.config").warn(
+            "state_dir {path} was open to others ({mode:04o}); made it 0700",
+            path=path, mode=info.st_mode & 0o7777)
     return path
 
 
