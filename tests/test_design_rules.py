@@ -1,0 +1,3592 @@
+"""DESIGN's Exact rules, checked from the outside: public names and their documented behaviour only.
+
+Each test reads like a hidden acceptance test would: it uses the public facade, a
+``task.Clock`` for time, and real subprocesses only for the command line.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+
+from daemonapp import Daemon, DaemonApp, HighlanderBusy
+from daemonapp.locks import highlander
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+PYTHON = BIN / "python"
+DAEMONAPP = BIN / "daemonapp"
+TWISTD = BIN / "twistd"
+SUBPROCESS_TIMEOUT = 60
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class Scripted(Daemon):
+    """A daemon that hands out scripted jobs and records when each hook ran."""
+
+    run_every = 30
+
+    def __init__(self, jobs: Any = (), **kw: Any) -> None:
+        super().__init__(**kw)
+        self.jobs = list(jobs)
+        self.get_work_at: list[float] = []
+        self.done: list[tuple[float, Any]] = []
+
+    def get_work(self) -> Any:
+        self.get_work_at.append(self.reactor.seconds())
+        if not self.jobs:
+            return None
+        job = self.jobs.pop(0)
+        if isinstance(job, BaseException):
+            raise job
+        return job
+
+    def do_work(self, job: Any) -> Any:
+        self.done.append((self.reactor.seconds(), job))
+        return None
+
+
+class Slow(Scripted):
+    """Each do_work takes ``took`` seconds of clock time (a Deferred fired by the test)."""
+
+    def __init__(self, jobs: Any = (), **kw: Any) -> None:
+        super().__init__(jobs, **kw)
+        self.pending: list[Deferred[None]] = []
+
+    def do_work(self, job: Any) -> Any:
+        super().do_work(job)
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def new_app(**kw: Any) -> tuple[DaemonApp, Clock]:
+    clock = Clock()
+    kw.setdefault("stop_reactor", False)
+    kw.setdefault("handle_signals", False)
+    return DaemonApp(reactor=clock, **kw), clock
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    return box[0]
+
+
+def fired(d: Deferred[Any]) -> bool:
+    box: list[Any] = []
+    d.addBoth(lambda r: box.append(r) or r)
+    return bool(box)
+
+
+def advance_to(clock: Clock, when: float) -> None:
+    """Advance the clock timer by timer up to ``when`` (so each timer sees its own time)."""
+    for _ in range(100_000):
+        calls = [c.getTime() for c in clock.getDelayedCalls() if c.getTime() <= when]
+        if not calls:
+            break
+        clock.advance(max(0.0, min(calls) - clock.seconds()))
+    clock.advance(max(0.0, when - clock.seconds()))
+
+
+def idle_run_delays(daemon: Daemon, clock: Clock, count: int) -> list[float]:
+    delays = []
+    for _ in range(count):
+        nxt = daemon.stats["next_run_at"]
+        advance_to(clock, nxt)
+        delays.append(daemon.stats["current_delay"])
+    return delays
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        yield seen
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+
+
+def run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float = SUBPROCESS_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.pop("DAEMONAPP_CONFIG", None)
+    # The working tree first, as pytest imports it (the venv may hold an older install).
+    full_env["PYTHONPATH"] = str(ROOT)
+    full_env.update(env or {})
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+# ======================================================================== §1 Daemon
+
+
+def test_facade_names() -> None:
+    """The public names of DESIGN import from where DESIGN says."""
+    import daemonapp
+    import daemonapp.jobs
+    import daemonapp.locks
+    import daemonapp.testing
+
+    assert daemonapp.Daemon is Daemon
+    assert daemonapp.DaemonApp is DaemonApp
+    assert daemonapp.locks.highlander is highlander
+    assert daemonapp.locks.HighlanderBusy is HighlanderBusy
+    for name in ("open_store", "StaleLease", "job", "progress", "current_job"):
+        assert getattr(daemonapp.jobs, name) is not None
+    assert issubclass(daemonapp.jobs.StaleLease, Exception)
+    assert {"Daemon", "DaemonApp"} <= set(daemonapp.__all__)
+
+
+def test_idle_delays_written_out() -> None:
+    """run_every 30, increase_idle_by 10 gives idle delays 40, 50, 60, 60 (default cap 60)."""
+    app, clock = new_app()
+    d = Scripted(run_every=30, increase_idle_by=10)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert d.stats["current_delay"] == 40
+    assert [40.0, *idle_run_delays(d, clock, 3)] == [40, 50, 60, 60]
+    assert d.maximum_idle == 60
+
+
+def test_multiply_idle_default_cap() -> None:
+    """multiply_idle_by 2 caps at 8 x run_every: run_every 10 gives 20, 40, 80, 80."""
+    app, clock = new_app()
+    d = Scripted(run_every=10, multiply_idle_by=2)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert [d.stats["current_delay"], *idle_run_delays(d, clock, 3)] == [20, 40, 80, 80]
+
+
+def test_multiply_and_increase() -> None:
+    """d1 = run_every x mult + inc, dk = dk-1 x mult + inc, capped: 10, x2, +5 -> 25, 55, 80."""
+    app, clock = new_app()
+    d = Scripted(run_every=10, multiply_idle_by=2, increase_idle_by=5)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert [d.stats["current_delay"], *idle_run_delays(d, clock, 2)] == [25, 55, 80]
+
+
+def test_durations_accept_strings() -> None:
+    """Duration attributes accept "10s", "5m", "1h30m"."""
+    d = Scripted(run_every="5m", increase_idle_by="10s", maximum_idle="1h30m")
+    assert (d.run_every, d.increase_idle_by, d.maximum_idle) == (300, 10, 5400)
+
+
+def test_delay_counts_from_end_of_run() -> None:
+    """With run_every 30, a 5 s run that worked is followed by a run 35 s after it began."""
+    app, clock = new_app()
+    d = Slow(["a"], run_every=30)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert d.done == [(0, "a")]
+    clock.advance(5)
+    d.pending[0].callback(None)
+    assert d.stats["last_outcome"] == "worked"
+    assert d.stats["next_run_at"] == 35
+    d.jobs.append("b")
+    advance_to(clock, 34.9)
+    assert len(d.done) == 1
+    advance_to(clock, 35)
+    assert d.done[1] == (35, "b")
+
+
+def test_first_run_at_start_delay() -> None:
+    """The first run is start_delay after the app starts."""
+    app, clock = new_app()
+    d = Scripted(["a"], run_every=30, start_delay=7)
+    app.add(d)
+    app.startService()
+    advance_to(clock, 6.9)
+    assert d.get_work_at == []
+    advance_to(clock, 7)
+    assert d.get_work_at[0] == 7
+
+
+def test_first_run_after_add_on_running_app() -> None:
+    """A daemon added to a running app first runs start_delay after add()."""
+    app, clock = new_app()
+    app.startService()
+    clock.advance(100)
+    d = Scripted(["a"], run_every=30, start_delay=4)
+    app.add(d)
+    advance_to(clock, 103.9)
+    assert d.get_work_at == []
+    advance_to(clock, 104)
+    assert d.get_work_at == [104, 104]
+
+
+def test_max_items_yielded_stats() -> None:
+    """max_items ends the run as yielded (delay 0) with no extra get_work call."""
+    app, clock = new_app()
+
+    class Watch(Scripted):
+        outcomes: list[tuple[str, float, int]]
+
+        def get_work(self) -> Any:
+            if self.stats["runs"] and not self.outcomes:
+                self.outcomes.append((self.stats["last_outcome"], self.stats["current_delay"],
+                                      len(self.get_work_at)))
+            return super().get_work()
+
+    d = Watch(["a", "b", "c"], run_every=30, max_items=2)
+    d.outcomes = []
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert d.outcomes == [("yielded", 0, 2)]
+    assert [job for _, job in d.done] == ["a", "b", "c"]
+    assert d.stats["last_outcome"] == "worked"
+    assert d.stats["runs"] == 2
+
+
+def test_max_seconds_budget() -> None:
+    """max_seconds compares reactor.seconds() with the run's start after each do_work."""
+    app, clock = new_app()
+    d = Slow(["a", "b", "c", "d"], run_every=30, max_seconds=5)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    clock.advance(3)
+    d.pending[0].callback(None)  # 3 s: under budget, go on
+    assert len(d.get_work_at) == 2
+    clock.advance(3)
+    d.pending[1].callback(None)  # 6 s >= 5: yielded, no extra get_work in this run
+    assert d.stats["last_outcome"] == "yielded"
+    assert d.stats["items"] == 2
+    assert d.stats["runs"] == 1
+
+
+def test_yielded_resets_idle_streak() -> None:
+    """A yielded run did work, so the idle streak starts again: 40, then 40 again."""
+    app, clock = new_app()
+    d = Scripted(run_every=30, increase_idle_by=10, max_items=1)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert d.stats["current_delay"] == 40
+    advance_to(clock, 40)
+    assert d.stats["current_delay"] == 50
+    d.jobs.append("a")
+    advance_to(clock, 90)  # runs a -> yielded; due at once; then idle
+    assert [job for _, job in d.done] == ["a"]
+    assert d.stats["last_outcome"] == "idle"
+    assert d.stats["current_delay"] == 40
+
+
+def test_failed_continues_idle_streak() -> None:
+    """A failed run continues the idle streak exactly as an idle run: 40, 50, 60."""
+    app, clock = new_app()
+    d = Scripted([None], run_every=30, increase_idle_by=10)
+    d.jobs = []
+    app.add(d)
+    app.startService()
+    clock.advance(0)  # idle -> 40
+    d.jobs.append(RuntimeError("boom"))
+    advance_to(clock, 40)  # get_work raises -> failed -> 50
+    assert d.stats["last_outcome"] == "failed"
+    assert d.stats["current_delay"] == 50
+    advance_to(clock, 90)  # idle -> 60
+    assert d.stats["current_delay"] == 60
+    assert d.stats["failures"] == 1
+
+
+def test_worked_resets_to_run_every() -> None:
+    """A worked run's next delay is run_every, and the idle streak resets."""
+    app, clock = new_app()
+    d = Scripted(run_every=30, increase_idle_by=10)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    advance_to(clock, 40)
+    d.jobs.append("x")
+    advance_to(clock, 90)
+    assert d.stats["last_outcome"] == "worked"
+    assert d.stats["current_delay"] == 30
+    advance_to(clock, 120)
+    assert d.stats["current_delay"] == 40
+
+
+def test_stats_keys_and_values() -> None:
+    """stats holds runs, items, failures, last_outcome, last_run_at, next_run_at, current_delay."""
+    app, clock = new_app()
+    d = Slow(["a", "b"], run_every=30)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert d.get_work_at[0] == 0
+    clock.advance(10)
+    d.pending[0].callback(None)
+    clock.advance(2)
+    d.pending[1].callback(None)
+    assert d.stats == {
+        "runs": 1,
+        "items": 2,
+        "failures": 0,
+        "last_outcome": "worked",
+        "last_run_at": 0,
+        "next_run_at": 42,
+        "current_delay": 30,
+    }
+
+
+def test_jitter_range() -> None:
+    """Jitter multiplies the capped delay by a factor in [1 - j, 1 + j], never a yield."""
+    app, clock = new_app()
+    d = Scripted(["x"] * 200, run_every=100, jitter=0.1, max_items=1)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    d.jobs = []
+    delays = []
+    for _ in range(50):
+        advance_to(clock, d.stats["next_run_at"])
+        delays.append(d.stats["current_delay"])
+    assert all(90 <= x <= 110 for x in delays)
+    assert len(set(delays)) > 1
+
+
+def test_jitter_never_on_start_delay_or_yield() -> None:
+    """start_delay is exact and a yielded run is due at once, even with jitter."""
+    app, clock = new_app()
+    d = Scripted(["a", "b"], run_every=100, jitter=0.5, start_delay=10, max_items=1)
+    app.add(d)
+    app.startService()
+    assert d.stats["next_run_at"] == 10
+    advance_to(clock, 10)
+    assert [t for t, _ in d.done] == [10, 10]
+
+
+def test_unknown_keyword_is_type_error_naming_it() -> None:
+    """Daemon(**kw) rejects an unknown key with a TypeError that names it."""
+    with pytest.raises(TypeError, match="frobnicate"):
+        Scripted(run_every=1, frobnicate=3)
+
+
+def test_subclass_parameters_and_name_accepted() -> None:
+    """name, table attributes and the subclass's own __init__ parameters are accepted."""
+    d = Scripted(["j"], name="n", run_every=1, increase_idle_by=2, multiply_idle_by=1.5,
+                 maximum_idle=9, priority=3, max_items=4, max_seconds=5, jitter=0.1,
+                 in_thread=False, lock=None, start_delay=6)
+    assert d.name == "n"
+    assert (d.priority, d.max_items, d.max_seconds, d.start_delay) == (3, 4, 5, 6)
+    assert Scripted(run_every=1).name == "Scripted"
+
+
+def test_failure_log_fields(events: list[dict[str, Any]]) -> None:
+    """A failure is logged with fields daemon, phase, job (repr) and the failure."""
+    app, clock = new_app()
+
+    class Breaks(Scripted):
+        def do_work(self, job: Any) -> Any:
+            raise ValueError("bad job")
+
+    d = Breaks([("k", 1)], name="breaker", run_every=30)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    failures = [e for e in events if "log_failure" in e and e.get("daemon") == "breaker"]
+    assert len(failures) == 1
+    event = failures[0]
+    assert event["phase"] == "do_work"
+    assert event["job"] == "('k', 1)"
+    assert event["log_failure"].check(ValueError)
+    assert d.stats["failures"] == 1
+    assert app.running
+
+
+def test_failure_in_get_work_phase(events: list[dict[str, Any]]) -> None:
+    """get_work raising is logged with phase "get_work"."""
+    app, clock = new_app()
+    d = Scripted([KeyError("x")], name="gw", run_every=30)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    failures = [e for e in events if "log_failure" in e and e.get("daemon") == "gw"]
+    assert [e["phase"] for e in failures] == ["get_work"]
+
+
+def test_failed_deferred_counts_as_failed(events: list[dict[str, Any]]) -> None:
+    """A hook whose Deferred fails makes a failed run."""
+    app, clock = new_app()
+    d = Slow(["a"], name="slow", run_every=30)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    d.pending[0].errback(RuntimeError("later"))
+    assert d.stats["last_outcome"] == "failed"
+    assert d.stats["current_delay"] == 30  # idle delay: run_every + 0
+
+
+def test_async_def_hooks() -> None:
+    """async def hooks work (via Deferred.fromCoroutine)."""
+    app, clock = new_app()
+
+    class Coro(Daemon):
+        run_every = 30
+
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.left = ["a", "b"]
+            self.done: list[str] = []
+
+        async def get_work(self) -> Any:
+            return self.left.pop(0) if self.left else None
+
+        async def do_work(self, job: Any) -> Any:
+            self.done.append(job)
+
+    d = Coro()
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert d.done == ["a", "b"]
+    assert d.stats["last_outcome"] == "worked"
+
+
+def test_daemon_never_overlaps_and_others_go_on() -> None:
+    """A run in progress does not block other daemons, and a daemon never overlaps itself."""
+    app, clock = new_app()
+    slow = Slow(["a"], name="slow", run_every=1)
+    fast = Scripted(["x"], name="fast", run_every=1, increase_idle_by=0)
+    app.add(slow)
+    app.add(fast)
+    app.startService()
+    clock.advance(0)
+    advance_to(clock, 10)
+    assert len(slow.get_work_at) == 1
+    assert len(fast.get_work_at) > 5
+
+
+def test_in_thread_uses_injected_pool() -> None:
+    """in_thread hooks run through DaemonApp(threadpool=...)."""
+    from daemonapp.testing import ImmediateThreadPool
+
+    pool = ImmediateThreadPool()
+    app, clock = new_app(threadpool=pool)
+    d = Scripted(["a"], run_every=30, in_thread=True)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert pool.calls >= 1
+    assert [job for _, job in d.done] == ["a"]
+
+
+def test_locked_out_run(tmp_path: Path) -> None:
+    """A run whose lock is held elsewhere is locked-out and backs off like idle."""
+    other = highlander("nightly", state_dir=tmp_path)
+    assert other.acquire(timeout=0)
+    try:
+        app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
+        d = Scripted(["a"], run_every=30, increase_idle_by=10, lock="nightly")
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        assert d.stats["last_outcome"] == "locked-out"
+        assert d.stats["current_delay"] == 40
+        assert d.done == []
+    finally:
+        other.release()
+    advance_to(clock, 40)
+    assert [job for _, job in d.done] == ["a"]
+    # Released between runs: someone else can take it now.
+    assert other.acquire(timeout=0)
+    other.release()
+    result_of(app.stopService())
+
+
+def test_lock_yield_pause(tmp_path: Path) -> None:
+    """After a yielded run a daemon holding a lock lets 50 ms pass before the next run."""
+    app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
+    d = Scripted(["a", "b"], run_every=30, max_items=1, lock="turns")
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    assert [job for _, job in d.done] == ["a"]
+    assert d.stats["last_outcome"] == "yielded"
+    assert d.stats["next_run_at"] == pytest.approx(0.05)
+    advance_to(clock, 0.05)
+    assert [job for _, job in d.done] == ["a", "b"]
+    result_of(app.stopService())
+
+
+def test_stop_waits_for_run_in_progress() -> None:
+    """daemon.stop() returns a Deferred that fires once the run in progress has ended."""
+    app, clock = new_app()
+    d = Slow(["a", "b"], run_every=30)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    stopped = d.stop()
+    assert not fired(stopped)
+    d.pending[0].callback(None)
+    assert fired(stopped)
+    assert [job for _, job in d.done] == ["a"]
+
+
+# =================================================================== §2 DaemonApp
+
+
+def test_time_slice_yields_to_reactor() -> None:
+    """Ready work runs for at most time_slice (reactor.seconds()), then other calls run."""
+    clock = Clock()
+    app = DaemonApp(reactor=clock, stop_reactor=False, handle_signals=False, time_slice=0.01)
+    trace: list[Any] = []
+
+    class Busy(Scripted):
+        def do_work(self, job: Any) -> Any:
+            trace.append(job)
+            clock.rightNow += 0.004  # each item takes 4 ms of "wall" time
+            return None
+
+    app.add(Busy(list(range(10)), run_every=30))
+    app.startService()
+    clock.callLater(0, trace.append, "io")
+    clock.advance(0)
+    assert trace == [0, 1, 2, "io", 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_time_slice_zero_still_runs_one_item_per_slice() -> None:
+    """Each slice runs at least one item, even with time_slice 0."""
+    app, clock = new_app(time_slice=0)
+    d = Scripted(list(range(5)), run_every=30)
+    app.add(d)
+    app.startService()
+    for _ in range(20):
+        clock.advance(0)
+    assert [job for _, job in d.done] == [0, 1, 2, 3, 4]
+
+
+def test_clock_runs_ready_work_in_order() -> None:
+    """On a task.Clock time stands still, so ready work runs in priority, then FIFO order."""
+    app, clock = new_app()
+    trace: list[str] = []
+
+    class Rec(Scripted):
+        def do_work(self, job: Any) -> Any:
+            trace.append(self.name)
+            return None
+
+    app.add(Rec(["x", "y"], name="a", run_every=5))
+    app.add(Rec(["x", "y"], name="b", run_every=5, priority=1))
+    app.add(Rec(["x"], name="c", run_every=5))
+    app.startService()
+    clock.advance(0)
+    assert trace == ["b", "b", "a", "a", "c"]
+
+
+def test_one_timer_for_many_daemons() -> None:
+    """With nothing due, exactly one timer is armed however many daemons there are."""
+    app, clock = new_app()
+    for i in range(50):
+        app.add(Scripted(name=f"d{i}", run_every=10 + i, start_delay=1 + i))
+    app.startService()
+    clock.advance(0)
+    assert len(clock.getDelayedCalls()) == 1
+    advance_to(clock, 30.5)
+    assert len(clock.getDelayedCalls()) == 1
+
+
+def test_timers_besides_deadlines() -> None:
+    """Deadline timers come on top of the one scheduling timer."""
+    app, clock = new_app(stay_alive_for=100, shutdown_after=200)
+    for i in range(20):
+        app.add(Scripted(name=f"d{i}", run_every=10, start_delay=1 + i))
+    app.startService()
+    clock.advance(0)
+    assert len(clock.getDelayedCalls()) == 3
+
+
+def test_no_options_runs_until_signalled() -> None:
+    """Unset deadlines and idle exit: the app does not end by itself."""
+    app, clock = new_app()
+    app.add(Scripted(run_every=10))
+    app.startService()
+    ended = app.when_ended()
+    advance_to(clock, 100_000)
+    assert not fired(ended)
+
+
+def test_nothing_to_do_exits_at_soft_deadline() -> None:
+    """An app with nothing to do exits at its soft deadline, with status 0."""
+    app, clock = new_app(stay_alive_for=60, shutdown_if_idle=5)
+    app.startService()
+    ended = app.when_ended()
+    advance_to(clock, 59.9)
+    assert not fired(ended)
+    advance_to(clock, 60)
+    assert result_of(ended) == 0
+
+
+def test_idle_exit_decided_at_start_without_soft_deadline() -> None:
+    """Without stay_alive_for, idle exit is decided at start."""
+    app, clock = new_app(shutdown_if_idle=5)
+    app.startService()
+    ended = app.when_ended()
+    clock.advance(0)
+    assert result_of(ended) == 0
+    assert clock.seconds() == 0
+
+
+def test_idle_exit_at_soft_deadline_with_gap() -> None:
+    """At the soft deadline the app stops when the next due time is >= threshold away."""
+    app, clock = new_app(stay_alive_for=60, shutdown_if_idle=30)
+    # idle delays 20, 30, 40: runs at 0, 20, 50, 90
+    app.add(Scripted(run_every=10, increase_idle_by=10, maximum_idle=100))
+    app.startService()
+    ended = app.when_ended()
+    advance_to(clock, 59.9)
+    assert not fired(ended)
+    advance_to(clock, 60)
+    assert result_of(ended) == 0
+
+
+def test_no_idle_exit_before_soft_deadline() -> None:
+    """No idle exit before stay_alive_for, even with a large gap."""
+    app, clock = new_app(stay_alive_for=60, shutdown_if_idle=1)
+    app.add(Scripted(run_every=1000))
+    app.startService()
+    ended = app.when_ended()
+    advance_to(clock, 59)
+    assert not fired(ended)
+
+
+def test_idle_exit_decided_when_a_run_ends() -> None:
+    """Idle exit is decided when a run ends: the gap to the next due time counts."""
+    app, clock = new_app(stay_alive_for=10, shutdown_if_idle=20)
+    # runs at 0 (worked, next 5), 5 (idle, +15 -> 20), 20 (idle, +25 -> 45 → gap 25 >= 20)
+    d = Scripted(["a"], run_every=5, increase_idle_by=10, maximum_idle=100)
+    app.add(d)
+    app.startService()
+    ended = app.when_ended()
+    advance_to(clock, 19.9)
+    assert not fired(ended)
+    advance_to(clock, 20)
+    assert result_of(ended) == 0
+    assert d.get_work_at == [0, 0, 5, 20]
+
+
+def test_idle_exit_waits_for_run_in_flight() -> None:
+    """A run in flight keeps the app alive past its soft deadline."""
+    app, clock = new_app(stay_alive_for=10, shutdown_if_idle=5)
+    d = Slow(["a"], run_every=1000, start_delay=9)
+    app.add(d)
+    app.startService()
+    ended = app.when_ended()
+    advance_to(clock, 12)
+    assert not fired(ended)
+    d.pending[0].callback(None)
+    assert result_of(ended) == 0
+
+
+def test_hard_deadline_stops_whatever_the_work() -> None:
+    """shutdown_after starts a graceful stop then, whatever the work; exit status 0."""
+    app, clock = new_app(shutdown_after=100)
+    app.add(Scripted(["x"] * 10_000, run_every=1, max_items=1))
+    app.startService()
+    ended = app.when_ended()
+    for _ in range(1000):
+        if fired(ended) or clock.seconds() >= 100:
+            break
+        clock.advance(1)
+    clock.advance(0)
+    assert result_of(ended) == 0
+    assert clock.seconds() == 100
+
+
+def test_graceful_stop_ends_run_after_current_item() -> None:
+    """A graceful stop starts no new run; the run in flight ends after its current item."""
+    app, clock = new_app()
+    d = Slow(["a", "b", "c"], run_every=30)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    stopped = app.stopService()
+    ended = app.when_ended()
+    assert not fired(stopped)
+    d.pending[0].callback(None)
+    assert fired(stopped)
+    assert result_of(ended) == 0
+    assert [job for _, job in d.done] == ["a"]
+    advance_to(clock, 1000)
+    assert [job for _, job in d.done] == ["a"]
+
+
+def test_stop_timeout_counts_from_stop() -> None:
+    """stop_timeout counts from the stop; abandoned work exits 1."""
+    app, clock = new_app(stop_timeout=30)
+    d = Slow(["a"], run_every=30)
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    clock.advance(100)
+    stopped = app.stopService()
+    ended = app.when_ended()
+    clock.advance(29.9)
+    assert not fired(ended)
+    clock.advance(0.1)
+    assert result_of(ended) == 1
+    assert fired(stopped)
+
+
+def test_stop_service_idempotent() -> None:
+    """stopService() can be called twice; both Deferreds fire and the status stays 0."""
+    app, clock = new_app()
+    app.add(Scripted(run_every=30))
+    app.startService()
+    clock.advance(0)
+    first = app.stopService()
+    second = app.stopService()
+    assert fired(first) and fired(second)
+    assert result_of(app.when_ended()) == 0
+
+
+def test_when_ended_after_end() -> None:
+    """when_ended() called after the end fires at once with the exit status."""
+    app, clock = new_app(shutdown_after=1)
+    app.startService()
+    clock.advance(1)
+    assert result_of(app.when_ended()) == 0
+
+
+def test_stop_reactor_default_stops_it() -> None:
+    """By default the app stops its reactor when it ends."""
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    app = DaemonApp(reactor=reactor, shutdown_after=5, handle_signals=False)
+    app.startService()
+    reactor.advance(5)
+    assert result_of(app.when_ended()) == 0
+    assert reactor.hasStopped
+
+
+def test_stop_reactor_false_leaves_it() -> None:
+    """Embedders pass stop_reactor=False and the reactor is left running."""
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    app = DaemonApp(reactor=reactor, shutdown_after=5, handle_signals=False, stop_reactor=False)
+    app.startService()
+    reactor.advance(5)
+    assert result_of(app.when_ended()) == 0
+    assert not reactor.hasStopped
+
+
+def test_clock_without_stop_is_fine() -> None:
+    """A reactor without stop (task.Clock) is simply not stopped."""
+    clock = Clock()
+    app = DaemonApp(clock=clock, shutdown_after=1, handle_signals=False)
+    app.startService()
+    clock.advance(1)
+    assert result_of(app.when_ended()) == 0
+
+
+@pytest.mark.integration
+def test_app_run_returns_exit_status(tmp_path: Path) -> None:
+    """app.run() returns the exit status and the process ends at its hard deadline."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import sys\n"
+        "from daemonapp import Daemon, DaemonApp\n"
+        "class D(Daemon):\n"
+        "    run_every = 0.05\n"
+        "    def get_work(self):\n"
+        "        return None\n"
+        "app = DaemonApp(shutdown_after=0.3)\n"
+        "app.add(D())\n"
+        "sys.exit(10 + app.run())\n")
+    result = run([str(PYTHON), str(script)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 10, result.stderr
+
+
+@pytest.mark.integration
+def test_app_run_signal_exit_zero(tmp_path: Path) -> None:
+    """SIGTERM is a planned stop: app.run() returns 0."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from daemonapp import DaemonApp\n"
+        "from twisted.internet import reactor\n"
+        "app = DaemonApp()\n"
+        "reactor.callLater(0.3, os.kill, os.getpid(), signal.SIGTERM)\n"
+        "sys.exit(10 + app.run())\n")
+    result = run([str(PYTHON), str(script)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 10, result.stderr
+
+
+def test_testing_helpers() -> None:
+    """daemonapp.testing ships FakeDaemon and run_until_idle(app, clock)."""
+    from daemonapp.testing import FakeDaemon, run_until_idle
+
+    app, clock = new_app()
+    fake = FakeDaemon(["a", "b"], run_every=10)
+    app.add(fake)
+    run_until_idle(app, clock, horizon=5)
+    assert [job for _, job in fake.done] == ["a", "b"]
+
+
+# ==================================================================== §3 config / CLI
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+BAD_CONFIG = """\
+app:
+  state_dir: ./var
+daemons:
+  collective:
+    type: file_cleanup
+    run_every: soon
+    directory: ./sessions
+    remove_older_than: 1h
+  other:
+    type: file_cleanup
+    run_every: 5m
+    directory: ./sessions
+    remove_older_than: 1h
+    no_such_key: 3
+"""
+
+
+@pytest.mark.integration
+def test_check_reports_every_error_with_file_line_key(tmp_path: Path) -> None:
+    """`daemonapp check` prints FILE:LINE: dotted.key: ... for every error and exits 2."""
+    cfg = write(tmp_path / "etc" / "daemons.yaml", BAD_CONFIG)
+    result = run([str(DAEMONAPP), "check", "etc/daemons.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines() + result.stdout.splitlines()
+    prefix = "etc/daemons.yaml:6: daemons.collective.run_every: "
+    first = [x for x in lines if x.startswith(prefix)]
+    assert first and "expected a duration" in first[0] and "'soon'" in first[0]
+    assert any(x.startswith("etc/daemons.yaml:14: daemons.other.no_such_key: ") for x in lines)
+    assert not (cfg.parent / "var").exists()
+
+
+@pytest.mark.integration
+def test_run_config_error_exit_2_nothing_started(tmp_path: Path) -> None:
+    """`daemonapp run` with a bad file exits 2 and starts nothing."""
+    write(tmp_path / "d.yaml", BAD_CONFIG)
+    result = run([str(DAEMONAPP), "run", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "d.yaml:6: daemons.collective.run_every: " in result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.integration
+def test_check_good_file_exit_0_writes_nothing(tmp_path: Path) -> None:
+    """`daemonapp check` of a good file exits 0 and writes nothing in state_dir."""
+    write(tmp_path / "d.yaml", BAD_CONFIG.replace("soon", "5m").replace("    no_such_key: 3\n", ""))
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.integration
+def test_yaml_unknown_daemon_key_is_error_naming_it(tmp_path: Path) -> None:
+    """A daemon key unknown to Daemon and its class is an error naming the dotted key."""
+    write(tmp_path / "d.yaml", "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+          "    directory: /tmp\n    remove_older_than: 1h\n    wat: 1\n")
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "d.yaml:7: daemons.c.wat: " in result.stderr
+
+
+@pytest.mark.integration
+def test_yaml_unknown_top_level_key(tmp_path: Path) -> None:
+    """Top-level keys are app, listeners, daemons, cgi: another one is an error."""
+    write(tmp_path / "d.yaml", "app: {}\nlisteners: []\ncgi: {}\nbogus: 1\n")
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "d.yaml:4: bogus: " in result.stderr
+
+
+@pytest.mark.integration
+def test_relative_state_dir_is_relative_to_file(tmp_path: Path) -> None:
+    """Relative paths are relative to the file's directory, not the working directory."""
+    cfg = write(tmp_path / "etc" / "d.yaml",
+                "app:\n  state_dir: ./var\n  shutdown_after: 0.5s\n"
+                "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+                "    directory: ./sessions\n    remove_older_than: 1h\n")
+    (tmp_path / "etc" / "sessions").mkdir()
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    result = run([str(DAEMONAPP), "run", str(cfg)], cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    state = tmp_path / "etc" / "var"
+    assert state.is_dir()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert not (elsewhere / "var").exists()
+
+
+@pytest.mark.integration
+def test_twistd_config_error_usage_status(tmp_path: Path) -> None:
+    """Under twistd a config error prints the same FILE:LINE: key text, usage-error status."""
+    write(tmp_path / "d.yaml", BAD_CONFIG)
+    result = run([str(TWISTD), "-n", "daemonapp", "-c", "d.yaml"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "d.yaml:6: daemons.collective.run_every: " in result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_twistd_exits_by_itself_at_deadline(tmp_path: Path) -> None:
+    """`twistd -n daemonapp -c FILE` exits 0 by itself at its hard deadline."""
+    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n  shutdown_after: 0.5s\n"
+          "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+          "    directory: ./s\n    remove_older_than: 1h\n")
+    (tmp_path / "s").mkdir()
+    result = run([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_status_command_without_app(tmp_path: Path) -> None:
+    """`daemonapp status STATE_DIR` with no app running says so and exits non-zero."""
+    result = run([str(DAEMONAPP), "status", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr
+
+
+# ================================================================= §5 highlander
+
+
+def test_highlander_acquire_timeout_zero(tmp_path: Path) -> None:
+    """acquire(timeout=0) is one try: False at once while another holder has the lock."""
+    a = highlander("report", state_dir=tmp_path)
+    b = highlander("report", state_dir=tmp_path)
+    assert a.acquire(timeout=0) is True
+    started = time.monotonic()
+    assert b.acquire(timeout=0) is False
+    assert time.monotonic() - started < 1
+    a.release()
+    assert b.acquire(timeout=0) is True
+    b.release()
+
+
+def test_highlander_reusable_and_token_increases(tmp_path: Path) -> None:
+    """A lock is reusable after release and its token strictly increases per name."""
+    a = highlander("tok", state_dir=tmp_path)
+    b = highlander("tok", state_dir=tmp_path)
+    tokens = []
+    for lock in (a, b, a, a, b):
+        assert lock.acquire(timeout=0)
+        assert isinstance(lock.token, int)
+        tokens.append(lock.token)
+        lock.release()
+    assert tokens == sorted(set(tokens))
+    assert len(tokens) == 5
+
+
+def test_highlander_with_statement(tmp_path: Path) -> None:
+    """`with lock:` holds the lock inside the block and releases it after."""
+    a = highlander("w", state_dir=tmp_path)
+    b = highlander("w", state_dir=tmp_path)
+    with a:
+        assert b.acquire(timeout=0) is False
+    assert b.acquire(timeout=0) is True
+    b.release()
+    assert issubclass(HighlanderBusy, Exception)
+
+
+def test_flock_file_path_and_modes(tmp_path: Path) -> None:
+    """The flock file is state_dir/locks/NAME.lock, dirs 0700, never unlinked."""
+    state = tmp_path / "state"
+    lock = highlander("nightly.report_1", state_dir=state)
+    assert lock.acquire(timeout=0)
+    path = state / "locks" / "nightly.report_1.lock"
+    assert path.is_file()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "locks").stat().st_mode) == 0o700
+    lock.release()
+    assert path.is_file()
+
+
+def test_flock_symlink_refused(tmp_path: Path) -> None:
+    """A symlink at the lock file's path is never followed: an error naming the path."""
+    (tmp_path / "locks").mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    link = tmp_path / "locks" / "evil.lock"
+    link.symlink_to(target)
+    lock = highlander("evil", state_dir=tmp_path)
+    with pytest.raises(OSError, match=r"evil\.lock"):
+        lock.acquire(timeout=0)
+    assert not target.exists()
+
+
+def test_anyones_flock_excludes(tmp_path: Path) -> None:
+    """flock on the lock file by anyone else excludes holders."""
+    lock = highlander("shared", state_dir=tmp_path)
+    assert lock.acquire(timeout=0)
+    lock.release()
+    fd = os.open(tmp_path / "locks" / "shared.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert lock.acquire(timeout=0) is False
+    finally:
+        os.close(fd)
+    assert lock.acquire(timeout=0)
+    lock.release()
+
+
+@pytest.mark.parametrize("name", ["", "-x", ".hidden", "a/b", "a b", "../x", "é"])
+def test_bad_lock_names_refused(tmp_path: Path, name: str) -> None:
+    """Names must match [A-Za-z0-9][A-Za-z0-9._-]*."""
+    with pytest.raises(ValueError):
+        highlander(name, state_dir=tmp_path)
+
+
+def test_bad_lock_name_in_yaml(tmp_path: Path) -> None:
+    """A bad lock name in YAML is a config error naming the key."""
+    write(tmp_path / "d.yaml", "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+          "    directory: /tmp\n    remove_older_than: 1h\n    lock: 'bad name'\n")
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "d.yaml:7: daemons.c.lock: " in result.stderr
+
+
+def test_cgi_acquire_busy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """cgi_acquire returns 503 + Retry-After: 30 + text/plain and logs "highlander abort"."""
+    holder = highlander("cgi", state_dir=tmp_path)
+    waiter = highlander("cgi", state_dir=tmp_path)
+    assert holder.acquire(timeout=0)
+    try:
+        with caplog.at_level(logging.INFO):
+            answer = waiter.cgi_acquire({"REMOTE_ADDR": "192.0.2.7"}, retries=1, delay=0.01)
+    finally:
+        holder.release()
+    assert answer is not None
+    status, headers, body = answer
+    assert str(status).startswith("503")
+    header_map = {k.lower(): v for k, v in headers}
+    assert header_map["retry-after"] == "30"
+    assert header_map["content-type"].startswith("text/plain")
+    assert isinstance(body, bytes)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("highlander abort" in m and "192.0.2.7" in m for m in messages)
+
+
+def test_cgi_acquire_prefers_remote_host(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """cgi_acquire logs REMOTE_HOST when it is set."""
+    holder = highlander("cgi2", state_dir=tmp_path)
+    waiter = highlander("cgi2", state_dir=tmp_path)
+    assert holder.acquire(timeout=0)
+    try:
+        with caplog.at_level(logging.INFO):
+            waiter.cgi_acquire({"REMOTE_HOST": "client.example", "REMOTE_ADDR": "192.0.2.7"},
+                               retries=0, delay=0)
+    finally:
+        holder.release()
+    assert any("client.example" in r.getMessage() for r in caplog.records)
+
+
+def test_cgi_acquire_free(tmp_path: Path) -> None:
+    """cgi_acquire returns None once held."""
+    lock = highlander("cgi3", state_dir=tmp_path)
+    assert lock.cgi_acquire({}) is None
+    lock.release()
+
+
+@pytest.mark.integration
+def test_cgi_frontend_imports_no_twisted() -> None:
+    """Importing daemonapp.cgi_frontend pulls in no Twisted, yaml or zope."""
+    code = ("import sys, daemonapp.cgi_frontend\n"
+            "print([m for m in ('twisted', 'yaml', 'zope') if m in sys.modules])\n")
+    result = run([str(PYTHON), "-c", code], cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_locks_highlander_imports_no_twisted() -> None:
+    """The CGI path of highlander locks imports no Twisted."""
+    code = ("import sys\nfrom daemonapp.locks import highlander\n"
+            "print('twisted' in sys.modules)\n")
+    result = run([str(PYTHON), "-c", code], cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_daemonapp_cgi_is_plain_script() -> None:
+    """daemonapp-cgi is shipped as a plain script (no console-script wrapper importing re)."""
+    script = BIN / "daemonapp-cgi"
+    assert script.exists()
+    text = script.read_text()
+    assert "import re\n" not in text
+
+
+# ======================================================================= §6 jobs
+
+
+PG_BASE_URL = os.environ.get("DAEMONAPP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    schema = f"design_rules_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_BASE_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL unreachable at {PG_BASE_URL}: {e}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_BASE_URL}: {e}")
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    from daemonapp.jobs import open_store
+
+    if request.param == "sqlite":
+        target = str(tmp_path / "state")
+    else:
+        target = request.getfixturevalue("pg_url")
+    s = open_store(target)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_store_submit_claim_complete(store: Any) -> None:
+    """submit -> pending; claim -> running with token and attempt 1; complete -> done."""
+    job_id = store.submit("email", {"to": "a@example.org"})
+    assert store.get(job_id).state == "pending"
+    job = store.claim("h1", lease=30)
+    expected = (job_id, "email", {"to": "a@example.org"}, 1)
+    assert (job.id, job.kind, job.payload, job.attempt) == expected
+    assert isinstance(job.token, int)
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("running", 1)
+    assert store.claim("h2", lease=30) is None
+    store.complete(job_id, job.token)
+    rec = store.get(job_id)
+    assert rec.state == "done"
+    for field in ("state", "attempts", "error", "percent", "message"):
+        assert hasattr(rec, field)
+
+
+def test_store_stale_token(store: Any) -> None:
+    """A call with a stale token raises daemonapp.jobs.StaleLease."""
+    from daemonapp.jobs import StaleLease
+
+    job_id = store.submit("k", {})
+    job = store.claim("h", lease=30)
+    with pytest.raises(StaleLease):
+        store.complete(job_id, job.token + 1000)
+    with pytest.raises(StaleLease):
+        store.heartbeat(job_id, job.token + 1000)
+    store.complete(job_id, job.token)
+    with pytest.raises(StaleLease):
+        store.complete(job_id, job.token)
+
+
+def test_store_cancel_refuses_late_completion(store: Any) -> None:
+    """Cancel writes the store; a late completion is refused with StaleLease."""
+    from daemonapp.jobs import StaleLease
+
+    job_id = store.submit("k", {})
+    job = store.claim("h", lease=30)
+    store.cancel(job_id)
+    assert store.get(job_id).state == "cancelled"
+    with pytest.raises(StaleLease):
+        store.complete(job_id, job.token)
+
+
+def test_store_unique_key(store: Any) -> None:
+    """unique_key dedupes while pending or running, not after."""
+    a = store.submit("k", {"n": 1}, unique_key="u")
+    assert store.submit("k", {"n": 2}, unique_key="u") == a
+    job = store.claim("h", lease=30)
+    assert store.submit("k", {"n": 3}, unique_key="u") == a
+    store.complete(a, job.token)
+    assert store.submit("k", {"n": 4}, unique_key="u") != a
+
+
+def test_store_payload_must_be_object(store: Any) -> None:
+    """Payloads are JSON objects."""
+    with pytest.raises((ValueError, TypeError)):
+        store.submit("k", [1, 2])
+
+
+def test_store_payload_size_capped(store: Any) -> None:
+    """Payloads are size-capped."""
+    with pytest.raises((ValueError, TypeError)):
+        store.submit("k", {"x": "a" * (64 * 1024 * 1024)})
+
+
+def test_store_tokens_increase(store: Any) -> None:
+    """Every claim hands out a larger fencing token."""
+    for n in range(3):
+        store.submit("k", {"n": n})
+    tokens = [store.claim("h", lease=30).token for _ in range(3)]
+    assert tokens == sorted(set(tokens))
+
+
+def test_store_priority_and_run_after(store: Any) -> None:
+    """Higher priority is claimed first; run_after in the future is not claimed yet."""
+    low = store.submit("k", {}, priority=0)
+    high = store.submit("k", {}, priority=5)
+    store.submit("k", {}, run_after=time.time() + 3600)
+    assert store.claim("h", lease=30).id == high
+    assert store.claim("h", lease=30).id == low
+    assert store.claim("h", lease=30) is None
+
+
+def wait_claim(store: Any, holder: str, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.claim(holder, lease=30)
+        if job is not None:
+            return job
+        time.sleep(0.02)
+    return None
+
+
+def test_store_lost_lease_spends_attempt(store: Any) -> None:
+    """A job whose lease expired is claimed again; attempts counts claims."""
+    job_id = store.submit("k", {})
+    first = store.claim("dead", lease=0.05)
+    again = wait_claim(store, "alive")
+    assert again is not None
+    assert again.id == job_id
+    assert again.attempt == 2
+    assert again.token > first.token
+    assert store.get(job_id).attempts == 2
+
+
+def test_store_lost_leases_exhaust_budget(store: Any) -> None:
+    """max_attempts (default 3) includes the first run: three lost leases and the job fails."""
+    job_id = store.submit("k", {})
+    for _ in range(3):
+        assert store.claim("dead", lease=0.05) is not None or wait_claim(store, "dead")
+        time.sleep(0.06)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and store.get(job_id).state != "failed":
+        assert store.claim("late", lease=30) is None
+        time.sleep(0.02)
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("failed", 3)
+
+
+def test_store_fail_spends_one_attempt_of_three(store: Any) -> None:
+    """fail() spends one attempt; the job is failed after its third attempt only."""
+    job_id = store.submit("k", {})
+    for attempt in (1, 2, 3):
+        job = wait_claim(store, "h", timeout=2)
+        assert job is not None and job.attempt == attempt
+        store.fail(job_id, job.token, f"boom {attempt}")
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("failed", 3)
+    assert "boom 3" in rec.error
+
+
+def test_store_fail_then_retry_fresh_budget(store: Any) -> None:
+    """retry makes a failed job pending with a fresh budget."""
+    job_id = store.submit("k", {})
+    for _ in range(3):
+        job = wait_claim(store, "h", timeout=2)
+        assert job is not None
+        store.fail(job_id, job.token, "Traceback: boom")
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("failed", 3)
+    assert "boom" in rec.error
+    store.retry(job_id)
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("pending", 0)
+    assert store.claim("h", lease=30).attempt == 1
+
+
+def test_store_get_unknown(store: Any) -> None:
+    """get of an unknown id gives None (no record)."""
+    assert store.get(999_999) is None
+
+
+def test_store_reopen_persists(tmp_path: Path) -> None:
+    """open_store(state_dir) keeps one SQLite file inside; a new store sees the jobs."""
+    from daemonapp.jobs import open_store
+
+    state = tmp_path / "state"
+    a = open_store(str(state))
+    job_id = a.submit("k", {"x": 1})
+    a.close()
+    files = [p for p in state.iterdir() if not p.name.endswith(("-wal", "-shm"))]
+    assert len(files) == 1
+    b = open_store(str(state))
+    try:
+        assert b.get(job_id).state == "pending"
+    finally:
+        b.close()
+
+
+def test_job_decorator_and_current_job() -> None:
+    """`@job("kind")` returns a usable function; current_job() is callable; progress exists."""
+    from daemonapp.jobs import current_job, job, progress
+
+    @job("design-rules-test-kind")
+    def handler(payload: dict[str, Any]) -> int:
+        return int(payload["n"]) + 1
+
+    assert handler({"n": 1}) == 2
+    assert callable(progress)
+    current_job()  # outside a job: must not crash
+
+
+# -------------------------------------------------------------- `daemonapp jobs`
+
+
+def jobs_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([str(DAEMONAPP), "jobs", "--store", str(tmp_path / "state"), *args], cwd=tmp_path)
+
+
+@pytest.mark.integration
+def test_jobs_cli_submit_show(tmp_path: Path) -> None:
+    """`daemonapp jobs submit` prints the id, `show ID` prints JSON; no app needed."""
+    sub = jobs_cli(tmp_path, "submit", "email", '{"to": "x"}')
+    assert sub.returncode == 0, sub.stderr
+    job_id = int(sub.stdout.strip())
+    again = jobs_cli(tmp_path, "submit", "email", '{"to": "y"}', "--unique-key", "K")
+    again2 = jobs_cli(tmp_path, "submit", "email", '{"to": "z"}', "--unique-key", "K")
+    assert again.stdout.strip() == again2.stdout.strip()
+    shown = jobs_cli(tmp_path, "show", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["id"] == job_id
+    assert data["state"] == "pending"
+    assert data["kind"] == "email"
+    assert "error" in data
+
+
+@pytest.mark.integration
+def test_jobs_cli_list_cancel_retry(tmp_path: Path) -> None:
+    """`daemonapp jobs list | cancel ID | retry ID` work against the store."""
+    job_id = int(jobs_cli(tmp_path, "submit", "k", "{}").stdout.strip())
+    listed = jobs_cli(tmp_path, "list")
+    assert listed.returncode == 0
+    assert str(job_id) in listed.stdout
+    cancelled = jobs_cli(tmp_path, "cancel", str(job_id))
+    assert cancelled.returncode == 0, cancelled.stderr
+    retried = jobs_cli(tmp_path, "retry", str(job_id))
+    assert retried.returncode == 0, retried.stderr
+    data = json.loads(jobs_cli(tmp_path, "show", str(job_id)).stdout)
+    assert data["state"] == "pending"
+
+
+@pytest.mark.integration
+def test_jobs_cli_with_config(tmp_path: Path) -> None:
+    """`daemonapp jobs -c CONFIG submit` uses the job_dispatcher's store (state_dir by default)."""
+    cfg = write(tmp_path / "etc" / "d.yaml",
+                "app:\n  state_dir: ./var\ndaemons:\n  jobs:\n    type: job_dispatcher\n"
+                "    run_every: 1s\n")
+    sub = run([str(DAEMONAPP), "jobs", "-c", str(cfg), "submit", "k", "{}"], cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    job_id = int(sub.stdout.strip())
+    from daemonapp.jobs import open_store
+
+    s = open_store(str(tmp_path / "etc" / "var"))
+    try:
+        assert s.get(job_id).state == "pending"
+    finally:
+        s.close()
+
+
+# ====================================================================== more §1/§2
+
+
+def test_round_robin_of_yielded_daemons() -> None:
+    """A yielded run is due at once behind equal-priority daemons already due (round robin)."""
+    app, clock = new_app()
+    trace: list[str] = []
+
+    class Rec(Scripted):
+        def do_work(self, job: Any) -> Any:
+            trace.append(self.name)
+            return None
+
+    app.add(Rec(["x"] * 3, name="a", run_every=30, max_items=1))
+    app.add(Rec(["x"] * 3, name="b", run_every=30, max_items=1))
+    app.add(Rec(["x"] * 1, name="hi", run_every=30, max_items=1, priority=1, start_delay=0))
+    app.startService()
+    clock.advance(0)
+    assert trace == ["hi", "a", "b", "a", "b", "a", "b"]
+
+
+def test_higher_priority_yielded_runs_again_first() -> None:
+    """A yielded higher-priority daemon runs again before lower-priority work."""
+    app, clock = new_app()
+    trace: list[str] = []
+
+    class Rec(Scripted):
+        def do_work(self, job: Any) -> Any:
+            trace.append(self.name)
+            return None
+
+    app.add(Rec(["x"] * 2, name="low", run_every=30, max_items=1))
+    app.add(Rec(["x"] * 3, name="high", run_every=30, max_items=1, priority=5))
+    app.startService()
+    clock.advance(0)
+    assert trace == ["high", "high", "high", "low", "low"]
+
+
+def test_idle_exit_at_last_request_end_plus_threshold() -> None:
+    """Idle exit is decided at last request end + threshold (requests count as activity)."""
+    app, clock = new_app(shutdown_if_idle=10)
+    app.add(Scripted(run_every=1000, start_delay=1000))
+    app.begin("request")
+    app.startService()
+    ended = app.when_ended()
+    clock.advance(5)
+    app.end("request")
+    advance_to(clock, 14.9)
+    assert not fired(ended)
+    advance_to(clock, 15)
+    assert result_of(ended) == 0
+
+
+def test_graceful_stop_releases_lock(tmp_path: Path) -> None:
+    """A graceful stop finishes the run in flight and releases its lock."""
+    app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
+    d = Slow(["a", "b"], run_every=30, lock="held")
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    other = highlander("held", state_dir=tmp_path)
+    assert other.acquire(timeout=0) is False
+    stopped = app.stopService()
+    d.pending[0].callback(None)
+    assert fired(stopped)
+    assert other.acquire(timeout=0) is True
+    other.release()
+
+
+def test_lock_held_for_whole_run_only(tmp_path: Path) -> None:
+    """A daemon's lock is held from before the first get_work until after the last hook."""
+    seen: list[tuple[str, bool]] = []
+    probe = highlander("whole", state_dir=tmp_path)
+
+    def free() -> bool:
+        if probe.acquire(timeout=0):
+            probe.release()
+            return True
+        return False
+
+    class Probe(Scripted):
+        def get_work(self) -> Any:
+            seen.append(("get_work", free()))
+            return super().get_work()
+
+        def do_work(self, job: Any) -> Any:
+            seen.append(("do_work", free()))
+            return super().do_work(job)
+
+    app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
+    app.add(Probe(["a"], run_every=30, lock="whole"))
+    app.startService()
+    clock.advance(0)
+    assert seen == [("get_work", False), ("do_work", False), ("get_work", False)]
+    assert free()
+
+
+def test_two_daemons_same_lock_exclude(tmp_path: Path) -> None:
+    """Two daemons of one app with the same lock exclude each other."""
+    app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
+    a = Slow(["a"], name="a", run_every=30, lock="same")
+    b = Scripted(["b"], name="b", run_every=30, lock="same", increase_idle_by=10)
+    app.add(a)
+    app.add(b)
+    app.startService()
+    clock.advance(0)
+    assert b.stats["last_outcome"] == "locked-out"
+    assert b.done == []
+    a.pending[0].callback(None)
+    advance_to(clock, 40)
+    assert [job for _, job in b.done] == ["b"]
+
+
+def test_lock_wait_without_blocking(tmp_path: Path) -> None:
+    """The daemon waits up to lock wait for its lock on the clock, then runs."""
+    other = highlander("waited", state_dir=tmp_path)
+    assert other.acquire(timeout=0)
+    app, clock = new_app(state_dir=str(tmp_path), lock_wait=10)
+    d = Scripted(["a"], run_every=30, lock="waited")
+    app.add(d)
+    app.startService()
+    clock.advance(0)
+    advance_to(clock, 3)
+    assert d.done == []
+    other.release()
+    advance_to(clock, 3.5)
+    assert len(d.done) == 1
+    assert 3 <= d.done[0][0] <= 3.5
+
+
+def test_lock_wait_runs_out_locked_out(tmp_path: Path) -> None:
+    """After waiting lock wait in vain, the run is locked-out."""
+    other = highlander("never", state_dir=tmp_path)
+    assert other.acquire(timeout=0)
+    try:
+        app, clock = new_app(state_dir=str(tmp_path), lock_wait=10)
+        d = Scripted(["a"], run_every=30, lock="never")
+        app.add(d)
+        app.startService()
+        advance_to(clock, 9.9)
+        assert d.stats["runs"] == 0
+        advance_to(clock, 10.1)
+        assert d.stats["last_outcome"] == "locked-out"
+    finally:
+        other.release()
+
+
+# =================================================================== §2 signals
+
+
+def start_script(tmp_path: Path, body: str) -> subprocess.Popen[str]:
+    script = tmp_path / "main.py"
+    script.write_text(body)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([str(PYTHON), str(script)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
+HUNG_APP = """\
+import sys
+from twisted.internet.defer import Deferred
+from daemonapp import Daemon, DaemonApp
+
+class Hung(Daemon):
+    run_every = 10
+    def get_work(self):
+        open("started", "w").close()
+        return Deferred()  # never fires
+
+app = DaemonApp(stop_timeout={stop_timeout})
+app.add(Hung())
+sys.exit(10 + app.run())
+"""
+
+
+@pytest.mark.integration
+def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
+    """A second SIGTERM stops at once (abandoned work: exit status 1)."""
+    import signal
+
+    proc = start_script(tmp_path, HUNG_APP.format(stop_timeout=60))
+    try:
+        assert wait_for((tmp_path / "started").exists)
+        time.sleep(0.2)  # let the reactor install the handlers (callWhenRunning)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+        assert proc.returncode == 11
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_stop_timeout_abandons_with_status_1(tmp_path: Path) -> None:
+    """After stop_timeout the app abandons what is left and exits 1."""
+    import signal
+
+    proc = start_script(tmp_path, HUNG_APP.format(stop_timeout=0.5))
+    try:
+        assert wait_for((tmp_path / "started").exists)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+        assert proc.returncode == 11
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_hung_thread_exits_after_stop_timeout(tmp_path: Path) -> None:
+    """A hung in_thread hook does not block exit: after stop_timeout the process exits 1."""
+    import signal
+
+    body = (
+        "import sys, threading\n"
+        "from daemonapp import Daemon, DaemonApp\n"
+        "class Hung(Daemon):\n"
+        "    run_every = 10\n"
+        "    in_thread = True\n"
+        "    def get_work(self):\n"
+        "        open('started', 'w').close()\n"
+        "        threading.Event().wait()\n"
+        "app = DaemonApp(stop_timeout=0.5)\n"
+        "app.add(Hung())\n"
+        "sys.exit(10 + app.run())\n")
+    proc = start_script(tmp_path, body)
+    try:
+        assert wait_for((tmp_path / "started").exists)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert proc.returncode in (1, 11)
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_sighup_does_not_kill(tmp_path: Path) -> None:
+    """SIGHUP reopens logs and the process keeps running; SIGTERM then exits 0."""
+    import signal
+
+    body = (
+        "import sys\n"
+        "from daemonapp import Daemon, DaemonApp\n"
+        "class D(Daemon):\n"
+        "    run_every = 0.05\n"
+        "    def get_work(self):\n"
+        "        open('started', 'w').close()\n"
+        "app = DaemonApp()\n"
+        "app.add(D())\n"
+        "sys.exit(10 + app.run())\n")
+    proc = start_script(tmp_path, body)
+    try:
+        assert wait_for((tmp_path / "started").exists)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+        assert proc.returncode == 10
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_twistd_sigterm_exits_0(tmp_path: Path) -> None:
+    """Under twistd a SIGTERM is a planned stop: exit 0, not 143."""
+    import signal
+
+    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n"
+          "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+          "    directory: ./s\n    remove_older_than: 1h\n")
+    (tmp_path / "s").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DAEMONAPP_CONFIG", None)
+    proc = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: (tmp_path / "var" / "status.sock").exists()
+                        or proc.poll() is not None)
+        assert proc.poll() is None
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert proc.returncode == 0
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_daemonapp_run_sigterm_exits_0_and_status_answers(tmp_path: Path) -> None:
+    """`daemonapp status STATE_DIR` shows a running app's daemons; SIGTERM exits 0."""
+    import signal
+
+    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n"
+          "daemons:\n  sweeper:\n    type: file_cleanup\n    run_every: 5m\n"
+          "    directory: ./s\n    remove_older_than: 1h\n")
+    (tmp_path / "s").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DAEMONAPP_CONFIG", None)
+    proc = subprocess.Popen([str(DAEMONAPP), "run", "d.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        status: list[subprocess.CompletedProcess[str]] = []
+
+        def answered() -> bool:
+            result = run([str(DAEMONAPP), "status", str(tmp_path / "var")], cwd=tmp_path)
+            status[:] = [result]
+            return result.returncode == 0 or proc.poll() is not None
+
+        assert wait_for(answered)
+        assert status[0].returncode == 0, status[0].stderr
+        assert "sweeper" in status[0].stdout
+        state = tmp_path / "var"
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert proc.returncode == 0
+    finally:
+        stop_process(proc)
+
+
+# ====================================================================== more §3
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("key", "text"), [("run_every", "on"), ("maximum_idle", "off"),
+                                           ("jitter", "0660")])
+def test_yaml_error_keeps_source_text(tmp_path: Path, key: str, text: str) -> None:
+    """Messages quote the scalar's source text (YAML 1.1 `on` is shown as on, not True)."""
+    lines = ["daemons:", "  c:", "    type: file_cleanup", "    directory: /tmp",
+             "    remove_older_than: 1h"]
+    if key != "run_every":
+        lines.append("    run_every: 5m")
+    lines.append(f"    {key}: {text}")
+    write(tmp_path / "d.yaml", "\n".join(lines) + "\n")
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    prefix = f"d.yaml:{len(lines)}: daemons.c.{key}: "
+    found = [x for x in result.stderr.splitlines() if x.startswith(prefix)]
+    assert found, result.stderr
+    assert found[0].rsplit("got ", 1)[1].strip("'\"") == text
+
+
+@pytest.mark.integration
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    """A YAML syntax error names the file and line and exits 2."""
+    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\ndaemons: [unclosed\n")
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "d.yaml:" in result.stderr
+
+
+@pytest.mark.integration
+def test_missing_file_exit_2(tmp_path: Path) -> None:
+    """A missing config file is a config error: exit 2."""
+    result = run([str(DAEMONAPP), "check", "nope.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr
+
+
+FULL_CONFIG = """\
+app:
+  stay_alive_for: 15m
+  shutdown_after: 30m
+  shutdown_if_idle: 1m
+  state_dir: ./var
+  log: {{format: text, level: info}}
+  locks: {{wait: 10s, ttl: 30s}}
+listeners:
+  - protocol: scgi
+    endpoint: unix:./run/app.sock:mode=0660
+    wsgi: wsgiapp:application
+    threads: 4
+    max_concurrent: 8
+    backlog: 16
+    queue_timeout: 5s
+    max_param_bytes: 65536
+    max_body_bytes: 1048576
+    request_timeout: 30s
+    max_requests: 1000
+    max_requests_jitter: 100
+    script_name: /app
+  - protocol: http
+    endpoint: tcp:{port}:interface=127.0.0.1
+    native: wsgiapp:native
+    jobs: true
+    allow_from: [127.0.0.1]
+cgi:
+  min_load: 0.5
+  max_load: 8
+  start_timeout: 10s
+  lock_timeout: 5s
+daemons:
+  mail-queues:
+    type: dir_queue_manager
+    run_every: 5m
+    base_directory: ./queues
+    queue: {{type: dir_queue, run_every: 10s}}
+  session-cleanup:
+    type: file_cleanup
+    run_every: 5m
+    directory: ./sessions
+    remove_older_than: 1h
+  collective:
+    type: wsgiapp:Replicator
+    run_every: 30s
+    increase_idle_by: 10s
+    multiply_idle_by: 1.5
+    maximum_idle: 2m
+    priority: 2
+    max_items: 10
+    max_seconds: 5s
+    jitter: 0.1
+    in_thread: false
+    lock: collective
+    start_delay: 1s
+    record_count: 10
+  tick:
+    type: command
+    run_every: 1m
+    argv: [/bin/true]
+  jobs:
+    type: job_dispatcher
+    run_every: 1s
+    max_children: 2
+    max_attempts: 3
+    timeout: 1m
+    kill_grace: 5s
+    lease: 30s
+    retry_delay: 10s
+    retry_max_delay: 1h
+    memory_limit: 512MiB
+    progress_persist_hz: 2
+"""
+
+WSGI_MODULE = """\
+from daemonapp import Daemon
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+def native(request):
+    return b"ok"
+
+class Replicator(Daemon):
+    run_every = 30
+    def __init__(self, record_count=1, **kw):
+        super().__init__(**kw)
+        self.record_count = record_count
+"""
+
+
+@pytest.mark.integration
+def test_check_accepts_every_documented_key(tmp_path: Path) -> None:
+    """`daemonapp check` accepts every key DESIGN documents (app, listeners, cgi, daemons)."""
+    write(tmp_path / "wsgiapp.py", WSGI_MODULE)
+    for d in ("queues", "sessions", "run"):
+        (tmp_path / d).mkdir()
+    write(tmp_path / "d.yaml", FULL_CONFIG.format(port=free_port()))
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path,
+                 env={"PYTHONPATH": f"{ROOT}:{tmp_path}"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# =================================================================== more §5
+
+
+def test_acquire_timeout_waits_then_false(tmp_path: Path) -> None:
+    """acquire(timeout=0.3) on a held lock returns False after about 0.3 s."""
+    a = highlander("t", state_dir=tmp_path)
+    b = highlander("t", state_dir=tmp_path)
+    assert a.acquire(timeout=0)
+    try:
+        started = time.monotonic()
+        assert b.acquire(timeout=0.3) is False
+        assert 0.25 <= time.monotonic() - started < 3
+    finally:
+        a.release()
+
+
+@pytest.mark.integration
+def test_with_waits_10s_then_highlander_busy(tmp_path: Path) -> None:
+    """`with lock:` waits 10 s, then raises HighlanderBusy."""
+    a = highlander("busy", state_dir=tmp_path)
+    b = highlander("busy", state_dir=tmp_path)
+    assert a.acquire(timeout=0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HighlanderBusy), b:
+            pass
+        assert 9.5 <= time.monotonic() - started < 15
+    finally:
+        a.release()
+
+
+def test_lock_token_survives_new_objects(tmp_path: Path) -> None:
+    """The token strictly increases per name across new lock objects (persisted)."""
+    first = highlander("persist", state_dir=tmp_path)
+    assert first.acquire(timeout=0)
+    t1 = first.token
+    first.release()
+    second = highlander("persist", state_dir=tmp_path)
+    assert second.acquire(timeout=0)
+    assert second.token is not None and t1 is not None and second.token > t1
+    second.release()
+
+
+# ============================================================ §6 end to end (real app)
+
+
+JOBS_MODULE = """\
+import json, os, resource, time
+from daemonapp.jobs import job, progress, current_job
+
+@job("write")
+def write(payload):
+    for i in range(5):
+        progress(i * 20, "step %d" % i)
+    cj = current_job()
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    with open(payload["out"], "w") as f:
+        json.dump({"env": sorted(os.environ), "id": cj.id, "attempt": cj.attempt,
+                   "token": cj.token, "rlimit_as": soft}, f)
+    progress(100, "finished")
+
+@job("boom")
+def boom(payload):
+    raise ValueError("kaboom")
+
+@job("crash")
+def crash(payload):
+    os._exit(3)
+
+@job("sleepy")
+def sleepy(payload):
+    progress(50, "half")
+    time.sleep(payload["seconds"])
+    progress(100, "slept")
+
+@job("huge")
+def huge(payload):
+    raise ValueError("x" * 300000)
+
+@job("slow")
+def slow(payload):
+    if payload.get("pidfile"):
+        with open(payload["pidfile"], "w") as f:
+            f.write(str(os.getpid()))
+    time.sleep(600)
+"""
+
+
+def dispatcher_config(port: int, *, stop_timeout: str = "30s", lease: str = "30s",
+                      timeout: str = "1s") -> str:
+    return (
+        "app:\n  state_dir: ./var\n  stop_timeout: " + stop_timeout + "\n"
+        "listeners:\n"
+        "  - protocol: http\n"
+        f"    endpoint: tcp:{port}:interface=127.0.0.1\n"
+        "    jobs: true\n"
+        "daemons:\n  jobs:\n    type: job_dispatcher\n    run_every: 0.2s\n"
+        "    modules: [jobsmod]\n    max_attempts: 2\n    retry_delay: 0.1s\n"
+        f"    timeout: {timeout}\n    kill_grace: 0.5s\n    memory_limit: 512MiB\n"
+        f"    lease: {lease}\n")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+class RunningApp:
+    """A `daemonapp run` of a job dispatcher config in a temp dir."""
+
+    def __init__(self, root: Path, **config: str) -> None:
+        self.root = root
+        self.port = free_port()
+        write(root / "jobsmod.py", JOBS_MODULE)
+        self.config = write(root / "d.yaml", dispatcher_config(self.port, **config))
+        self.proc: subprocess.Popen[str] | None = None
+
+    def jobs(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run([str(DAEMONAPP), "jobs", "-c", str(self.config), *args], cwd=self.root,
+                   env={"PYTHONPATH": str(ROOT)})
+
+    def submit(self, kind: str, payload: dict[str, Any]) -> int:
+        result = self.jobs("submit", kind, json.dumps(payload))
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.strip())
+
+    def show(self, job_id: int) -> dict[str, Any]:
+        result = self.jobs("show", str(job_id))
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), FOO_SECRET="leak")
+        env.pop("DAEMONAPP_CONFIG", None)
+        # Logs go to a file: a full, unread pipe would block the app.
+        with open(self.root / "app.log", "w") as log_file:
+            self.proc = subprocess.Popen([str(DAEMONAPP), "run", str(self.config)],
+                                         cwd=self.root, env=env, stdout=log_file,
+                                         stderr=subprocess.STDOUT, text=True)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+@pytest.fixture(scope="module")
+def finished_jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("jobs_e2e")
+    app = RunningApp(root)
+    ids = {
+        "write": app.submit("write", {"out": str(root / "out.json")}),
+        "boom": app.submit("boom", {}),
+        "crash": app.submit("crash", {}),
+        "slow": app.submit("slow", {}),
+        "huge": app.submit("huge", {}),
+    }
+    app.start()
+    try:
+        def all_ended() -> bool:
+            return all(app.show(i)["state"] in ("done", "failed") for i in ids.values())
+
+        ended = wait_for(all_ended, timeout=40)
+        http: dict[str, Any] = {}
+        if ended:
+            import urllib.request
+
+            for kind in ("boom", "huge"):
+                url = f"http://127.0.0.1:{app.port}/jobs/{ids[kind]}"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    http[kind] = {"status": response.status,
+                                  "type": response.headers.get("Content-Type", ""),
+                                  "body": json.loads(response.read())}
+        yield {"app": app, "ids": ids, "ended": ended, "http": http,
+               "records": {k: app.show(i) for k, i in ids.items()}}
+    finally:
+        app.stop()
+
+
+@pytest.mark.integration
+def test_e2e_job_done_with_final_progress(finished_jobs: dict[str, Any]) -> None:
+    """A @job function runs in a child: done, attempts 1, final progress persisted."""
+    assert finished_jobs["ended"]
+    rec = finished_jobs["records"]["write"]
+    assert (rec["state"], rec["attempts"]) == ("done", 1)
+    assert (rec["percent"], rec["message"]) == (100, "finished")
+
+
+@pytest.mark.integration
+def test_e2e_current_job(finished_jobs: dict[str, Any]) -> None:
+    """current_job() gives the job's id, attempt and token in the child."""
+    out = json.loads((finished_jobs["app"].root / "out.json").read_text())
+    assert out["id"] == finished_jobs["ids"]["write"]
+    assert out["attempt"] == 1
+    assert isinstance(out["token"], int)
+
+
+@pytest.mark.integration
+def test_e2e_child_environment(finished_jobs: dict[str, Any]) -> None:
+    """The child's environment holds PATH, locale and PYTHONPATH, nothing else of the app's."""
+    out = json.loads((finished_jobs["app"].root / "out.json").read_text())
+    leaked = [k for k in out["env"] if k in os.environ or k == "FOO_SECRET"]
+    allowed = {"PATH", "PYTHONPATH", "LANG", "LANGUAGE"}
+    assert [k for k in leaked if k not in allowed and not k.startswith("LC_")] == []
+    assert "PATH" in out["env"]
+
+
+@pytest.mark.integration
+def test_e2e_memory_limit(finished_jobs: dict[str, Any]) -> None:
+    """memory_limit sets RLIMIT_AS in the child."""
+    out = json.loads((finished_jobs["app"].root / "out.json").read_text())
+    assert out["rlimit_as"] == 512 * 1024 * 1024
+
+
+@pytest.mark.integration
+def test_e2e_failure_traceback_and_attempts(finished_jobs: dict[str, Any]) -> None:
+    """A raising job is retried up to max_attempts, then failed with the traceback."""
+    rec = finished_jobs["records"]["boom"]
+    assert (rec["state"], rec["attempts"]) == ("failed", 2)
+    assert "Traceback" in rec["error"] and "ValueError: kaboom" in rec["error"]
+
+
+@pytest.mark.integration
+def test_e2e_crash_spends_attempts(finished_jobs: dict[str, Any]) -> None:
+    """A crashing child spends one attempt each time."""
+    rec = finished_jobs["records"]["crash"]
+    assert (rec["state"], rec["attempts"]) == ("failed", 2)
+
+
+@pytest.mark.integration
+def test_e2e_timeout_message(finished_jobs: dict[str, Any]) -> None:
+    """A job over its timeout is killed; the error says "timed out after N s"."""
+    rec = finished_jobs["records"]["slow"]
+    assert (rec["state"], rec["attempts"]) == ("failed", 2)
+    assert "timed out after 1 s" in rec["error"]
+
+
+@pytest.mark.integration
+def test_e2e_http_jobs_endpoint(finished_jobs: dict[str, Any]) -> None:
+    """A listener with jobs: true serves GET /jobs/<id> as JSON with the documented keys."""
+    http = finished_jobs["http"]["boom"]
+    assert http["status"] == 200
+    assert "json" in http["type"]
+    body = http["body"]
+    for key in ("id", "kind", "state", "percent", "message", "attempts", "error"):
+        assert key in body
+    assert (body["id"], body["kind"], body["state"]) == (finished_jobs["ids"]["boom"], "boom",
+                                                          "failed")
+
+
+@pytest.mark.integration
+def test_e2e_cancel_kills_child_and_stop_puts_back(tmp_path: Path) -> None:
+    """Cancel kills the child within a heartbeat; a graceful stop puts a job back to pending
+    without spending an attempt and kills its child."""
+    import signal
+
+    app = RunningApp(tmp_path, stop_timeout="1s", lease="1.5s", timeout="10m")
+    first = app.submit("slow", {"pidfile": str(tmp_path / "one.pid")})
+    app.start()
+    try:
+        assert wait_for((tmp_path / "one.pid").exists, timeout=20)
+        pid = int((tmp_path / "one.pid").read_text())
+        assert app.jobs("cancel", str(first)).returncode == 0
+        assert wait_for(lambda: not pid_alive(pid), timeout=3)
+        assert app.show(first)["state"] == "cancelled"
+
+        second = app.submit("slow", {"pidfile": str(tmp_path / "two.pid")})
+        assert wait_for((tmp_path / "two.pid").exists, timeout=20)
+        pid2 = int((tmp_path / "two.pid").read_text())
+        assert app.proc is not None
+        app.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: app.proc is not None and app.proc.poll() is not None, timeout=15)
+        assert wait_for(lambda: not pid_alive(pid2), timeout=5)
+        rec = app.show(second)
+        assert (rec["state"], rec["attempts"]) == ("pending", 0)
+    finally:
+        app.stop()
+
+
+@pytest.mark.integration
+def test_e2e_children_die_with_sigkilled_app(tmp_path: Path) -> None:
+    """Job children die with the app, even when it is SIGKILLed."""
+    import signal
+
+    app = RunningApp(tmp_path)
+    app.submit("slow", {"pidfile": str(tmp_path / "k.pid")})
+    app.start()
+    try:
+        assert wait_for((tmp_path / "k.pid").exists, timeout=20)
+        pid = int((tmp_path / "k.pid").read_text())
+        assert app.proc is not None
+        app.proc.send_signal(signal.SIGKILL)
+        assert wait_for(lambda: not pid_alive(pid), timeout=5)
+    finally:
+        app.stop()
+
+
+# ===================================================================== §5 leases
+
+
+@pytest.mark.postgres
+def test_lease_token_and_exclusion(pg_url: str) -> None:
+    """url selects the lease backend: one holder at a time, tokens strictly increase."""
+    a = highlander("pg-lock", url=pg_url, ttl=30)
+    b = highlander("pg-lock", url=pg_url, ttl=30)
+    try:
+        assert a.acquire(timeout=0)
+        t1 = a.token
+        assert b.acquire(timeout=0) is False
+        assert a.still_held()
+        a.release()
+        assert b.acquire(timeout=0)
+        assert isinstance(t1, int) and isinstance(b.token, int) and b.token > t1
+        b.release()
+        assert a.acquire(timeout=0)
+        assert a.token is not None and a.token > b.token
+        a.release()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_lease_takeover_after_ttl(pg_url: str, tmp_path: Path) -> None:
+    """A successor takes over no sooner than ttl after the dead holder's last renewal."""
+    import signal
+
+    body = ("import sys, time\nfrom daemonapp.locks import highlander\n"
+            f"lock = highlander('dead', url={pg_url!r}, ttl=2)\n"
+            "assert lock.acquire(timeout=5)\n"
+            "open('held', 'w').write(str(lock.token))\n"
+            "time.sleep(600)\n")
+    proc = start_script(tmp_path, body)
+    successor = highlander("dead", url=pg_url, ttl=2)
+    try:
+        assert wait_for((tmp_path / "held").exists, timeout=20)
+        dead_token = int((tmp_path / "held").read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        killed_at = time.monotonic()
+        assert successor.acquire(timeout=10)
+        # Renewed every ttl/3: the last renewal was at most ~ttl/3 before the kill.
+        assert time.monotonic() - killed_at >= 2 * 2 / 3 - 0.2
+        assert successor.token is not None and successor.token > dead_token
+        assert successor.still_held()
+        successor.release()
+    finally:
+        stop_process(proc)
+        successor.close()
+
+
+# ============================================================ §4/§5 CGI entry points
+
+
+CGI_WSGI = """\
+import os
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    leaked = os.environ.get("HTTP_X_SECRET", "-")
+    return [("hello %s env=%s" % (environ.get("QUERY_STRING", ""), leaked)).encode()]
+"""
+
+CGI_CONFIG = """\
+app:
+  state_dir: ./var
+  stay_alive_for: 2s
+  shutdown_if_idle: 1s
+listeners:
+  - protocol: scgi
+    endpoint: unix:./run/app.sock
+    wsgi: cgiwsgi:application
+cgi:
+  min_load: 1
+  max_load: 2
+  start_timeout: 15s
+"""
+
+
+def cgi_env(root: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "DAEMONAPP_CONFIG": str(root / "d.yaml"),
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "REQUEST_METHOD": "GET",
+        "QUERY_STRING": "x=1",
+        "SCRIPT_NAME": "/app",
+        "PATH_INFO": "/",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_X_SECRET": "s3cret",
+        "PYTHONPATH": f"{ROOT}:{root}",
+    }
+    env.update(extra)
+    return env
+
+
+def cgi_setup(root: Path) -> None:
+    write(root / "cgiwsgi.py", CGI_WSGI)
+    write(root / "d.yaml", CGI_CONFIG)
+    (root / "run").mkdir(exist_ok=True)
+
+
+def kill_spawned(root: Path) -> None:
+    pids = root / "var" / "pids"
+    if not pids.is_dir():
+        return
+    for entry in pids.iterdir():
+        try:
+            os.kill(int(entry.stem), 9)
+        except (ValueError, OSError):
+            pass
+
+
+def run_cgi(root: Path, args: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=root, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                               **cgi_env(root, **extra)},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT, check=False)
+
+
+@pytest.mark.integration
+def test_cgi_frontend_503_above_max_load(tmp_path: Path) -> None:
+    """daemonapp-cgi answers 503 with Retry-After when the load is above max_load."""
+    cgi_setup(tmp_path)
+    result = run_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="5")
+    assert result.stdout.startswith("Status: 503")
+    assert "Retry-After: " in result.stdout
+
+
+@pytest.mark.integration
+def test_cgi_frontend_in_process_below_min_load(tmp_path: Path) -> None:
+    """Below min_load daemonapp-cgi serves the request in-process as plain CGI."""
+    cgi_setup(tmp_path)
+    result = run_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="0.5")
+    assert result.stdout.startswith("Status: 200")
+    assert result.stdout.endswith("hello x=1 env=s3cret") or "hello x=1" in result.stdout
+
+
+@pytest.mark.integration
+def test_cgi_frontend_starts_daemon_with_clean_env(tmp_path: Path) -> None:
+    """Between min and max load daemonapp-cgi starts the daemon and relays; the daemon's
+    environment holds no HTTP_* variables."""
+    cgi_setup(tmp_path)
+    try:
+        first = run_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="1.5")
+        assert first.stdout.startswith("Status: 200"), first.stdout + first.stderr
+        assert "hello x=1 env=-" in first.stdout
+        second = run_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="1.5",
+                         QUERY_STRING="y=2")
+        assert "hello y=2 env=-" in second.stdout
+    finally:
+        kill_spawned(tmp_path)
+
+
+@pytest.mark.integration
+def test_run_as_plain_cgi_writes_nothing(tmp_path: Path) -> None:
+    """`daemonapp run` started as plain CGI answers one request, exits, writes no state_dir."""
+    cgi_setup(tmp_path)
+    result = run_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Status: 200")
+    assert "hello x=1" in result.stdout
+    assert not (tmp_path / "var").exists()
+
+
+# ======================================================================== signatures
+
+
+def test_highlander_signature() -> None:
+    """highlander(name, *, state_dir=None, url=None, ttl=30, holder=None)."""
+    import inspect
+
+    params = inspect.signature(highlander).parameters
+    assert list(params) == ["name", "state_dir", "url", "ttl", "holder"]
+    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY
+               for p in ("state_dir", "url", "ttl", "holder"))
+    assert (params["state_dir"].default, params["url"].default, params["ttl"].default,
+            params["holder"].default) == (None, None, 30, None)
+
+
+def test_cgi_acquire_signature(tmp_path: Path) -> None:
+    """cgi_acquire(environ, retries=10, delay=1)."""
+    import inspect
+
+    params = inspect.signature(highlander("sig", state_dir=tmp_path).cgi_acquire).parameters
+    assert list(params) == ["environ", "retries", "delay"]
+    assert (params["retries"].default, params["delay"].default) == (10, 1)
+
+
+def test_store_submit_signature(store: Any) -> None:
+    """submit(kind, payload, unique_key=None, priority=0, run_after=None)."""
+    import inspect
+
+    params = list(inspect.signature(store.submit).parameters.values())
+    assert [p.name for p in params[:5]] == ["kind", "payload", "unique_key", "priority",
+                                            "run_after"]
+    assert [p.default for p in params[2:5]] == [None, 0, None]
+
+
+def test_store_zombie_refused(store: Any) -> None:
+    """After a lost lease and a new claim, the old holder's calls raise StaleLease."""
+    from daemonapp.jobs import StaleLease
+
+    job_id = store.submit("k", {})
+    old = store.claim("zombie", lease=0.05)
+    new = wait_claim(store, "fresh")
+    assert new is not None and new.id == job_id
+    with pytest.raises(StaleLease):
+        store.heartbeat(job_id, old.token)
+    with pytest.raises(StaleLease):
+        store.complete(job_id, old.token)
+    with pytest.raises(StaleLease):
+        store.fail(job_id, old.token, "late")
+    store.complete(job_id, new.token)
+    assert store.get(job_id).state == "done"
+
+
+def test_store_cancel_pending(store: Any) -> None:
+    """A cancelled pending job is never claimed."""
+    job_id = store.submit("k", {})
+    store.cancel(job_id)
+    assert store.get(job_id).state == "cancelled"
+    assert store.claim("h", lease=30) is None
+
+
+@pytest.mark.integration
+def test_jobs_cli_reads_daemonapp_config(tmp_path: Path) -> None:
+    """`daemonapp jobs` without -c uses DAEMONAPP_CONFIG."""
+    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\ndaemons:\n  jobs:\n"
+                "    type: job_dispatcher\n    run_every: 1s\n")
+    sub = run([str(DAEMONAPP), "jobs", "submit", "k", "{}"], cwd=tmp_path,
+              env={"DAEMONAPP_CONFIG": str(cfg)})
+    assert sub.returncode == 0, sub.stderr
+    assert int(sub.stdout.strip()) >= 1
+
+
+@pytest.mark.integration
+def test_every_config_error_at_once_across_sections(tmp_path: Path) -> None:
+    """Errors in app, listeners and daemons are all reported in one go, exit 2."""
+    write(tmp_path / "d.yaml",
+          "app:\n  shutdown_after: soon\n"
+          "listeners:\n  - protocol: gopher\n    endpoint: tcp:0\n"
+          "daemons:\n  x:\n    type: no.such.module:Nope\n    run_every: 5m\n")
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    err = result.stderr
+    assert "d.yaml:2: app.shutdown_after: " in err
+    assert "d.yaml:4: " in err and "protocol" in err
+    assert "d.yaml:8: daemons.x.type: " in err
+
+
+@pytest.mark.integration
+def test_two_fd0_fastcgi_items_refused(tmp_path: Path) -> None:
+    """At most one fastcgi item may use the inherited fd 0 (no endpoint or fd:0)."""
+    write(tmp_path / "app.py", CGI_WSGI)
+    write(tmp_path / "d.yaml",
+          "listeners:\n  - protocol: fastcgi\n    wsgi: app:application\n"
+          "  - protocol: fastcgi\n    endpoint: fd:0\n    wsgi: app:application\n")
+    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path,
+                 env={"PYTHONPATH": f"{ROOT}:{tmp_path}"})
+    assert result.returncode == 2
+    assert "d.yaml:" in result.stderr
+
+
+# ================================================================ a few more rules
+
+
+def test_stop_starts_no_new_run_while_another_drains() -> None:
+    """During a graceful stop, a daemon that comes due does not start a run."""
+    app, clock = new_app()
+    busy = Slow(["a"], name="busy", run_every=30)
+    later = Scripted(["b"], name="later", run_every=30, start_delay=5)
+    app.add(busy)
+    app.add(later)
+    app.startService()
+    clock.advance(0)
+    clock.advance(1)
+    stopped = app.stopService()
+    advance_to(clock, 10)
+    assert later.get_work_at == []
+    busy.pending[0].callback(None)
+    assert fired(stopped)
+    assert later.get_work_at == []
+
+
+def test_app_accepts_duration_strings() -> None:
+    """DaemonApp takes durations as strings: stay_alive_for="15m", shutdown_after="30m"."""
+    app, clock = new_app(stay_alive_for="15m", shutdown_after="30m", shutdown_if_idle="1m")
+    app.add(Scripted(run_every="10m"))
+    app.startService()
+    ended = app.when_ended()
+    advance_to(clock, 15 * 60 - 1)
+    assert not fired(ended)
+    advance_to(clock, 30 * 60)
+    assert result_of(ended) == 0
+
+
+@pytest.mark.integration
+def test_in_thread_runs_in_pool_thread(tmp_path: Path) -> None:
+    """On a real reactor in_thread hooks run outside the reactor thread."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import sys, threading\n"
+        "from daemonapp import Daemon, DaemonApp\n"
+        "seen = []\n"
+        "class D(Daemon):\n"
+        "    run_every = 0.05\n"
+        "    in_thread = True\n"
+        "    def get_work(self):\n"
+        "        seen.append(threading.current_thread() is threading.main_thread())\n"
+        "app = DaemonApp(shutdown_after=0.3)\n"
+        "app.add(D())\n"
+        "status = app.run()\n"
+        "print(seen[0] if seen else 'none', status)\n")
+    result = run([str(PYTHON), str(script)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "0"]
+
+
+@pytest.mark.integration
+def test_relative_paths_for_listener_and_daemon(tmp_path: Path) -> None:
+    """A unix endpoint and a daemon directory are relative to the file; socket mode 0660."""
+    etc = tmp_path / "etc"
+    write(etc / "cgiwsgi.py", CGI_WSGI)
+    sessions = etc / "sessions"
+    sessions.mkdir()
+    old = sessions / "old"
+    old.write_text("x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    cfg = write(etc / "d.yaml",
+                "app:\n  state_dir: ./var\n"
+                "listeners:\n  - protocol: scgi\n    endpoint: unix:./sock/app.sock\n"
+                "    wsgi: cgiwsgi:application\n"
+                "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+                "    directory: ./sessions\n    remove_older_than: 1h\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{etc}")
+    env.pop("DAEMONAPP_CONFIG", None)
+    proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=elsewhere, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sock = etc / "sock" / "app.sock"
+        assert wait_for(lambda: sock.exists() or proc.poll() is not None)
+        assert proc.poll() is None
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+        assert stat.S_IMODE((etc / "sock").stat().st_mode) == 0o750
+        assert wait_for(lambda: not old.exists(), timeout=10)
+        assert not (elsewhere / "sock").exists()
+    finally:
+        stop_process(proc)
+
+
+# ============================================================ process lifetime (CLI)
+
+
+def popen_run(root: Path, cfg: Path, *extra: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{root}")
+    env.pop("DAEMONAPP_CONFIG", None)
+    return subprocess.Popen([str(DAEMONAPP), "run", str(cfg), *extra], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.integration
+def test_run_sigusr1_drains_exit_0(tmp_path: Path) -> None:
+    """In `daemonapp run`, SIGUSR1 drains and exits 0 (web servers' stop signal)."""
+    import signal
+
+    write(tmp_path / "cgiwsgi.py", CGI_WSGI)
+    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                "  - protocol: scgi\n    endpoint: unix:./run/app.sock\n"
+                "    wsgi: cgiwsgi:application\n")
+    proc = popen_run(tmp_path, cfg)
+    try:
+        sock = tmp_path / "run" / "app.sock"
+        assert wait_for(lambda: sock.exists() or proc.poll() is not None)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert proc.returncode == 0
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_max_requests_graceful_stop_exit_0(tmp_path: Path) -> None:
+    """max_requests reached: graceful stop, exit status 0."""
+    import urllib.request
+
+    port = free_port()
+    write(tmp_path / "cgiwsgi.py", CGI_WSGI)
+    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                f"  - protocol: http\n    endpoint: tcp:{port}:interface=127.0.0.1\n"
+                "    wsgi: cgiwsgi:application\n    max_requests: 2\n")
+    proc = popen_run(tmp_path, cfg)
+    try:
+        def get() -> bytes:
+            url = f"http://127.0.0.1:{port}/"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                body: bytes = r.read()
+                return body
+
+        def up() -> bool:
+            try:
+                get()
+            except OSError:
+                return proc.poll() is not None
+            return True
+
+        assert wait_for(up)
+        try:
+            get()
+        except OSError:
+            pass
+        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert proc.returncode == 0
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_second_run_takes_over(tmp_path: Path) -> None:
+    """A second `daemonapp run` of the same config takes over; the old one exits 0."""
+    import signal
+
+    write(tmp_path / "cgiwsgi.py", CGI_WSGI)
+    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                "  - protocol: scgi\n    endpoint: unix:./run/app.sock\n"
+                "    wsgi: cgiwsgi:application\n")
+    sock = tmp_path / "run" / "app.sock"
+    old = popen_run(tmp_path, cfg)
+    new: subprocess.Popen[str] | None = None
+    try:
+        assert wait_for(lambda: sock.exists() or old.poll() is not None)
+        assert old.poll() is None
+        time.sleep(0.3)
+        new = popen_run(tmp_path, cfg)
+        assert wait_for(lambda: old.poll() is not None, timeout=20)
+        assert old.returncode == 0
+        assert new.poll() is None
+        assert sock.exists()
+        new.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: new is not None and new.poll() is not None, timeout=15)
+        assert new.returncode == 0
+    finally:
+        stop_process(old)
+        if new is not None:
+            stop_process(new)
+
+
+@pytest.mark.integration
+def test_twistd_sighup_survives(tmp_path: Path) -> None:
+    """Under twistd a SIGHUP does not kill the process."""
+    import signal
+
+    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n"
+          "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+          "    directory: ./s\n    remove_older_than: 1h\n")
+    (tmp_path / "s").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DAEMONAPP_CONFIG", None)
+    proc = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: (tmp_path / "var" / "status.sock").exists()
+                        or proc.poll() is not None)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert proc.returncode == 0
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_e2e_http_traceback_capped(finished_jobs: dict[str, Any]) -> None:
+    """Tracebacks served by /jobs/<id> are capped at 64 KiB."""
+    body = finished_jobs["http"]["huge"]["body"]
+    assert body["state"] == "failed"
+    assert "ValueError" in body["error"]
+    assert len(body["error"].encode()) <= 64 * 1024
+
+
+def test_store_concurrent_claims_unique(store: Any, request: pytest.FixtureRequest) -> None:
+    """Claims from several store connections at once never hand out one job twice."""
+    import threading
+
+    from daemonapp.jobs import open_store
+
+    target = str(store.path).rsplit("/", 1)[0] if hasattr(store, "path") else None
+    if target is None:
+        target = request.getfixturevalue("pg_url")
+    ids = {store.submit("k", {"n": n}) for n in range(30)}
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        own = open_store(target)
+        try:
+            while True:
+                job = own.claim(f"w{n}", lease=30)
+                if job is None:
+                    return
+                with lock:
+                    got.append(job.id)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(got) == sorted(ids)
+
+
+@pytest.mark.postgres
+def test_lease_renewed_while_plain_script_holds(pg_url: str) -> None:
+    """A plain holder keeps its lease past ttl (renewed by a thread every ttl/3)."""
+    a = highlander("renew", url=pg_url, ttl=1)
+    b = highlander("renew", url=pg_url, ttl=1)
+    try:
+        assert a.acquire(timeout=0)
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            assert b.acquire(timeout=0) is False
+            time.sleep(0.1)
+        assert a.still_held()
+        a.release()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_lease_zombie_cannot_touch_successor(pg_url: str, tmp_path: Path) -> None:
+    """A frozen holder that wakes after a takeover learns it lost; its release leaves the
+    successor's lease alone."""
+    import signal
+
+    body = ("import time\nfrom daemonapp.locks import highlander\n"
+            f"lock = highlander('zombie', url={pg_url!r}, ttl=1)\n"
+            "assert lock.acquire(timeout=5)\n"
+            "open('held', 'w').write(str(lock.token))\n"
+            "import os\n"
+            "while not os.path.exists('go'):\n"
+            "    time.sleep(0.05)\n"
+            "held = lock.still_held()\n"
+            "try:\n"
+            "    lock.release()\n"
+            "except Exception as e:\n"
+            "    pass\n"
+            "open('result', 'w').write(str(held))\n")
+    proc = start_script(tmp_path, body)
+    successor = highlander("zombie", url=pg_url, ttl=1)
+    try:
+        assert wait_for((tmp_path / "held").exists, timeout=20)
+        proc.send_signal(signal.SIGSTOP)
+        assert successor.acquire(timeout=10)
+        proc.send_signal(signal.SIGCONT)
+        (tmp_path / "go").write_text("")
+        assert wait_for((tmp_path / "result").exists, timeout=10)
+        assert (tmp_path / "result").read_text() == "False"
+        assert successor.still_held()
+        other = highlander("zombie", url=pg_url, ttl=1)
+        try:
+            assert other.acquire(timeout=0) is False
+        finally:
+            other.close()
+        successor.release()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        stop_process(proc)
+        successor.close()
+
+
+# ==================================================================== bundled daemons
+
+
+@pytest.mark.integration
+def test_file_cleanup_never_follows_symlinks_out(tmp_path: Path) -> None:
+    """file_cleanup removes old files but never follows a symlink out of its directory."""
+    base = tmp_path / "sessions"
+    (base / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    old = time.time() - 7200
+    for path in (base / "old", base / "sub" / "old2", outside / "precious"):
+        path.write_text("x")
+        os.utime(path, (old, old))
+    fresh = base / "fresh"
+    fresh.write_text("x")
+    (base / "link-dir").symlink_to(outside)
+    (base / "link-file").symlink_to(outside / "precious")
+    cfg = write(tmp_path / "d.yaml",
+                "app:\n  state_dir: ./var\n  shutdown_after: 1s\n"
+                "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+                "    directory: ./sessions\n    remove_older_than: 1h\n    recursive: true\n")
+    result = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert not (base / "old").exists()
+    assert not (base / "sub" / "old2").exists()
+    assert fresh.exists()
+    assert (outside / "precious").exists()
+
+
+@pytest.mark.integration
+def test_command_daemon_runs_every_n_seconds_with_timeout(tmp_path: Path) -> None:
+    """`command` runs a program every N seconds; a program over its timeout is killed."""
+    cfg = write(tmp_path / "d.yaml",
+                "app:\n  state_dir: ./var\n  shutdown_after: 1.5s\n  stop_timeout: 5s\n"
+                "daemons:\n"
+                "  tick:\n    type: command\n    run_every: 0.2s\n"
+                "    argv: [/bin/sh, -c, 'echo x >> ticks']\n"
+                "  hang:\n    type: command\n    run_every: 10m\n    timeout: 0.3s\n"
+                "    kill_after: 0.2s\n"
+                "    argv: [/bin/sh, -c, 'echo $$ > hang.pid; exec sleep 100']\n")
+    started = time.monotonic()
+    result = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    ticks = (tmp_path / "ticks").read_text().splitlines()
+    assert len(ticks) >= 3
+    pid = int((tmp_path / "hang.pid").read_text())
+    assert not pid_alive(pid)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "§2: besides deadline timers and a yield's callLater(0), at most one timer is armed "
+    "however many daemons there are (\"no polling\"); daemons waiting for a held lock "
+    "(lock_wait > 0) each arm their own AsyncLock poll timer (locks.AsyncLock.acquire "
+    "callLater(poll_interval)), so 5 waiting daemons arm 5 timers"))
+def test_one_timer_while_daemons_wait_for_locks(tmp_path: Path) -> None:
+    """Daemons waiting for a lock held elsewhere do not arm a timer each."""
+    other = highlander("contended", state_dir=tmp_path)
+    assert other.acquire(timeout=0)
+    try:
+        app, clock = new_app(state_dir=str(tmp_path), lock_wait=10)
+        for i in range(5):
+            app.add(Scripted(["a"], name=f"w{i}", run_every=30, lock="contended"))
+        app.startService()
+        clock.advance(0)
+        clock.advance(1)
+        assert len(clock.getDelayedCalls()) <= 1
+    finally:
+        other.release()
+
+
+# ============================================================ §5/§6 with PostgreSQL
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_app_locks_url_excludes_across_hosts(pg_url: str, tmp_path: Path) -> None:
+    """With app.locks.url a daemon's lock is a PostgreSQL lease: held elsewhere, no run."""
+    body = ("app:\n  state_dir: ./var\n  shutdown_after: 1.5s\n"
+            f"  locks: {{url: '{pg_url}', ttl: 30s, wait: 0.1s}}\n"
+            "daemons:\n  tick:\n    type: command\n    run_every: 0.2s\n    lock: shared-tick\n"
+            "    argv: [/bin/sh, -c, 'echo x >> ticks']\n")
+    cfg = write(tmp_path / "d.yaml", body)
+    elsewhere = highlander("shared-tick", url=pg_url, ttl=30)
+    try:
+        assert elsewhere.acquire(timeout=0)
+        held = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
+                   env={"PYTHONPATH": str(ROOT)})
+        assert held.returncode == 0, held.stdout + held.stderr
+        assert not (tmp_path / "ticks").exists()
+        elsewhere.release()
+        free = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
+                   env={"PYTHONPATH": str(ROOT)})
+        assert free.returncode == 0, free.stdout + free.stderr
+        assert (tmp_path / "ticks").exists()
+    finally:
+        elsewhere.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_dispatcher_with_postgres_store(pg_url: str, tmp_path: Path) -> None:
+    """A job_dispatcher with store: URL runs jobs submitted with `daemonapp jobs --store URL`."""
+    write(tmp_path / "jobsmod.py", JOBS_MODULE)
+    cfg = write(tmp_path / "d.yaml",
+                "app:\n  state_dir: ./var\n  shutdown_after: 20s\n"
+                "daemons:\n  jobs:\n    type: job_dispatcher\n    run_every: 0.2s\n"
+                f"    store: '{pg_url}'\n    modules: [jobsmod]\n")
+    sub = run([str(DAEMONAPP), "jobs", "--store", pg_url, "submit", "write",
+               json.dumps({"out": str(tmp_path / "out.json")})], cwd=tmp_path,
+              env={"PYTHONPATH": str(ROOT)})
+    assert sub.returncode == 0, sub.stderr
+    job_id = int(sub.stdout.strip())
+    proc = popen_run(tmp_path, cfg)
+    try:
+        assert wait_for((tmp_path / "out.json").exists, timeout=20)
+
+        def done() -> bool:
+            shown = run([str(DAEMONAPP), "jobs", "--store", pg_url, "show", str(job_id)],
+                        cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+            return shown.returncode == 0 and json.loads(shown.stdout)["state"] == "done"
+
+        assert wait_for(done, timeout=20)
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_on_failure_webhook_after_last_attempt_only(tmp_path: Path) -> None:
+    """on_failure is called once, after the last attempt only."""
+    import http.server
+    import threading
+
+    posts: list[bytes] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            posts.append(self.rfile.read(length))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        write(tmp_path / "jobsmod.py", JOBS_MODULE)
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        cfg = write(tmp_path / "d.yaml",
+                    "app:\n  state_dir: ./var\n"
+                    "daemons:\n  jobs:\n    type: job_dispatcher\n    run_every: 0.2s\n"
+                    "    modules: [jobsmod]\n    max_attempts: 3\n    retry_delay: 0.1s\n"
+                    f"    on_failure: {{webhook: '{url}'}}\n")
+        sub = run([str(DAEMONAPP), "jobs", "-c", str(cfg), "submit", "boom", "{}"],
+                  cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+        job_id = int(sub.stdout.strip())
+        proc = popen_run(tmp_path, cfg)
+        try:
+            assert wait_for(lambda: bool(posts), timeout=30)
+            time.sleep(1.0)  # a second (wrong) call would come right after the first
+            assert len(posts) == 1
+            from daemonapp.jobs import open_store
+
+            s = open_store(str(tmp_path / "var"))
+            try:
+                rec = s.get(job_id)
+                assert (rec.state, rec.attempts) == ("failed", 3)
+            finally:
+                s.close()
+        finally:
+            stop_process(proc)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.integration
+def test_dir_queue_manager_one_child_per_subdirectory(tmp_path: Path) -> None:
+    """dir_queue_manager runs one child daemon per subdirectory of base_directory."""
+    for name in ("alpha", "beta"):
+        (tmp_path / "queues" / name).mkdir(parents=True)
+    cfg = write(tmp_path / "d.yaml",
+                "app:\n  state_dir: ./var\n"
+                "daemons:\n  mail-queues:\n    type: dir_queue_manager\n    run_every: 5m\n"
+                "    base_directory: ./queues\n    queue: {type: dir_queue, run_every: 10s}\n")
+    proc = popen_run(tmp_path, cfg)
+    try:
+        names: list[str] = []
+
+        def children() -> bool:
+            result = run([str(DAEMONAPP), "status", "--json", str(tmp_path / "var")],
+                         cwd=tmp_path)
+            if result.returncode != 0:
+                return proc.poll() is not None
+            names[:] = [d["name"] for d in json.loads(result.stdout)["daemons"]]
+            return len(names) >= 3
+
+        assert wait_for(children)
+        assert sorted(names) == ["mail-queues", "mail-queues/alpha", "mail-queues/beta"]
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_json_log_lines(tmp_path: Path) -> None:
+    """app.log.format json writes one JSON object per line."""
+    cfg = write(tmp_path / "d.yaml",
+                "app:\n  state_dir: ./var\n  shutdown_after: 0.5s\n"
+                "  log: {format: json, level: info}\n"
+                "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+                "    directory: ./s\n    remove_older_than: 1h\n")
+    (tmp_path / "s").mkdir()
+    result = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    lines = [x for x in (result.stdout + result.stderr).splitlines() if x.strip()]
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict)
+
+
+# ===================================================================== §4 FastCGI wire
+
+
+FCGI_APP = """\
+from twisted.internet.defer import Deferred
+
+def handle(request):
+    if request.path.endswith("/big"):
+        return b"x" * 200000
+    if request.path.endswith("/hang"):
+        return Deferred()
+    return b"hello"
+"""
+
+
+def fcgi_record(rtype: int, request_id: int, content: bytes = b"", version: int = 1) -> bytes:
+    import struct
+
+    padding = (8 - len(content) % 8) % 8
+    return struct.pack("!BBHHBx", version, rtype, request_id, len(content), padding) + \
+        content + b"\0" * padding
+
+
+def fcgi_pairs(pairs: dict[str, str]) -> bytes:
+    import struct
+
+    out = b""
+    for name, value in pairs.items():
+        for part in (name.encode(), value.encode()):
+            n = len(part)
+            out += bytes([n]) if n < 128 else struct.pack("!I", n | 0x80000000)
+        out += name.encode() + value.encode()
+    return out
+
+
+def fcgi_begin(request_id: int, keep: bool = True) -> bytes:
+    import struct
+
+    return fcgi_record(1, request_id, struct.pack("!HB5x", 1, 1 if keep else 0))
+
+
+def fcgi_read(sock: Any, until_end: int | set[int] | None = None,
+              timeout: float = 5.0) -> list[tuple[int, int, bytes]]:
+    """Read records until END_REQUEST for ``until_end`` (ids; or EOF / timeout)."""
+    import struct
+
+    waiting = {until_end} if isinstance(until_end, int) else set(until_end or ())
+
+    sock.settimeout(timeout)
+    buf = b""
+    records: list[tuple[int, int, bytes]] = []
+    while True:
+        while len(buf) >= 8:
+            _, rtype, rid, clen, plen = struct.unpack("!BBHHBx", buf[:8])
+            if len(buf) < 8 + clen + plen:
+                break
+            records.append((rtype, rid, buf[8:8 + clen]))
+            buf = buf[8 + clen + plen:]
+            if rtype == 3:
+                waiting.discard(rid)
+                if not waiting:
+                    return records
+            if rtype in (10, 11) and until_end is None:
+                return records
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return records
+        if not chunk:
+            records.append((-1, 0, b""))
+            return records
+        buf += chunk
+
+
+@pytest.fixture(scope="module")
+def fcgi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("fcgi")
+    write(root / "fcgiapp.py", FCGI_APP)
+    cfg = write(root / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                "  - protocol: fastcgi\n    endpoint: unix:./run/fcgi.sock\n"
+                "    native: fcgiapp:handle\n    max_param_bytes: 4096\n")
+    sock_path = root / "run" / "fcgi.sock"
+    with open(root / "app.log", "w") as log_file:
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}:{root}")
+        env.pop("DAEMONAPP_CONFIG", None)
+        proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=root, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: sock_path.exists() or proc.poll() is not None)
+        assert proc.poll() is None, (root / "app.log").read_text()
+        yield sock_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def fcgi_connect(path: Path) -> Any:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    return sock
+
+
+def fcgi_request(request_id: int, path: str, extra: dict[str, str] | None = None) -> bytes:
+    params = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path,
+              "QUERY_STRING": "", "SERVER_NAME": "x", "SERVER_PORT": "80",
+              "SERVER_PROTOCOL": "HTTP/1.1", **(extra or {})}
+    return (fcgi_begin(request_id) + fcgi_record(4, request_id, fcgi_pairs(params)) +
+            fcgi_record(4, request_id) + fcgi_record(5, request_id))
+
+
+@pytest.mark.integration
+def test_fcgi_get_values(fcgi_server: Path) -> None:
+    """GET_VALUES is answered with FCGI_MAX_CONNS, FCGI_MAX_REQS and FCGI_MPXS_CONNS."""
+    with fcgi_connect(fcgi_server) as sock:
+        names = {"FCGI_MAX_CONNS": "", "FCGI_MAX_REQS": "", "FCGI_MPXS_CONNS": ""}
+        sock.sendall(fcgi_record(9, 0, fcgi_pairs(names)))
+        records = fcgi_read(sock)
+    assert records and records[0][0] == 10
+    for name in names:
+        assert name.encode() in records[0][2]
+
+
+@pytest.mark.integration
+def test_fcgi_unknown_type(fcgi_server: Path) -> None:
+    """An unknown management record type is answered with UNKNOWN_TYPE."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_record(42, 0, b""))
+        records = fcgi_read(sock)
+    assert records and records[0][0] == 11
+    assert records[0][2][0] == 42
+
+
+@pytest.mark.integration
+def test_fcgi_multiplexed_split_at_every_byte(fcgi_server: Path) -> None:
+    """Two multiplexed requests sent one byte at a time are both answered on one connection."""
+    data = fcgi_request(1, "/a") + fcgi_request(2, "/b")
+    with fcgi_connect(fcgi_server) as sock:
+        for i in range(len(data)):
+            sock.send(data[i:i + 1])
+        records = fcgi_read(sock, until_end={1, 2})
+    ends = {rid for rtype, rid, _ in records if rtype == 3}
+    assert ends == {1, 2}
+    out1 = b"".join(c for t, rid, c in records if t == 6 and rid == 1)
+    assert out1.endswith(b"hello")
+
+
+@pytest.mark.integration
+def test_fcgi_output_records_at_most_65535(fcgi_server: Path) -> None:
+    """Output is split into records of at most 65,535 bytes."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_request(1, "/big"))
+        records = fcgi_read(sock, until_end=1)
+    stdout = [c for t, _, c in records if t == 6]
+    assert sum(len(c) for c in stdout) > 200000
+    assert max(len(c) for c in stdout) <= 65535
+    assert records[-1][0] == 3
+
+
+@pytest.mark.integration
+def test_fcgi_inactive_request_id_ignored(fcgi_server: Path) -> None:
+    """Records for a request id that is not active are ignored; the connection stays up."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_record(5, 7, b"stray") + fcgi_record(4, 9, b""))
+        sock.sendall(fcgi_request(1, "/a"))
+        records = fcgi_read(sock, until_end=1)
+    assert records[-1][0] == 3 and records[-1][1] == 1
+    assert all(rid == 1 for _, rid, _ in records)
+
+
+@pytest.mark.integration
+def test_fcgi_abort_end_request_once(fcgi_server: Path) -> None:
+    """After ABORT_REQUEST, END_REQUEST is sent once and nothing follows it."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_request(1, "/hang"))
+        time.sleep(0.2)
+        sock.sendall(fcgi_record(2, 1))
+        records = fcgi_read(sock, until_end=1)
+        assert records and records[-1][0] == 3
+        more = fcgi_read(sock, timeout=0.5)
+    assert [r for r in more if r[1] == 1 and r[0] != -1] == []
+
+
+@pytest.mark.integration
+def test_fcgi_bad_version_closes(fcgi_server: Path) -> None:
+    """A record with a bad version closes the connection."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_record(1, 1, b"\0" * 8, version=9))
+        records = fcgi_read(sock)
+    assert records and records[-1][0] == -1
+
+
+@pytest.mark.integration
+def test_fcgi_params_over_limit_431(fcgi_server: Path) -> None:
+    """Params over max_param_bytes get `Status: 431`, then the connection is closed."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_request(1, "/a", {"HTTP_X_BIG": "y" * 8000}))
+        records = fcgi_read(sock, until_end=1)
+        out = b"".join(c for t, _, c in records if t == 6)
+        assert out.startswith(b"Status: 431")
+        tail = fcgi_read(sock, timeout=2)
+    assert tail and tail[-1][0] == -1
+
+
+# ======================================================================= §4 limits
+
+
+@pytest.fixture(scope="module")
+def http_limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    root = tmp_path_factory.mktemp("limits")
+    write(root / "fcgiapp.py", FCGI_APP)
+    p1, p2 = free_port(), free_port()
+    cfg = write(root / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                f"  - protocol: http\n    endpoint: tcp:{p1}:interface=127.0.0.1\n"
+                "    native: fcgiapp:handle\n    request_timeout: 0.5s\n"
+                "    max_body_bytes: 100\n"
+                f"  - protocol: http\n    endpoint: tcp:{p2}:interface=127.0.0.1\n"
+                "    native: fcgiapp:handle\n    max_concurrent: 1\n    backlog: 1\n"
+                "    queue_timeout: 5s\n    request_timeout: 3s\n")
+    with open(root / "app.log", "w") as log_file:
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}:{root}")
+        env.pop("DAEMONAPP_CONFIG", None)
+        proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=root, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    try:
+        def up() -> bool:
+            import socket
+
+            try:
+                socket.create_connection(("127.0.0.1", p2), timeout=1).close()
+                socket.create_connection(("127.0.0.1", p1), timeout=1).close()
+            except OSError:
+                return proc.poll() is not None
+            return True
+
+        assert wait_for(up)
+        assert proc.poll() is None, (root / "app.log").read_text()
+        yield p1, p2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def http_status(port: int, path: str, body: bytes | None = None) -> tuple[int, dict[str, str]]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers)
+
+
+@pytest.mark.integration
+def test_request_timeout_504(http_limits: tuple[int, int]) -> None:
+    """A request running longer than request_timeout is answered 504."""
+    assert http_status(http_limits[0], "/hang")[0] == 504
+
+
+@pytest.mark.integration
+def test_max_body_bytes_413(http_limits: tuple[int, int]) -> None:
+    """A body over max_body_bytes is answered 413."""
+    assert http_status(http_limits[0], "/a", b"z" * 1000)[0] == 413
+    assert http_status(http_limits[0], "/a", b"z" * 10)[0] == 200
+
+
+@pytest.mark.integration
+def test_backlog_full_503_retry_after(http_limits: tuple[int, int]) -> None:
+    """With max_concurrent and backlog full, a request gets 503 with Retry-After."""
+    import concurrent.futures
+
+    port = http_limits[1]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first = pool.submit(http_status, port, "/hang")
+        time.sleep(0.3)
+        second = pool.submit(http_status, port, "/hang")
+        time.sleep(0.3)
+        third = pool.submit(http_status, port, "/a")
+        status, headers = third.result(timeout=10)
+        assert status == 503
+        assert {k.lower() for k in headers} >= {"retry-after"}
+        first.result(timeout=10)
+        second.result(timeout=15)
+
+
+HTTPOXY_WSGI = """\
+import os
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    seen = [k for k in ("HTTP_PROXY", "HTTP_X_SECRET") if k in os.environ]
+    return [("header=%s os.environ=%s" % (environ.get("HTTP_X_SECRET"), ",".join(seen) or "-"))
+            .encode()]
+"""
+
+
+@pytest.mark.integration
+def test_cgi_frontend_in_process_scrubs_http_env(tmp_path: Path) -> None:
+    """daemonapp-cgi serving in-process keeps HTTP_* out of os.environ (httpoxy)."""
+    cgi_setup(tmp_path)
+    write(tmp_path / "cgiwsgi.py", HTTPOXY_WSGI)
+    result = run_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="0.5",
+                     HTTP_PROXY="http://evil.example:1")
+    assert result.stdout.startswith("Status: 200"), result.stdout + result.stderr
+    assert "header=s3cret os.environ=-" in result.stdout
+
+
+@pytest.mark.integration
+def test_run_as_plain_cgi_scrubs_http_env(tmp_path: Path) -> None:
+    """`daemonapp run` as plain CGI keeps HTTP_* out of os.environ (httpoxy)."""
+    cgi_setup(tmp_path)
+    write(tmp_path / "cgiwsgi.py", HTTPOXY_WSGI)
+    result = run_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")],
+                     HTTP_PROXY="http://evil.example:1")
+    assert result.stdout.startswith("Status: 200"), result.stdout + result.stderr
+    assert "header=s3cret os.environ=-" in result.stdout
+
+
+@pytest.mark.integration
+def test_fd0_fastcgi_spawned_by_web_server(tmp_path: Path) -> None:
+    """With a listening socket on fd 0, `daemonapp run` (config from DAEMONAPP_CONFIG) serves
+    FastCGI on it; SIGTERM drains and exits 0; the web server's socket path is kept."""
+    import signal
+    import socket
+
+    write(tmp_path / "fcgiapp.py", FCGI_APP)
+    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                "  - protocol: fastcgi\n    native: fcgiapp:handle\n")
+    path = tmp_path / "ws.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{tmp_path}", DAEMONAPP_CONFIG=str(cfg))
+    with open(tmp_path / "app.log", "w") as log_file:
+        proc = subprocess.Popen([str(DAEMONAPP), "run"], cwd=tmp_path, env=env,
+                                stdin=listener.fileno(), stdout=log_file,
+                                stderr=subprocess.STDOUT, text=True)
+    listener.close()
+    try:
+        with fcgi_connect(path) as sock:
+            sock.sendall(fcgi_request(1, "/a"))
+            records = fcgi_read(sock, until_end=1, timeout=20)
+        assert records and records[-1][0] == 3, (tmp_path / "app.log").read_text()
+        assert b"".join(c for t, _, c in records if t == 6).endswith(b"hello")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+        assert proc.returncode == 0
+        assert time.monotonic() - started < 5
+        assert path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_idle_exit_waits_for_job_child_and_progress_is_live(tmp_path: Path) -> None:
+    """A running job child keeps the app from its idle exit; /jobs/<id> shows live progress."""
+    import urllib.request
+
+    port = free_port()
+    write(tmp_path / "jobsmod.py", JOBS_MODULE)
+    cfg = write(tmp_path / "d.yaml",
+                "app:\n  state_dir: ./var\n  stay_alive_for: 0.5s\n  shutdown_if_idle: 1s\n"
+                f"listeners:\n  - protocol: http\n    endpoint: tcp:{port}:interface=127.0.0.1\n"
+                "    jobs: true\n"
+                "daemons:\n  jobs:\n    type: job_dispatcher\n    run_every: 30s\n"
+                "    modules: [jobsmod]\n")
+    sub = run([str(DAEMONAPP), "jobs", "-c", str(cfg), "submit", "sleepy", '{"seconds": 3}'],
+              cwd=tmp_path)
+    job_id = int(sub.stdout.strip())
+    proc = popen_run(tmp_path, cfg)
+    try:
+        live: list[dict[str, Any]] = []
+
+        def half() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs/{job_id}",
+                                            timeout=2) as r:
+                    live[:] = [json.loads(r.read())]
+            except OSError:
+                return proc.poll() is not None
+            return live[0]["state"] == "running" and live[0]["percent"] == 50
+
+        assert wait_for(half, timeout=20)
+        assert live[0]["message"] == "half"
+        assert wait_for(lambda: proc.poll() is not None, timeout=30)
+        assert proc.returncode == 0
+        from daemonapp.jobs import open_store
+
+        s = open_store(str(tmp_path / "var"))
+        try:
+            rec = s.get(job_id)
+            assert (rec.state, rec.percent, rec.message) == ("done", 100, "slept")
+        finally:
+            s.close()
+    finally:
+        stop_process(proc)
+
+
+def test_attribute_defaults() -> None:
+    """The attribute defaults of DESIGN §1's table."""
+
+    class Minimal(Daemon):
+        run_every = 10
+
+    d = Minimal()
+    assert (d.increase_idle_by, d.multiply_idle_by, d.priority, d.max_items, d.max_seconds,
+            d.jitter, d.in_thread, d.lock, d.start_delay) == (0, 1.0, 0, None, None, 0, False,
+                                                              None, 0)
+    assert d.maximum_idle == 10
+    assert d.stats["runs"] == 0
+
+
+@pytest.mark.parametrize("value", [None, 0, -5])
+def test_run_every_required_positive(value: Any) -> None:
+    """run_every is required and above zero."""
+
+    class NoRunEvery(Daemon):
+        pass
+
+    with pytest.raises((TypeError, ValueError)):
+        if value is None:
+            NoRunEvery()
+        else:
+            NoRunEvery(run_every=value)
+
+
+@pytest.mark.integration
+def test_sigint_is_planned_stop(tmp_path: Path) -> None:
+    """SIGINT is a planned stop: exit status 0."""
+    import signal
+
+    body = (
+        "import sys\n"
+        "from daemonapp import Daemon, DaemonApp\n"
+        "class D(Daemon):\n"
+        "    run_every = 0.05\n"
+        "    def get_work(self):\n"
+        "        open('started', 'w').close()\n"
+        "app = DaemonApp()\n"
+        "app.add(D())\n"
+        "sys.exit(10 + app.run())\n")
+    proc = start_script(tmp_path, body)
+    try:
+        assert wait_for((tmp_path / "started").exists)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+        assert proc.returncode == 10
+    finally:
+        stop_process(proc)
+
+
+CRASHING_WSGI = """\
+import os
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    if "crash" in environ.get("QUERY_STRING", ""):
+        def body():
+            yield b"partial " * 1000
+            os._exit(1)
+        return body()
+    return [b"fine"]
+"""
+
+
+@pytest.mark.integration
+def test_cgi_frontend_daemon_crash_is_503_not_truncated_200(tmp_path: Path) -> None:
+    """A daemon that dies mid-answer gives a 503 from daemonapp-cgi, never a truncated 200."""
+    cgi_setup(tmp_path)
+    write(tmp_path / "cgiwsgi.py", CRASHING_WSGI)
+    try:
+        first = run_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="1.5")
+        assert first.stdout.startswith("Status: 200"), first.stdout + first.stderr
+        assert first.stdout.endswith("fine")
+        crashed = run_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="1.5",
+                          QUERY_STRING="crash=1")
+        assert crashed.stdout.startswith("Status: 503"), crashed.stdout[:200]
+        assert "partial" not in crashed.stdout
+    finally:
+        kill_spawned(tmp_path)
+
+
+@pytest.mark.integration
+def test_existing_state_dir_made_private_or_refused(tmp_path: Path) -> None:
+    """`daemonapp run` never runs with a state_dir open to others: it fixes it or refuses."""
+    state = tmp_path / "var"
+    state.mkdir()
+    state.chmod(0o755)
+    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n  shutdown_after: 0.3s\n")
+    result = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path)
+    mode = stat.S_IMODE(state.stat().st_mode)
+    refused = result.returncode == 2 and str(state) in result.stderr
+    assert refused or (result.returncode == 0 and mode == 0o700), (result.returncode, oct(mode))
+
+
+@pytest.mark.integration
+def test_unix_endpoint_explicit_mode(tmp_path: Path) -> None:
+    """A unix endpoint's mode= is applied to the socket (0600 here), and it is not 0666."""
+    write(tmp_path / "cgiwsgi.py", CGI_WSGI)
+    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                "  - protocol: scgi\n    endpoint: unix:./run/app.sock:mode=0600\n"
+                "    wsgi: cgiwsgi:application\n")
+    proc = popen_run(tmp_path, cfg)
+    try:
+        sock = tmp_path / "run" / "app.sock"
+        assert wait_for(lambda: sock.exists() or proc.poll() is not None)
+        assert proc.poll() is None
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_fd0_spawned_processes_never_take_over_siblings(tmp_path: Path) -> None:
+    """Two processes spawned on the same inherited socket both keep running."""
+    import socket
+
+    write(tmp_path / "fcgiapp.py", FCGI_APP)
+    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                "  - protocol: fastcgi\n    native: fcgiapp:handle\n")
+    path = tmp_path / "ws.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{tmp_path}")
+    env.pop("DAEMONAPP_CONFIG", None)
+    procs = []
+    try:
+        for n in range(2):
+            with open(tmp_path / f"app{n}.log", "w") as log_file:
+                procs.append(subprocess.Popen(
+                    [str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path, env=env,
+                    stdin=listener.fileno(), stdout=log_file, stderr=subprocess.STDOUT,
+                    text=True))
+            # Let the first settle before its sibling starts.
+            with fcgi_connect(path) as sock:
+                sock.sendall(fcgi_request(1, "/a"))
+                records = fcgi_read(sock, until_end=1, timeout=20)
+            assert records and records[-1][0] == 3
+        time.sleep(1.0)
+        assert [p.poll() for p in procs] == [None, None]
+    finally:
+        listener.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
