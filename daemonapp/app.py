@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemonapp.daemon import READY, Daemon
+from daemonapp.daemon import READY, SLEEPING, Daemon
 from daemonapp.durations import parse_duration
 from daemonapp.interfaces import (
     IActivityMonitor,
@@ -341,6 +341,8 @@ class DaemonApp(MultiService):
                 status = daemon._advance(deadline)
                 if status == READY:
                     heapq.heappush(ready, entry)
+                elif status == SLEEPING:  # mid-run, its lock held elsewhere: poll via the heap
+                    self._schedule(daemon, daemon._sleep_until - seconds())
                 now = seconds()
                 if now >= deadline:
                     break

@@ -29,6 +29,7 @@ __all__ = [
     "IDLE",
     "LOCKED_OUT",
     "READY",
+    "SLEEPING",
     "WAITING",
     "WORKED",
     "YIELDED",
@@ -52,6 +53,11 @@ LOCKED_OUT = "locked-out"
 READY = 0  # the run goes on: keep the daemon in the ready queue
 WAITING = 1  # waiting on a Deferred or a thread; IScheduler.wake(daemon) follows
 ENDED = 2  # the run ended and the daemon told the scheduler when it is due again
+SLEEPING = 3  # mid-run, waiting for its lock: due again at daemon._sleep_until
+
+#: How often a daemon waiting for its lock tries it again. The wait goes through the
+#: scheduler's heap, so waiting daemons arm no timers of their own (DESIGN §2).
+LOCK_POLL = 0.02
 
 #: After a yielded run a daemon holding a lock waits this long before it takes the
 #: lock again, so that a waiter elsewhere gets its turn (DESIGN §5).
@@ -241,7 +247,8 @@ class Daemon:
     #: would break its runs in ways hard to trace, so that is refused at once.
     _RESERVED: ClassVar[frozenset[str]] = frozenset({
         "_deactivate", "_advance", "_wait", "_arrived", "_arrived_failure", "_in_thread",
-        "_thread_item", "_take_lock", "_lock_error", "_failed", "_end", "_release_lock",
+        "_thread_item", "_take_lock", "_lock_busy", "_lock_error", "_failed", "_end",
+        "_release_lock",
     })
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -291,6 +298,8 @@ class Daemon:
         self._run_items = 0
         self._lock_handle: IAsyncLock | None = None
         self._lock_held = False
+        self._lock_deadline: float | None = None  # while a run waits for its lock
+        self._sleep_until = 0.0
         # The idle streak: the un-jittered delay after its last run, None when it is over.
         self._idle_delay: float | None = None
         # The scheduler's bookkeeping (owned by the scheduler, kept here for speed).
@@ -371,9 +380,15 @@ class Daemon:
                 self._run_items = 0
                 self._resume = None
                 if self.lock is not None:
+                    self._lock_deadline = self._run_started + app.lock_wait
                     status = self._take_lock()
                     if status != READY:
                         return status
+            elif self._lock_deadline is not None and not self._lock_held \
+                    and self._resume is None:
+                status = self._take_lock()  # back from a SLEEPING wait for the lock
+                if status != READY:
+                    return status
             get_work = self.get_work
             do_work = self.do_work
             max_items = self.max_items
@@ -395,7 +410,7 @@ class Daemon:
                         job = value if value is None else _DID_WORK
                     elif kind == _LOCK_RESULT:
                         if not value:
-                            return self._end(LOCKED_OUT)
+                            return self._lock_busy()
                         self._lock_held = True
                         continue
                     elif kind == _LOCK_FAILED:
@@ -501,12 +516,13 @@ class Daemon:
         return _DID_WORK
 
     def _take_lock(self) -> int:
+        """One try at the lock (never a wait inside the lock: see _lock_busy)."""
         app = self.app
         assert app is not None and self.lock is not None
         if self._lock_handle is None:
             self._lock_handle = app.lock_for(self.lock)
         try:
-            d: Deferred[bool] = self._lock_handle.acquire(app.lock_wait)  # type: ignore[assignment]
+            d: Deferred[bool] = self._lock_handle.acquire(0)  # type: ignore[assignment]
         except Exception:
             return self._failed(Failure(), "lock", None)
         self._resume = None
@@ -514,6 +530,16 @@ class Daemon:
         if self._resume is None:
             return WAITING
         return READY
+
+    def _lock_busy(self) -> int:
+        """The lock is held elsewhere: try again soon, or give up after lock_wait."""
+        app = self.app
+        assert app is not None and self._lock_deadline is not None
+        now = app.seconds()
+        if self._stopping or now >= self._lock_deadline:
+            return self._end(LOCKED_OUT)
+        self._sleep_until = min(now + LOCK_POLL, self._lock_deadline)
+        return SLEEPING
 
     def _lock_error(self, failure: Failure) -> None:
         self._arrived(failure, _LOCK_FAILED)
@@ -542,6 +568,7 @@ class Daemon:
             delay = self._idle_delay
         if self.jitter and outcome != YIELDED:
             delay *= 1.0 + self.jitter * (2.0 * random.random() - 1.0)  # noqa: S311
+        self._lock_deadline = None
         if self._lock_held:
             self._lock_held = False
             if outcome == YIELDED:

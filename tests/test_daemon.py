@@ -349,6 +349,7 @@ class OutcomeTests(SynchronousTestCase):
             def release(self) -> None:
                 raise AssertionError("never held")
 
+        self.app, self.clock = make_app(lock_wait=0)
         self.app.lock_for = lambda name: Busy()  # type: ignore[assignment,method-assign,return-value]
         d = FakeDaemon(["a"], run_every=30, increase_idle_by=10, lock="x")
         self.app.add(d)
@@ -356,6 +357,30 @@ class OutcomeTests(SynchronousTestCase):
         self.assertEqual(delays_of(d, self.clock, 2), [40.0, 50.0])
         self.assertEqual(d.stats["last_outcome"], "locked-out")
         self.assertEqual(d.done, [])
+
+    def test_lock_wait_polls_through_the_scheduler(self) -> None:
+        """A daemon waiting for its lock tries every 20 ms up to lock_wait, arming no timer."""
+        tries: list[float] = []
+        clock = self.clock
+
+        class Busy:
+            name = "x"
+
+            def acquire(self, timeout: float) -> Deferred[bool]:
+                tries.append(round(clock.seconds(), 3))
+                return succeed(len(tries) >= 4)
+
+            def release(self) -> None:
+                pass
+
+        self.app.lock_for = lambda name: Busy()  # type: ignore[assignment,method-assign,return-value]
+        d = FakeDaemon(["a"], run_every=30, lock="x")
+        self.start(d)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        for _ in range(10):
+            self.clock.advance(0.01)
+        self.assertEqual(tries, [0.0, 0.02, 0.04, 0.06])
+        self.assertEqual(d.stats["last_outcome"], "worked")
 
     def test_lock_held_for_the_run(self) -> None:
         """The lock is taken before the first get_work and released after the last hook."""
@@ -382,9 +407,9 @@ class OutcomeTests(SynchronousTestCase):
         self.app.lock_for = lambda name: Lock()  # type: ignore[assignment,method-assign,return-value]
         d = Traced(["a"], run_every=30, lock="x")
         self.start(d)
-        self.assertEqual(trace, ["acquire 10"])
+        self.assertEqual(trace, ["acquire 0"])  # one try at a time, never a wait inside
         waiting.pop().callback(True)
-        self.assertEqual(trace, ["acquire 10", "get_work", "get_work", "release"])
+        self.assertEqual(trace, ["acquire 0", "get_work", "get_work", "release"])
         self.assertEqual(d.stats["last_outcome"], "worked")
 
 

@@ -2860,11 +2860,6 @@ def test_command_daemon_runs_every_n_seconds_with_timeout(tmp_path: Path) -> Non
     assert not pid_alive(pid)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "§2: besides deadline timers and a yield's callLater(0), at most one timer is armed "
-    "however many daemons there are (\"no polling\"); daemons waiting for a held lock "
-    "(lock_wait > 0) each arm their own AsyncLock poll timer (locks.AsyncLock.acquire "
-    "callLater(poll_interval)), so 5 waiting daemons arm 5 timers"))
 def test_one_timer_while_daemons_wait_for_locks(tmp_path: Path) -> None:
     """Daemons waiting for a lock held elsewhere do not arm a timer each."""
     other = highlander("contended", state_dir=tmp_path)
