@@ -830,6 +830,33 @@ def test_fifty_requests_at_once_start_exactly_one_daemon(site: Site) -> None:
 
 
 @pytest.mark.integration
+def test_fifty_requests_at_once_start_exactly_one_real_daemon(site: Site) -> None:
+    """The same race with the real `daemonapp run`: 50 × 200 from one daemon process."""
+    site.config.write_text(
+        "app: {state_dir: ./var, stay_alive_for: 60s}\n"
+        "listeners:\n"
+        f"  - {{protocol: scgi, endpoint: 'unix:{site.sock}:mode=0600',"
+        " wsgi: 'tests.cgi_fixtures.wsgi_app:application'}\n"
+        "cgi: {min_load: 0.5, max_load: 8, start_timeout: 30s, lock_timeout: 60s}\n"
+    )
+    env = cgi_environ(DAEMONAPP_CONFIG=str(site.config), DAEMONAPP_CGI_LOADAVG="1.0")
+    procs = [start_cgi(env) for _ in range(50)]
+    try:
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(b"", timeout=120)
+            results.append(parse_cgi(out, err))
+        pids = real_daemon_pids(site.state_dir)
+    finally:
+        for pid in real_daemon_pids(site.state_dir):
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda pid=pid: not alive(pid), "daemonapp run to stop")
+    assert [r.status for r in results] == [200] * 50, [r.stderr for r in results if r.status != 200]
+    assert len(pids) == 1
+    assert {r.body.partition(b" ")[0] for r in results} == {f"pid={pids[0]}".encode()}
+
+
+@pytest.mark.integration
 def test_a_daemon_that_never_answers_is_killed(site: Site) -> None:
     """A daemon silent past start_timeout is killed and the request gets 503."""
     site.write_sidecar(
