@@ -228,6 +228,30 @@ class Daemon:
     attributes below are defaults that keywords (and YAML keys) override.
     """
 
+    # The run's and the scheduler's bookkeeping live in slots: a daemon stays small
+    # (DESIGN's goal is ≤ 1 KB above a LoopingCall), and a subclass's own attributes
+    # keep its instance dict under CPython's shared-key limit.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_active",
+        "_due",
+        "_idle_delay",
+        "_in_run",
+        "_inside",
+        "_lateness",
+        "_lock_deadline",
+        "_lock_handle",
+        "_lock_held",
+        "_resume",
+        "_run_items",
+        "_run_started",
+        "_sched_seq",
+        "_sleep_until",
+        "_stop_waiters",
+        "_stopping",
+    )
+
     #: The attribute names of DESIGN §1, in its order.
     ATTRIBUTES: ClassVar[tuple[str, ...]] = tuple(_CONVERTERS)
 
