@@ -471,16 +471,21 @@ def _send(sock: _socket.socket, data: bytes) -> bool:
     return True
 
 
+def _recv_chunk(sock: _socket.socket) -> bytes:
+    """The next bytes from the daemon (b"" when it closed); failures as CGIFrontendError."""
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        raise CGIFrontendError("the daemon did not answer in time") from None
+    except OSError as e:
+        raise CGIFrontendError(f"reading the daemon's answer failed: {e}") from None
+
+
 def _receive(sock: _socket.socket, limit: int) -> bytearray:
     """Everything the daemon sends until it closes, at most `limit` bytes."""
     answer = bytearray()
     while True:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            raise CGIFrontendError("the daemon did not answer in time") from None
-        except OSError as e:
-            raise CGIFrontendError(f"reading the daemon's answer failed: {e}") from None
+        chunk = _recv_chunk(sock)
         if not chunk:
             return answer
         answer += chunk
@@ -555,12 +560,7 @@ def fastcgi_exchange(
     stderr = bytearray()
     pending = bytearray()
     while True:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            raise CGIFrontendError("the daemon did not answer in time") from None
-        except OSError as e:
-            raise CGIFrontendError(f"reading the daemon's answer failed: {e}") from None
+        chunk = _recv_chunk(sock)
         if not chunk:
             raise CGIFrontendError("the daemon closed the connection before FCGI_END_REQUEST")
         pending += chunk
