@@ -831,7 +831,7 @@ def test_fifty_requests_at_once_start_exactly_one_daemon(site: Site) -> None:
 
 @pytest.mark.integration
 def test_fifty_requests_at_once_start_exactly_one_real_daemon(site: Site) -> None:
-    """The same race with the real `daemonapp run`: 50 × 200 from one daemon process."""
+    """The same race with the real `daemonapp run`: 50 x 200 from one daemon process."""
     site.config.write_text(
         "app: {state_dir: ./var, stay_alive_for: 60s}\n"
         "listeners:\n"
