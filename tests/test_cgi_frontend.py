@@ -38,6 +38,7 @@ from daemonapp.cgi_frontend import (
     sidecar_settings,
     write_sidecar,
 )
+from tests._env import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "cgi_fixtures"
@@ -917,9 +918,7 @@ def web_server(name: str) -> str:
     """The web server's path; missing, the test fails under CI=true and skips elsewhere."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (CI=true: .ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
+        unavailable(f"{name} is not installed (.ci/run installs it)")
     return path
 
 

@@ -25,6 +25,7 @@ from twisted.logger import globalLogPublisher
 
 from daemonapp import Daemon, DaemonApp, HighlanderBusy
 from daemonapp.locks import highlander
+from tests._env import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
@@ -1154,9 +1155,7 @@ def pg_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(PG_BASE_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL unreachable at {PG_BASE_URL}: {e}")
-        pytest.skip(f"PostgreSQL unreachable at {PG_BASE_URL}: {e}")
+        unavailable(f"PostgreSQL unreachable at {PG_BASE_URL}: {e}")
     admin.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from tests._env import unavailable
+
 PG_BASE_URL = os.environ.get("DAEMONAPP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _pg_unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL is required under CI=true: {reason}")
-    pytest.skip(f"PostgreSQL unavailable: {reason}")
+    unavailable(f"PostgreSQL unavailable: {reason}")
 
 
 @pytest.fixture
