@@ -336,14 +336,16 @@ class PidEntries:
                 except OSError:
                     pass
                 continue
-            if entry.get("config") == self.config_path:
+            # Processes a web server spawned belong to it: never taken over.
+            if entry.get("config") == self.config_path and not entry.get("spawned"):
                 found.append(entry)
         return found
 
-    def write(self) -> None:
+    def write(self, *, spawned: bool = False) -> None:
+        """This process's entry; ``spawned`` marks one that a web server owns."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         entry = {"pid": self.pid, "start": _process_start(self.pid) or "",
-                 "config": self.config_path, "argv": sys.argv}
+                 "config": self.config_path, "argv": sys.argv, "spawned": spawned}
         temporary = self.path + ".tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -488,11 +490,11 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
     def install_usr1() -> None:
         signal.signal(signal.SIGUSR1, on_usr1)
 
-    entries: PidEntries | None = None
+    # One entry per pid, never a shared pid file. Spawned by a web server, we only
+    # announce ourselves: no takeover of siblings, no sidecar for the CGI frontend.
+    entries = PidEntries(config.app.state_dir, config.path)
+    entries.write(spawned=inherited)
     if not inherited:
-        # Spawned by a web server we never take over siblings and write nothing shared.
-        entries = PidEntries(config.app.state_dir, config.path)
-        entries.write()
         argv = [sys.executable, "-m", "daemonapp.cli", "run", os.path.abspath(config.path)]
         try:
             write_sidecar(config, argv)
@@ -501,14 +503,13 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
         # callLater(0): after app.run()'s own callWhenRunning has started the app and
         # its listeners bound their sockets.
         reactor.callWhenRunning(reactor.callLater, 0, take_over, app, entries)
-    reactor.callWhenRunning(install_usr1)
-    if entries is None:
+    else:
         reactor.callWhenRunning(reactor.callLater, 0, stop_unless_listening, app)
+    reactor.callWhenRunning(install_usr1)
     try:
         status = app.run()
     finally:
-        if entries is not None:
-            entries.remove()
+        entries.remove()
         target.close()
     return status
 

@@ -252,6 +252,28 @@ def test_pid_entries_find_a_live_sibling(tmp_path: Path) -> None:
         sleeper.wait()
 
 
+def test_pid_entries_of_spawned_processes_are_never_taken_over(tmp_path: Path) -> None:
+    """An entry marked spawned (a web server owns that process) is not a sibling to stop."""
+    config = str(tmp_path / "daemons.yaml")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        from daemonapp.cli import _process_start
+
+        mine = PidEntries(str(tmp_path), config)
+        (tmp_path / "pids").mkdir()
+        (tmp_path / "pids" / f"{sleeper.pid}.json").write_text(json.dumps(
+            {"pid": sleeper.pid, "start": _process_start(sleeper.pid),
+             "config": mine.config_path, "spawned": True}))
+        assert mine.others() == []
+        assert (tmp_path / "pids" / f"{sleeper.pid}.json").exists()  # live: kept
+        mine.write(spawned=True)
+        entry = json.loads((tmp_path / "pids" / f"{os.getpid()}.json").read_text())
+        assert (entry["pid"], entry["spawned"]) == (os.getpid(), True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 # -------------------------------------------------------------------- jobs
 
 
@@ -483,11 +505,13 @@ def test_fd0_mode_serves_fastcgi(short_tmp: Path) -> None:
             answer += chunk
         client.close()
         assert b"hello from config\n" in answer
+        entry = json.loads((short_tmp / "var" / "pids" / f"{process.pid}.json").read_text())
+        assert entry["spawned"] is True  # its own entry, never a shared pid file
     finally:
         process.send_signal(signal.SIGTERM)
         status, out = finish(process)
     assert status == 0, out
-    assert not (short_tmp / "var" / "pids").exists()
+    assert list((short_tmp / "var" / "pids").iterdir()) == []  # removed on exit
     assert os.path.exists(sock_path)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -22,7 +23,7 @@ from twisted.python.failure import Failure
 from daemonapp.daemon import Daemon, OptionError
 from daemonapp.durations import parse_duration
 
-__all__ = ["Command", "CommandFailed"]
+__all__ = ["Command", "CommandFailed", "die_with_parent"]
 
 log = Logger()
 
@@ -30,6 +31,34 @@ log = Logger()
 MAX_LINE = 4096
 #: The variables of the app's environment a command inherits.
 INHERITED_ENV = ("PATH", "LANG")
+
+
+#: Run by ``sys.executable -I -S -c`` before the program: PR_SET_PDEATHSIG(SIGKILL), so
+#: the program dies with the app even when the app is SIGKILLed (spawnProcess has no
+#: pre-exec hook), then a getppid() check (the app may be gone already), then exec.
+_DIE_WITH_PARENT = """\
+import ctypes, os, sys
+try:
+    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    os._exit(137)
+os.execv(sys.argv[2], sys.argv[3:])
+"""
+
+
+def die_with_parent(executable: str, argv: Sequence[str]) -> tuple[str, list[str]]:
+    """The executable and arguments that run ``argv`` tied to this process's life.
+
+    On Linux the program is started through a tiny stdlib-only trampoline that sets
+    PR_SET_PDEATHSIG and then execs it: same pid, argv, environment and exit status.
+    Elsewhere the program is run as is.
+    """
+    if not sys.platform.startswith("linux"):
+        return executable, list(argv)
+    return sys.executable, [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT,
+                            str(os.getpid()), executable, *argv]
 
 
 class CommandFailed(Exception):
@@ -151,7 +180,8 @@ class Command(Daemon):
         self._process = process
         log.debug("{daemon} runs {argv}", daemon=self.name, argv=shlex.join(argv))
         try:
-            self.reactor.spawnProcess(process, executable, list(argv), env=env, path=self.cwd)
+            self.reactor.spawnProcess(process, *die_with_parent(executable, argv),
+                                      env=env, path=self.cwd)
         except BaseException:
             self._process = None
             raise

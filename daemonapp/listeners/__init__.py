@@ -42,6 +42,8 @@ __all__ = [
 log = Logger()
 
 PROTOCOLS = ("fastcgi", "scgi", "http")
+#: The environment variable a spawning web server may set: addresses allowed to connect.
+WEB_SERVER_ADDRS = "FCGI_WEB_SERVER_ADDRS"
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -129,6 +131,22 @@ def _allow_from(value: Any) -> list[str] | None:
         except ValueError:
             raise ValueError(f"expected an IP address or network, got {item!r}") from None
     return networks
+
+
+def _web_server_addrs() -> list[str] | None:
+    """FCGI_WEB_SERVER_ADDRS (FastCGI spec, §3.2): the peers a spawned responder accepts.
+
+    A web server that spawns us over TCP may set it; an item's own ``allow_from``
+    wins. Unix peers are never filtered, so it matters for tcp sockets only.
+    """
+    value = os.environ.get(WEB_SERVER_ADDRS, "").strip()
+    if not value:
+        return None
+    try:
+        return _allow_from(value)
+    except ValueError as err:
+        raise _option_error("allow_from", f"{WEB_SERVER_ADDRS} from the environment: {err}",
+                            ) from None
 
 
 def _script_name(value: Any) -> str:
@@ -261,6 +279,8 @@ def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
         jobs_status=jobs_status if jobs else None,
     )
     allow_from = values.get("allow_from")
+    if allow_from is None and protocol == "fastcgi":
+        allow_from = _web_server_addrs()
     networks = ([ipaddress.ip_network(net) for net in allow_from]
                 if allow_from is not None else None)
     factory: Any

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +22,12 @@ from zope.interface.verify import verifyObject
 from daemonapp import IDaemon
 from daemonapp.app import DaemonApp
 from daemonapp.daemon import OptionError
-from daemonapp.daemons.command import MAX_LINE, Command
+from daemonapp.daemons.command import _DIE_WITH_PARENT, MAX_LINE, Command, die_with_parent
 from daemonapp.testing import make_app
 from tests.daemons._helpers import failures
+from tests.jobs._helpers import pid_alive
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -69,6 +77,11 @@ class ProcessClock(Clock):
 
     def spawnProcess(self, protocol: ProcessProtocol, executable: str, args: list[str],
                      env: dict[str, str], path: str | None = None) -> FakeProcess:
+        # Record the program behind the die-with-parent trampoline (tested on its own).
+        if args[1:4] == ["-I", "-S", "-c"]:
+            assert executable == sys.executable and args[4] == _DIE_WITH_PARENT
+            assert args[5] == str(os.getpid())
+            executable, args = args[6], args[7:]
         process = FakeProcess(protocol, executable, list(args), dict(env), path)
         self.spawned.append(process)
         protocol.makeConnection(process)  # type: ignore[arg-type]
@@ -311,3 +324,50 @@ def test_durations_are_parsed() -> None:
     """timeout and kill_after accept duration strings."""
     daemon = Command(argv="true", run_every=10, timeout="1m30s", kill_after="500ms")
     assert (daemon.timeout, daemon.kill_after) == (90.0, 0.5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_trampoline_runs_the_program_with_its_argv_and_status(tmp_path: Any) -> None:
+    """Through the trampoline the program keeps its argv[0], arguments and exit status."""
+    script = 'tr "\\0" " " < /proc/$$/cmdline; echo "/$0/$1/"; exit 3'
+    executable, args = die_with_parent("/bin/sh", ["my-sh", "-c", script, "zero", "one"])
+    done = subprocess.run(args, executable=executable, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert (done.returncode, done.stdout) == (3, f"my-sh -c {script} zero one /zero/one/\n")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_command_dies_with_the_app_even_when_the_app_is_sigkilled(tmp_path: Any) -> None:
+    """SIGKILL the app while its command runs: the program is gone within 1 s."""
+    config = tmp_path / "app.yaml"
+    pid_file = tmp_path / "sleeper.pid"
+    config.write_text(
+        "app: {state_dir: ./var}\n"
+        "daemons:\n"
+        "  sleeper:\n"
+        "    type: command\n"
+        "    run_every: 1h\n"
+        f"    argv: [sh, -c, 'echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} "
+        "&& exec sleep 60']\n")
+    app = subprocess.Popen([sys.executable, "-m", "daemonapp.cli", "run", str(config)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, cwd=tmp_path,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        deadline = time.monotonic() + 20
+        while not pid_file.exists():
+            assert app.poll() is None and time.monotonic() < deadline, "the command never ran"
+            time.sleep(0.02)
+        sleeper = int(pid_file.read_text())
+        assert pid_alive(sleeper)
+        app.send_signal(signal.SIGKILL)
+        app.wait(timeout=10)
+        deadline = time.monotonic() + 1.0
+        while pid_alive(sleeper) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not pid_alive(sleeper), "the command outlived the SIGKILLed app"
+    finally:
+        app.kill()
+        app.wait()
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 from twisted.internet.testing import MemoryReactorClock
@@ -217,6 +218,37 @@ class AllowFromTests(SynchronousTestCase):
         self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
         self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", "::ffff:127.0.0.1", 1)))
         self.assertEqual(listener.snapshot()["denied"], 1)
+
+    def test_fcgi_web_server_addrs_is_the_default_allow_list(self) -> None:
+        """FCGI_WEB_SERVER_ADDRS (set by a spawning web server) filters FastCGI tcp peers."""
+        from twisted.internet.address import IPv4Address, UNIXAddress
+
+        self.patch(os, "environ", {**os.environ, "FCGI_WEB_SERVER_ADDRS": "127.0.0.2,10.1.1.1"})
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        factory = listener.factory
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 1)))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.1.1.1", 1)))
+        self.assertIsNotNone(factory.buildProtocol(UNIXAddress(None)))
+
+    def test_allow_from_wins_over_fcgi_web_server_addrs(self) -> None:
+        """An item's own allow_from wins over the environment's list."""
+        from twisted.internet.address import IPv4Address
+
+        self.patch(os, "environ", {**os.environ, "FCGI_WEB_SERVER_ADDRS": "127.0.0.2"})
+        listener = make_listener(native="tests.listeners.apps:hello_native",
+                                 allow_from="127.0.0.1")
+        factory = listener.factory
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 1)))
+
+    def test_a_bad_fcgi_web_server_addrs_is_an_error_naming_it(self) -> None:
+        """A malformed FCGI_WEB_SERVER_ADDRS refuses to build, saying where it came from."""
+        self.patch(os, "environ", {**os.environ, "FCGI_WEB_SERVER_ADDRS": "localhost"})
+        with self.assertRaises(ValueError) as caught:
+            make_listener(native="tests.listeners.apps:hello_native")
+        self.assertIn("FCGI_WEB_SERVER_ADDRS from the environment", str(caught.exception))
+        self.assertIn("'localhost'", str(caught.exception))
 
 
 class WSGITimeoutTests(SynchronousTestCase):
