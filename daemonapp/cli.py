@@ -175,8 +175,47 @@ def _check(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------ status
 
 
+def _spawned_statuses(state_dir: str) -> list[tuple[int, dict[str, Any]]]:
+    """The snapshots of the processes a web server spawned on ``state_dir``.
+
+    Each serves ``status.<pid>.sock``; a socket nobody answers on is what a killed
+    process left behind, and is skipped.
+    """
+    from daemonapp.status import fetch_status, spawned_status_sockets
+
+    found = []
+    for pid, path in spawned_status_sockets(state_dir):
+        try:
+            found.append((pid, fetch_status(path)))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _print_spawned(spawned: list[tuple[int, dict[str, Any]]], args: argparse.Namespace) -> int:
+    from daemonapp.status import format_status
+
+    if args.metrics and len(spawned) == 1:
+        from daemonapp.metrics import render_metrics
+
+        sys.stdout.write(render_metrics(spawned[0][1]).decode())
+        return 0
+    if args.metrics:
+        _error("status: several processes spawned by the web server answer; for metrics "
+               "pass one socket: " + ", ".join(f"status.{pid}.sock" for pid, _ in spawned))
+        return 1
+    if args.json:
+        print(json.dumps({"processes": {str(pid): snap for pid, snap in spawned}},
+                         indent=2, sort_keys=True, default=repr))
+        return 0
+    blocks = [f"process {pid} (spawned by the web server)\n{format_status(snap)}"
+              for pid, snap in spawned]
+    print("\n\n".join(blocks))
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
-    from daemonapp.status import fetch_status, format_status
+    from daemonapp.status import fetch_status, format_status, status_socket_path
 
     target = args.state_dir
     if target is None or os.path.isfile(target):
@@ -188,6 +227,10 @@ def _status(args: argparse.Namespace) -> int:
             target = loaded.app.state_dir
         else:
             target = "var"
+    if os.path.isdir(target) and not os.path.exists(status_socket_path(target)):
+        spawned = _spawned_statuses(target)
+        if spawned:
+            return _print_spawned(spawned, args)
     try:
         snapshot = fetch_status(target)
     except (OSError, ValueError) as e:
@@ -465,8 +508,13 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
     overrides: dict[str, Any] = {}
     if inherited:
         overrides["stop_timeout"] = min(config.app.stop_timeout, SPAWNED_STOP_TIMEOUT)
+    if inherited:
+        # Siblings spawned by the web server share state_dir: a status socket each.
+        from daemonapp.status import status_socket_path
+
+        overrides["status_socket"] = status_socket_path(config.app.state_dir, os.getpid())
     app = build_app(config, reactor=reactor, stop_reactor=True, handle_signals=True,
-                    listeners=False, status_server=not inherited, **overrides)
+                    listeners=False, status_server=True, **overrides)
     app.on_reopen_logs(target.reopen)
     if inherited:
         # The web server SIGKILLs a few seconds after its SIGTERM: job children are

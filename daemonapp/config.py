@@ -924,12 +924,14 @@ def build_listeners(config: Config, app: DaemonApp, *,
 
 
 def build_app(config: Config, *, reactor: Any = None, status_server: bool | None = None,
-              listeners: bool = True, **app_overrides: Any) -> DaemonApp:
+              status_socket: str | None = None, listeners: bool = True,
+              **app_overrides: Any) -> DaemonApp:
     """Build the DaemonApp a Config describes: daemons, listeners, status socket.
 
     Creates the state directory (0700). ``app_overrides`` are DaemonApp keywords
     (``stop_reactor=False``, ``clock=``, ...). ``status_server`` None means: serve
-    the status socket when the reactor can listen on Unix sockets.
+    the status socket when the reactor can listen on Unix sockets; ``status_socket``
+    its path (default ``state_dir/status.sock``).
     """
     from daemonapp.app import DaemonApp
 
@@ -958,8 +960,8 @@ def build_app(config: Config, *, reactor: Any = None, status_server: bool | None
     if status_server:
         from daemonapp.status import StatusService, status_socket_path
 
-        StatusService(app, status_socket_path(settings.state_dir)).setServiceParent(  # type: ignore[no-untyped-call]
-            app)
+        path = status_socket or status_socket_path(settings.state_dir)
+        StatusService(app, path).setServiceParent(app)  # type: ignore[no-untyped-call]
     return app
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "StatusService",
     "fetch_status",
     "format_status",
+    "spawned_status_sockets",
     "status_socket_path",
 ]
 
@@ -51,9 +52,29 @@ _LISTENER_COLUMNS = {
 }
 
 
-def status_socket_path(state_dir: str) -> str:
-    """Where the status socket of the app using ``state_dir`` lives."""
-    return os.path.join(state_dir, STATUS_SOCKET)
+def status_socket_path(state_dir: str, pid: int | None = None) -> str:
+    """Where the status socket of the app using ``state_dir`` lives.
+
+    With ``pid``: the socket of one process a web server spawned (siblings share
+    the state_dir, so each serves its own, ``status.<pid>.sock``).
+    """
+    if pid is None:
+        return os.path.join(state_dir, STATUS_SOCKET)
+    return os.path.join(state_dir, f"status.{pid}.sock")
+
+
+def spawned_status_sockets(state_dir: str) -> list[tuple[int, str]]:
+    """(pid, path) of the per-process status sockets in ``state_dir``, by pid."""
+    found = []
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return []
+    for name in names:
+        middle = name[len("status."):-len(".sock")]
+        if name.startswith("status.") and name.endswith(".sock") and middle.isdigit():
+            found.append((int(middle), os.path.join(state_dir, name)))
+    return sorted(found)
 
 
 class _StatusProtocol(Protocol):

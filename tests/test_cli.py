@@ -476,7 +476,7 @@ def fcgi_params(params: dict[str, str]) -> bytes:
 
 
 @pytest.mark.integration
-def test_fd0_mode_serves_fastcgi(short_tmp: Path) -> None:
+def test_fd0_mode_serves_fastcgi(short_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """With a listening socket on fd 0, run serves FastCGI on it and SIGTERM exits 0."""
     path = write(short_tmp, """
         listeners:
@@ -507,11 +507,22 @@ def test_fd0_mode_serves_fastcgi(short_tmp: Path) -> None:
         assert b"hello from config\n" in answer
         entry = json.loads((short_tmp / "var" / "pids" / f"{process.pid}.json").read_text())
         assert entry["spawned"] is True  # its own entry, never a shared pid file
+        # Siblings share state_dir: each serves status.<pid>.sock, and status finds them.
+        assert (short_tmp / "var" / f"status.{process.pid}.sock").exists()
+        assert not (short_tmp / "var" / "status.sock").exists()
+        capsys.readouterr()
+        assert main(["status", str(short_tmp / "var")]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"process {process.pid} (spawned by the web server)\n")
+        assert main(["status", "--json", str(short_tmp / "var")]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["processes"][str(process.pid)]["pid"] == process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         status, out = finish(process)
     assert status == 0, out
     assert list((short_tmp / "var" / "pids").iterdir()) == []  # removed on exit
+    assert not (short_tmp / "var" / f"status.{process.pid}.sock").exists()
     assert os.path.exists(sock_path)
 
 

@@ -10,6 +10,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,3 +183,16 @@ def test_format_status_shows_jobs_when_present() -> None:
     """A snapshot with a jobs entry gets a jobs section."""
     text = format_status({**SNAPSHOT, "jobs": {"pending": 3, "running": 1}})
     assert text.endswith("jobs\nKEY      VALUE\npending  3\nrunning  1")
+
+
+def test_spawned_status_sockets_are_found_by_pid(tmp_path: Path) -> None:
+    """Only status.<pid>.sock names count, sorted by pid; others are ignored."""
+    from daemonapp.status import spawned_status_sockets, status_socket_path
+
+    for name in ("status.sock", "status.20.sock", "status.3.sock", "status.x.sock",
+                 "status.3.sock.new", "pids"):
+        (tmp_path / name).touch()
+    assert spawned_status_sockets(str(tmp_path)) == [
+        (3, str(tmp_path / "status.3.sock")), (20, str(tmp_path / "status.20.sock"))]
+    assert status_socket_path(str(tmp_path), 3) == str(tmp_path / "status.3.sock")
+    assert spawned_status_sockets(str(tmp_path / "missing")) == []
