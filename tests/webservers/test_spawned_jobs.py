@@ -7,6 +7,8 @@ lighttpd and mod_fcgid do.
   reclaims the job once its lease expired and completes it exactly once.
 - SIGTERM (what lighttpd and mod_fcgid send): the child is killed at once, the job
   goes back to pending with its attempt given back, and the app exits 0 within ~2 s.
+- Two siblings spawned at once on one state_dir: a daemon with `lock:` never runs in
+  both at once, every job runs exactly once, and neither stops the other.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class WebServer:
         self.listening.listen(16)
         self.spawned: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, DAEMONAPP_CONFIG=str(self.config),
+    def spawn(self, config: Path | None = None) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, DAEMONAPP_CONFIG=str(config or self.config),
                    PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "jobs")]))
         process = subprocess.Popen([sys.executable, "-m", "daemonapp.cli", "run"],
                                    stdin=self.listening.fileno(), stdout=subprocess.DEVNULL,
@@ -137,5 +139,62 @@ def test_sigterm_kills_the_job_child_at_once_and_gives_the_attempt_back(
         assert wait_for(lambda: not pid_alive(child), timeout=1.0) is True
         record = store.get(job_id)
         assert (record.state, record.attempts) == ("pending", 0)
+    finally:
+        store.close()
+
+
+SIBLINGS = CONFIG + """\
+  exclusive:
+    type: tests.webservers.spawned_app:Exclusive
+    lock: exclusive
+    log_file: {log}
+    hold: 0.02
+"""
+
+
+def _overlaps(log: str) -> tuple[int, list[str]]:
+    """(runs, overlaps) of an Exclusive daemon's log: runs of different pids that overlap."""
+    spans: list[tuple[float, float, str]] = []
+    started: dict[str, float] = {}
+    for line in log.splitlines():
+        what, pid, at = line.split()
+        if what == "start":
+            started[pid] = float(at)
+        else:
+            spans.append((started.pop(pid), float(at), pid))
+    spans.sort()
+    overlaps: list[str] = []
+    latest: tuple[float, float, str] | None = None  # the span reaching furthest so far
+    for span in spans:
+        if latest is not None and span[0] < latest[1] and span[2] != latest[2]:
+            overlaps.append(f"{latest} and {span}")
+        if latest is None or span[1] > latest[1]:
+            latest = span
+    return len(spans), overlaps
+
+
+def test_two_siblings_share_state_dir_safely(web_server: WebServer) -> None:
+    """Two spawned processes: lock held by one at a time, each job once, both alive."""
+    runs_log, records = web_server.workdir / "exclusive.log", web_server.workdir / "records"
+    config = web_server.workdir / "siblings.yaml"
+    config.write_text(SIBLINGS.replace("{log}", str(runs_log)))
+    store = open_store(str(web_server.workdir / "var"))
+    try:
+        ids = [store.submit("record", {"file": str(records)}) for _ in range(40)]
+        first, second = web_server.spawn(config), web_server.spawn(config)
+        done = wait_for(lambda: store.counts().get("done") == len(ids), timeout=40)
+        assert done, (store.counts(), _log(web_server))
+        assert sorted(int(line) for line in records.read_text().split()) == sorted(ids)
+        assert {r.attempts for r in store.list(limit=len(ids))} == {1}
+        # Let the lock change hands a few times, then check the runs never overlapped.
+        holders = wait_for(lambda: len({line.split()[1]
+                                        for line in runs_log.read_text().splitlines()}) == 2,
+                           timeout=10)
+        assert holders, "the lock never changed hands"
+        runs, overlaps = _overlaps(runs_log.read_text())
+        assert runs >= 5 and overlaps == [], (runs, overlaps)
+        assert first.poll() is None and second.poll() is None, _log(web_server)
+        pids = sorted(p.name for p in (web_server.workdir / "var" / "pids").iterdir())
+        assert pids == sorted([f"{first.pid}.json", f"{second.pid}.json"])
     finally:
         store.close()
