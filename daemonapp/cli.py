@@ -519,8 +519,9 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
     if inherited:
         # The web server SIGKILLs a few seconds after its SIGTERM: job children are
         # killed at once and their jobs go back to pending with their attempt given back.
+        # (A dispatcher's own stop_timeout would only lose the attempt to that SIGKILL.)
         for daemon in app.daemons.values():
-            if hasattr(daemon, "jobs_snapshot") and getattr(daemon, "stop_timeout", 1) is None:
+            if hasattr(daemon, "jobs_snapshot"):
                 daemon.stop_timeout = 0.0  # type: ignore[attr-defined]
     if inherited and not any(spec.options.get("endpoint") == "fd:0" for spec in specs):
         log.warn("fd 0 is a listening socket, but no fastcgi listener serves it "

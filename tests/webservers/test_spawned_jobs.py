@@ -44,6 +44,7 @@ daemons:
     maximum_idle: 200ms
     lease: 1s
     retry_delay: 50ms
+    stop_timeout: 10s  # spawned: children are killed at once all the same
 """
 
 
