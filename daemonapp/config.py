@@ -667,7 +667,12 @@ class _Validator:
         if not isinstance(raw, list):
             check.error(line, "listeners", f"expected a list of listener items, got {raw!r}")
             return ()
-        converters = _listener_options()
+        try:
+            converters: dict[str, Callable[[Any], Any]] = dict(
+                _listeners_module().LISTENER_OPTIONS)
+        except _ListenersUnavailable as e:
+            check.error(line, "listeners", str(e))
+            return ()
         specs = []
         inherited: list[int] = []
         lines = raw.lines if isinstance(raw, _Sequence) else [line] * len(raw)
@@ -691,9 +696,6 @@ class _Validator:
             for key in body:
                 dotted = f"{prefix}.{key}"
                 value = _raw(body, key)
-                if converters is None:
-                    options[key] = value
-                    continue
                 if key not in converters:
                     check.error(_line(body, key), dotted,
                                 f"unknown listener option{_suggest(key, converters)}; "
@@ -730,9 +732,10 @@ class _Validator:
                       daemons: tuple[DaemonSpec, ...], state_dir: str) -> None:
         """Build each listener once, unstarted, on a Clock: imports and cross-key rules
         (wsgi or native, jobs needs a dispatcher) are checked before anything starts."""
-        build = _listener_builder()
-        if build is None:
-            return
+        try:
+            build = _listeners_module().build_listener
+        except _ListenersUnavailable:
+            return  # reported by listeners() already
         from twisted.internet.task import Clock
 
         has_jobs = any(callable(getattr(spec.cls, "job_status", None)) for spec in daemons)
@@ -800,24 +803,22 @@ def _no_job_status(job_id: int) -> Any:
     return None
 
 
-def _listener_builder() -> Callable[..., Any] | None:
-    """daemonapp.listeners.build_listener, None when not provided."""
+def _listeners_module() -> Any:
+    """daemonapp.listeners, imported when a config has listeners.
+
+    An ImportError there is an environment problem (a dependency of Twisted missing
+    or broken, e.g. Debian's pyOpenSSL without service_identity ahead of the venv),
+    reported with its real cause rather than as a configuration mistake.
+    """
     try:
-        module = importlib.import_module("daemonapp.listeners")
-    except ImportError:
-        return None
-    builder: Callable[..., Any] | None = getattr(module, "build_listener", None)
-    return builder
+        return importlib.import_module("daemonapp.listeners")
+    except ImportError as e:
+        raise _ListenersUnavailable(f"listeners cannot be built here: importing "
+                                    f"daemonapp.listeners failed: {e}") from e
 
 
-def _listener_options() -> dict[str, Callable[[Any], Any]] | None:
-    """daemonapp.listeners.LISTENER_OPTIONS (key -> converter), None when not provided."""
-    try:
-        module = importlib.import_module("daemonapp.listeners")
-    except ImportError:
-        return None
-    options = getattr(module, "LISTENER_OPTIONS", None)
-    return dict(options) if options is not None else None
+class _ListenersUnavailable(Exception):
+    """daemonapp.listeners (or one of its dependencies) cannot be imported."""
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -897,11 +898,10 @@ def build_listeners(config: Config, app: DaemonApp, *,
     specs = tuple(config.listeners if only is None else only)
     if not specs:
         return
-    build = _listener_builder()
-    if build is None:
-        raise ConfigError([f"{config.path}:{specs[0].line}: listeners: this daemonapp "
-                           "cannot build listeners (daemonapp.listeners.build_listener "
-                           "is missing)"])
+    try:
+        build = _listeners_module().build_listener
+    except _ListenersUnavailable as e:
+        raise ConfigError([f"{config.path}:{specs[0].line}: listeners: {e}"]) from None
     jobs_status = None
     for daemon in app.daemons.values():
         if callable(getattr(daemon, "job_status", None)):

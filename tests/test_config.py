@@ -597,6 +597,30 @@ def test_listener_options_are_checked_by_the_listener_module(tmp_path: Path) -> 
                               "option (did you mean 'max_concurrent'?)")
 
 
+def test_a_broken_listeners_dependency_is_reported_with_its_cause(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ImportError inside daemonapp.listeners (a broken dependency of Twisted) is
+    reported as such, at the listeners' line, not as a configuration mistake."""
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name: str, package: str | None = None) -> Any:
+        if name == "daemonapp.listeners":
+            raise ModuleNotFoundError("No module named 'service_identity'",
+                                      name="service_identity")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    path = write(tmp_path, """
+        listeners:
+          - {protocol: fastcgi, endpoint: "unix:run/app.sock", wsgi: "tests.test_config:app"}
+    """)
+    (message,) = errors(path)
+    assert message == (f"{path}:1: listeners: listeners cannot be built here: importing "
+                       "daemonapp.listeners failed: No module named 'service_identity'")
+
+
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """A WSGI application for listener items."""
     start_response("200 OK", [("Content-Type", "text/plain")])
