@@ -18,6 +18,12 @@ from daemonapp.listeners.limits import Dispatcher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: After answering a request whose body is still arriving, a connection about to close
+#: reads (and drops) the rest of the body first, for at most this long: closing under
+#: the web server's writes makes it fail the request (Apache's mod_proxy_fcgi: EPIPE
+#: "sending empty stdin", then its own 503) instead of relaying our answer.
+LINGER_TIMEOUT = 5.0
+
 
 class TrackedProtocol(Protocol):
     """A listener connection the factory can ask about its state during a drain."""
@@ -58,6 +64,36 @@ class TrackedProtocol(Protocol):
                 return
             data = data[sent:]
         transport.write(data)
+
+    #: the timer of a linger (see :meth:`linger`), None when not lingering
+    _linger_call: Any = None
+
+    def linger(self) -> None:
+        """Close once the peer has sent the rest of the answered request's body.
+
+        The protocol calls :meth:`end_linger` when the body ends; a timer does after
+        LINGER_TIMEOUT if it never does. Meanwhile the body's bytes are dropped.
+        """
+        self._linger_call = self.factory.reactor.callLater(LINGER_TIMEOUT, self.end_linger)
+
+    @property
+    def lingering(self) -> bool:
+        return self._linger_call is not None
+
+    def end_linger(self) -> None:
+        """The linger is over: close (see :meth:`linger_over`)."""
+        self.cancel_linger()
+        self.linger_over()
+
+    def cancel_linger(self) -> None:
+        call, self._linger_call = self._linger_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def linger_over(self) -> None:
+        """Close the connection at the end of a linger."""
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def is_idle(self) -> bool:
         """True when no request is in progress or partly received."""

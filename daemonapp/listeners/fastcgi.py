@@ -184,6 +184,7 @@ class FastCGIProtocol(TrackedProtocol):
         self._closed = False
         self._input_pauses = 0
         self._output_paused = False
+        self._linger_rid = -1
 
     # -- connection -------------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class FastCGIProtocol(TrackedProtocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
+        self.cancel_linger()
         self._pending = []
         requests, self.requests = self.requests, {}
         for ex in requests.values():
@@ -270,6 +272,9 @@ class FastCGIProtocol(TrackedProtocol):
             if rtype == FCGI_STDIN:
                 ex = requests.get(rid)
                 if ex is None:
+                    if not clen and rid == self._linger_rid:
+                        self.end_linger()  # the body we waited for has ended
+                        return
                     continue
                 if clen:
                     ex.feed_body(data[start:start + clen])
@@ -408,7 +413,28 @@ class FastCGIProtocol(TrackedProtocol):
                 del requests[rid]
             if not ex.keep_conn or (self.factory.draining and not requests):
                 # draining: hand the web server's next request to the new process
-                transport.loseConnection()
+                if ex.body_complete or requests:
+                    transport.loseConnection()
+                else:
+                    self._linger(rid)
+
+    def _linger(self, rid: int) -> None:
+        """Close once request ``rid``'s body has ended (bounded: see ``linger``)."""
+        self._linger_rid = rid
+        self.linger()
+        if self._input_pauses:  # the answer is out: nothing reads that body any more
+            self._input_pauses = 0
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def linger_over(self) -> None:
+        self._linger_rid = -1
+        if self.requests:
+            return  # a request began meanwhile: its end closes the connection
+        if not self._closed:
+            self._closed = True
+            self._pending = []
+            self._pending_len = 0
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort_connection(self, ex: FastCGIExchange) -> None:
         """End a response cut short: close the connection so the web server sees it."""

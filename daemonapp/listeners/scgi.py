@@ -59,7 +59,7 @@ class SCGIExchange(Exchange):
         proto = self.proto
         headers = with_length(status, headers, len(body), self.params.get("REQUEST_METHOD", ""))
         proto.send(cgi_head(status, headers) + body)
-        proto.transport.loseConnection()  # type: ignore[union-attr]
+        proto.finish()
 
     def _emit_head(self, status: str, headers: Headers) -> None:
         self.proto.send(cgi_head(status, headers))
@@ -68,7 +68,7 @@ class SCGIExchange(Exchange):
         self.proto.send(data)
 
     def _emit_end(self) -> None:
-        self.proto.transport.loseConnection()  # type: ignore[union-attr]
+        self.proto.finish()
 
     def _emit_abort(self) -> None:
         self.proto.transport.abortConnection()  # type: ignore[union-attr]
@@ -120,7 +120,7 @@ class FrontendSCGIExchange(SCGIExchange):
         headers = with_length(status, headers, self._size,
                               self.params.get("REQUEST_METHOD", ""))
         self.proto.send(b"".join([cgi_head(status, headers), *answer]))
-        transport.loseConnection()
+        self.proto.finish()
 
     def _emit_abort(self) -> None:
         self._answer = None
@@ -147,6 +147,7 @@ class SCGIProtocol(TrackedProtocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
+        self.cancel_linger()
         if self.exchange is not None:
             self.exchange.peer_gone()
         self.factory.connection_closed(self)
@@ -164,6 +165,15 @@ class SCGIProtocol(TrackedProtocol):
 
     def stopProducing(self) -> None:
         self._closed = True
+
+    def finish(self) -> None:
+        """The answer is out: close, once the peer has sent the whole body."""
+        if self._remaining > 0 and not self._closed:
+            transport: Any = self.transport
+            transport.resumeProducing()  # nothing reads the body any more
+            self.linger()
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _error(self, message: str) -> None:
         log.warn("SCGI: {message}; closing the connection", message=message)
@@ -224,6 +234,7 @@ class SCGIProtocol(TrackedProtocol):
         ex.params = params
         self._remaining = int(length_text)
         if self._remaining > dispatcher.max_body_bytes:
+            self._remaining -= min(len(rest), self._remaining)  # dropped (a linger counts)
             dispatcher.params_ready(ex)  # answers 413
             return
         if rest:
@@ -242,6 +253,8 @@ class SCGIProtocol(TrackedProtocol):
         ex.feed_body(data)
         if self._remaining == 0 and dispatch:
             ex.end_body()
+            if self.lingering:
+                self.end_linger()
 
     def _too_large(self) -> None:
         self._closed = True

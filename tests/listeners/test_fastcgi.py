@@ -275,6 +275,59 @@ class LimitTests(SynchronousTestCase):
                          [(FCGI_END_REQUEST, 101, struct.pack("!IB3x", 0, 1))])
 
 
+class LingerTests(SynchronousTestCase):
+    """Answered before its body ended, a closing connection first reads the body's rest:
+    closing under the web server's writes makes it fail the request (Apache's
+    mod_proxy_fcgi: EPIPE on the empty STDIN record, then its own 503)."""
+
+    def test_early_413_closes_only_after_the_body_ended(self) -> None:
+        """413 goes out at once; the close waits for the empty STDIN record."""
+        listener = make_listener(native="tests.listeners.apps:echo_native", max_body_bytes=10)
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1, keep_conn=False)
+                           + params(1, REQUEST_METHOD="POST", CONTENT_LENGTH="20"))
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(record(FCGI_STDIN, 1, b"x" * 20))
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(record(FCGI_STDIN, 1))
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_body_that_never_ends_is_waited_for_a_bounded_time(self) -> None:
+        """Without the body's end the connection still closes after LINGER_TIMEOUT."""
+        from daemonapp.listeners.connections import LINGER_TIMEOUT
+
+        listener = make_listener(native="tests.listeners.apps:echo_native", max_body_bytes=10)
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1, keep_conn=False)
+                           + params(1, REQUEST_METHOD="POST", CONTENT_LENGTH="20"))
+        listener.reactor.advance(LINGER_TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        listener.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_whole_answer_before_the_body_ended_waits_too(self) -> None:
+        """A WSGI-like early whole answer (hello, body unread) closes after the body."""
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1, keep_conn=False) + params(1, REQUEST_METHOD="GET"))
+        # a native handler needs the whole body: nothing is answered yet
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(record(FCGI_STDIN, 1))
+        self.assertTrue(stdout_of(transport.value()).endswith(b"Hello, world!\n"))
+        self.assertTrue(transport.disconnecting)  # the body had ended: close at once
+
+    def test_keep_conn_answers_never_linger(self) -> None:
+        """With KEEP_CONN the connection stays open, answered early or not."""
+        listener = make_listener(native="tests.listeners.apps:echo_native", max_body_bytes=10)
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1, keep_conn=True)
+                           + params(1, REQUEST_METHOD="POST", CONTENT_LENGTH="20"))
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
+        proto.dataReceived(record(FCGI_STDIN, 1, b"x" * 20) + record(FCGI_STDIN, 1))
+        self.assertFalse(transport.disconnecting)
+
+
 class FlowControlTests(SynchronousTestCase):
     def test_registers_as_streaming_producer(self) -> None:
         """The protocol registers itself with its transport as a streaming producer."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -65,6 +67,37 @@ class SCGITests(SynchronousTestCase):
         proto, transport = connect(listener)
         proto.dataReceived(scgi_request(b"four", REQUEST_METHOD="POST"))
         self.assertTrue(transport.value().startswith(b"Status: 413 "))
+
+
+class LingerTests(SynchronousTestCase):
+    """Answered before its body ended, the connection closes once the body is in (or
+    after LINGER_TIMEOUT): closing under the web server's writes fails its request."""
+
+    def _early_413(self) -> tuple[Any, Any, Any, bytes]:
+        listener = make_listener(protocol="scgi", native="tests.listeners.apps:echo_native",
+                                 max_body_bytes=3)
+        proto, transport = connect(listener)
+        data = scgi_request(b"x" * 20, REQUEST_METHOD="POST")
+        proto.dataReceived(data[:-15])  # the header and 5 bytes of the body
+        self.assertTrue(transport.value().startswith(b"Status: 413 "))
+        return listener, proto, transport, data[-15:]
+
+    def test_early_answer_closes_after_the_rest_of_the_body(self) -> None:
+        """413 at once; the connection closes when the declared body is all in."""
+        _listener, proto, transport, rest = self._early_413()
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(rest[:-1])
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(rest[-1:])
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_body_that_never_comes_is_waited_for_a_bounded_time(self) -> None:
+        """Without the rest of the body the connection closes after LINGER_TIMEOUT."""
+        from daemonapp.listeners.connections import LINGER_TIMEOUT
+
+        listener, _proto, transport, _rest = self._early_413()
+        listener.reactor.advance(LINGER_TIMEOUT)
+        self.assertTrue(transport.disconnecting)
 
 
 class FrontendTests(SynchronousTestCase):

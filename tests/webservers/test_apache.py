@@ -13,6 +13,9 @@ passes nothing else) or from SetEnv (mod_cgid).
   app behind.
 - mod_cgid (mpm_event's CGI module: fd 0 is a *connected* unix socket): one request per
   process through wsgiref's CGIHandler, nothing written in state_dir.
+- mod_proxy_fcgi against a daemon the test runs itself (as root): the listener's unix
+  socket is 0660 in a directory it creates 0750, both group www-data (`socket_group`), so
+  Apache's workers reach it and nobody else does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +41,7 @@ from tests.webservers._www import WwwRuntime, www_runtime
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 APACHE = "/usr/sbin/apache2"
 MODULES = Path("/usr/lib/apache2/modules")
 TIMEOUT = 15.0
@@ -116,6 +121,26 @@ ScriptAlias /app "{root}/cgi/app"
     SetEnv DAEMONAPP_CONFIG "{config}"
     SetEnv PYTHONPATH "{pythonpath}"
 </Directory>
+"""
+
+
+PROXY_FCGI_CONF = """\
+LoadModule proxy_module {modules}/mod_proxy.so
+LoadModule proxy_fcgi_module {modules}/mod_proxy_fcgi.so
+ProxyPass "/app/" "unix:{socket}|fcgi://localhost/"
+"""
+
+DAEMON_CONFIG = """\
+app: {{state_dir: ./var}}
+listeners:
+  - protocol: fastcgi
+    endpoint: unix:{socket}
+    mode: 0660
+    socket_group: www-data
+    script_name: /app
+    wsgi: tests.webservers.spawned_app:application
+daemons:
+  ticker: {{type: "tests.webservers.spawned_app:Ticker"}}
 """
 
 
@@ -393,3 +418,35 @@ def test_cgid_plain_cgi_answers_and_writes_nothing(site: Site) -> None:
     assert re.search(r"wrapper pid=\d+ fd0=socket:\[\d+\]", site.log()), site.log()
     assert list(site.state_dir.iterdir()) == []
     wait_for(lambda: site.app_pids() == [], "the CGI processes to exit", timeout=3)
+
+
+# ---------------------------------------------------------------- mod_proxy_fcgi
+
+
+def test_proxy_fcgi_reaches_a_daemon_through_its_group_socket(site: Site) -> None:
+    """mod_proxy_fcgi (as www-data) to `daemonapp run`'s unix socket, group www-data."""
+    socket_path = site.root / "sock" / "app.sock"
+    config = site.root / "daemon.yaml"
+    config.write_text(DAEMON_CONFIG.format(socket=socket_path))
+    with open(site.root / "daemon.log", "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "daemonapp.cli", "run", str(config)],
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  cwd=site.root, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        wait_for(socket_path.exists, "the daemon's socket")
+        www_gid = site.www.gid
+        directory, sock = os.stat(socket_path.parent), os.stat(socket_path)
+        assert (oct(directory.st_mode & 0o7777), directory.st_gid) == ("0o750", www_gid)
+        assert (oct(sock.st_mode & 0o777), sock.st_gid) == ("0o660", www_gid)
+        site.start(PROXY_FCGI_CONF.replace("{socket}", str(socket_path)))
+        pid = site.hello_pid()
+        assert pid == daemon.pid
+        body = os.urandom(MIB)
+        assert site.request("POST", "/app/echo", body) == (
+            200, f"{MIB} {hashlib.sha256(body).hexdigest()}\n".encode()), (
+            site.log() + (site.root / "daemon.log").read_text())
+        assert site.request("GET", "/app/big") == (200, b"x" * MIB)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        status = daemon.wait(timeout=TIMEOUT)
+    assert status == 0, (site.root / "daemon.log").read_text()
