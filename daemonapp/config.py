@@ -978,6 +978,8 @@ def stop_unless_listening(app: DaemonApp) -> bool:
     The entry points call this once the app has started: a listener that cannot bind
     (an address in use) must not leave a half-started process behind.
     """
+    if app.stop_reason is not None:
+        return True  # already stopping (an idle exit at start): its listeners are closing
     failed = not_listening(app)
     if not failed:
         return True

@@ -65,6 +65,21 @@ class TrackedProtocol(Protocol):
             data = data[sent:]
         transport.write(data)
 
+    def close(self) -> None:
+        """``transport.loseConnection()``, unregistering us as its producer first.
+
+        With a producer registered, Twisted's FileDescriptor closes only once it is
+        unregistered if the producer was paused when the buffer emptied: a connection
+        that once sent a big answer to a slow reader would never close (its fd leaks,
+        and a drain would wait for it forever).
+        """
+        transport: Any = self.transport
+        if transport is None:
+            return
+        if getattr(transport, "producer", None) is self:
+            transport.unregisterProducer()
+        transport.loseConnection()
+
     #: the timer of a linger (see :meth:`linger`), None when not lingering
     _linger_call: Any = None
 
@@ -92,8 +107,7 @@ class TrackedProtocol(Protocol):
 
     def linger_over(self) -> None:
         """Close the connection at the end of a linger."""
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self.close()
 
     def is_idle(self) -> bool:
         """True when no request is in progress or partly received."""
@@ -102,7 +116,7 @@ class TrackedProtocol(Protocol):
     def close_if_idle(self) -> bool:
         """Close the connection when idle; return True if it was closed."""
         if self.is_idle() and self.transport is not None:
-            self.transport.loseConnection()
+            self.close()
             return True
         return False
 

@@ -239,7 +239,7 @@ class FastCGIProtocol(TrackedProtocol):
         self._closed = True
         self._pending = []
         self._pending_len = 0
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.close()
 
     # -- parsing (the hot path) -------------------------------------------------------
 
@@ -333,7 +333,7 @@ class FastCGIProtocol(TrackedProtocol):
                 ex.peer_gone()
                 self.transport.write(end_request(rid))  # type: ignore[union-attr]
                 if not ex.keep_conn:
-                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    self.close()
             elif rid == 0:
                 if rtype == FCGI_GET_VALUES:
                     self._get_values(data[start:start + clen])
@@ -362,7 +362,7 @@ class FastCGIProtocol(TrackedProtocol):
         self._closed = True
         self._pending = []
         self._pending_len = 0
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.close()
 
     def _get_values(self, content: bytes) -> None:
         try:
@@ -414,7 +414,7 @@ class FastCGIProtocol(TrackedProtocol):
             if not ex.keep_conn or (self.factory.draining and not requests):
                 # draining: hand the web server's next request to the new process
                 if ex.body_complete or requests:
-                    transport.loseConnection()
+                    self.close()
                 else:
                     self._linger(rid)
 
@@ -434,7 +434,7 @@ class FastCGIProtocol(TrackedProtocol):
             self._closed = True
             self._pending = []
             self._pending_len = 0
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.close()
 
     def abort_connection(self, ex: FastCGIExchange) -> None:
         """End a response cut short: close the connection so the web server sees it."""
@@ -442,7 +442,7 @@ class FastCGIProtocol(TrackedProtocol):
             del self.requests[ex.rid]
         if not self._closed:
             self._closed = True
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.close()
 
 
 class FastCGIFactory(ListenerFactory):

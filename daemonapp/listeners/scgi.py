@@ -173,13 +173,13 @@ class SCGIProtocol(TrackedProtocol):
             transport.resumeProducing()  # nothing reads the body any more
             self.linger()
         else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.close()
 
     def _error(self, message: str) -> None:
         log.warn("SCGI: {message}; closing the connection", message=message)
         self._closed = True
         self._buf = b""
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.close()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:

@@ -139,7 +139,9 @@ class Listener(service.Service):
         busy = self.dispatcher.active > 0
         quiet: dict[Any, tuple[int, float]] = {}
         for conn in list(self.factory.connections):
-            if not conn.is_idle():
+            if not conn.is_idle() or getattr(conn.transport, "disconnecting", False):
+                # closing: the last of an answer may still wait in its write buffer
+                # (a slow reader); it is done when the connection is lost
                 busy = True
                 continue
             seen = conn.requests_seen

@@ -317,6 +317,16 @@ class LingerTests(SynchronousTestCase):
         self.assertTrue(stdout_of(transport.value()).endswith(b"Hello, world!\n"))
         self.assertTrue(transport.disconnecting)  # the body had ended: close at once
 
+    def test_close_unregisters_the_producer_first(self) -> None:
+        """Closing unregisters the protocol as producer: with one registered, Twisted's
+        FileDescriptor never closes a connection whose producer it had paused."""
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        proto, transport = connect(listener)
+        self.assertIs(transport.producer, proto)
+        proto.dataReceived(request(1, keep_conn=False))
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+
     def test_keep_conn_answers_never_linger(self) -> None:
         """With KEEP_CONN the connection stays open, answered early or not."""
         listener = make_listener(native="tests.listeners.apps:echo_native", max_body_bytes=10)
