@@ -19,6 +19,7 @@ from tests.webservers._lighttpd import (
     APP,
     MARK,
     MIB,
+    PLAIN_CONFIG,
     ROOT,
     TICKER_CONFIG,
     TIMEOUT,
@@ -225,3 +226,23 @@ def test_mod_cgi_runs_the_same_entry_point_as_plain_cgi() -> None:
         assert "Traceback" not in where.read("error.log") + where.read("server.log")
         server.stop()
         assert marked_pids(where.marker) == []
+
+
+def test_max_requests_ends_the_process_and_lighttpd_starts_a_fresh_one() -> None:
+    """max_requests 3 under bin-path: the process exits 0 after 3 answers and lighttpd
+    spawns a new one for the next request; no request fails."""
+    with site("dwsm-") as where:
+        config = where.write_config(PLAIN_CONFIG.replace(
+            'application"}', 'application", max_requests: 3}'))
+        command = " ".join([*daemonapp_argv(), "run", str(config)])
+        server = Lighttpd(where, fastcgi_server(
+            where, max_procs=1, bin_path=command, environment={"PYTHONPATH": str(ROOT)}),
+            modules=("mod_fastcgi",))
+        first = [hello_pid(server.get("/app/")) for _ in range(3)]
+        assert len(set(first)) == 1
+        wait_until(lambda: not alive(first[0]), "the first process to exit after max_requests")
+        # lighttpd reaps it (its status is in lighttpd's hands): the app's log says 0
+        log = where.read("server.log")
+        assert "max_requests" in log and "daemonapp ended with exit status 0" in log, log
+        later = [hello_pid(server.get("/app/")) for _ in range(3)]
+        assert len(set(later)) == 1 and later[0] != first[0]
