@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -234,44 +234,44 @@ def test_pid_entries_ignore_dead_processes(tmp_path: Path) -> None:
     assert list((tmp_path / "pids").iterdir()) == []
 
 
-def test_pid_entries_find_a_live_sibling(tmp_path: Path) -> None:
+@pytest.fixture
+def sibling(tmp_path: Path) -> Iterator[Callable[..., int]]:
+    """Writes the pid entry of a live process (a sleeper) with the given extra keys."""
+    from daemonapp.cli import _process_start
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+
+    def entry(config_path: str, **extra: object) -> int:
+        (tmp_path / "pids").mkdir(exist_ok=True)
+        (tmp_path / "pids" / f"{sleeper.pid}.json").write_text(json.dumps(
+            {"pid": sleeper.pid, "start": _process_start(sleeper.pid),
+             "config": config_path, **extra}))
+        return sleeper.pid
+
+    try:
+        yield entry
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_pid_entries_find_a_live_sibling(tmp_path: Path, sibling: Callable[..., int]) -> None:
     """A live process of the same config is found by the next one."""
-    config = str(tmp_path / "daemons.yaml")
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        from daemonapp.cli import _process_start
-
-        mine = PidEntries(str(tmp_path), config)
-        (tmp_path / "pids").mkdir()
-        (tmp_path / "pids" / f"{sleeper.pid}.json").write_text(json.dumps(
-            {"pid": sleeper.pid, "start": _process_start(sleeper.pid),
-             "config": mine.config_path}))
-        assert [entry["pid"] for entry in mine.others()] == [sleeper.pid]
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+    mine = PidEntries(str(tmp_path), str(tmp_path / "daemons.yaml"))
+    pid = sibling(mine.config_path)
+    assert [entry["pid"] for entry in mine.others()] == [pid]
 
 
-def test_pid_entries_of_spawned_processes_are_never_taken_over(tmp_path: Path) -> None:
+def test_pid_entries_of_spawned_processes_are_never_taken_over(
+        tmp_path: Path, sibling: Callable[..., int]) -> None:
     """An entry marked spawned (a web server owns that process) is not a sibling to stop."""
-    config = str(tmp_path / "daemons.yaml")
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        from daemonapp.cli import _process_start
-
-        mine = PidEntries(str(tmp_path), config)
-        (tmp_path / "pids").mkdir()
-        (tmp_path / "pids" / f"{sleeper.pid}.json").write_text(json.dumps(
-            {"pid": sleeper.pid, "start": _process_start(sleeper.pid),
-             "config": mine.config_path, "spawned": True}))
-        assert mine.others() == []
-        assert (tmp_path / "pids" / f"{sleeper.pid}.json").exists()  # live: kept
-        mine.write(spawned=True)
-        entry = json.loads((tmp_path / "pids" / f"{os.getpid()}.json").read_text())
-        assert (entry["pid"], entry["spawned"]) == (os.getpid(), True)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+    mine = PidEntries(str(tmp_path), str(tmp_path / "daemons.yaml"))
+    pid = sibling(mine.config_path, spawned=True)
+    assert mine.others() == []
+    assert (tmp_path / "pids" / f"{pid}.json").exists()  # live: kept
+    mine.write(spawned=True)
+    entry = json.loads((tmp_path / "pids" / f"{os.getpid()}.json").read_text())
+    assert (entry["pid"], entry["spawned"]) == (os.getpid(), True)
 
 
 # -------------------------------------------------------------------- jobs
