@@ -507,11 +507,10 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
         return EXIT_CONFIG
     overrides: dict[str, Any] = {}
     if inherited:
-        overrides["stop_timeout"] = min(config.app.stop_timeout, SPAWNED_STOP_TIMEOUT)
-    if inherited:
-        # Siblings spawned by the web server share state_dir: a status socket each.
         from daemonapp.status import status_socket_path
 
+        overrides["stop_timeout"] = min(config.app.stop_timeout, SPAWNED_STOP_TIMEOUT)
+        # Siblings spawned by the web server share state_dir: a status socket each.
         overrides["status_socket"] = status_socket_path(config.app.state_dir, os.getpid())
     app = build_app(config, reactor=reactor, stop_reactor=True, handle_signals=True,
                     listeners=False, status_server=True, **overrides)

@@ -145,8 +145,8 @@ def _web_server_addrs() -> list[str] | None:
     try:
         return _allow_from(value)
     except ValueError as err:
-        raise _option_error("allow_from", f"{WEB_SERVER_ADDRS} from the environment: {err}",
-                            ) from None
+        message = f"{WEB_SERVER_ADDRS} from the environment: {err}"
+        raise _option_error("allow_from", message) from None
 
 
 def _script_name(value: Any) -> str:
