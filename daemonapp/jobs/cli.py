@@ -135,6 +135,13 @@ def _print_table(records: Sequence[JobRecord], out: TextIO) -> None:
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
 
 
+# The commands that change a job's state: (the state it is then in, which jobs they accept).
+_STATE_CHANGES = {
+    "retry": ("pending", "only failed or cancelled jobs can be retried"),
+    "cancel": ("cancelled", "only pending or running jobs can be cancelled"),
+}
+
+
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from daemonapp.jobs.store import open_store
 
@@ -170,23 +177,16 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             else:
                 _print_table(records, out)
             return EXIT_OK
-        if args.command == "retry":
-            if not store.retry(args.id):
+        if args.command in _STATE_CHANGES:
+            new_state, accepted = _STATE_CHANGES[args.command]
+            change = store.retry if args.command == "retry" else store.cancel
+            if not change(args.id):
                 record = store.get(args.id)
                 state = "unknown" if record is None else record.state
-                err.write(f"daemonapp jobs retry: job {args.id} is {state}; only failed or "
-                          f"cancelled jobs can be retried\n")
+                err.write(f"daemonapp jobs {args.command}: job {args.id} is {state}; "
+                          f"{accepted}\n")
                 return EXIT_REFUSED
-            out.write(f"job {args.id}: pending\n")
-            return EXIT_OK
-        if args.command == "cancel":
-            if not store.cancel(args.id):
-                record = store.get(args.id)
-                state = "unknown" if record is None else record.state
-                err.write(f"daemonapp jobs cancel: job {args.id} is {state}; only pending or "
-                          f"running jobs can be cancelled\n")
-                return EXIT_REFUSED
-            out.write(f"job {args.id}: cancelled\n")
+            out.write(f"job {args.id}: {new_state}\n")
             return EXIT_OK
         raise AssertionError(args.command)
     finally:

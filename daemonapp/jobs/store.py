@@ -14,9 +14,10 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -112,6 +113,232 @@ def _record(row: tuple[Any, ...] | Any) -> JobRecord:
     )
 
 
+# -- What both stores share ---------------------------------------------------------------
+
+# The SQL below is written once, as templates whose fields each dialect fills in
+# (``_SQLJobStore._dialect``):
+#   p           a placeholder (``?`` or ``%s``)
+#   p_text      a placeholder that may be NULL and is compared with a text column
+#   now         the database's clock as the column type
+#   at          a placeholder holding a Unix time (or NULL), as the column type
+#   later       now plus a placeholder holding seconds
+#   greatest    the larger of two values
+#   for_update  locks a selected row until the end of the transaction (or nothing)
+#   skip_locked locks the selected rows, passing over rows locked by others (or nothing)
+#   columns     the columns of a JobRecord (see ``_record``)
+
+
+@implementer(IJobStore)
+class _SQLJobStore(ABC):
+    """The store logic both databases share; a subclass gives its dialect and connection."""
+
+    _dialect: ClassVar[Mapping[str, str]]
+    _conn: Any
+
+    def __init__(self, max_attempts: int) -> None:
+        self.max_attempts = _check_budget(max_attempts, DEFAULT_MAX_ATTEMPTS)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @abstractmethod
+    def _tx(self) -> AbstractContextManager[Any]:
+        """A connection inside a transaction, holding the store's lock."""
+
+    @abstractmethod
+    def _insert(self, kind: str, payload: str, unique_key: str | None, *, priority: int,
+                due: float | None, budget: int) -> int:
+        """Add a checked job, deduplicated by ``unique_key``; its id."""
+
+    def _notify(self, conn: Any) -> None:  # noqa: B027 - a hook; SQLite has nobody to tell
+        """Tell idle dispatchers that a job became pending (a hint; none by default)."""
+
+    @abstractmethod
+    def _next_token(self, conn: Any) -> tuple[str, tuple[Any, ...]]:
+        """The SQL expression (and its parameters) of a fresh fencing token."""
+
+    def _sql(self, template: str) -> str:
+        return template.format_map(self._dialect)
+
+    def _install_schema(self, conn: Any, version_table: str, statements: Sequence[str], *,
+                        prefix: str = "", place: str = "") -> None:
+        """Create the tables (inside the caller's transaction) and record the version."""
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {version_table} (version INTEGER NOT NULL)")
+        row = conn.execute(f"SELECT version FROM {version_table}").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{prefix}job schema version {row[0]}{place} is newer than this "
+                f"daemonapp's ({SCHEMA_VERSION}); upgrade daemonapp")
+        for statement in statements:
+            conn.execute(statement)
+        if row is None:
+            conn.execute(self._sql(f"INSERT INTO {version_table} (version) VALUES ({{p}})"),
+                         (SCHEMA_VERSION,))
+
+    def _refusal(self, conn: Any, job_id: int, token: int) -> StaleLease:
+        row = conn.execute(self._sql("SELECT state, token FROM jobs WHERE id = {p}"),
+                           (job_id,)).fetchone()
+        return _stale(job_id, token, None if row is None else row[0],
+                      None if row is None else row[1])
+
+    def submit(self, kind: str, payload: dict[str, Any], unique_key: str | None = None,
+               priority: int = 0, run_after: float | None = None, *,
+               max_attempts: int | None = None) -> int:
+        """Add a pending job; with a unique_key already pending or running, its id."""
+        check_kind(kind)
+        text = encode_payload(payload)
+        budget = _check_budget(max_attempts, self.max_attempts)
+        return self._insert(kind, text, unique_key, priority=int(priority),
+                            due=absolute_time(run_after), budget=budget)
+
+    def claim(self, holder: str, lease: float = DEFAULT_LEASE, *,
+              max_attempts: int | None = None) -> Job | None:
+        """Mark the best due job running for ``holder``; None when nothing is due.
+
+        Running jobs whose lease expired (on the database's clock; SQLite's is
+        this host's) are claimed again (at-least-once), or failed when their
+        budget is spent. ``max_attempts`` (the dispatcher's policy) replaces the
+        budget of the job it claims.
+        """
+        seconds = check_lease(lease)
+        with self._tx() as conn:
+            conn.execute(self._sql(
+                """UPDATE jobs SET state = 'failed', holder = NULL, lease_expires = NULL,
+                        error = 'lease expired: holder ' || coalesce(holder, '?')
+                                || ' stopped renewing it (attempt ' || attempts || ' of '
+                                || max_attempts || ')',
+                        updated_at = {now}
+                   WHERE id IN (SELECT id FROM jobs WHERE state = 'running'
+                                AND lease_expires < {now} AND attempts >= max_attempts
+                                {skip_locked})"""))
+            row = conn.execute(self._sql(
+                """SELECT id FROM jobs WHERE state = 'running' AND lease_expires < {now}
+                   ORDER BY lease_expires LIMIT 1 {skip_locked}""")).fetchone()
+            if row is None:
+                row = conn.execute(self._sql(
+                    """SELECT id FROM jobs WHERE state = 'pending' AND run_after <= {now}
+                       ORDER BY priority DESC, run_after, id LIMIT 1 {skip_locked}""")).fetchone()
+            if row is None:
+                return None
+            token, token_params = self._next_token(conn)
+            claimed = conn.execute(self._sql(
+                f"""UPDATE jobs SET state = 'running', attempts = attempts + 1, holder = {{p}},
+                        token = {token}, lease_expires = {{later}},
+                        max_attempts = coalesce({{p}}, max_attempts), updated_at = {{now}}
+                    WHERE id = {{p}}
+                    RETURNING id, kind, payload, token, attempts, max_attempts"""),
+                (holder, *token_params, seconds, max_attempts, row[0])).fetchone()
+        return Job(id=int(claimed[0]), kind=claimed[1], payload=decode_payload(claimed[2]),
+                   token=int(claimed[3]), attempt=int(claimed[4]),
+                   max_attempts=int(claimed[5]))
+
+    def _update_held(self, job_id: int, token: int, assignments: str,
+                     params: tuple[Any, ...]) -> str:
+        """Apply ``assignments`` (a template) to the running job held with ``token``;
+        its new state."""
+        with self._tx() as conn:
+            row = conn.execute(self._sql(
+                f"""UPDATE jobs SET {assignments}, updated_at = {{now}}
+                    WHERE id = {{p}} AND token = {{p}} AND state = 'running' RETURNING state"""),
+                (*params, job_id, token)).fetchone()
+            if row is None:
+                raise self._refusal(conn, job_id, token)
+            return str(row[0])
+
+    def heartbeat(self, job_id: int, token: int, lease: float = DEFAULT_LEASE) -> None:
+        """Extend the lease by ``lease`` seconds from now; StaleLease when lost."""
+        self._update_held(job_id, token, "lease_expires = {later}", (check_lease(lease),))
+
+    def set_progress(self, job_id: int, token: int, percent: float, message: str = "") -> None:
+        """Record the job's progress; StaleLease when the lease is lost."""
+        self._update_held(job_id, token, "percent = {p}, message = {p}",
+                          (clamp_percent(percent), cap_message(message)))
+
+    def complete(self, job_id: int, token: int) -> None:
+        """Mark the job done; StaleLease when the lease is lost (a late completion)."""
+        self._update_held(job_id, token,
+                          "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", ())
+
+    def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
+        """Record a failed attempt: pending again (at ``retry_at``, else at once) while
+        attempts are left, else failed. Returns the new state ("pending" or "failed")."""
+        due = absolute_time(retry_at)
+        return self._update_held(
+            job_id, token,
+            """state = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'failed' END,
+               run_after = coalesce({at}, {now}), holder = NULL, lease_expires = NULL,
+               error = {p}""",
+            (due, cap_error(error)))
+
+    def release(self, job_id: int, token: int) -> None:
+        """Put a running job back to pending and give its attempt back (graceful stop)."""
+        self._update_held(
+            job_id, token,
+            """state = 'pending', attempts = {greatest}(attempts - 1, 0), holder = NULL,
+               lease_expires = NULL, run_after = {now}""", ())
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a pending or running job; False when it had already ended or is unknown."""
+        with self._tx() as conn:
+            row = conn.execute(self._sql(
+                """UPDATE jobs SET state = 'cancelled', lease_expires = NULL, updated_at = {now}
+                   WHERE id = {p} AND state IN ('pending', 'running') RETURNING id"""),
+                (job_id,)).fetchone()
+        return row is not None
+
+    def retry(self, job_id: int) -> bool:
+        """Make a failed (or cancelled) job pending now with a fresh budget."""
+        with self._tx() as conn:
+            row = conn.execute(self._sql(
+                """SELECT unique_key FROM jobs WHERE id = {p}
+                   AND state IN ('failed', 'cancelled') {for_update}"""), (job_id,)).fetchone()
+            if row is None:
+                return False
+            if row[0] is not None and conn.execute(self._sql(
+                    """SELECT 1 FROM jobs WHERE unique_key = {p}
+                       AND state IN ('pending', 'running')"""), (row[0],)).fetchone() is not None:
+                raise ValueError(f"job {job_id}: another job with unique key {row[0]!r} "
+                                 f"is pending or running")
+            conn.execute(self._sql(
+                """UPDATE jobs SET state = 'pending', attempts = 0, holder = NULL,
+                        lease_expires = NULL, run_after = {now}, updated_at = {now}
+                   WHERE id = {p}"""), (job_id,))
+            self._notify(conn)
+        return True
+
+    def get(self, job_id: int) -> JobRecord | None:
+        """The job's record, or None."""
+        with self._tx() as conn:
+            row = conn.execute(self._sql("SELECT {columns} FROM jobs WHERE id = {p}"),
+                               (int(job_id),)).fetchone()
+        return None if row is None else _record(row)
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (every state present, zeros included)."""
+        with self._tx() as conn:
+            rows = conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({str(state): int(n) for state, n in rows})
+        return counts
+
+    def close(self) -> None:
+        """Close the connection; later calls raise RuntimeError."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """The newest jobs first, optionally only those in ``state``."""
+        _check_state(state)
+        with self._tx() as conn:
+            rows = conn.execute(self._sql(
+                """SELECT {columns} FROM jobs WHERE ({p_text} IS NULL OR state = {p})
+                   ORDER BY id DESC LIMIT {p}"""),
+                (state, state, _check_limit(limit))).fetchall()
+        return [_record(row) for row in rows]
+
+
 # -- SQLite -------------------------------------------------------------------------------
 
 # SQLite's own julianday('now') is cut to milliseconds, so a time just taken by
@@ -143,11 +370,23 @@ _SQLITE_SCHEMA = [
     """CREATE INDEX IF NOT EXISTS jobs_leases ON jobs(lease_expires)
         WHERE state = 'running'""",
     "CREATE TABLE IF NOT EXISTS job_tokens (last INTEGER NOT NULL)",
+    "INSERT INTO job_tokens (last) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM job_tokens)",
 ]
+_SQLITE_DIALECT = {
+    "p": "?",
+    "p_text": "?",
+    "now": _SQLITE_NOW,
+    "at": "?",
+    "later": f"{_SQLITE_NOW} + ?",
+    "greatest": "max",
+    "for_update": "",  # BEGIN IMMEDIATE already holds the database's write lock
+    "skip_locked": "",
+    "columns": _RECORD_COLUMNS.format(created_at="created_at", updated_at="updated_at",
+                                      run_after="run_after"),
+}
 
 
-@implementer(IJobStore)
-class SQLiteJobStore:
+class SQLiteJobStore(_SQLJobStore):
     """Jobs in one SQLite file (WAL) inside a state_dir, for one host.
 
     One connection shared by threads behind a lock; other processes (the
@@ -155,13 +394,13 @@ class SQLiteJobStore:
     """
 
     busy_timeout_ms = 10_000
+    _dialect = _SQLITE_DIALECT
 
     def __init__(self, state_dir: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  filename: str = SQLITE_FILENAME) -> None:
-        self.max_attempts = _check_budget(max_attempts, DEFAULT_MAX_ATTEMPTS)
+        super().__init__(max_attempts)
         self.state_dir = os.path.abspath(state_dir)
         self.path = os.path.join(self.state_dir, filename)
-        self._lock = threading.Lock()
         self._make_state_dir()
         self._create_file()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
@@ -171,7 +410,8 @@ class SQLiteJobStore:
         self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._migrate()
+        with self._tx() as conn:
+            self._install_schema(conn, "schema_version", _SQLITE_SCHEMA, prefix=f"{self.path}: ")
 
     def __repr__(self) -> str:
         return f"<SQLiteJobStore {self.path}>"
@@ -193,22 +433,6 @@ class SQLiteJobStore:
         finally:
             os.close(fd)
 
-    def _migrate(self) -> None:
-        with self._tx() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path}: job schema version {row[0]} is newer than this "
-                    f"daemonapp's ({SCHEMA_VERSION}); upgrade daemonapp")
-            for statement in _SQLITE_SCHEMA:
-                conn.execute(statement)
-            if conn.execute("SELECT count(*) FROM job_tokens").fetchone()[0] == 0:
-                conn.execute("INSERT INTO job_tokens (last) VALUES (0)")
-            if row is None:
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)",
-                             (SCHEMA_VERSION,))
-
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -223,19 +447,9 @@ class SQLiteJobStore:
                 raise
             conn.execute("COMMIT")
 
-    def _refusal(self, conn: sqlite3.Connection, job_id: int, token: int) -> StaleLease:
-        row = conn.execute("SELECT state, token FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _stale(job_id, token, None if row is None else row[0],
-                      None if row is None else row[1])
-
-    def submit(self, kind: str, payload: dict[str, Any], unique_key: str | None = None,
-               priority: int = 0, run_after: float | None = None, *,
-               max_attempts: int | None = None) -> int:
-        """Add a pending job; with a unique_key already pending or running, its id."""
-        check_kind(kind)
-        text = encode_payload(payload)
-        budget = _check_budget(max_attempts, self.max_attempts)
-        due = absolute_time(run_after)
+    def _insert(self, kind: str, payload: str, unique_key: str | None, *, priority: int,
+                due: float | None, budget: int) -> int:
+        # BEGIN IMMEDIATE serialises writers, so a look-up before the insert is enough.
         with self._tx() as conn:
             if unique_key is not None:
                 row = conn.execute(
@@ -248,159 +462,14 @@ class SQLiteJobStore:
                         max_attempts, created_at, updated_at)
                     VALUES (?, ?, ?, ?, coalesce(?, {_SQLITE_NOW}), ?, {_SQLITE_NOW},
                             {_SQLITE_NOW})""",
-                (kind, text, unique_key, int(priority), due, budget))
+                (kind, payload, unique_key, priority, due, budget))
             assert cursor.lastrowid is not None
             return int(cursor.lastrowid)
 
-    def claim(self, holder: str, lease: float = DEFAULT_LEASE, *,
-              max_attempts: int | None = None) -> Job | None:
-        """Mark the best due job running for ``holder``; None when nothing is due.
-
-        Running jobs whose lease expired are claimed again (at-least-once), or
-        failed when their budget is spent. ``max_attempts`` (the dispatcher's
-        policy) replaces the budget of the job it claims.
-        """
-        seconds = check_lease(lease)
-        with self._tx() as conn:
-            conn.execute(
-                f"""UPDATE jobs SET state = 'failed', holder = NULL, lease_expires = NULL,
-                        error = 'lease expired: holder ' || coalesce(holder, '?')
-                                || ' stopped renewing it (attempt ' || attempts || ' of '
-                                || max_attempts || ')',
-                        updated_at = {_SQLITE_NOW}
-                    WHERE state = 'running' AND lease_expires < {_SQLITE_NOW}
-                        AND attempts >= max_attempts""")
-            row = conn.execute(
-                f"""SELECT id FROM jobs WHERE state = 'running' AND lease_expires < {_SQLITE_NOW}
-                    ORDER BY lease_expires LIMIT 1""").fetchone()
-            if row is None:
-                row = conn.execute(
-                    f"""SELECT id FROM jobs WHERE state = 'pending' AND run_after <= {_SQLITE_NOW}
-                        ORDER BY priority DESC, run_after, id LIMIT 1""").fetchone()
-            if row is None:
-                return None
-            token = int(conn.execute(
-                "UPDATE job_tokens SET last = last + 1 RETURNING last").fetchone()[0])
-            claimed = conn.execute(
-                f"""UPDATE jobs SET state = 'running', attempts = attempts + 1, holder = ?,
-                        token = ?, lease_expires = {_SQLITE_NOW} + ?,
-                        max_attempts = coalesce(?, max_attempts), updated_at = {_SQLITE_NOW}
-                    WHERE id = ?
-                    RETURNING id, kind, payload, token, attempts, max_attempts""",
-                (holder, token, seconds, max_attempts, row[0])).fetchone()
-        return Job(id=int(claimed[0]), kind=claimed[1], payload=decode_payload(claimed[2]),
-                   token=int(claimed[3]), attempt=int(claimed[4]),
-                   max_attempts=int(claimed[5]))
-
-    def _update_held(self, job_id: int, token: int, assignments: str,
-                     params: tuple[Any, ...]) -> str:
-        """Apply ``assignments`` to the running job held with ``token``; its new state."""
-        with self._tx() as conn:
-            row = conn.execute(
-                f"""UPDATE jobs SET {assignments}, updated_at = {_SQLITE_NOW}
-                    WHERE id = ? AND token = ? AND state = 'running' RETURNING state""",
-                (*params, job_id, token)).fetchone()
-            if row is None:
-                raise self._refusal(conn, job_id, token)
-            return str(row[0])
-
-    def heartbeat(self, job_id: int, token: int, lease: float = DEFAULT_LEASE) -> None:
-        """Extend the lease by ``lease`` seconds from now; StaleLease when lost."""
-        self._update_held(job_id, token, f"lease_expires = {_SQLITE_NOW} + ?",
-                          (check_lease(lease),))
-
-    def set_progress(self, job_id: int, token: int, percent: float, message: str = "") -> None:
-        """Record the job's progress; StaleLease when the lease is lost."""
-        self._update_held(job_id, token, "percent = ?, message = ?",
-                          (clamp_percent(percent), cap_message(message)))
-
-    def complete(self, job_id: int, token: int) -> None:
-        """Mark the job done; StaleLease when the lease is lost (a late completion)."""
-        self._update_held(job_id, token,
-                          "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", ())
-
-    def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
-        """Record a failed attempt: pending again (at ``retry_at``, else at once) while
-        attempts are left, else failed. Returns the new state ("pending" or "failed")."""
-        due = absolute_time(retry_at)
-        return self._update_held(
-            job_id, token,
-            f"""state = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'failed' END,
-               run_after = coalesce(?, {_SQLITE_NOW}), holder = NULL, lease_expires = NULL,
-               error = ?""",
-            (due, cap_error(error)))
-
-    def release(self, job_id: int, token: int) -> None:
-        """Put a running job back to pending and give its attempt back (graceful stop)."""
-        self._update_held(
-            job_id, token,
-            f"""state = 'pending', attempts = max(attempts - 1, 0), holder = NULL,
-                lease_expires = NULL, run_after = {_SQLITE_NOW}""", ())
-
-    def cancel(self, job_id: int) -> bool:
-        """Cancel a pending or running job; False when it had already ended or is unknown."""
-        with self._tx() as conn:
-            row = conn.execute(
-                f"""UPDATE jobs SET state = 'cancelled', lease_expires = NULL,
-                        updated_at = {_SQLITE_NOW}
-                    WHERE id = ? AND state IN ('pending', 'running') RETURNING id""",
-                (job_id,)).fetchone()
-        return row is not None
-
-    def retry(self, job_id: int) -> bool:
-        """Make a failed (or cancelled) job pending now with a fresh budget."""
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT unique_key FROM jobs WHERE id = ? AND state IN ('failed', 'cancelled')",
-                (job_id,)).fetchone()
-            if row is None:
-                return False
-            if row[0] is not None and conn.execute(
-                    "SELECT 1 FROM jobs WHERE unique_key = ? AND state IN ('pending', 'running')",
-                    (row[0],)).fetchone() is not None:
-                raise ValueError(f"job {job_id}: another job with unique key {row[0]!r} "
-                                 f"is pending or running")
-            conn.execute(
-                f"""UPDATE jobs SET state = 'pending', attempts = 0, holder = NULL,
-                        lease_expires = NULL, run_after = {_SQLITE_NOW},
-                        updated_at = {_SQLITE_NOW}
-                    WHERE id = ?""", (job_id,))
-        return True
-
-    def get(self, job_id: int) -> JobRecord | None:
-        """The job's record, or None."""
-        columns = _RECORD_COLUMNS.format(created_at="created_at", updated_at="updated_at",
-                                         run_after="run_after")
-        with self._tx() as conn:
-            row = conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?",
-                               (int(job_id),)).fetchone()
-        return None if row is None else _record(row)
-
-    def list(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
-        """The newest jobs first, optionally only those in ``state``."""
-        _check_state(state)
-        columns = _RECORD_COLUMNS.format(created_at="created_at", updated_at="updated_at",
-                                         run_after="run_after")
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT {columns} FROM jobs WHERE (? IS NULL OR state = ?) "
-                f"ORDER BY id DESC LIMIT ?", (state, state, _check_limit(limit))).fetchall()
-        return [_record(row) for row in rows]
-
-    def counts(self) -> dict[str, int]:
-        """How many jobs are in each state (every state present, zeros included)."""
-        with self._tx() as conn:
-            rows = conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
-        counts = dict.fromkeys(STATES, 0)
-        counts.update({str(state): int(n) for state, n in rows})
-        return counts
-
-    def close(self) -> None:
-        """Close the connection; later calls raise RuntimeError."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+    def _next_token(self, conn: Any) -> tuple[str, tuple[Any, ...]]:
+        token = int(conn.execute(
+            "UPDATE job_tokens SET last = last + 1 RETURNING last").fetchone()[0])
+        return "?", (token,)
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------
@@ -436,6 +505,17 @@ _PG_EPOCH = "extract(epoch from {})::float8"
 _PG_COLUMNS = _RECORD_COLUMNS.format(created_at=_PG_EPOCH.format("created_at"),
                                      updated_at=_PG_EPOCH.format("updated_at"),
                                      run_after=_PG_EPOCH.format("run_after"))
+_PG_DIALECT = {
+    "p": "%s",
+    "p_text": "%s::text",
+    "now": "now()",
+    "at": "to_timestamp(%s::float8)",
+    "later": "now() + make_interval(secs => %s)",
+    "greatest": "greatest",
+    "for_update": "FOR UPDATE",
+    "skip_locked": "FOR UPDATE SKIP LOCKED",
+    "columns": _PG_COLUMNS,
+}
 _SCHEMA_NAME = re.compile(r'^\s*"?([^",]+)"?')
 
 
@@ -464,8 +544,7 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
-@implementer(IJobStore)
-class PostgresJobStore:
+class PostgresJobStore(_SQLJobStore):
     """Jobs in PostgreSQL, shared by dispatchers on several hosts.
 
     Claims use ``FOR UPDATE SKIP LOCKED``; the tables live in the connection's
@@ -473,15 +552,15 @@ class PostgresJobStore:
     it is created when missing). Submits send a NOTIFY as a wake-up hint.
     """
 
+    _dialect = _PG_DIALECT
+
     def __init__(self, url: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  connect_timeout: float = 10.0) -> None:
-        self.max_attempts = _check_budget(max_attempts, DEFAULT_MAX_ATTEMPTS)
+        super().__init__(max_attempts)
         self.url = url
         self.connect_timeout = connect_timeout
         self._psycopg = _import_psycopg()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._conn: Any = None
+        self._conn = None
         self.schema = ""
         with self._lock:
             self._migrate(self._connection())
@@ -522,18 +601,8 @@ class PostgresJobStore:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                          (f"daemonapp.jobs.schema.{self.schema}",))
-            conn.execute("CREATE TABLE IF NOT EXISTS jobs_schema_version "
-                         "(version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM jobs_schema_version").fetchone()
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"job schema version {row[0]} in {self.schema!r} is newer than this "
-                    f"daemonapp's ({SCHEMA_VERSION}); upgrade daemonapp")
-            for statement in _PG_SCHEMA:
-                conn.execute(statement)
-            if row is None:
-                conn.execute("INSERT INTO jobs_schema_version (version) VALUES (%s)",
-                             (SCHEMA_VERSION,))
+            self._install_schema(conn, "jobs_schema_version", _PG_SCHEMA,
+                                 place=f" in {self.schema!r}")
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -542,19 +611,11 @@ class PostgresJobStore:
             with conn.transaction():
                 yield conn
 
-    def _refusal(self, conn: Any, job_id: int, token: int) -> StaleLease:
-        row = conn.execute("SELECT state, token FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        return _stale(job_id, token, None if row is None else row[0],
-                      None if row is None else row[1])
+    def _notify(self, conn: Any) -> None:
+        conn.execute("SELECT pg_notify(%s, current_schema())", (NOTIFY_CHANNEL,))
 
-    def submit(self, kind: str, payload: dict[str, Any], unique_key: str | None = None,
-               priority: int = 0, run_after: float | None = None, *,
-               max_attempts: int | None = None) -> int:
-        """Add a pending job; with a unique_key already pending or running, its id."""
-        check_kind(kind)
-        text = encode_payload(payload)
-        budget = _check_budget(max_attempts, self.max_attempts)
-        due = absolute_time(run_after)
+    def _insert(self, kind: str, payload: str, unique_key: str | None, *, priority: int,
+                due: float | None, budget: int) -> int:
         while True:
             with self._tx() as conn:
                 row = conn.execute(
@@ -563,166 +624,22 @@ class PostgresJobStore:
                        VALUES (%s, %s, %s, %s, coalesce(to_timestamp(%s::float8), now()), %s)
                        ON CONFLICT (unique_key) WHERE state IN ('pending', 'running')
                        DO NOTHING RETURNING id""",
-                    (kind, text, unique_key, int(priority), due, budget)).fetchone()
+                    (kind, payload, unique_key, priority, due, budget)).fetchone()
                 if row is None:
                     row = conn.execute(
                         """SELECT id FROM jobs WHERE unique_key = %s
                            AND state IN ('pending', 'running')""", (unique_key,)).fetchone()
                 else:
-                    conn.execute("SELECT pg_notify(%s, current_schema())", (NOTIFY_CHANNEL,))
+                    self._notify(conn)
             if row is not None:  # else the duplicate ended meanwhile: insert again
                 return int(row[0])
 
-    def claim(self, holder: str, lease: float = DEFAULT_LEASE, *,
-              max_attempts: int | None = None) -> Job | None:
-        """Mark the best due job running for ``holder``; None when nothing is due.
-
-        Running jobs whose lease expired (on the database's clock) are claimed
-        again, or failed when their budget is spent. ``max_attempts`` (the
-        dispatcher's policy) replaces the budget of the job it claims.
-        """
-        seconds = check_lease(lease)
-        with self._tx() as conn:
-            conn.execute(
-                """UPDATE jobs SET state = 'failed', holder = NULL, lease_expires = NULL,
-                        error = 'lease expired: holder ' || coalesce(holder, '?')
-                                || ' stopped renewing it (attempt ' || attempts || ' of '
-                                || max_attempts || ')',
-                        updated_at = now()
-                   WHERE id IN (SELECT id FROM jobs WHERE state = 'running'
-                                AND lease_expires < now() AND attempts >= max_attempts
-                                FOR UPDATE SKIP LOCKED)""")
-            row = conn.execute(
-                """SELECT id FROM jobs WHERE state = 'running' AND lease_expires < now()
-                   ORDER BY lease_expires LIMIT 1 FOR UPDATE SKIP LOCKED""").fetchone()
-            if row is None:
-                row = conn.execute(
-                    """SELECT id FROM jobs WHERE state = 'pending' AND run_after <= now()
-                       ORDER BY priority DESC, run_after, id LIMIT 1
-                       FOR UPDATE SKIP LOCKED""").fetchone()
-            if row is None:
-                return None
-            claimed = conn.execute(
-                """UPDATE jobs SET state = 'running', attempts = attempts + 1, holder = %s,
-                        token = nextval('jobs_token_seq'),
-                        lease_expires = now() + make_interval(secs => %s),
-                        max_attempts = coalesce(%s, max_attempts), updated_at = now()
-                   WHERE id = %s
-                   RETURNING id, kind, payload, token, attempts, max_attempts""",
-                (holder, seconds, max_attempts, row[0])).fetchone()
-        return Job(id=int(claimed[0]), kind=claimed[1], payload=decode_payload(claimed[2]),
-                   token=int(claimed[3]), attempt=int(claimed[4]),
-                   max_attempts=int(claimed[5]))
-
-    def _update_held(self, job_id: int, token: int, assignments: str,
-                     params: tuple[Any, ...]) -> str:
-        with self._tx() as conn:
-            row = conn.execute(
-                f"""UPDATE jobs SET {assignments}, updated_at = now()
-                    WHERE id = %s AND token = %s AND state = 'running' RETURNING state""",
-                (*params, job_id, token)).fetchone()
-            if row is None:
-                raise self._refusal(conn, job_id, token)
-            return str(row[0])
-
-    def heartbeat(self, job_id: int, token: int, lease: float = DEFAULT_LEASE) -> None:
-        """Extend the lease by ``lease`` seconds from now(); StaleLease when lost."""
-        self._update_held(job_id, token, "lease_expires = now() + make_interval(secs => %s)",
-                          (check_lease(lease),))
-
-    def set_progress(self, job_id: int, token: int, percent: float, message: str = "") -> None:
-        """Record the job's progress; StaleLease when the lease is lost."""
-        self._update_held(job_id, token, "percent = %s, message = %s",
-                          (clamp_percent(percent), cap_message(message)))
-
-    def complete(self, job_id: int, token: int) -> None:
-        """Mark the job done; StaleLease when the lease is lost (a late completion)."""
-        self._update_held(job_id, token,
-                          "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", ())
-
-    def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
-        """Record a failed attempt: pending again (at ``retry_at``, else at once) while
-        attempts are left, else failed. Returns the new state ("pending" or "failed")."""
-        due = absolute_time(retry_at)
-        return self._update_held(
-            job_id, token,
-            """state = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'failed' END,
-               run_after = coalesce(to_timestamp(%s::float8), now()), holder = NULL,
-               lease_expires = NULL, error = %s""",
-            (due, cap_error(error)))
-
-    def release(self, job_id: int, token: int) -> None:
-        """Put a running job back to pending and give its attempt back (graceful stop)."""
-        self._update_held(
-            job_id, token,
-            """state = 'pending', attempts = greatest(attempts - 1, 0), holder = NULL,
-               lease_expires = NULL, run_after = now()""", ())
-
-    def cancel(self, job_id: int) -> bool:
-        """Cancel a pending or running job; False when it had already ended or is unknown."""
-        with self._tx() as conn:
-            row = conn.execute(
-                """UPDATE jobs SET state = 'cancelled', lease_expires = NULL, updated_at = now()
-                   WHERE id = %s AND state IN ('pending', 'running') RETURNING id""",
-                (job_id,)).fetchone()
-        return row is not None
-
-    def retry(self, job_id: int) -> bool:
-        """Make a failed (or cancelled) job pending now with a fresh budget."""
-        with self._tx() as conn:
-            row = conn.execute(
-                """SELECT unique_key FROM jobs WHERE id = %s
-                   AND state IN ('failed', 'cancelled') FOR UPDATE""", (job_id,)).fetchone()
-            if row is None:
-                return False
-            if row[0] is not None and conn.execute(
-                    """SELECT 1 FROM jobs WHERE unique_key = %s
-                       AND state IN ('pending', 'running')""", (row[0],)).fetchone() is not None:
-                raise ValueError(f"job {job_id}: another job with unique key {row[0]!r} "
-                                 f"is pending or running")
-            conn.execute(
-                """UPDATE jobs SET state = 'pending', attempts = 0, holder = NULL,
-                        lease_expires = NULL, run_after = now(), updated_at = now()
-                   WHERE id = %s""", (job_id,))
-            conn.execute("SELECT pg_notify(%s, current_schema())", (NOTIFY_CHANNEL,))
-        return True
-
-    def get(self, job_id: int) -> JobRecord | None:
-        """The job's record, or None."""
-        with self._tx() as conn:
-            row = conn.execute(f"SELECT {_PG_COLUMNS} FROM jobs WHERE id = %s",
-                               (int(job_id),)).fetchone()
-        return None if row is None else _record(row)
-
-    def list(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
-        """The newest jobs first, optionally only those in ``state``."""
-        _check_state(state)
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"""SELECT {_PG_COLUMNS} FROM jobs WHERE (%s::text IS NULL OR state = %s)
-                    ORDER BY id DESC LIMIT %s""",
-                (state, state, _check_limit(limit))).fetchall()
-        return [_record(row) for row in rows]
-
-    def counts(self) -> dict[str, int]:
-        """How many jobs are in each state (every state present, zeros included)."""
-        with self._tx() as conn:
-            rows = conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
-        counts = dict.fromkeys(STATES, 0)
-        counts.update({str(state): int(n) for state, n in rows})
-        return counts
+    def _next_token(self, conn: Any) -> tuple[str, tuple[Any, ...]]:
+        return "nextval('jobs_token_seq')", ()
 
     def listener(self) -> PostgresNotifier:
         """A separate connection LISTENing for submits: a wake-up hint for dispatchers."""
         return PostgresNotifier(self._connect(), self.schema)
-
-    def close(self) -> None:
-        """Close the connection; later calls raise RuntimeError."""
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
 
 
 class PostgresNotifier:
