@@ -14,6 +14,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from twisted.logger import globalLogPublisher
 
 from daemonapp import Daemon, DaemonApp, HighlanderBusy
 from daemonapp.locks import highlander
+from daemonapp.testing import make_app
 from tests._env import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,11 +79,25 @@ class Slow(Scripted):
         return d
 
 
-def new_app(**kw: Any) -> tuple[DaemonApp, Clock]:
-    clock = Clock()
-    kw.setdefault("stop_reactor", False)
-    kw.setdefault("handle_signals", False)
-    return DaemonApp(reactor=clock, **kw), clock
+class Traced(Scripted):
+    """A Scripted daemon whose do_work only appends its name to the shared ``trace``."""
+
+    def __init__(self, trace: list[str], jobs: Any = (), **kw: Any) -> None:
+        super().__init__(jobs, **kw)
+        self.trace = trace
+
+    def do_work(self, job: Any) -> Any:
+        self.trace.append(self.name)
+        return None
+
+
+def start_app(*daemons: Daemon, **app_kw: Any) -> tuple[DaemonApp, Clock]:
+    """make_app(**app_kw) with ``daemons`` added and the app started (the clock not advanced)."""
+    app, clock = make_app(**app_kw)
+    for daemon in daemons:
+        app.add(daemon)
+    app.startService()
+    return app, clock
 
 
 def result_of(d: Deferred[Any]) -> Any:
@@ -116,6 +132,11 @@ def idle_run_delays(daemon: Daemon, clock: Clock, count: int) -> list[float]:
     return delays
 
 
+def two_locks(name: str, **where: Any) -> tuple[Any, Any]:
+    """Two holders of the lock ``name`` (highlander(name, **where) twice)."""
+    return highlander(name, **where), highlander(name, **where)
+
+
 @pytest.fixture
 def events() -> Iterator[list[dict[str, Any]]]:
     seen: list[dict[str, Any]] = []
@@ -126,15 +147,131 @@ def events() -> Iterator[list[dict[str, Any]]]:
         globalLogPublisher.removeObserver(seen.append)
 
 
+# ------------------------------------------------------------------ processes and files
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def child_env(*paths: Path, **extra: str) -> dict[str, str]:
+    """os.environ without DAEMONAPP_CONFIG, PYTHONPATH the working tree then ``paths``, and
+    ``extra`` on top."""
+    # The working tree first, as pytest imports it (the venv may hold an older install).
+    env = dict(os.environ)
+    env.pop("DAEMONAPP_CONFIG", None)
+    env["PYTHONPATH"] = ":".join(str(p) for p in (ROOT, *paths))
+    env.update(extra)
+    return env
+
+
 def run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = SUBPROCESS_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ)
-    full_env.pop("DAEMONAPP_CONFIG", None)
-    # The working tree first, as pytest imports it (the venv may hold an older install).
-    full_env["PYTHONPATH"] = str(ROOT)
-    full_env.update(env or {})
-    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(args, cwd=cwd, env=child_env(**(env or {})), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def run_script(root: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """Write ``body`` to root/main.py and run it to the end."""
+    script = write(root / "main.py", body)
+    return run([str(PYTHON), str(script)], cwd=root)
+
+
+def check_config(root: Path, text: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Write ``text`` to root/d.yaml and run `daemonapp check d.yaml` there."""
+    write(root / "d.yaml", text)
+    return run([str(DAEMONAPP), "check", "d.yaml"], cwd=root, env=env)
+
+
+def start_script(tmp_path: Path, body: str) -> subprocess.Popen[str]:
+    script = tmp_path / "main.py"
+    script.write_text(body)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([str(PYTHON), str(script)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def popen_run(root: Path, cfg: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(DAEMONAPP), "run", str(cfg), *extra], cwd=root,
+                            env=child_env(root), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def popen_run_logged(root: Path, cfg: Path) -> subprocess.Popen[str]:
+    """popen_run with the output in root/app.log: a full, unread pipe would block the app."""
+    with open(root / "app.log", "w") as log_file:
+        return subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=root,
+                                env=child_env(root), stdout=log_file,
+                                stderr=subprocess.STDOUT, text=True)
+
+
+def popen_twistd(root: Path) -> subprocess.Popen[str]:
+    """`twistd -n daemonapp -c d.yaml` in root."""
+    return subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"],
+                            cwd=root, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def write_cleanup_app(root: Path, *, app: str = "", name: str = "c") -> Path:
+    """root/d.yaml: state_dir ./var plus ``app`` lines, one file_cleanup daemon on root/s."""
+    (root / "s").mkdir()
+    return write(root / "d.yaml", "app:\n  state_dir: ./var\n" + app +
+                 f"daemons:\n  {name}:\n    type: file_cleanup\n    run_every: 5m\n"
+                 "    directory: ./s\n    remove_older_than: 1h\n")
+
+
+def write_scgi_app(root: Path, endpoint: str = "unix:./run/app.sock") -> Path:
+    """root/d.yaml: one scgi listener on ``endpoint`` serving CGI_WSGI (root/cgiwsgi.py)."""
+    write(root / "cgiwsgi.py", CGI_WSGI)
+    return write(root / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                 f"  - protocol: scgi\n    endpoint: {endpoint}\n"
+                 "    wsgi: cgiwsgi:application\n")
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_ready(proc: subprocess.Popen[str], path: Path) -> bool:
+    """Wait until ``path`` exists (the app is up) or ``proc`` has ended; True unless timed out."""
+    return wait_for(lambda: path.exists() or proc.poll() is not None)
+
+
+def wait_started(root: Path) -> bool:
+    """Wait for the script's root/started, then let its reactor install the signal handlers
+    (callWhenRunning); True unless timed out."""
+    if not wait_for((root / "started").exists):
+        return False
+    time.sleep(0.2)
+    return True
+
+
+def signal_and_wait(proc: subprocess.Popen[str], sig: int, timeout: float) -> bool:
+    """Send ``sig`` to ``proc``; True once it has ended within ``timeout`` seconds."""
+    proc.send_signal(sig)
+    return wait_for(lambda: proc.poll() is not None, timeout=timeout)
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
+@contextmanager
+def running(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``with running(Popen(...)) as proc:`` kills ``proc`` (if still running) on the way out."""
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
 
 
 # ======================================================================== §1 Daemon
@@ -159,10 +296,8 @@ def test_facade_names() -> None:
 
 def test_idle_delays_written_out() -> None:
     """run_every 30, increase_idle_by 10 gives idle delays 40, 50, 60, 60 (default cap 60)."""
-    app, clock = new_app()
     d = Scripted(run_every=30, increase_idle_by=10)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     assert d.stats["current_delay"] == 40
     assert [40.0, *idle_run_delays(d, clock, 3)] == [40, 50, 60, 60]
@@ -171,20 +306,16 @@ def test_idle_delays_written_out() -> None:
 
 def test_multiply_idle_default_cap() -> None:
     """multiply_idle_by 2 caps at 8 x run_every: run_every 10 gives 20, 40, 80, 80."""
-    app, clock = new_app()
     d = Scripted(run_every=10, multiply_idle_by=2)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     assert [d.stats["current_delay"], *idle_run_delays(d, clock, 3)] == [20, 40, 80, 80]
 
 
 def test_multiply_and_increase() -> None:
     """d1 = run_every x mult + inc, dk = dk-1 x mult + inc, capped: 10, x2, +5 -> 25, 55, 80."""
-    app, clock = new_app()
     d = Scripted(run_every=10, multiply_idle_by=2, increase_idle_by=5)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     assert [d.stats["current_delay"], *idle_run_delays(d, clock, 2)] == [25, 55, 80]
 
@@ -197,10 +328,8 @@ def test_durations_accept_strings() -> None:
 
 def test_delay_counts_from_end_of_run() -> None:
     """With run_every 30, a 5 s run that worked is followed by a run 35 s after it began."""
-    app, clock = new_app()
     d = Slow(["a"], run_every=30)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     assert d.done == [(0, "a")]
     clock.advance(5)
@@ -216,10 +345,8 @@ def test_delay_counts_from_end_of_run() -> None:
 
 def test_first_run_at_start_delay() -> None:
     """The first run is start_delay after the app starts."""
-    app, clock = new_app()
     d = Scripted(["a"], run_every=30, start_delay=7)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     advance_to(clock, 6.9)
     assert d.get_work_at == []
     advance_to(clock, 7)
@@ -228,7 +355,7 @@ def test_first_run_at_start_delay() -> None:
 
 def test_first_run_after_add_on_running_app() -> None:
     """A daemon added to a running app first runs start_delay after add()."""
-    app, clock = new_app()
+    app, clock = make_app()
     app.startService()
     clock.advance(100)
     d = Scripted(["a"], run_every=30, start_delay=4)
@@ -241,7 +368,6 @@ def test_first_run_after_add_on_running_app() -> None:
 
 def test_max_items_yielded_stats() -> None:
     """max_items ends the run as yielded (delay 0) with no extra get_work call."""
-    app, clock = new_app()
 
     class Watch(Scripted):
         outcomes: list[tuple[str, float, int]]
@@ -254,8 +380,7 @@ def test_max_items_yielded_stats() -> None:
 
     d = Watch(["a", "b", "c"], run_every=30, max_items=2)
     d.outcomes = []
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     assert d.outcomes == [("yielded", 0, 2)]
     assert [job for _, job in d.done] == ["a", "b", "c"]
@@ -265,10 +390,8 @@ def test_max_items_yielded_stats() -> None:
 
 def test_max_seconds_budget() -> None:
     """max_seconds compares reactor.seconds() with the run's start after each do_work."""
-    app, clock = new_app()
     d = Slow(["a", "b", "c", "d"], run_every=30, max_seconds=5)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     clock.advance(3)
     d.pending[0].callback(None)  # 3 s: under budget, go on
@@ -282,10 +405,8 @@ def test_max_seconds_budget() -> None:
 
 def test_yielded_resets_idle_streak() -> None:
     """A yielded run did work, so the idle streak starts again: 40, then 40 again."""
-    app, clock = new_app()
     d = Scripted(run_every=30, increase_idle_by=10, max_items=1)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     assert d.stats["current_delay"] == 40
     advance_to(clock, 40)
@@ -299,11 +420,9 @@ def test_yielded_resets_idle_streak() -> None:
 
 def test_failed_continues_idle_streak() -> None:
     """A failed run continues the idle streak exactly as an idle run: 40, 50, 60."""
-    app, clock = new_app()
     d = Scripted([None], run_every=30, increase_idle_by=10)
     d.jobs = []
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)  # idle -> 40
     d.jobs.append(RuntimeError("boom"))
     advance_to(clock, 40)  # get_work raises -> failed -> 50
@@ -316,10 +435,8 @@ def test_failed_continues_idle_streak() -> None:
 
 def test_worked_resets_to_run_every() -> None:
     """A worked run's next delay is run_every, and the idle streak resets."""
-    app, clock = new_app()
     d = Scripted(run_every=30, increase_idle_by=10)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     advance_to(clock, 40)
     d.jobs.append("x")
@@ -332,10 +449,8 @@ def test_worked_resets_to_run_every() -> None:
 
 def test_stats_keys_and_values() -> None:
     """stats holds runs, items, failures, last_outcome, last_run_at, next_run_at, current_delay."""
-    app, clock = new_app()
     d = Slow(["a", "b"], run_every=30)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     assert d.get_work_at[0] == 0
     clock.advance(10)
@@ -355,10 +470,8 @@ def test_stats_keys_and_values() -> None:
 
 def test_jitter_range() -> None:
     """Jitter multiplies the capped delay by a factor in [1 - j, 1 + j], never a yield."""
-    app, clock = new_app()
     d = Scripted(["x"] * 200, run_every=100, jitter=0.1, max_items=1)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     d.jobs = []
     delays = []
@@ -371,10 +484,8 @@ def test_jitter_range() -> None:
 
 def test_jitter_never_on_start_delay_or_yield() -> None:
     """start_delay is exact and a yielded run is due at once, even with jitter."""
-    app, clock = new_app()
     d = Scripted(["a", "b"], run_every=100, jitter=0.5, start_delay=10, max_items=1)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     assert d.stats["next_run_at"] == 10
     advance_to(clock, 10)
     assert [t for t, _ in d.done] == [10, 10]
@@ -398,15 +509,13 @@ def test_subclass_parameters_and_name_accepted() -> None:
 
 def test_failure_log_fields(events: list[dict[str, Any]]) -> None:
     """A failure is logged with fields daemon, phase, job (repr) and the failure."""
-    app, clock = new_app()
 
     class Breaks(Scripted):
         def do_work(self, job: Any) -> Any:
             raise ValueError("bad job")
 
     d = Breaks([("k", 1)], name="breaker", run_every=30)
-    app.add(d)
-    app.startService()
+    app, clock = start_app(d)
     clock.advance(0)
     failures = [e for e in events if "log_failure" in e and e.get("daemon") == "breaker"]
     assert len(failures) == 1
@@ -420,10 +529,8 @@ def test_failure_log_fields(events: list[dict[str, Any]]) -> None:
 
 def test_failure_in_get_work_phase(events: list[dict[str, Any]]) -> None:
     """get_work raising is logged with phase "get_work"."""
-    app, clock = new_app()
     d = Scripted([KeyError("x")], name="gw", run_every=30)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     failures = [e for e in events if "log_failure" in e and e.get("daemon") == "gw"]
     assert [e["phase"] for e in failures] == ["get_work"]
@@ -431,10 +538,8 @@ def test_failure_in_get_work_phase(events: list[dict[str, Any]]) -> None:
 
 def test_failed_deferred_counts_as_failed(events: list[dict[str, Any]]) -> None:
     """A hook whose Deferred fails makes a failed run."""
-    app, clock = new_app()
     d = Slow(["a"], name="slow", run_every=30)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     d.pending[0].errback(RuntimeError("later"))
     assert d.stats["last_outcome"] == "failed"
@@ -443,7 +548,6 @@ def test_failed_deferred_counts_as_failed(events: list[dict[str, Any]]) -> None:
 
 def test_async_def_hooks() -> None:
     """async def hooks work (via Deferred.fromCoroutine)."""
-    app, clock = new_app()
 
     class Coro(Daemon):
         run_every = 30
@@ -460,8 +564,7 @@ def test_async_def_hooks() -> None:
             self.done.append(job)
 
     d = Coro()
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     assert d.done == ["a", "b"]
     assert d.stats["last_outcome"] == "worked"
@@ -469,12 +572,9 @@ def test_async_def_hooks() -> None:
 
 def test_daemon_never_overlaps_and_others_go_on() -> None:
     """A run in progress does not block other daemons, and a daemon never overlaps itself."""
-    app, clock = new_app()
     slow = Slow(["a"], name="slow", run_every=1)
     fast = Scripted(["x"], name="fast", run_every=1, increase_idle_by=0)
-    app.add(slow)
-    app.add(fast)
-    app.startService()
+    _, clock = start_app(slow, fast)
     clock.advance(0)
     advance_to(clock, 10)
     assert len(slow.get_work_at) == 1
@@ -486,10 +586,8 @@ def test_in_thread_uses_injected_pool() -> None:
     from daemonapp.testing import ImmediateThreadPool
 
     pool = ImmediateThreadPool()
-    app, clock = new_app(threadpool=pool)
     d = Scripted(["a"], run_every=30, in_thread=True)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d, threadpool=pool)
     clock.advance(0)
     assert pool.calls >= 1
     assert [job for _, job in d.done] == ["a"]
@@ -500,10 +598,8 @@ def test_locked_out_run(tmp_path: Path) -> None:
     other = highlander("nightly", state_dir=tmp_path)
     assert other.acquire(timeout=0)
     try:
-        app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
         d = Scripted(["a"], run_every=30, increase_idle_by=10, lock="nightly")
-        app.add(d)
-        app.startService()
+        app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
         clock.advance(0)
         assert d.stats["last_outcome"] == "locked-out"
         assert d.stats["current_delay"] == 40
@@ -520,10 +616,8 @@ def test_locked_out_run(tmp_path: Path) -> None:
 
 def test_lock_yield_pause(tmp_path: Path) -> None:
     """After a yielded run a daemon holding a lock lets 50 ms pass before the next run."""
-    app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
     d = Scripted(["a", "b"], run_every=30, max_items=1, lock="turns")
-    app.add(d)
-    app.startService()
+    app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
     clock.advance(0)
     assert [job for _, job in d.done] == ["a"]
     assert d.stats["last_outcome"] == "yielded"
@@ -535,10 +629,8 @@ def test_lock_yield_pause(tmp_path: Path) -> None:
 
 def test_stop_waits_for_run_in_progress() -> None:
     """daemon.stop() returns a Deferred that fires once the run in progress has ended."""
-    app, clock = new_app()
     d = Slow(["a", "b"], run_every=30)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d)
     clock.advance(0)
     stopped = d.stop()
     assert not fired(stopped)
@@ -552,8 +644,7 @@ def test_stop_waits_for_run_in_progress() -> None:
 
 def test_time_slice_yields_to_reactor() -> None:
     """Ready work runs for at most time_slice (reactor.seconds()), then other calls run."""
-    clock = Clock()
-    app = DaemonApp(reactor=clock, stop_reactor=False, handle_signals=False, time_slice=0.01)
+    app, clock = make_app(time_slice=0.01)
     trace: list[Any] = []
 
     class Busy(Scripted):
@@ -571,10 +662,8 @@ def test_time_slice_yields_to_reactor() -> None:
 
 def test_time_slice_zero_still_runs_one_item_per_slice() -> None:
     """Each slice runs at least one item, even with time_slice 0."""
-    app, clock = new_app(time_slice=0)
     d = Scripted(list(range(5)), run_every=30)
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d, time_slice=0)
     for _ in range(20):
         clock.advance(0)
     assert [job for _, job in d.done] == [0, 1, 2, 3, 4]
@@ -582,28 +671,18 @@ def test_time_slice_zero_still_runs_one_item_per_slice() -> None:
 
 def test_clock_runs_ready_work_in_order() -> None:
     """On a task.Clock time stands still, so ready work runs in priority, then FIFO order."""
-    app, clock = new_app()
     trace: list[str] = []
-
-    class Rec(Scripted):
-        def do_work(self, job: Any) -> Any:
-            trace.append(self.name)
-            return None
-
-    app.add(Rec(["x", "y"], name="a", run_every=5))
-    app.add(Rec(["x", "y"], name="b", run_every=5, priority=1))
-    app.add(Rec(["x"], name="c", run_every=5))
-    app.startService()
+    _, clock = start_app(Traced(trace, ["x", "y"], name="a", run_every=5),
+                         Traced(trace, ["x", "y"], name="b", run_every=5, priority=1),
+                         Traced(trace, ["x"], name="c", run_every=5))
     clock.advance(0)
     assert trace == ["b", "b", "a", "a", "c"]
 
 
 def test_one_timer_for_many_daemons() -> None:
     """With nothing due, exactly one timer is armed however many daemons there are."""
-    app, clock = new_app()
-    for i in range(50):
-        app.add(Scripted(name=f"d{i}", run_every=10 + i, start_delay=1 + i))
-    app.startService()
+    daemons = [Scripted(name=f"d{i}", run_every=10 + i, start_delay=1 + i) for i in range(50)]
+    _, clock = start_app(*daemons)
     clock.advance(0)
     assert len(clock.getDelayedCalls()) == 1
     advance_to(clock, 30.5)
@@ -612,19 +691,15 @@ def test_one_timer_for_many_daemons() -> None:
 
 def test_timers_besides_deadlines() -> None:
     """Deadline timers come on top of the one scheduling timer."""
-    app, clock = new_app(stay_alive_for=100, shutdown_after=200)
-    for i in range(20):
-        app.add(Scripted(name=f"d{i}", run_every=10, start_delay=1 + i))
-    app.startService()
+    daemons = [Scripted(name=f"d{i}", run_every=10, start_delay=1 + i) for i in range(20)]
+    _, clock = start_app(*daemons, stay_alive_for=100, shutdown_after=200)
     clock.advance(0)
     assert len(clock.getDelayedCalls()) == 3
 
 
 def test_no_options_runs_until_signalled() -> None:
     """Unset deadlines and idle exit: the app does not end by itself."""
-    app, clock = new_app()
-    app.add(Scripted(run_every=10))
-    app.startService()
+    app, clock = start_app(Scripted(run_every=10))
     ended = app.when_ended()
     advance_to(clock, 100_000)
     assert not fired(ended)
@@ -632,8 +707,7 @@ def test_no_options_runs_until_signalled() -> None:
 
 def test_nothing_to_do_exits_at_soft_deadline() -> None:
     """An app with nothing to do exits at its soft deadline, with status 0."""
-    app, clock = new_app(stay_alive_for=60, shutdown_if_idle=5)
-    app.startService()
+    app, clock = start_app(stay_alive_for=60, shutdown_if_idle=5)
     ended = app.when_ended()
     advance_to(clock, 59.9)
     assert not fired(ended)
@@ -643,8 +717,7 @@ def test_nothing_to_do_exits_at_soft_deadline() -> None:
 
 def test_idle_exit_decided_at_start_without_soft_deadline() -> None:
     """Without stay_alive_for, idle exit is decided at start."""
-    app, clock = new_app(shutdown_if_idle=5)
-    app.startService()
+    app, clock = start_app(shutdown_if_idle=5)
     ended = app.when_ended()
     clock.advance(0)
     assert result_of(ended) == 0
@@ -653,10 +726,9 @@ def test_idle_exit_decided_at_start_without_soft_deadline() -> None:
 
 def test_idle_exit_at_soft_deadline_with_gap() -> None:
     """At the soft deadline the app stops when the next due time is >= threshold away."""
-    app, clock = new_app(stay_alive_for=60, shutdown_if_idle=30)
     # idle delays 20, 30, 40: runs at 0, 20, 50, 90
-    app.add(Scripted(run_every=10, increase_idle_by=10, maximum_idle=100))
-    app.startService()
+    app, clock = start_app(Scripted(run_every=10, increase_idle_by=10, maximum_idle=100),
+                           stay_alive_for=60, shutdown_if_idle=30)
     ended = app.when_ended()
     advance_to(clock, 59.9)
     assert not fired(ended)
@@ -666,9 +738,7 @@ def test_idle_exit_at_soft_deadline_with_gap() -> None:
 
 def test_no_idle_exit_before_soft_deadline() -> None:
     """No idle exit before stay_alive_for, even with a large gap."""
-    app, clock = new_app(stay_alive_for=60, shutdown_if_idle=1)
-    app.add(Scripted(run_every=1000))
-    app.startService()
+    app, clock = start_app(Scripted(run_every=1000), stay_alive_for=60, shutdown_if_idle=1)
     ended = app.when_ended()
     advance_to(clock, 59)
     assert not fired(ended)
@@ -676,11 +746,9 @@ def test_no_idle_exit_before_soft_deadline() -> None:
 
 def test_idle_exit_decided_when_a_run_ends() -> None:
     """Idle exit is decided when a run ends: the gap to the next due time counts."""
-    app, clock = new_app(stay_alive_for=10, shutdown_if_idle=20)
     # runs at 0 (worked, next 5), 5 (idle, +15 -> 20), 20 (idle, +25 -> 45 → gap 25 >= 20)
     d = Scripted(["a"], run_every=5, increase_idle_by=10, maximum_idle=100)
-    app.add(d)
-    app.startService()
+    app, clock = start_app(d, stay_alive_for=10, shutdown_if_idle=20)
     ended = app.when_ended()
     advance_to(clock, 19.9)
     assert not fired(ended)
@@ -691,10 +759,8 @@ def test_idle_exit_decided_when_a_run_ends() -> None:
 
 def test_idle_exit_waits_for_run_in_flight() -> None:
     """A run in flight keeps the app alive past its soft deadline."""
-    app, clock = new_app(stay_alive_for=10, shutdown_if_idle=5)
     d = Slow(["a"], run_every=1000, start_delay=9)
-    app.add(d)
-    app.startService()
+    app, clock = start_app(d, stay_alive_for=10, shutdown_if_idle=5)
     ended = app.when_ended()
     advance_to(clock, 12)
     assert not fired(ended)
@@ -704,9 +770,7 @@ def test_idle_exit_waits_for_run_in_flight() -> None:
 
 def test_hard_deadline_stops_whatever_the_work() -> None:
     """shutdown_after starts a graceful stop then, whatever the work; exit status 0."""
-    app, clock = new_app(shutdown_after=100)
-    app.add(Scripted(["x"] * 10_000, run_every=1, max_items=1))
-    app.startService()
+    app, clock = start_app(Scripted(["x"] * 10_000, run_every=1, max_items=1), shutdown_after=100)
     ended = app.when_ended()
     for _ in range(1000):
         if fired(ended) or clock.seconds() >= 100:
@@ -719,10 +783,8 @@ def test_hard_deadline_stops_whatever_the_work() -> None:
 
 def test_graceful_stop_ends_run_after_current_item() -> None:
     """A graceful stop starts no new run; the run in flight ends after its current item."""
-    app, clock = new_app()
     d = Slow(["a", "b", "c"], run_every=30)
-    app.add(d)
-    app.startService()
+    app, clock = start_app(d)
     clock.advance(0)
     stopped = app.stopService()
     ended = app.when_ended()
@@ -737,10 +799,8 @@ def test_graceful_stop_ends_run_after_current_item() -> None:
 
 def test_stop_timeout_counts_from_stop() -> None:
     """stop_timeout counts from the stop; abandoned work exits 1."""
-    app, clock = new_app(stop_timeout=30)
     d = Slow(["a"], run_every=30)
-    app.add(d)
-    app.startService()
+    app, clock = start_app(d, stop_timeout=30)
     clock.advance(0)
     clock.advance(100)
     stopped = app.stopService()
@@ -754,9 +814,7 @@ def test_stop_timeout_counts_from_stop() -> None:
 
 def test_stop_service_idempotent() -> None:
     """stopService() can be called twice; both Deferreds fire and the status stays 0."""
-    app, clock = new_app()
-    app.add(Scripted(run_every=30))
-    app.startService()
+    app, clock = start_app(Scripted(run_every=30))
     clock.advance(0)
     first = app.stopService()
     second = app.stopService()
@@ -766,8 +824,7 @@ def test_stop_service_idempotent() -> None:
 
 def test_when_ended_after_end() -> None:
     """when_ended() called after the end fires at once with the exit status."""
-    app, clock = new_app(shutdown_after=1)
-    app.startService()
+    app, clock = start_app(shutdown_after=1)
     clock.advance(1)
     assert result_of(app.when_ended()) == 0
 
@@ -806,8 +863,7 @@ def test_clock_without_stop_is_fine() -> None:
 @pytest.mark.integration
 def test_app_run_returns_exit_status(tmp_path: Path) -> None:
     """app.run() returns the exit status and the process ends at its hard deadline."""
-    script = tmp_path / "main.py"
-    script.write_text(
+    result = run_script(tmp_path, (
         "import sys\n"
         "from daemonapp import Daemon, DaemonApp\n"
         "class D(Daemon):\n"
@@ -816,23 +872,20 @@ def test_app_run_returns_exit_status(tmp_path: Path) -> None:
         "        return None\n"
         "app = DaemonApp(shutdown_after=0.3)\n"
         "app.add(D())\n"
-        "sys.exit(10 + app.run())\n")
-    result = run([str(PYTHON), str(script)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+        "sys.exit(10 + app.run())\n"))
     assert result.returncode == 10, result.stderr
 
 
 @pytest.mark.integration
 def test_app_run_signal_exit_zero(tmp_path: Path) -> None:
     """SIGTERM is a planned stop: app.run() returns 0."""
-    script = tmp_path / "main.py"
-    script.write_text(
+    result = run_script(tmp_path, (
         "import os, signal, sys\n"
         "from daemonapp import DaemonApp\n"
         "from twisted.internet import reactor\n"
         "app = DaemonApp()\n"
         "reactor.callLater(0.3, os.kill, os.getpid(), signal.SIGTERM)\n"
-        "sys.exit(10 + app.run())\n")
-    result = run([str(PYTHON), str(script)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+        "sys.exit(10 + app.run())\n"))
     assert result.returncode == 10, result.stderr
 
 
@@ -840,7 +893,7 @@ def test_testing_helpers() -> None:
     """daemonapp.testing ships FakeDaemon and run_until_idle(app, clock)."""
     from daemonapp.testing import FakeDaemon, run_until_idle
 
-    app, clock = new_app()
+    app, clock = make_app()
     fake = FakeDaemon(["a", "b"], run_every=10)
     app.add(fake)
     run_until_idle(app, clock, horizon=5)
@@ -848,12 +901,6 @@ def test_testing_helpers() -> None:
 
 
 # ==================================================================== §3 config / CLI
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 BAD_CONFIG = """\
@@ -872,6 +919,11 @@ daemons:
     remove_older_than: 1h
     no_such_key: 3
 """
+
+
+# One file_cleanup daemon (six lines): a test appends the key it is about as line 7.
+CLEANUP_TMP_DAEMON = ("daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+                      "    directory: /tmp\n    remove_older_than: 1h\n")
 
 
 @pytest.mark.integration
@@ -901,8 +953,8 @@ def test_run_config_error_exit_2_nothing_started(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_check_good_file_exit_0_writes_nothing(tmp_path: Path) -> None:
     """`daemonapp check` of a good file exits 0 and writes nothing in state_dir."""
-    write(tmp_path / "d.yaml", BAD_CONFIG.replace("soon", "5m").replace("    no_such_key: 3\n", ""))
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    good = BAD_CONFIG.replace("soon", "5m").replace("    no_such_key: 3\n", "")
+    result = check_config(tmp_path, good)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "var").exists()
 
@@ -910,9 +962,7 @@ def test_check_good_file_exit_0_writes_nothing(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_yaml_unknown_daemon_key_is_error_naming_it(tmp_path: Path) -> None:
     """A daemon key unknown to Daemon and its class is an error naming the dotted key."""
-    write(tmp_path / "d.yaml", "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-          "    directory: /tmp\n    remove_older_than: 1h\n    wat: 1\n")
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    result = check_config(tmp_path, CLEANUP_TMP_DAEMON + "    wat: 1\n")
     assert result.returncode == 2
     assert "d.yaml:7: daemons.c.wat: " in result.stderr
 
@@ -920,8 +970,7 @@ def test_yaml_unknown_daemon_key_is_error_naming_it(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_yaml_unknown_top_level_key(tmp_path: Path) -> None:
     """Top-level keys are app, listeners, daemons, cgi: another one is an error."""
-    write(tmp_path / "d.yaml", "app: {}\nlisteners: []\ncgi: {}\nbogus: 1\n")
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    result = check_config(tmp_path, "app: {}\nlisteners: []\ncgi: {}\nbogus: 1\n")
     assert result.returncode == 2
     assert "d.yaml:4: bogus: " in result.stderr
 
@@ -956,10 +1005,7 @@ def test_twistd_config_error_usage_status(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_twistd_exits_by_itself_at_deadline(tmp_path: Path) -> None:
     """`twistd -n daemonapp -c FILE` exits 0 by itself at its hard deadline."""
-    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n  shutdown_after: 0.5s\n"
-          "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-          "    directory: ./s\n    remove_older_than: 1h\n")
-    (tmp_path / "s").mkdir()
+    write_cleanup_app(tmp_path, app="  shutdown_after: 0.5s\n")
     result = run([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -977,8 +1023,7 @@ def test_status_command_without_app(tmp_path: Path) -> None:
 
 def test_highlander_acquire_timeout_zero(tmp_path: Path) -> None:
     """acquire(timeout=0) is one try: False at once while another holder has the lock."""
-    a = highlander("report", state_dir=tmp_path)
-    b = highlander("report", state_dir=tmp_path)
+    a, b = two_locks("report", state_dir=tmp_path)
     assert a.acquire(timeout=0) is True
     started = time.monotonic()
     assert b.acquire(timeout=0) is False
@@ -990,8 +1035,7 @@ def test_highlander_acquire_timeout_zero(tmp_path: Path) -> None:
 
 def test_highlander_reusable_and_token_increases(tmp_path: Path) -> None:
     """A lock is reusable after release and its token strictly increases per name."""
-    a = highlander("tok", state_dir=tmp_path)
-    b = highlander("tok", state_dir=tmp_path)
+    a, b = two_locks("tok", state_dir=tmp_path)
     tokens = []
     for lock in (a, b, a, a, b):
         assert lock.acquire(timeout=0)
@@ -1004,8 +1048,7 @@ def test_highlander_reusable_and_token_increases(tmp_path: Path) -> None:
 
 def test_highlander_with_statement(tmp_path: Path) -> None:
     """`with lock:` holds the lock inside the block and releases it after."""
-    a = highlander("w", state_dir=tmp_path)
-    b = highlander("w", state_dir=tmp_path)
+    a, b = two_locks("w", state_dir=tmp_path)
     with a:
         assert b.acquire(timeout=0) is False
     assert b.acquire(timeout=0) is True
@@ -1062,17 +1105,14 @@ def test_bad_lock_names_refused(tmp_path: Path, name: str) -> None:
 
 def test_bad_lock_name_in_yaml(tmp_path: Path) -> None:
     """A bad lock name in YAML is a config error naming the key."""
-    write(tmp_path / "d.yaml", "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-          "    directory: /tmp\n    remove_older_than: 1h\n    lock: 'bad name'\n")
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    result = check_config(tmp_path, CLEANUP_TMP_DAEMON + "    lock: 'bad name'\n")
     assert result.returncode == 2
     assert "d.yaml:7: daemons.c.lock: " in result.stderr
 
 
 def test_cgi_acquire_busy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """cgi_acquire returns 503 + Retry-After: 30 + text/plain and logs "highlander abort"."""
-    holder = highlander("cgi", state_dir=tmp_path)
-    waiter = highlander("cgi", state_dir=tmp_path)
+    holder, waiter = two_locks("cgi", state_dir=tmp_path)
     assert holder.acquire(timeout=0)
     try:
         with caplog.at_level(logging.INFO):
@@ -1092,8 +1132,7 @@ def test_cgi_acquire_busy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
 
 def test_cgi_acquire_prefers_remote_host(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """cgi_acquire logs REMOTE_HOST when it is set."""
-    holder = highlander("cgi2", state_dir=tmp_path)
-    waiter = highlander("cgi2", state_dir=tmp_path)
+    holder, waiter = two_locks("cgi2", state_dir=tmp_path)
     assert holder.acquire(timeout=0)
     try:
         with caplog.at_level(logging.INFO):
@@ -1370,6 +1409,17 @@ def jobs_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run([str(DAEMONAPP), "jobs", "--store", str(tmp_path / "state"), *args], cwd=tmp_path)
 
 
+def stored_job(state_dir: Path, job_id: int) -> Any:
+    """The record of ``job_id`` in the SQLite store under ``state_dir``, read by a new store."""
+    from daemonapp.jobs import open_store
+
+    own = open_store(str(state_dir))
+    try:
+        return own.get(job_id)
+    finally:
+        own.close()
+
+
 @pytest.mark.integration
 def test_jobs_cli_submit_show(tmp_path: Path) -> None:
     """`daemonapp jobs submit` prints the id, `show ID` prints JSON; no app needed."""
@@ -1412,13 +1462,7 @@ def test_jobs_cli_with_config(tmp_path: Path) -> None:
     sub = run([str(DAEMONAPP), "jobs", "-c", str(cfg), "submit", "k", "{}"], cwd=tmp_path)
     assert sub.returncode == 0, sub.stderr
     job_id = int(sub.stdout.strip())
-    from daemonapp.jobs import open_store
-
-    s = open_store(str(tmp_path / "etc" / "var"))
-    try:
-        assert s.get(job_id).state == "pending"
-    finally:
-        s.close()
+    assert stored_job(tmp_path / "etc" / "var", job_id).state == "pending"
 
 
 # ====================================================================== more §1/§2
@@ -1426,42 +1470,28 @@ def test_jobs_cli_with_config(tmp_path: Path) -> None:
 
 def test_round_robin_of_yielded_daemons() -> None:
     """A yielded run is due at once behind equal-priority daemons already due (round robin)."""
-    app, clock = new_app()
     trace: list[str] = []
-
-    class Rec(Scripted):
-        def do_work(self, job: Any) -> Any:
-            trace.append(self.name)
-            return None
-
-    app.add(Rec(["x"] * 3, name="a", run_every=30, max_items=1))
-    app.add(Rec(["x"] * 3, name="b", run_every=30, max_items=1))
-    app.add(Rec(["x"] * 1, name="hi", run_every=30, max_items=1, priority=1, start_delay=0))
-    app.startService()
+    _, clock = start_app(
+        Traced(trace, ["x"] * 3, name="a", run_every=30, max_items=1),
+        Traced(trace, ["x"] * 3, name="b", run_every=30, max_items=1),
+        Traced(trace, ["x"] * 1, name="hi", run_every=30, max_items=1, priority=1, start_delay=0))
     clock.advance(0)
     assert trace == ["hi", "a", "b", "a", "b", "a", "b"]
 
 
 def test_higher_priority_yielded_runs_again_first() -> None:
     """A yielded higher-priority daemon runs again before lower-priority work."""
-    app, clock = new_app()
     trace: list[str] = []
-
-    class Rec(Scripted):
-        def do_work(self, job: Any) -> Any:
-            trace.append(self.name)
-            return None
-
-    app.add(Rec(["x"] * 2, name="low", run_every=30, max_items=1))
-    app.add(Rec(["x"] * 3, name="high", run_every=30, max_items=1, priority=5))
-    app.startService()
+    _, clock = start_app(Traced(trace, ["x"] * 2, name="low", run_every=30, max_items=1),
+                         Traced(trace, ["x"] * 3, name="high", run_every=30, max_items=1,
+                                priority=5))
     clock.advance(0)
     assert trace == ["high", "high", "high", "low", "low"]
 
 
 def test_idle_exit_at_last_request_end_plus_threshold() -> None:
     """Idle exit is decided at last request end + threshold (requests count as activity)."""
-    app, clock = new_app(shutdown_if_idle=10)
+    app, clock = make_app(shutdown_if_idle=10)
     app.add(Scripted(run_every=1000, start_delay=1000))
     app.begin("request")
     app.startService()
@@ -1476,10 +1506,8 @@ def test_idle_exit_at_last_request_end_plus_threshold() -> None:
 
 def test_graceful_stop_releases_lock(tmp_path: Path) -> None:
     """A graceful stop finishes the run in flight and releases its lock."""
-    app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
     d = Slow(["a", "b"], run_every=30, lock="held")
-    app.add(d)
-    app.startService()
+    app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
     clock.advance(0)
     other = highlander("held", state_dir=tmp_path)
     assert other.acquire(timeout=0) is False
@@ -1510,9 +1538,8 @@ def test_lock_held_for_whole_run_only(tmp_path: Path) -> None:
             seen.append(("do_work", free()))
             return super().do_work(job)
 
-    app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
-    app.add(Probe(["a"], run_every=30, lock="whole"))
-    app.startService()
+    _, clock = start_app(Probe(["a"], run_every=30, lock="whole"),
+                         state_dir=str(tmp_path), lock_wait=0)
     clock.advance(0)
     assert seen == [("get_work", False), ("do_work", False), ("get_work", False)]
     assert free()
@@ -1520,12 +1547,9 @@ def test_lock_held_for_whole_run_only(tmp_path: Path) -> None:
 
 def test_two_daemons_same_lock_exclude(tmp_path: Path) -> None:
     """Two daemons of one app with the same lock exclude each other."""
-    app, clock = new_app(state_dir=str(tmp_path), lock_wait=0)
     a = Slow(["a"], name="a", run_every=30, lock="same")
     b = Scripted(["b"], name="b", run_every=30, lock="same", increase_idle_by=10)
-    app.add(a)
-    app.add(b)
-    app.startService()
+    _, clock = start_app(a, b, state_dir=str(tmp_path), lock_wait=0)
     clock.advance(0)
     assert b.stats["last_outcome"] == "locked-out"
     assert b.done == []
@@ -1538,10 +1562,8 @@ def test_lock_wait_without_blocking(tmp_path: Path) -> None:
     """The daemon waits up to lock wait for its lock on the clock, then runs."""
     other = highlander("waited", state_dir=tmp_path)
     assert other.acquire(timeout=0)
-    app, clock = new_app(state_dir=str(tmp_path), lock_wait=10)
     d = Scripted(["a"], run_every=30, lock="waited")
-    app.add(d)
-    app.startService()
+    _, clock = start_app(d, state_dir=str(tmp_path), lock_wait=10)
     clock.advance(0)
     advance_to(clock, 3)
     assert d.done == []
@@ -1556,10 +1578,8 @@ def test_lock_wait_runs_out_locked_out(tmp_path: Path) -> None:
     other = highlander("never", state_dir=tmp_path)
     assert other.acquire(timeout=0)
     try:
-        app, clock = new_app(state_dir=str(tmp_path), lock_wait=10)
         d = Scripted(["a"], run_every=30, lock="never")
-        app.add(d)
-        app.startService()
+        _, clock = start_app(d, state_dir=str(tmp_path), lock_wait=10)
         advance_to(clock, 9.9)
         assert d.stats["runs"] == 0
         advance_to(clock, 10.1)
@@ -1569,29 +1589,6 @@ def test_lock_wait_runs_out_locked_out(tmp_path: Path) -> None:
 
 
 # =================================================================== §2 signals
-
-
-def start_script(tmp_path: Path, body: str) -> subprocess.Popen[str]:
-    script = tmp_path / "main.py"
-    script.write_text(body)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([str(PYTHON), str(script)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate(timeout=10)
 
 
 HUNG_APP = """\
@@ -1611,23 +1608,32 @@ sys.exit(10 + app.run())
 """
 
 
+# An app whose daemon touches ./started on each run (every 50 ms); it exits 10 + status.
+TICKING_APP = """\
+import sys
+from daemonapp import Daemon, DaemonApp
+class D(Daemon):
+    run_every = 0.05
+    def get_work(self):
+        open('started', 'w').close()
+app = DaemonApp()
+app.add(D())
+sys.exit(10 + app.run())
+"""
+
+
 @pytest.mark.integration
 def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     """A second SIGTERM stops at once (abandoned work: exit status 1)."""
     import signal
 
-    proc = start_script(tmp_path, HUNG_APP.format(stop_timeout=60))
-    try:
-        assert wait_for((tmp_path / "started").exists)
-        time.sleep(0.2)  # let the reactor install the handlers (callWhenRunning)
+    with running(start_script(tmp_path, HUNG_APP.format(stop_timeout=60))) as proc:
+        assert wait_started(tmp_path)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=10)
         assert proc.returncode == 11
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -1635,15 +1641,10 @@ def test_stop_timeout_abandons_with_status_1(tmp_path: Path) -> None:
     """After stop_timeout the app abandons what is left and exits 1."""
     import signal
 
-    proc = start_script(tmp_path, HUNG_APP.format(stop_timeout=0.5))
-    try:
-        assert wait_for((tmp_path / "started").exists)
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+    with running(start_script(tmp_path, HUNG_APP.format(stop_timeout=0.5))) as proc:
+        assert wait_started(tmp_path)
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=10)
         assert proc.returncode == 11
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -1663,15 +1664,10 @@ def test_hung_thread_exits_after_stop_timeout(tmp_path: Path) -> None:
         "app = DaemonApp(stop_timeout=0.5)\n"
         "app.add(Hung())\n"
         "sys.exit(10 + app.run())\n")
-    proc = start_script(tmp_path, body)
-    try:
-        assert wait_for((tmp_path / "started").exists)
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+    with running(start_script(tmp_path, body)) as proc:
+        assert wait_started(tmp_path)
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
         assert proc.returncode in (1, 11)
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -1679,28 +1675,13 @@ def test_sighup_does_not_kill(tmp_path: Path) -> None:
     """SIGHUP reopens logs and the process keeps running; SIGTERM then exits 0."""
     import signal
 
-    body = (
-        "import sys\n"
-        "from daemonapp import Daemon, DaemonApp\n"
-        "class D(Daemon):\n"
-        "    run_every = 0.05\n"
-        "    def get_work(self):\n"
-        "        open('started', 'w').close()\n"
-        "app = DaemonApp()\n"
-        "app.add(D())\n"
-        "sys.exit(10 + app.run())\n")
-    proc = start_script(tmp_path, body)
-    try:
-        assert wait_for((tmp_path / "started").exists)
-        time.sleep(0.2)
+    with running(start_script(tmp_path, TICKING_APP)) as proc:
+        assert wait_started(tmp_path)
         proc.send_signal(signal.SIGHUP)
         time.sleep(0.3)
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=10)
         assert proc.returncode == 10
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -1708,25 +1689,13 @@ def test_twistd_sigterm_exits_0(tmp_path: Path) -> None:
     """Under twistd a SIGTERM is a planned stop: exit 0, not 143."""
     import signal
 
-    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n"
-          "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-          "    directory: ./s\n    remove_older_than: 1h\n")
-    (tmp_path / "s").mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("DAEMONAPP_CONFIG", None)
-    proc = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        assert wait_for(lambda: (tmp_path / "var" / "status.sock").exists()
-                        or proc.poll() is not None)
+    write_cleanup_app(tmp_path)
+    with running(popen_twistd(tmp_path)) as proc:
+        assert wait_ready(proc, tmp_path / "var" / "status.sock")
         assert proc.poll() is None
         time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
         assert proc.returncode == 0
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -1734,13 +1703,8 @@ def test_daemonapp_run_sigterm_exits_0_and_status_answers(tmp_path: Path) -> Non
     """`daemonapp status STATE_DIR` shows a running app's daemons; SIGTERM exits 0."""
     import signal
 
-    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n"
-          "daemons:\n  sweeper:\n    type: file_cleanup\n    run_every: 5m\n"
-          "    directory: ./s\n    remove_older_than: 1h\n")
-    (tmp_path / "s").mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("DAEMONAPP_CONFIG", None)
-    proc = subprocess.Popen([str(DAEMONAPP), "run", "d.yaml"], cwd=tmp_path, env=env,
+    write_cleanup_app(tmp_path, name="sweeper")
+    proc = subprocess.Popen([str(DAEMONAPP), "run", "d.yaml"], cwd=tmp_path, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         status: list[subprocess.CompletedProcess[str]] = []
@@ -1755,8 +1719,7 @@ def test_daemonapp_run_sigterm_exits_0_and_status_answers(tmp_path: Path) -> Non
         assert "sweeper" in status[0].stdout
         state = tmp_path / "var"
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
-        proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
         assert proc.returncode == 0
     finally:
         stop_process(proc)
@@ -1775,8 +1738,7 @@ def test_yaml_error_keeps_source_text(tmp_path: Path, key: str, text: str) -> No
     if key != "run_every":
         lines.append("    run_every: 5m")
     lines.append(f"    {key}: {text}")
-    write(tmp_path / "d.yaml", "\n".join(lines) + "\n")
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    result = check_config(tmp_path, "\n".join(lines) + "\n")
     assert result.returncode == 2
     prefix = f"d.yaml:{len(lines)}: daemons.c.{key}: "
     found = [x for x in result.stderr.splitlines() if x.startswith(prefix)]
@@ -1787,8 +1749,7 @@ def test_yaml_error_keeps_source_text(tmp_path: Path, key: str, text: str) -> No
 @pytest.mark.integration
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     """A YAML syntax error names the file and line and exits 2."""
-    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\ndaemons: [unclosed\n")
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    result = check_config(tmp_path, "app:\n  state_dir: ./var\ndaemons: [unclosed\n")
     assert result.returncode == 2
     assert "d.yaml:" in result.stderr
 
@@ -1900,9 +1861,8 @@ def test_check_accepts_every_documented_key(tmp_path: Path) -> None:
     write(tmp_path / "wsgiapp.py", WSGI_MODULE)
     for d in ("queues", "sessions", "run"):
         (tmp_path / d).mkdir()
-    write(tmp_path / "d.yaml", FULL_CONFIG.format(port=free_port()))
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path,
-                 env={"PYTHONPATH": f"{ROOT}:{tmp_path}"})
+    result = check_config(tmp_path, FULL_CONFIG.format(port=free_port()),
+                          PYTHONPATH=f"{ROOT}:{tmp_path}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (tmp_path / "var").exists()
 
@@ -1921,8 +1881,7 @@ def free_port() -> int:
 
 def test_acquire_timeout_waits_then_false(tmp_path: Path) -> None:
     """acquire(timeout=0.3) on a held lock returns False after about 0.3 s."""
-    a = highlander("t", state_dir=tmp_path)
-    b = highlander("t", state_dir=tmp_path)
+    a, b = two_locks("t", state_dir=tmp_path)
     assert a.acquire(timeout=0)
     try:
         started = time.monotonic()
@@ -1935,8 +1894,7 @@ def test_acquire_timeout_waits_then_false(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_with_waits_10s_then_highlander_busy(tmp_path: Path) -> None:
     """`with lock:` waits 10 s, then raises HighlanderBusy."""
-    a = highlander("busy", state_dir=tmp_path)
-    b = highlander("busy", state_dir=tmp_path)
+    a, b = two_locks("busy", state_dir=tmp_path)
     assert a.acquire(timeout=0)
     try:
         started = time.monotonic()
@@ -2056,13 +2014,11 @@ class RunningApp:
         return data
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), FOO_SECRET="leak")
-        env.pop("DAEMONAPP_CONFIG", None)
         # Logs go to a file: a full, unread pipe would block the app.
         with open(self.root / "app.log", "w") as log_file:
             self.proc = subprocess.Popen([str(DAEMONAPP), "run", str(self.config)],
-                                         cwd=self.root, env=env, stdout=log_file,
-                                         stderr=subprocess.STDOUT, text=True)
+                                         cwd=self.root, env=child_env(FOO_SECRET="leak"),
+                                         stdout=log_file, stderr=subprocess.STDOUT, text=True)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -2226,8 +2182,7 @@ def test_e2e_children_die_with_sigkilled_app(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_lease_token_and_exclusion(pg_url: str) -> None:
     """url selects the lease backend: one holder at a time, tokens strictly increase."""
-    a = highlander("pg-lock", url=pg_url, ttl=30)
-    b = highlander("pg-lock", url=pg_url, ttl=30)
+    a, b = two_locks("pg-lock", url=pg_url, ttl=30)
     try:
         assert a.acquire(timeout=0)
         t1 = a.token
@@ -2464,11 +2419,10 @@ def test_jobs_cli_reads_daemonapp_config(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_every_config_error_at_once_across_sections(tmp_path: Path) -> None:
     """Errors in app, listeners and daemons are all reported in one go, exit 2."""
-    write(tmp_path / "d.yaml",
-          "app:\n  shutdown_after: soon\n"
-          "listeners:\n  - protocol: gopher\n    endpoint: tcp:0\n"
-          "daemons:\n  x:\n    type: no.such.module:Nope\n    run_every: 5m\n")
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path)
+    result = check_config(tmp_path,
+                          "app:\n  shutdown_after: soon\n"
+                          "listeners:\n  - protocol: gopher\n    endpoint: tcp:0\n"
+                          "daemons:\n  x:\n    type: no.such.module:Nope\n    run_every: 5m\n")
     assert result.returncode == 2
     err = result.stderr
     assert "d.yaml:2: app.shutdown_after: " in err
@@ -2480,11 +2434,10 @@ def test_every_config_error_at_once_across_sections(tmp_path: Path) -> None:
 def test_two_fd0_fastcgi_items_refused(tmp_path: Path) -> None:
     """At most one fastcgi item may use the inherited fd 0 (no endpoint or fd:0)."""
     write(tmp_path / "app.py", CGI_WSGI)
-    write(tmp_path / "d.yaml",
-          "listeners:\n  - protocol: fastcgi\n    wsgi: app:application\n"
-          "  - protocol: fastcgi\n    endpoint: fd:0\n    wsgi: app:application\n")
-    result = run([str(DAEMONAPP), "check", "d.yaml"], cwd=tmp_path,
-                 env={"PYTHONPATH": f"{ROOT}:{tmp_path}"})
+    result = check_config(tmp_path,
+                          "listeners:\n  - protocol: fastcgi\n    wsgi: app:application\n"
+                          "  - protocol: fastcgi\n    endpoint: fd:0\n    wsgi: app:application\n",
+                          PYTHONPATH=f"{ROOT}:{tmp_path}")
     assert result.returncode == 2
     assert "d.yaml:" in result.stderr
 
@@ -2494,12 +2447,9 @@ def test_two_fd0_fastcgi_items_refused(tmp_path: Path) -> None:
 
 def test_stop_starts_no_new_run_while_another_drains() -> None:
     """During a graceful stop, a daemon that comes due does not start a run."""
-    app, clock = new_app()
     busy = Slow(["a"], name="busy", run_every=30)
     later = Scripted(["b"], name="later", run_every=30, start_delay=5)
-    app.add(busy)
-    app.add(later)
-    app.startService()
+    app, clock = start_app(busy, later)
     clock.advance(0)
     clock.advance(1)
     stopped = app.stopService()
@@ -2512,9 +2462,8 @@ def test_stop_starts_no_new_run_while_another_drains() -> None:
 
 def test_app_accepts_duration_strings() -> None:
     """DaemonApp takes durations as strings: stay_alive_for="15m", shutdown_after="30m"."""
-    app, clock = new_app(stay_alive_for="15m", shutdown_after="30m", shutdown_if_idle="1m")
-    app.add(Scripted(run_every="10m"))
-    app.startService()
+    app, clock = start_app(Scripted(run_every="10m"),
+                           stay_alive_for="15m", shutdown_after="30m", shutdown_if_idle="1m")
     ended = app.when_ended()
     advance_to(clock, 15 * 60 - 1)
     assert not fired(ended)
@@ -2525,8 +2474,7 @@ def test_app_accepts_duration_strings() -> None:
 @pytest.mark.integration
 def test_in_thread_runs_in_pool_thread(tmp_path: Path) -> None:
     """On a real reactor in_thread hooks run outside the reactor thread."""
-    script = tmp_path / "main.py"
-    script.write_text(
+    result = run_script(tmp_path, (
         "import sys, threading\n"
         "from daemonapp import Daemon, DaemonApp\n"
         "seen = []\n"
@@ -2538,8 +2486,7 @@ def test_in_thread_runs_in_pool_thread(tmp_path: Path) -> None:
         "app = DaemonApp(shutdown_after=0.3)\n"
         "app.add(D())\n"
         "status = app.run()\n"
-        "print(seen[0] if seen else 'none', status)\n")
-    result = run([str(PYTHON), str(script)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+        "print(seen[0] if seen else 'none', status)\n"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "0"]
 
@@ -2562,13 +2509,12 @@ def test_relative_paths_for_listener_and_daemon(tmp_path: Path) -> None:
                 "    directory: ./sessions\n    remove_older_than: 1h\n")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{etc}")
-    env.pop("DAEMONAPP_CONFIG", None)
-    proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=elsewhere, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=elsewhere,
+                            env=child_env(etc), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         sock = etc / "sock" / "app.sock"
-        assert wait_for(lambda: sock.exists() or proc.poll() is not None)
+        assert wait_ready(proc, sock)
         assert proc.poll() is None
         assert stat.S_ISSOCK(sock.stat().st_mode)
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
@@ -2582,32 +2528,17 @@ def test_relative_paths_for_listener_and_daemon(tmp_path: Path) -> None:
 # ============================================================ process lifetime (CLI)
 
 
-def popen_run(root: Path, cfg: Path, *extra: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{root}")
-    env.pop("DAEMONAPP_CONFIG", None)
-    return subprocess.Popen([str(DAEMONAPP), "run", str(cfg), *extra], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.mark.integration
 def test_run_sigusr1_drains_exit_0(tmp_path: Path) -> None:
     """In `daemonapp run`, SIGUSR1 drains and exits 0 (web servers' stop signal)."""
     import signal
 
-    write(tmp_path / "cgiwsgi.py", CGI_WSGI)
-    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
-                "  - protocol: scgi\n    endpoint: unix:./run/app.sock\n"
-                "    wsgi: cgiwsgi:application\n")
-    proc = popen_run(tmp_path, cfg)
-    try:
-        sock = tmp_path / "run" / "app.sock"
-        assert wait_for(lambda: sock.exists() or proc.poll() is not None)
+    cfg = write_scgi_app(tmp_path)
+    with running(popen_run(tmp_path, cfg)) as proc:
+        assert wait_ready(proc, tmp_path / "run" / "app.sock")
         time.sleep(0.3)
-        proc.send_signal(signal.SIGUSR1)
-        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert signal_and_wait(proc, signal.SIGUSR1, timeout=15)
         assert proc.returncode == 0
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -2620,8 +2551,7 @@ def test_max_requests_graceful_stop_exit_0(tmp_path: Path) -> None:
     cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
                 f"  - protocol: http\n    endpoint: tcp:{port}:interface=127.0.0.1\n"
                 "    wsgi: cgiwsgi:application\n    max_requests: 2\n")
-    proc = popen_run(tmp_path, cfg)
-    try:
+    with running(popen_run(tmp_path, cfg)) as proc:
         def get() -> bytes:
             url = f"http://127.0.0.1:{port}/"
             with urllib.request.urlopen(url, timeout=5) as r:
@@ -2642,8 +2572,6 @@ def test_max_requests_graceful_stop_exit_0(tmp_path: Path) -> None:
             pass
         assert wait_for(lambda: proc.poll() is not None, timeout=15)
         assert proc.returncode == 0
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -2651,15 +2579,12 @@ def test_second_run_takes_over(tmp_path: Path) -> None:
     """A second `daemonapp run` of the same config takes over; the old one exits 0."""
     import signal
 
-    write(tmp_path / "cgiwsgi.py", CGI_WSGI)
-    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
-                "  - protocol: scgi\n    endpoint: unix:./run/app.sock\n"
-                "    wsgi: cgiwsgi:application\n")
+    cfg = write_scgi_app(tmp_path)
     sock = tmp_path / "run" / "app.sock"
     old = popen_run(tmp_path, cfg)
     new: subprocess.Popen[str] | None = None
     try:
-        assert wait_for(lambda: sock.exists() or old.poll() is not None)
+        assert wait_ready(old, sock)
         assert old.poll() is None
         time.sleep(0.3)
         new = popen_run(tmp_path, cfg)
@@ -2667,8 +2592,7 @@ def test_second_run_takes_over(tmp_path: Path) -> None:
         assert old.returncode == 0
         assert new.poll() is None
         assert sock.exists()
-        new.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: new is not None and new.poll() is not None, timeout=15)
+        assert signal_and_wait(new, signal.SIGTERM, timeout=15)
         assert new.returncode == 0
     finally:
         stop_process(old)
@@ -2681,27 +2605,15 @@ def test_twistd_sighup_survives(tmp_path: Path) -> None:
     """Under twistd a SIGHUP does not kill the process."""
     import signal
 
-    write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n"
-          "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-          "    directory: ./s\n    remove_older_than: 1h\n")
-    (tmp_path / "s").mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("DAEMONAPP_CONFIG", None)
-    proc = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        assert wait_for(lambda: (tmp_path / "var" / "status.sock").exists()
-                        or proc.poll() is not None)
+    write_cleanup_app(tmp_path)
+    with running(popen_twistd(tmp_path)) as proc:
+        assert wait_ready(proc, tmp_path / "var" / "status.sock")
         time.sleep(0.5)
         proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: proc.poll() is not None, timeout=15)
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
         assert proc.returncode == 0
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -2749,8 +2661,7 @@ def test_store_concurrent_claims_unique(store: Any, request: pytest.FixtureReque
 @pytest.mark.postgres
 def test_lease_renewed_while_plain_script_holds(pg_url: str) -> None:
     """A plain holder keeps its lease past ttl (renewed by a thread every ttl/3)."""
-    a = highlander("renew", url=pg_url, ttl=1)
-    b = highlander("renew", url=pg_url, ttl=1)
+    a, b = two_locks("renew", url=pg_url, ttl=1)
     try:
         assert a.acquire(timeout=0)
         deadline = time.monotonic() + 2.5
@@ -2864,10 +2775,9 @@ def test_one_timer_while_daemons_wait_for_locks(tmp_path: Path) -> None:
     other = highlander("contended", state_dir=tmp_path)
     assert other.acquire(timeout=0)
     try:
-        app, clock = new_app(state_dir=str(tmp_path), lock_wait=10)
-        for i in range(5):
-            app.add(Scripted(["a"], name=f"w{i}", run_every=30, lock="contended"))
-        app.startService()
+        daemons = [Scripted(["a"], name=f"w{i}", run_every=30, lock="contended")
+                   for i in range(5)]
+        _, clock = start_app(*daemons, state_dir=str(tmp_path), lock_wait=10)
         clock.advance(0)
         clock.advance(1)
         assert len(clock.getDelayedCalls()) <= 1
@@ -2917,8 +2827,7 @@ def test_dispatcher_with_postgres_store(pg_url: str, tmp_path: Path) -> None:
               env={"PYTHONPATH": str(ROOT)})
     assert sub.returncode == 0, sub.stderr
     job_id = int(sub.stdout.strip())
-    proc = popen_run(tmp_path, cfg)
-    try:
+    with running(popen_run(tmp_path, cfg)):
         assert wait_for((tmp_path / "out.json").exists, timeout=20)
 
         def done() -> bool:
@@ -2927,8 +2836,6 @@ def test_dispatcher_with_postgres_store(pg_url: str, tmp_path: Path) -> None:
             return shown.returncode == 0 and json.loads(shown.stdout)["state"] == "done"
 
         assert wait_for(done, timeout=20)
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -2968,14 +2875,8 @@ def test_on_failure_webhook_after_last_attempt_only(tmp_path: Path) -> None:
             assert wait_for(lambda: bool(posts), timeout=30)
             time.sleep(1.0)  # a second (wrong) call would come right after the first
             assert len(posts) == 1
-            from daemonapp.jobs import open_store
-
-            s = open_store(str(tmp_path / "var"))
-            try:
-                rec = s.get(job_id)
-                assert (rec.state, rec.attempts) == ("failed", 3)
-            finally:
-                s.close()
+            rec = stored_job(tmp_path / "var", job_id)
+            assert (rec.state, rec.attempts) == ("failed", 3)
         finally:
             stop_process(proc)
     finally:
@@ -2992,8 +2893,7 @@ def test_dir_queue_manager_one_child_per_subdirectory(tmp_path: Path) -> None:
                 "app:\n  state_dir: ./var\n"
                 "daemons:\n  mail-queues:\n    type: dir_queue_manager\n    run_every: 5m\n"
                 "    base_directory: ./queues\n    queue: {type: dir_queue, run_every: 10s}\n")
-    proc = popen_run(tmp_path, cfg)
-    try:
+    with running(popen_run(tmp_path, cfg)) as proc:
         names: list[str] = []
 
         def children() -> bool:
@@ -3006,19 +2906,13 @@ def test_dir_queue_manager_one_child_per_subdirectory(tmp_path: Path) -> None:
 
         assert wait_for(children)
         assert sorted(names) == ["mail-queues", "mail-queues/alpha", "mail-queues/beta"]
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
 def test_json_log_lines(tmp_path: Path) -> None:
     """app.log.format json writes one JSON object per line."""
-    cfg = write(tmp_path / "d.yaml",
-                "app:\n  state_dir: ./var\n  shutdown_after: 0.5s\n"
-                "  log: {format: json, level: info}\n"
-                "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-                "    directory: ./s\n    remove_older_than: 1h\n")
-    (tmp_path / "s").mkdir()
+    cfg = write_cleanup_app(tmp_path, app="  shutdown_after: 0.5s\n"
+                                          "  log: {format: json, level: info}\n")
     result = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     lines = [x for x in (result.stdout + result.stderr).splitlines() if x.strip()]
@@ -3109,19 +3003,10 @@ def fcgi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 "  - protocol: fastcgi\n    endpoint: unix:./run/fcgi.sock\n"
                 "    native: fcgiapp:handle\n    max_param_bytes: 4096\n")
     sock_path = root / "run" / "fcgi.sock"
-    with open(root / "app.log", "w") as log_file:
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}:{root}")
-        env.pop("DAEMONAPP_CONFIG", None)
-        proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=root, env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert wait_for(lambda: sock_path.exists() or proc.poll() is not None)
+    with running(popen_run_logged(root, cfg)) as proc:
+        assert wait_ready(proc, sock_path)
         assert proc.poll() is None, (root / "app.log").read_text()
         yield sock_path
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def fcgi_connect(path: Path) -> Any:
@@ -3138,6 +3023,30 @@ def fcgi_request(request_id: int, path: str, extra: dict[str, str] | None = None
               "SERVER_PROTOCOL": "HTTP/1.1", **(extra or {})}
     return (fcgi_begin(request_id) + fcgi_record(4, request_id, fcgi_pairs(params)) +
             fcgi_record(4, request_id) + fcgi_record(5, request_id))
+
+
+def fcgi_get(path: Path, request_path: str, timeout: float = 5.0) -> list[tuple[int, int, bytes]]:
+    """One request for ``request_path`` on a new connection, read up to its END_REQUEST."""
+    with fcgi_connect(path) as sock:
+        sock.sendall(fcgi_request(1, request_path))
+        return fcgi_read(sock, until_end=1, timeout=timeout)
+
+
+def unix_listener(path: Path) -> Any:
+    """A listening unix socket at ``path``, as a web server that spawns apps on fd 0 has."""
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    return listener
+
+
+def write_fd0_fcgi_app(root: Path) -> Path:
+    """root/d.yaml: one fastcgi listener with no endpoint (the inherited fd 0) on FCGI_APP."""
+    write(root / "fcgiapp.py", FCGI_APP)
+    return write(root / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                 "  - protocol: fastcgi\n    native: fcgiapp:handle\n")
 
 
 @pytest.mark.integration
@@ -3179,9 +3088,7 @@ def test_fcgi_multiplexed_split_at_every_byte(fcgi_server: Path) -> None:
 @pytest.mark.integration
 def test_fcgi_output_records_at_most_65535(fcgi_server: Path) -> None:
     """Output is split into records of at most 65,535 bytes."""
-    with fcgi_connect(fcgi_server) as sock:
-        sock.sendall(fcgi_request(1, "/big"))
-        records = fcgi_read(sock, until_end=1)
+    records = fcgi_get(fcgi_server, "/big")
     stdout = [c for t, _, c in records if t == 6]
     assert sum(len(c) for c in stdout) > 200000
     assert max(len(c) for c in stdout) <= 65535
@@ -3248,12 +3155,7 @@ def http_limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int,
                 f"  - protocol: http\n    endpoint: tcp:{p2}:interface=127.0.0.1\n"
                 "    native: fcgiapp:handle\n    max_concurrent: 1\n    backlog: 1\n"
                 "    queue_timeout: 5s\n    request_timeout: 3s\n")
-    with open(root / "app.log", "w") as log_file:
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}:{root}")
-        env.pop("DAEMONAPP_CONFIG", None)
-        proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=root, env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, text=True)
-    try:
+    with running(popen_run_logged(root, cfg)) as proc:
         def up() -> bool:
             import socket
 
@@ -3267,10 +3169,6 @@ def http_limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int,
         assert wait_for(up)
         assert proc.poll() is None, (root / "app.log").read_text()
         yield p1, p2
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def http_status(port: int, path: str, body: bytes | None = None) -> tuple[int, dict[str, str]]:
@@ -3356,37 +3254,27 @@ def test_fd0_fastcgi_spawned_by_web_server(tmp_path: Path) -> None:
     """With a listening socket on fd 0, `daemonapp run` (config from DAEMONAPP_CONFIG) serves
     FastCGI on it; SIGTERM drains and exits 0; the web server's socket path is kept."""
     import signal
-    import socket
 
-    write(tmp_path / "fcgiapp.py", FCGI_APP)
-    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
-                "  - protocol: fastcgi\n    native: fcgiapp:handle\n")
+    cfg = write_fd0_fcgi_app(tmp_path)
     path = tmp_path / "ws.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(16)
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{tmp_path}", DAEMONAPP_CONFIG=str(cfg))
+    listener = unix_listener(path)
+    env = child_env(tmp_path, DAEMONAPP_CONFIG=str(cfg))
     with open(tmp_path / "app.log", "w") as log_file:
         proc = subprocess.Popen([str(DAEMONAPP), "run"], cwd=tmp_path, env=env,
                                 stdin=listener.fileno(), stdout=log_file,
                                 stderr=subprocess.STDOUT, text=True)
     listener.close()
     try:
-        with fcgi_connect(path) as sock:
-            sock.sendall(fcgi_request(1, "/a"))
-            records = fcgi_read(sock, until_end=1, timeout=20)
+        records = fcgi_get(path, "/a", timeout=20)
         assert records and records[-1][0] == 3, (tmp_path / "app.log").read_text()
         assert b"".join(c for t, _, c in records if t == 6).endswith(b"hello")
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=10)
         assert proc.returncode == 0
         assert time.monotonic() - started < 5
         assert path.exists()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 @pytest.mark.integration
@@ -3405,8 +3293,7 @@ def test_idle_exit_waits_for_job_child_and_progress_is_live(tmp_path: Path) -> N
     sub = run([str(DAEMONAPP), "jobs", "-c", str(cfg), "submit", "sleepy", '{"seconds": 3}'],
               cwd=tmp_path)
     job_id = int(sub.stdout.strip())
-    proc = popen_run(tmp_path, cfg)
-    try:
+    with running(popen_run(tmp_path, cfg)) as proc:
         live: list[dict[str, Any]] = []
 
         def half() -> bool:
@@ -3422,16 +3309,8 @@ def test_idle_exit_waits_for_job_child_and_progress_is_live(tmp_path: Path) -> N
         assert live[0]["message"] == "half"
         assert wait_for(lambda: proc.poll() is not None, timeout=30)
         assert proc.returncode == 0
-        from daemonapp.jobs import open_store
-
-        s = open_store(str(tmp_path / "var"))
-        try:
-            rec = s.get(job_id)
-            assert (rec.state, rec.percent, rec.message) == ("done", 100, "slept")
-        finally:
-            s.close()
-    finally:
-        stop_process(proc)
+        rec = stored_job(tmp_path / "var", job_id)
+        assert (rec.state, rec.percent, rec.message) == ("done", 100, "slept")
 
 
 def test_attribute_defaults() -> None:
@@ -3467,25 +3346,10 @@ def test_sigint_is_planned_stop(tmp_path: Path) -> None:
     """SIGINT is a planned stop: exit status 0."""
     import signal
 
-    body = (
-        "import sys\n"
-        "from daemonapp import Daemon, DaemonApp\n"
-        "class D(Daemon):\n"
-        "    run_every = 0.05\n"
-        "    def get_work(self):\n"
-        "        open('started', 'w').close()\n"
-        "app = DaemonApp()\n"
-        "app.add(D())\n"
-        "sys.exit(10 + app.run())\n")
-    proc = start_script(tmp_path, body)
-    try:
-        assert wait_for((tmp_path / "started").exists)
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        assert wait_for(lambda: proc.poll() is not None, timeout=10)
+    with running(start_script(tmp_path, TICKING_APP)) as proc:
+        assert wait_started(tmp_path)
+        assert signal_and_wait(proc, signal.SIGINT, timeout=10)
         assert proc.returncode == 10
-    finally:
-        stop_process(proc)
 
 
 CRASHING_WSGI = """\
@@ -3535,34 +3399,21 @@ def test_existing_state_dir_made_private_or_refused(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_unix_endpoint_explicit_mode(tmp_path: Path) -> None:
     """A unix endpoint's mode= is applied to the socket (0600 here), and it is not 0666."""
-    write(tmp_path / "cgiwsgi.py", CGI_WSGI)
-    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
-                "  - protocol: scgi\n    endpoint: unix:./run/app.sock:mode=0600\n"
-                "    wsgi: cgiwsgi:application\n")
-    proc = popen_run(tmp_path, cfg)
-    try:
+    cfg = write_scgi_app(tmp_path, "unix:./run/app.sock:mode=0600")
+    with running(popen_run(tmp_path, cfg)) as proc:
         sock = tmp_path / "run" / "app.sock"
-        assert wait_for(lambda: sock.exists() or proc.poll() is not None)
+        assert wait_ready(proc, sock)
         assert proc.poll() is None
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
-    finally:
-        stop_process(proc)
 
 
 @pytest.mark.integration
 def test_fd0_spawned_processes_never_take_over_siblings(tmp_path: Path) -> None:
     """Two processes spawned on the same inherited socket both keep running."""
-    import socket
-
-    write(tmp_path / "fcgiapp.py", FCGI_APP)
-    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
-                "  - protocol: fastcgi\n    native: fcgiapp:handle\n")
+    cfg = write_fd0_fcgi_app(tmp_path)
     path = tmp_path / "ws.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(16)
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{tmp_path}")
-    env.pop("DAEMONAPP_CONFIG", None)
+    listener = unix_listener(path)
+    env = child_env(tmp_path)
     procs = []
     try:
         for n in range(2):
@@ -3572,15 +3423,11 @@ def test_fd0_spawned_processes_never_take_over_siblings(tmp_path: Path) -> None:
                     stdin=listener.fileno(), stdout=log_file, stderr=subprocess.STDOUT,
                     text=True))
             # Let the first settle before its sibling starts.
-            with fcgi_connect(path) as sock:
-                sock.sendall(fcgi_request(1, "/a"))
-                records = fcgi_read(sock, until_end=1, timeout=20)
+            records = fcgi_get(path, "/a", timeout=20)
             assert records and records[-1][0] == 3
         time.sleep(1.0)
         assert [p.poll() for p in procs] == [None, None]
     finally:
         listener.close()
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
+            stop_process(p)
