@@ -61,6 +61,8 @@ CGI_KEYS = ("min_load", "max_load", "start_timeout", "lock_timeout", "listener")
 PROTOCOLS = ("fastcgi", "scgi", "http")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+#: Other spellings of a level: Python's logging says "warning", twisted.logger "warn".
+LOG_LEVEL_ALIASES = {"warning": "warn"}
 
 _PATH_NAMES = frozenset({"path", "directory", "dir", "file", "base_directory", "base_dir"})
 _PATH_SUFFIXES = ("_path", "_dir", "_directory", "_file")
@@ -461,6 +463,15 @@ def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
     return convert
 
 
+def _log_level(value: object) -> str:
+    name = value.lower() if isinstance(value, str) else ""
+    name = LOG_LEVEL_ALIASES.get(name, name)
+    if name not in LOG_LEVELS:
+        raise ValueError("expected one of debug, info, warn (or warning), error, critical, "
+                         f"got {value!r}")
+    return name
+
+
 class _Validator:
     """Turns the parsed document into a Config, collecting every error."""
 
@@ -491,7 +502,7 @@ class _Validator:
                 check.unknown(log_raw, "app.log", LOG_KEYS, "log option")
                 log_settings = LogSettings(
                     format=get(log_raw, "format", "app.log", _choice(LOG_FORMATS), "text"),
-                    level=get(log_raw, "level", "app.log", _choice(LOG_LEVELS), "info"),
+                    level=get(log_raw, "level", "app.log", _log_level, "info"),
                     file=get(log_raw, "file", "app.log", self.optional_path, None),
                 )
         lock_settings = LockSettings()

@@ -447,8 +447,15 @@ def test_bad_log_level(tmp_path: Path) -> None:
           log: {level: loud}
     """)
     assert errors(path) == [
-        f"{path}:2: app.log.level: expected one of debug, info, warn, error, critical, "
-        "got 'loud'"]
+        f"{path}:2: app.log.level: expected one of debug, info, warn (or warning), error, "
+        "critical, got 'loud'"]
+
+
+@pytest.mark.parametrize("written", ["warning", "WARNING", "warn", "Warn"])
+def test_log_level_warning_is_warn(tmp_path: Path, written: str) -> None:
+    """app.log.level: warning, Python's spelling, means twisted.logger's warn."""
+    config = load_config(write(tmp_path, f"app: {{log: {{level: {written}}}}}\n"))
+    assert config.app.log.level == "warn"
 
 
 def test_duplicate_key(tmp_path: Path) -> None:
