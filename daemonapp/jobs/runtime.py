@@ -5,6 +5,7 @@ Imported inside the job child, so it imports nothing heavy (no Twisted).
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import time
@@ -125,34 +126,93 @@ def _qualified(func: Callable[..., Any]) -> str:
 
 
 class _ProgressPipe:
-    """Writes the latest progress to a pipe, at most once per PROGRESS_INTERVAL."""
+    """Writes the latest progress to a pipe, at most once per PROGRESS_INTERVAL.
+
+    A value held back by that rate limit is written by a trailing flusher thread
+    (``_thread``: importing ``threading`` would cost the child milliseconds) once
+    the interval has passed, so the last value of a burst reaches the dispatcher
+    even when the job then goes quiet for minutes.
+    """
 
     def __init__(self, fd: int, interval: float = PROGRESS_INTERVAL) -> None:
         self.fd = fd
         self.interval = interval
         self.last_write = float("-inf")  # the first report goes out at once
         self.pending: bytes | None = None
+        self.closed = False
+        # Guards pending, last_write, armed and every write, so that the job's thread
+        # and the flusher never interleave two records on the pipe.
+        self._mutex = _thread.allocate_lock()
+        # A binary semaphore: released once per arming, the flusher waits on it.
+        self._wake = _thread.allocate_lock()
+        self._wake.acquire()
+        self._armed = False
+        self._flusher_started = False
         try:
             os.set_blocking(fd, False)
         except OSError:
             pass
 
     def report(self, percent: float, message: str) -> None:
-        self.pending = encode_progress(percent, message)
-        now = time.monotonic()
-        if now - self.last_write >= self.interval:
-            self.last_write = now
-            self._write()
+        data = encode_progress(percent, message)
+        with self._mutex:
+            self.pending = data
+            now = time.monotonic()
+            if now - self.last_write >= self.interval:
+                self.last_write = now
+                self._write()
+            if self.pending is not None and not self._armed and not self.closed:
+                self._arm()
+
+    def _arm(self) -> None:
+        """Have the flusher write the value held back once the interval has passed."""
+        if not self._flusher_started:
+            try:
+                _thread.start_new_thread(self._trail, ())
+            except RuntimeError:  # no thread under a tight memory_limit: flush at the end
+                return
+            self._flusher_started = True
+        self._armed = True
+        self._wake.release()
+
+    def _trail(self) -> None:
+        """The flusher thread: for each arming, wait out the interval, write the value."""
+        while True:
+            self._wake.acquire()
+            while True:
+                with self._mutex:
+                    if self.closed:
+                        return
+                    delay = self.last_write + self.interval - time.monotonic()
+                    if delay <= 0:
+                        if self.pending is not None:
+                            self.last_write = time.monotonic()
+                            self._write()
+                        if self.pending is None:  # else the parent is slow: try again
+                            self._armed = False
+                            break
+                        delay = self.interval
+                time.sleep(delay)
 
     def flush(self) -> None:
         """Write the value held back, if any (blocking briefly: it is the last one)."""
-        if self.pending is None:
-            return
-        try:
-            os.set_blocking(self.fd, True)
-        except OSError:
-            pass
-        self._write()
+        with self._mutex:
+            if self.pending is None:
+                return
+            try:
+                os.set_blocking(self.fd, True)
+            except OSError:
+                pass
+            self._write()
+
+    def close(self) -> None:
+        """Flush, then end the flusher thread."""
+        self.flush()
+        with self._mutex:
+            self.closed = True
+            if self._flusher_started and not self._armed:
+                self._armed = True
+                self._wake.release()  # let it see ``closed`` and end
 
     def _write(self) -> None:
         data = self.pending
@@ -189,7 +249,8 @@ def progress(percent: float, message: str = "") -> None:
     """Report how far the current job is (0-100) with a short message.
 
     Cheap enough to call 100,000 times: the child sends the latest value to the
-    dispatcher at most every few milliseconds, and always the last one at the end.
+    dispatcher at most every few milliseconds; a value held back is sent once that
+    interval has passed, even if the job never calls progress() again.
     Outside a job child it only remembers the value.
     """
     global _last_progress
@@ -220,6 +281,6 @@ def _leave() -> None:
     """Flush the last progress value and forget the current job."""
     global _current, _pipe
     if _pipe is not None:
-        _pipe.flush()
+        _pipe.close()
     _current = None
     _pipe = None

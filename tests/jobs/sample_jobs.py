@@ -57,6 +57,15 @@ def storm(payload: dict[str, Any]) -> None:
     progress(100.0, "finished")
 
 
+@job("storm_then_sleep")
+def storm_then_sleep(payload: dict[str, Any]) -> None:
+    """Report progress payload["count"] times, then sleep without reporting again."""
+    count = int(payload.get("count", 100_000))
+    for i in range(count):
+        progress(i * 100.0 / count, f"step {i}")
+    time.sleep(float(payload.get("seconds", 60)))
+
+
 @job("record")
 def record(payload: dict[str, Any]) -> None:
     """Append our job id to payload["file"] (O_APPEND: one line per run)."""

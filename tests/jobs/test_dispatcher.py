@@ -119,6 +119,23 @@ def test_progress_storm_bounded_writes(store: Any, sqlite_target: str,
     assert max(report["lateness"]) < 0.05
 
 
+def test_last_progress_reaches_store_while_job_goes_on(store: Any, sqlite_target: str,
+                                                       dispatchers: Any) -> None:
+    """The value of the last of 100,000 progress() calls reaches the dispatcher (and the
+    store) while the job then sleeps without reporting again."""
+    job_id = store.submit("storm_then_sleep", {"count": 100_000, "seconds": 60})
+    dispatcher = dispatchers(sqlite_target, progress_persist_hz=2)
+
+    def last_value_stored() -> Any:
+        record = _state(store, job_id, "running")
+        return record if record is not None and record.message == "step 99999" else None
+
+    record = wait_for(last_value_stored, timeout=20)
+    assert record is not None, (store.get(job_id), dispatcher.log_text())
+    assert (record.state, record.percent) == ("running", 99.999)
+    store.cancel(job_id)
+
+
 def test_child_environment_is_clean(store: Any, sqlite_target: str, dispatchers: Any,
                                     tmp_path: Path, monkeypatch: Any) -> None:
     """The child sees PATH, locale variables and PYTHONPATH only."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -56,3 +58,25 @@ def test_pipe_coalesces_and_flushes_last() -> None:
         for fd in (read_end, write_end):
             if fd >= 0:
                 os.close(fd)
+
+
+def test_pipe_sends_held_back_value_without_another_call() -> None:
+    """A value held back by the rate limit is written once the interval has passed,
+    with no further report() and no flush()."""
+    read_end, write_end = os.pipe()
+    pipe = _ProgressPipe(write_end, interval=0.05)
+    try:
+        for i in range(1000):
+            pipe.report(float(i), f"step {i}")
+        os.set_blocking(read_end, True)
+        received = b""
+        deadline = time.monotonic() + 5.0
+        while not received.endswith(b"999.0\tstep 999\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], 0.1)
+            if ready:
+                received += os.read(read_end, 65536)
+        assert received.splitlines() == [b"0.0\tstep 0", b"999.0\tstep 999"]
+    finally:
+        pipe.close()
+        os.close(read_end)
+        os.close(write_end)
