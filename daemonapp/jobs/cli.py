@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from daemonapp.jobs._model import STATES, JobRecord
 
@@ -22,51 +22,34 @@ __all__ = ["StoreNotFound", "main", "store_from_config"]
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
-DISPATCHER_TYPES = ("job_dispatcher", "daemonapp.jobs.dispatcher:JobDispatcher",
-                    "daemonapp.jobs:JobDispatcher")
 
 
 class StoreNotFound(ValueError):
-    """The config names no job store (no job_dispatcher store and no app.state_dir)."""
+    """No job store to open: no config given, an invalid config, or no such dispatcher."""
 
 
 def store_from_config(path: str, dispatcher: str | None = None) -> str:
-    """The job store target a config file's job_dispatcher uses.
-
-    Its ``store`` option when set, else the app's ``state_dir``; relative paths
-    are relative to the config file's directory.
+    """The job store target the app of a config file uses, found as ``daemonapp run``
+    finds it: the config is loaded by ``daemonapp.config.load_config`` (the one owner of
+    the defaults, state_dir ``./var`` next to the file), then the job_dispatcher's
+    ``store`` option wins over the app's state_dir, as in the dispatcher itself.
     """
-    import yaml
+    from daemonapp.config import ConfigError, load_config
+    from daemonapp.jobs.dispatcher import JobDispatcher, store_target
 
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
-    if not isinstance(data, dict):
-        raise StoreNotFound(f"{path}: expected a mapping at the top level")
-    base = os.path.dirname(os.path.abspath(path))
-    daemons = data.get("daemons") or {}
-    if not isinstance(daemons, dict):
-        raise StoreNotFound(f"{path}: daemons: expected a mapping")
-    found: tuple[str, dict[str, Any]] | None = None
-    for name, section in daemons.items():
-        if not isinstance(section, dict) or section.get("type") not in DISPATCHER_TYPES:
-            continue
-        if dispatcher is None or name == dispatcher:
-            found = (str(name), section)
+    try:
+        config = load_config(path)
+    except ConfigError as err:
+        raise StoreNotFound("\n".join(err.messages)) from None
+    found = None
+    for spec in config.daemons:
+        if issubclass(spec.cls, JobDispatcher) and dispatcher in (None, spec.name):
+            found = spec
             break
     if dispatcher is not None and found is None:
         raise StoreNotFound(f"{path}: no job_dispatcher daemon named {dispatcher!r}")
-    store = found[1].get("store") if found is not None else None
-    if store is not None:
-        text = str(store)
-        if text.startswith(("postgresql://", "postgres://")):
-            return text
-        return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
-    app = data.get("app") or {}
-    state_dir = app.get("state_dir") if isinstance(app, dict) else None
-    if not state_dir:
-        where = f"daemons.{found[0]}.store" if found else "a job_dispatcher daemon"
-        raise StoreNotFound(f"{path}: no job store: set {where} or app.state_dir")
-    return os.path.normpath(os.path.join(base, os.path.expanduser(str(state_dir))))
+    store = found.options.get("store") if found is not None else None
+    return store_target(store, config.app.state_dir)
 
 
 def _parser() -> argparse.ArgumentParser:

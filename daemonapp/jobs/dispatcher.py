@@ -39,7 +39,8 @@ from daemonapp.jobs._model import (
 )
 from daemonapp.jobs.runtime import decode_progress
 
-__all__ = ["CHILD_MODULE", "JobDispatcher", "child_environment", "child_pythonpath"]
+__all__ = ["CHILD_MODULE", "JobDispatcher", "child_environment", "child_pythonpath",
+           "store_target"]
 
 log = Logger()
 
@@ -92,6 +93,20 @@ def child_environment(environ: Mapping[str, str] | None = None,
     env["PATH"] = source.get("PATH", os.defpath)
     env["PYTHONPATH"] = child_pythonpath() if pythonpath is None else pythonpath
     return env
+
+
+def store_target(store: str | os.PathLike[str] | None, state_dir: str | None) -> str:
+    """Where a dispatcher's jobs live: its ``store`` option (a PostgreSQL URL, a
+    directory or a store object), else SQLite in the app's ``state_dir``.
+
+    The one owner of that rule: the dispatcher and ``daemonapp jobs -c`` both ask it.
+    """
+    if store is not None:
+        return os.fspath(store)
+    if not state_dir:
+        raise RuntimeError("no store option and no app.state_dir to keep the SQLite "
+                           "job store in")
+    return state_dir
 
 
 def _format_delay(seconds: float) -> str:
@@ -381,13 +396,10 @@ class JobDispatcher(Daemon):
         if self.store is None:
             from daemonapp.jobs.store import open_store
 
-            target = self.store_target
-            if target is None:
-                state_dir = getattr(self.app, "state_dir", None)
-                if not state_dir:
-                    raise RuntimeError(f"job dispatcher {self.name!r}: no store option and "
-                                       f"no app.state_dir to keep the SQLite job store in")
-                target = state_dir
+            try:
+                target = store_target(self.store_target, getattr(self.app, "state_dir", None))
+            except RuntimeError as err:
+                raise RuntimeError(f"job dispatcher {self.name!r}: {err}") from None
             self.store = open_store(target, max_attempts=self.max_attempts)
             if self._own_store:
                 self.reactor.callFromThread(self._start_listening)

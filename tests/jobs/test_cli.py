@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from daemonapp.config import load_config
 from daemonapp.jobs import open_store
 from daemonapp.jobs.cli import StoreNotFound, main, store_from_config
 
@@ -47,12 +48,32 @@ def test_dispatcher_store_option_wins(tmp_path: Path) -> None:
     assert store_from_config(str(path)) == "postgresql://u@db/jobs"
 
 
-def test_config_without_store(tmp_path: Path) -> None:
-    """A config with neither a store nor a state_dir is an error naming what to set."""
+def test_default_state_dir_as_run_finds_it(tmp_path: Path, monkeypatch: Any,
+                                           capsys: Any) -> None:
+    """Without app.state_dir, -c uses the state_dir run uses (./var next to the file),
+    whatever the current directory."""
+    path = tmp_path / "etc" / "app.yaml"
+    path.parent.mkdir()
+    path.write_text("daemons:\n  j: {type: job_dispatcher, run_every: 1s}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["-c", str(path), "submit", "mail", "{}"]) == 0
+    assert capsys.readouterr().out == "1\n"
+    assert load_config(str(path)).app.state_dir == str(tmp_path / "etc" / "var")
+    assert open_store(str(tmp_path / "etc" / "var")).get(1) is not None
+
+
+def test_invalid_config_is_a_usage_error(tmp_path: Path, capsys: Any) -> None:
+    """A config run would refuse is refused with its file:line messages, exit 2."""
     path = tmp_path / "app.yaml"
-    path.write_text("daemons:\n  j: {type: job_dispatcher}\n")
-    with pytest.raises(StoreNotFound, match=r"set daemons\.j\.store or app\.state_dir"):
-        store_from_config(str(path))
+    path.write_text("app:\n  stat_dir: ./var\n")
+    assert main(["-c", str(path), "list"]) == 2
+    assert f"{path}:2: app.stat_dir" in capsys.readouterr().err
+
+
+def test_unknown_dispatcher_name(config: Path) -> None:
+    """--dispatcher names a job_dispatcher the config does not have: an error."""
+    with pytest.raises(StoreNotFound, match="no job_dispatcher daemon named 'other'"):
+        store_from_config(str(config), "other")
 
 
 def test_submit_unique_key(config: Path, capsys: Any) -> None:
