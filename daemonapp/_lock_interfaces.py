@@ -9,16 +9,31 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 
 
+class LockUnavailable(Exception):
+    """The lock's backend cannot be asked (PostgreSQL down, a network partition).
+
+    An IAsyncLock fails ``acquire`` with it after logging the outage itself (the first
+    error with its traceback, then at most one line a minute), so a daemon ends the
+    run as locked-out without a log line of its own (DESIGN §5).
+    """
+
+
 class IAsyncLock(Interface):
     """A highlander lock as the scheduler uses it: never blocks the reactor."""
 
     name = Attribute("str: the lock's name")
 
     def acquire(timeout: float) -> object:
-        """A Deferred that fires True once held, False when ``timeout`` passed."""
+        """A Deferred that fires True once held, False when ``timeout`` passed.
+
+        It fails with LockUnavailable when the backend cannot be reached.
+        """
 
     def release() -> object:
         """Release the lock; may return a Deferred."""
+
+    def still_held() -> bool:
+        """False once a hold was lost (a lease that could not be renewed)."""
 
 
 class ILockProvider(Interface):

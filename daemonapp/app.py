@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemonapp.daemon import READY, SLEEPING, Daemon
+from daemonapp.daemon import ENDED, READY, SLEEPING, Daemon
 from daemonapp.durations import parse_duration
 from daemonapp.interfaces import (
     IActivityMonitor,
@@ -174,13 +174,16 @@ class DaemonApp(MultiService):
 
     def lock_for(self, name: str) -> IAsyncLock:
         """A lock handle for a daemon's ``lock:`` (flock in state_dir by default)."""
+        return self._lock_provider().lock_for(name)
+
+    def _lock_provider(self) -> ILockProvider:
         if self._locks is None:
             from daemonapp.locks import LockProvider
 
             provider: ILockProvider = LockProvider(reactor=self.reactor,
                                                    state_dir=self.state_dir)
             self._locks = provider
-        return self._locks.lock_for(name)
+        return self._locks
 
     def when_ended(self) -> Deferred[int]:
         """A Deferred that fires with the exit status once the app has ended."""
@@ -198,6 +201,13 @@ class DaemonApp(MultiService):
         return EXIT_ABANDONED if self.exit_status is None else self.exit_status
 
     # --------------------------------------------------------------- IService
+
+    def privilegedStartService(self) -> None:
+        # twistd calls this before its --uid/--gid switch, startService after it: what
+        # a run may import later (the lock machinery, a database driver) is imported
+        # now, while the checkout or venv is still readable (DESIGN §2).
+        self._lock_provider()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -338,7 +348,13 @@ class DaemonApp(MultiService):
                     lateness = now - daemon._due
                     daemon._lateness = lateness
                     self.max_lateness = max(self.max_lateness, lateness)
-                status = daemon._advance(deadline)
+                try:
+                    status = daemon._advance(deadline)
+                except Exception:
+                    # A bug around the run (not a hook's: those are caught inside):
+                    # end this run as failed, and let the slice go on with the others.
+                    daemon._abort(Failure(), "scheduler")
+                    status = ENDED
                 if status == READY:
                     heapq.heappush(ready, entry)
                 elif status == SLEEPING:  # mid-run, its lock held elsewhere: poll via the heap

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.durations import parse_duration
-from daemonapp.interfaces import IAsyncLock, IDaemon, IScheduler
+from daemonapp.interfaces import IAsyncLock, IDaemon, IScheduler, LockUnavailable
 
 __all__ = [
     "ENDED",
@@ -39,6 +39,7 @@ __all__ = [
     "default_maximum_idle",
     "idle_delays",
     "next_idle_delay",
+    "safe_repr",
 ]
 
 log = Logger()
@@ -90,6 +91,7 @@ _THREAD_ITEM = "thread_item"
 _HOOK_FAILED = "hook_failed"
 _LOCK_RESULT = "lock_result"
 _LOCK_FAILED = "lock_failed"
+_LOCK_OUTAGE = "lock_outage"
 
 
 class OptionError(ValueError):
@@ -113,6 +115,23 @@ class _ThreadFailure(Exception):
 
 def _call_now(function: Callable[..., object], *args: object) -> None:
     function(*args)
+
+
+def safe_repr(value: object, limit: int = _JOB_REPR_MAX) -> str:
+    """``repr(value)`` cut to ``limit`` characters; never raises.
+
+    A job's ``__repr__`` is user code: when it raises, the failure being logged must
+    still be logged (and the run still ended), not replaced by the repr's exception.
+    """
+    try:
+        text = repr(value)
+    except Exception as e:
+        text = f"<{type(value).__name__} object; repr() raised {type(e).__name__}>"
+    if not isinstance(text, str):
+        text = f"<{type(value).__name__} object>"
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text
 
 
 def default_maximum_idle(run_every: float, increase_idle_by: float,
@@ -272,7 +291,7 @@ class Daemon:
     _RESERVED: ClassVar[frozenset[str]] = frozenset({
         "_deactivate", "_advance", "_wait", "_arrived", "_arrived_failure", "_in_thread",
         "_thread_item", "_take_lock", "_lock_busy", "_lock_error", "_failed", "_end",
-        "_release_lock",
+        "_release_lock", "_abort", "_lock_still_held", "_hand_back",
     })
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -439,6 +458,9 @@ class Daemon:
                         continue
                     elif kind == _LOCK_FAILED:
                         return self._failed(value, "lock", None)
+                    elif kind == _LOCK_OUTAGE:
+                        # The lock logged the outage (rate-limited): no line here.
+                        return self._end(LOCKED_OUT)
                     else:  # _HOOK_FAILED
                         self._run_items = items
                         failure, phase, job = value
@@ -478,6 +500,9 @@ class Daemon:
                         continue
                 # One item is done: the budget is checked after each do_work.
                 items += 1
+                if self._lock_held and not self._lock_still_held():
+                    self._run_items = items
+                    return self._end(LOCKED_OUT)
                 if max_items is not None and items >= max_items:
                     self._run_items = items
                     return self._end(YIELDED)
@@ -543,9 +568,9 @@ class Daemon:
         """One try at the lock (never a wait inside the lock: see _lock_busy)."""
         app = self.app
         assert app is not None and self.lock is not None
-        if self._lock_handle is None:
-            self._lock_handle = app.lock_for(self.lock)
         try:
+            if self._lock_handle is None:
+                self._lock_handle = app.lock_for(self.lock)
             d: Deferred[bool] = self._lock_handle.acquire(0)  # type: ignore[assignment]
         except Exception:
             return self._failed(Failure(), "lock", None)
@@ -566,16 +591,65 @@ class Daemon:
         return SLEEPING
 
     def _lock_error(self, failure: Failure) -> None:
-        self._arrived(failure, _LOCK_FAILED)
+        if failure.check(LockUnavailable):
+            self._arrived(None, _LOCK_OUTAGE)
+        else:
+            self._arrived(failure, _LOCK_FAILED)
+
+    def _lock_still_held(self) -> bool:
+        """False once the held lock was lost (a lease not renewed for ttl/2)."""
+        handle = self._lock_handle
+        still_held = getattr(handle, "still_held", None)
+        if still_held is None:
+            return True
+        try:
+            held = bool(still_held())
+        except Exception:
+            log.failure("daemon {daemon}: cannot tell whether lock {lock} is still held",
+                        daemon=self.name, lock=self.lock)
+            held = False
+        if not held:
+            log.warn("daemon {daemon} lost lock {lock}: the run ends after this item",
+                     daemon=self.name, lock=self.lock)
+        return held
 
     def _failed(self, failure: Failure, phase: str, job: object) -> int:
-        text = repr(job)
-        if len(text) > _JOB_REPR_MAX:
-            text = text[:_JOB_REPR_MAX] + "..."
         log.failure("daemon {daemon} failed in {phase} (job {job})", failure,
-                    daemon=self.name, phase=phase, job=text)
+                    daemon=self.name, phase=phase, job=safe_repr(job))
         self.stats["failures"] += 1
         return self._end(FAILED)
+
+    def _abort(self, failure: Failure, phase: str) -> None:
+        """End the run as failed after an exception escaped the run's own handling.
+
+        Called by the scheduler with whatever state the run is in (DESIGN §1: no
+        daemon is ever left in flight by an exception). When closing the run fails
+        too, it is closed by hand so that nothing (a stop, idle exit) waits on it.
+        """
+        self._inside = False
+        self._resume = None
+        app = self.app
+        assert app is not None
+        if not self._in_run:
+            self._in_run = True
+            self._run_started = app.seconds()
+            self._run_items = 0
+        try:
+            self._failed(failure, phase, None)
+            return
+        except Exception:
+            log.failure("daemon {daemon}: ending its failed run failed too", daemon=self.name)
+        self._in_run = False
+        self._lock_deadline = None
+        if self._lock_held:
+            self._lock_held = False
+            try:
+                self._release_lock()
+            except Exception:
+                log.failure("daemon {daemon} could not release lock {lock}",
+                            daemon=self.name, lock=self.lock)
+        delay = self.maximum_idle if self.maximum_idle is not None else self.run_every
+        self._hand_back(app, app.seconds(), delay)
 
     def _end(self, outcome: str) -> int:
         """Close the run, choose the next delay, and hand the daemon back."""
@@ -605,6 +679,11 @@ class Daemon:
         stats["last_outcome"] = outcome
         stats["last_run_at"] = self._run_started
         stats["current_delay"] = delay
+        self._hand_back(app, now, delay)
+        return ENDED
+
+    def _hand_back(self, app: IScheduler, now: float, delay: float) -> None:
+        """The run is over: tell the scheduler when the daemon is due (or that it stopped)."""
         self._in_run = False
         if self._stopping:
             waiters, self._stop_waiters = self._stop_waiters, []
@@ -613,9 +692,8 @@ class Daemon:
             for waiter in waiters:
                 waiter.callback(None)
         else:
-            stats["next_run_at"] = now + delay
+            self.stats["next_run_at"] = now + delay
             app.run_ended(self, delay)
-        return ENDED
 
     def _release_lock(self) -> None:
         handle = self._lock_handle

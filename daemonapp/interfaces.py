@@ -14,11 +14,11 @@ from zope.interface import Attribute, Interface
 
 # The lock interfaces live in a Twisted-free module so that daemonapp.locks (used by
 # CGI scripts) can declare them without importing Twisted; they are public here.
-from daemonapp._lock_interfaces import IAsyncLock, ILockBackend, ILockProvider
+from daemonapp._lock_interfaces import IAsyncLock, ILockBackend, ILockProvider, LockUnavailable
 
 __all__ = [
     "IActivityMonitor", "IAsyncLock", "IDaemon", "IJobStore", "IListener",
-    "ILockBackend", "ILockProvider", "IScheduler",
+    "ILockBackend", "ILockProvider", "IScheduler", "LockUnavailable",
 ]
 
 

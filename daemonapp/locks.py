@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
-from daemonapp._lock_interfaces import IAsyncLock, ILockBackend, ILockProvider
+from daemonapp._lock_interfaces import IAsyncLock, ILockBackend, ILockProvider, LockUnavailable
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -37,6 +37,8 @@ __all__ = [
     "FlockLock",
     "HighlanderBusy",
     "LockProvider",
+    "LockUnavailable",
+    "OutageLog",
     "PostgresLease",
     "default_holder",
     "default_state_dir",
@@ -376,7 +378,9 @@ class PostgresLease(_Highlander):
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._lost = False
-        self._deadline = 0.0
+        # Held until then unless renewed: ttl/2 after the last renewal began, well
+        # before a successor may take over (ttl after it), so the holder stops first.
+        self._held_until = 0.0
 
     def _connect(self) -> Any:
         import psycopg
@@ -423,7 +427,7 @@ class PostgresLease(_Highlander):
             return False
         self.token = int(rows[0][0])
         self._lost = False
-        self._deadline = started + self.ttl
+        self._held_until = started + self.ttl / 2
         self._stop = threading.Event()
         self._renewer = threading.Thread(
             target=self._renew_loop, args=(self.token, self._stop),
@@ -434,16 +438,19 @@ class PostgresLease(_Highlander):
     def _renew_loop(self, token: int, stop: threading.Event) -> None:
         interval = self.ttl / 3
         wait = interval
+        failing = False
         while not stop.wait(wait):
             started = time.monotonic()
             try:
                 rows = self._execute(_RENEW_SQL, self._params(token))
             except Exception as e:
-                if time.monotonic() >= self._deadline:
-                    self._lose(stop, f"renewal failed until the lease ran out: {e}")
+                if time.monotonic() >= self._held_until:
+                    self._lose(stop, f"no renewal for ttl/2 ({self.ttl / 2:g}s): {e}")
                     return
-                _logger.warning("highlander %s: lease renewal failed, will retry: %s",
-                                self.name, e)
+                if not failing:  # one line per outage, not one per retry
+                    _logger.warning("highlander %s: lease renewal failed, retrying every "
+                                    "second for up to %gs: %s", self.name, self.ttl / 2, e)
+                failing = True
                 wait = min(interval, 1.0)  # retry sooner: the lease is running out
                 continue
             wait = interval
@@ -452,7 +459,10 @@ class PostgresLease(_Highlander):
             if not rows:
                 self._lose(stop, "the lease expired or was taken over")
                 return
-            self._deadline = started + self.ttl
+            if failing:
+                _logger.warning("highlander %s: lease renewed again", self.name)
+                failing = False
+            self._held_until = started + self.ttl / 2
 
     def _lose(self, stop: threading.Event, why: str) -> None:
         if not stop.is_set():
@@ -463,7 +473,7 @@ class PostgresLease(_Highlander):
     def still_held(self) -> bool:
         """False once the lease is lost: renewal found the row taken, or the lease ran out."""
         return (self._held and not self._lost
-                and time.monotonic() < self._deadline)
+                and time.monotonic() < self._held_until)
 
     def _release_held(self) -> None:
         self._stop.set()
@@ -504,6 +514,58 @@ def highlander(name: str, *, state_dir: str | os.PathLike[str] | None = None,
     return FlockLock(name, state_dir=state_dir, holder=holder)
 
 
+class OutageLog:
+    """How a lock backend's outage reaches the log: a few lines, however long it lasts.
+
+    The first error is logged with its traceback; while the backend stays down, at
+    most one line every ``repeat`` seconds with the count of errors since; the first
+    success after that logs "lock backend reachable again" (DESIGN §5). One OutageLog
+    serves every handle of a provider: they share one backend.
+    """
+
+    def __init__(self, clock: Any, repeat: float = 60.0) -> None:
+        from twisted.logger import Logger
+
+        self._log = Logger()
+        self._seconds: Callable[[], float] = clock.seconds
+        self.repeat = repeat
+        self.down_since: float | None = None
+        self.errors = 0  # in this outage
+        self._unlogged = 0
+        self._logged_at = 0.0
+
+    def failed(self, name: str, what: str, failure: Failure) -> None:
+        """Record one error of the backend (for lock ``name``)."""
+        now = self._seconds()
+        self.errors += 1
+        if self.down_since is None:
+            self.down_since = self._logged_at = now
+            self._unlogged = 0
+            self._log.failure(
+                "highlander {name}: {what}: lock backend unreachable; runs that need "
+                "a lock are locked-out until it is back", failure, name=name, what=what)
+            return
+        self._unlogged += 1
+        if now - self._logged_at >= self.repeat:
+            self._log.warn(
+                "highlander {name}: lock backend still unreachable after {seconds:.0f} s "
+                "({count} more errors): {error}", name=name, seconds=now - self.down_since,
+                count=self._unlogged, error=str(failure.value)[:200])
+            self._logged_at = now
+            self._unlogged = 0
+
+    def reachable(self, name: str) -> None:
+        """The backend answered: end the outage, if there was one."""
+        if self.down_since is None:
+            return
+        self._log.info(
+            "highlander {name}: lock backend reachable again after {seconds:.1f} s "
+            "({count} errors)", name=name, seconds=self._seconds() - self.down_since,
+            count=self.errors)
+        self.down_since = None
+        self.errors = 0
+
+
 @implementer(IAsyncLock)
 class AsyncLock:
     """A highlander lock for the reactor: acquire polls and never blocks the loop.
@@ -513,15 +575,20 @@ class AsyncLock:
     """
 
     def __init__(self, backend: FlockLock | PostgresLease, *, reactor: Any,
-                 threadpool: ThreadPool | None = None, poll_interval: float = 0.02) -> None:
-        from twisted.logger import Logger
+                 threadpool: ThreadPool | None = None, poll_interval: float = 0.02,
+                 outage: OutageLog | None = None) -> None:
+        # Everything a later call needs is imported now: under twistd --uid the venv
+        # may be unreadable once the app runs (DESIGN §2).
+        from twisted.internet import defer, threads
 
+        self._defer = defer
+        self._threads = threads
         self.backend = backend
         self.name = backend.name
         self._reactor = reactor
         self._threadpool = threadpool
         self._poll_interval = poll_interval
-        self._log = Logger()
+        self._outage = outage if outage is not None else OutageLog(reactor)
 
     @property
     def token(self) -> int | None:
@@ -537,16 +604,18 @@ class AsyncLock:
         return self.backend.locked()
 
     def _call(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        from twisted.internet import defer, threads
-
         if isinstance(self.backend, PostgresLease) and self._threadpool is not None:
-            return threads.deferToThreadPool(self._reactor, self._threadpool, f, *args)
-        return defer.maybeDeferred(f, *args)
+            return self._threads.deferToThreadPool(self._reactor, self._threadpool, f, *args)
+        return self._defer.maybeDeferred(f, *args)
 
     def acquire(self, timeout: float) -> Deferred[bool]:
-        """Fires True once held, False after ``timeout`` seconds or on an error (logged)."""
-        from twisted.internet import defer
+        """Fires True once held, False after ``timeout`` seconds.
 
+        It fails with LockUnavailable at the first error of the backend (logged by
+        the outage log, rate-limited): a caller backs off instead of polling a
+        backend that is down.
+        """
+        defer = self._defer
         deadline = self._reactor.seconds() + max(0.0, timeout)
         pending: list[IDelayedCall] = []
         cancelled: list[bool] = []
@@ -564,6 +633,7 @@ class AsyncLock:
             self._call(self.backend.acquire, 0).addCallbacks(tried, failed)
 
         def tried(held: bool) -> None:
+            self._outage.reachable(self.name)
             if cancelled:
                 if held:
                     self._call(self.backend.release).addErrback(self._release_failed)
@@ -576,16 +646,16 @@ class AsyncLock:
                 min(self._poll_interval, deadline - now), attempt))
 
         def failed(failure: Failure) -> None:
-            self._log.failure("highlander {name}: cannot take the lock", failure,
-                              name=self.name)
+            self._outage.failed(self.name, "cannot take the lock", failure)
             if not cancelled:
-                result.callback(False)
+                result.errback(LockUnavailable(
+                    f"highlander {self.name}: the lock backend failed: {failure.value}"))
 
         attempt()
         return result
 
     def _release_failed(self, failure: Failure) -> None:
-        self._log.failure("highlander {name}: release failed", failure, name=self.name)
+        self._outage.failed(self.name, "release failed", failure)
 
     def release(self) -> Deferred[None] | None:
         """Release when held (a no-op otherwise); a Deferred for the lease backend."""
@@ -623,6 +693,11 @@ class LockProvider:
         self.poll_interval = poll_interval
         self._threadpool = threadpool
         self._handles: list[AsyncLock] = []
+        self._outage = OutageLog(reactor)
+        if url:
+            # Imported now, not at the first run: see AsyncLock.__init__.
+            import psycopg
+            import psycopg.conninfo  # noqa: F401
 
     def _pool(self) -> ThreadPool | None:
         if self._threadpool is None and self.url:
@@ -635,7 +710,7 @@ class LockProvider:
         """A new handle for ``name`` (ValueError for a bad name)."""
         backend = highlander(name, state_dir=self.state_dir, url=self.url, ttl=self.ttl)
         handle = AsyncLock(backend, reactor=self.reactor, threadpool=self._pool(),
-                           poll_interval=self.poll_interval)
+                           poll_interval=self.poll_interval, outage=self._outage)
         self._handles.append(handle)
         return handle
 

@@ -508,3 +508,118 @@ class SeedFailureTests(SynchronousTestCase):
         clock.advance(0)
         self.successResultOf(app.remove(seed))
         self.assertEqual(sorted(app.daemons), [])
+
+
+class _BadRepr:
+    """A job whose repr raises: the failure being logged must still be logged."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+class FrameworkFailureTests(SynchronousTestCase):
+    """DESIGN §1: an exception around a run ends that run; it never wedges the app."""
+
+    def test_job_whose_repr_raises_fails_only_its_run(self) -> None:
+        """A do_work failure on a job whose repr raises is a failed run; others go on."""
+        app, clock = make_app()
+        bad = FakeDaemon([_BadRepr(), _BadRepr()], name="bad", run_every=10)
+        bad.do_work = lambda job: 1 / 0  # type: ignore[method-assign]
+        good = FakeDaemon(["a", "b", "c"], name="good", run_every=10, max_items=1)
+        app.add(bad)
+        app.add(good)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual((bad.stats["last_outcome"], bad.stats["failures"]), ("failed", 1))
+        self.assertFalse(bad.running)
+        clock.advance(0)
+        clock.advance(0)
+        self.assertEqual([job for _, job in good.done], ["a", "b", "c"])
+        self.assertEqual(bad.stats["next_run_at"], 10.0)  # rescheduled as after a failure
+        clock.advance(10)
+        self.assertEqual(bad.stats["runs"], 2)
+        self.flushLoggedErrors(ZeroDivisionError)
+        self.successResultOf(app.stop("test"))
+
+    def test_exception_around_a_run_ends_it_as_failed(self) -> None:
+        """An exception raised by the framework around a run fails it (phase scheduler)."""
+        app, clock = make_app()
+        broken = FakeDaemon(["x"], name="broken", run_every=10)
+
+        def advance(deadline: float) -> int:
+            raise KeyError("scheduler bug")
+
+        broken._advance = advance  # type: ignore[method-assign]
+        good = FakeDaemon(["y"], name="good", run_every=10)
+        app.add(broken)
+        app.add(good)
+        events: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.assertEqual([e.get("phase") for e in events if e.get("daemon") == "broken"],
+                         ["scheduler"])
+        self.assertEqual((broken.stats["last_outcome"], broken.running), ("failed", False))
+        self.assertEqual([job for _, job in good.done], ["y"])
+        self.assertEqual(broken.stats["current_delay"], 10.0)
+        # Nothing is in flight: a stop ends at once, with status 0.
+        self.successResultOf(app.stop("test"))
+        self.assertEqual(self.successResultOf(app.when_ended()), 0)
+
+    def test_lock_provider_that_raises_fails_the_run(self) -> None:
+        """A lock_for that raises (an import error after a uid switch) fails the run."""
+
+        class BrokenProvider:
+            def lock_for(self, name: str) -> Any:
+                raise ModuleNotFoundError("No module named 'daemonapp.locks'")
+
+            def close(self) -> None:
+                return None
+
+        app, clock = make_app(locks=BrokenProvider())  # type: ignore[arg-type]
+        d = FakeDaemon(["x"], name="locked", run_every=10, lock="queue")
+        app.add(d)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(ModuleNotFoundError)), 1)
+        self.assertEqual((d.stats["last_outcome"], d.running), ("failed", False))
+        self.assertEqual(d.jobs[0], "x")  # no hook ran without the lock
+        self.successResultOf(app.stop("test"))
+        self.assertEqual(self.successResultOf(app.when_ended()), 0)
+
+
+_NO_LATE_IMPORTS = r"""
+import sys, tempfile
+from twisted.internet.task import Clock
+from daemonapp.testing import FakeDaemon, make_app
+
+state_dir = tempfile.mkdtemp()
+app, clock = make_app(state_dir=state_dir)
+app.add(FakeDaemon(["a", "b"], name="locked", run_every=1, lock="queue"))
+app.privilegedStartService()          # twistd switches --uid/--gid after this
+before = set(sys.modules)
+app.startService()
+for _ in range(50):
+    clock.advance(0.5)
+app.stop("test")
+clock.advance(0)
+d = app.daemons["locked"]
+assert d.stats["runs"] > 10 and d.stats["failures"] == 0, d.stats
+print(sorted(set(sys.modules) - before))
+"""
+
+
+class PrivilegedStartTests(SynchronousTestCase):
+    def test_runs_import_nothing_after_the_uid_switch(self) -> None:
+        """DESIGN §2: runs of a lock: daemon import no module after privilegedStartService."""
+        import subprocess
+        import sys
+
+        out = subprocess.run([sys.executable, "-c", _NO_LATE_IMPORTS], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        self.assertEqual(out.strip(), "[]")

@@ -5,9 +5,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from daemonapp.locks import AsyncLock, OutageLog
 from daemonapp.testing import FakeDaemon, PendingDaemon, make_app
 
 
@@ -61,3 +65,124 @@ class DaemonLockTests(SynchronousTestCase):
         self.assertEqual(d.stats["current_delay"], 0.05)
         self.clock.advance(0.05)
         self.assertEqual([j for _, j in d.done], ["x", "y"])
+
+
+class _FlakyBackend:
+    """A lock backend that is down (raises) while ``down`` is set, like PostgreSQL."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.token: int | None = None
+        self.down = True
+        self.tries = 0
+        self.held = False
+        self.lost_after_items: int | None = None
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        self.tries += 1
+        if self.down:
+            raise OSError(111, "connection refused")
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        self.held = False
+
+    def locked(self) -> bool:
+        return self.held
+
+    def still_held(self) -> bool:
+        return self.held
+
+    def close(self) -> None:
+        self.held = False
+
+
+class _FlakyProvider:
+    """An ILockProvider over one _FlakyBackend, sharing one OutageLog as LockProvider does."""
+
+    def __init__(self, clock: Any) -> None:
+        self.backend = _FlakyBackend("queue")
+        self.clock = clock
+        self.outage = OutageLog(clock)
+
+    def lock_for(self, name: str) -> AsyncLock:
+        return AsyncLock(self.backend, reactor=self.clock,  # type: ignore[arg-type]
+                         outage=self.outage)
+
+    def close(self) -> None:
+        return None
+
+
+class LockOutageTests(SynchronousTestCase):
+    """DESIGN §5: a lock backend outage is locked-out runs and a few log lines."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.provider = _FlakyProvider(self.clock)
+        self.app, _ = make_app(self.clock, locks=self.provider, lock_wait=10)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def tearDown(self) -> None:
+        self.app.stop("test over")
+        self.clock.advance(0)
+
+    def lines(self, text: str) -> int:
+        return sum(1 for e in self.events if text in str(e.get("log_format", "")))
+
+    def run_for(self, seconds: float, step: float = 0.02) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def test_outage_runs_are_locked_out_on_the_idle_backoff(self) -> None:
+        """While the backend is down each run is locked-out at once; retries follow the backoff."""
+        d = FakeDaemon(["x"], name="d", run_every=1, increase_idle_by=1, maximum_idle=4,
+                       lock="queue")
+        self.app.add(d)
+        self.app.startService()
+        self.run_for(22)
+        self.assertEqual(d.stats["last_outcome"], "locked-out")
+        self.assertEqual(d.stats["failures"], 0)
+        # Runs at 0, 2, 5, 9, 13, 17, 21 s: one try each, not one per 20 ms tick.
+        self.assertEqual(d.stats["runs"], 7)
+        self.assertEqual(self.provider.backend.tries, 7)
+        self.assertEqual(d.stats["current_delay"], 4.0)
+        self.assertEqual(d.jobs[0], "x")
+        self.flushLoggedErrors(OSError)
+
+    def test_outage_logs_first_error_then_a_line_a_minute_then_recovery(self) -> None:
+        """An outage logs one traceback, at most one line a minute, and 'reachable again'."""
+        d = FakeDaemon(["x"], name="d", run_every=1, maximum_idle=1, lock="queue")
+        self.app.add(d)
+        self.app.startService()
+        self.run_for(150, step=0.1)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.lines("still unreachable"), 2)  # at 60 s and 120 s
+        self.assertEqual(self.lines("reachable again"), 0)
+        self.assertGreater(self.provider.backend.tries, 100)
+        self.provider.backend.down = False
+        self.run_for(2, step=0.1)
+        self.assertEqual(self.lines("reachable again"), 1)
+        self.assertEqual([job for _, job in d.done], ["x"])
+        self.assertEqual(d.stats["last_outcome"], "worked")
+        # A second outage is logged again from its first error.
+        self.provider.backend.down = True
+        d.add_jobs("y")
+        self.run_for(5, step=0.1)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_lost_lease_ends_the_run_after_the_current_item(self) -> None:
+        """A hold lost mid-run (a lease not renewed) ends the run after its current item."""
+        self.provider.backend.down = False
+        d = PendingDaemon(["a", "b", "c"], name="d", run_every=10, lock="queue")
+        self.app.add(d)
+        self.app.startService()
+        self.clock.advance(0)
+        self.assertEqual(len(d.pending), 1)
+        self.provider.backend.held = False  # the renewal thread gave the lease up
+        d.pending.pop().callback(None)
+        self.assertEqual(d.stats["last_outcome"], "locked-out")
+        self.assertEqual([job for _, job in d.done], ["a"])
+        self.assertEqual(self.lines("lost lock"), 1)

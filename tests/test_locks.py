@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from daemonapp.interfaces import IAsyncLock, ILockBackend, ILockProvider
+from daemonapp.interfaces import IAsyncLock, ILockBackend, ILockProvider, LockUnavailable
 from daemonapp.locks import (
     FlockLock,
     HighlanderBusy,
@@ -511,11 +511,11 @@ class AsyncFlockTests(SynchronousTestCase):
         self.failureResultOf(waiting, CancelledError)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_error_fires_false_and_logs(self) -> None:
-        """A lock that cannot be taken (a symlink) fires False and logs the failure."""
+    def test_error_fails_with_lock_unavailable_and_logs(self) -> None:
+        """A failing backend (a symlink) fails acquire with LockUnavailable at once, logged once."""
         os.makedirs(os.path.join(self.state_dir, "locks"))
         os.symlink("elsewhere", os.path.join(self.state_dir, "locks", "job.lock"))
-        self.assertIs(self.successResultOf(self.provider.lock_for("job").acquire(1)), False)
+        self.failureResultOf(self.provider.lock_for("job").acquire(1), LockUnavailable)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_release_unheld_is_a_no_op(self) -> None:
