@@ -3,6 +3,7 @@
 # vs `python -c pass` on the same interpreter (the venv's python, never a pyenv shim),
 # median and p95, goal <= 1.3x; and cold start (daemon down -> first answer), goal <= 1 s.
 # Usage: bench/cgi.sh [--runs N] [--cold-runs M] [--daemon auto|fake|real] [--python PATH]
+#                     [--layout production|default]
 #                     [--source CHECKOUT]
 # --daemon real starts `daemonapp run`; fake uses the stdlib stand-in
 # tests/cgi_fixtures/fake_daemon.py; auto (default) picks real when daemonapp.cli imports.

@@ -105,14 +105,25 @@ def stop_pid(pid: int) -> None:
 class Site:
     """A temp directory with a sidecar (fake) or a YAML file (real) and its daemons."""
 
-    def __init__(self, kind: str, python: str) -> None:
+    def __init__(self, kind: str, python: str, layout: str = "production") -> None:
         self.kind = kind
         self.python = python
         self.root = Path(tempfile.mkdtemp(prefix="dcgib-", dir="/tmp"))
         self.sock = self.root / "app.sock"
-        self.state_dir = self.root / "var"
         self.starts = self.root / "starts"
-        self.config = self.root / "app.yaml"
+        if layout == "production":
+            # The usual production layout: the file in etc/, the state elsewhere, named
+            # by an absolute, quoted path with comments around it.
+            (self.root / "etc").mkdir()
+            self.config = self.root / "etc" / "daemons.yaml"
+            self.state_dir = self.root / "srv" / "var"
+            app_section = (f"app:\n  # state lives outside the config directory\n"
+                           f"  state_dir: \"{self.state_dir}\"   # absolute\n"
+                           "  stay_alive_for: 10m\n")
+        else:
+            self.config = self.root / "app.yaml"
+            self.state_dir = self.root / "var"
+            app_section = "app: {state_dir: ./var, stay_alive_for: 10m}\n"
         if kind == "fake":
             write_sidecar(str(self.state_dir), {
                 "socket": str(self.sock), "protocol": "scgi", "min_load": 0.0,
@@ -123,8 +134,8 @@ class Site:
             })
         else:
             self.config.write_text(
-                "app: {state_dir: ./var, stay_alive_for: 10m}\n"
-                "listeners:\n"
+                app_section
+                + "listeners:\n"
                 f"  - {{protocol: scgi, endpoint: 'unix:{self.sock}:mode=0600',"
                 " wsgi: 'bench.cgi_app:application', threads: 0}\n"
                 "cgi: {min_load: 0, max_load: 1000, start_timeout: 10s}\n"
@@ -191,6 +202,9 @@ def main() -> int:
     parser.add_argument("--daemon", choices=["auto", "fake", "real"], default="auto",
                         help="auto: `daemonapp run` when daemonapp.cli imports, else the fake")
     parser.add_argument("--source", default=str(ROOT), help="checkout to import daemonapp from")
+    parser.add_argument("--layout", choices=["production", "default"], default="production",
+                        help="production: the file in etc/ and state_dir elsewhere (absolute, "
+                             "quoted, commented); default: state_dir ./var next to the file")
     venv_python = ROOT / ".venv" / "bin" / "python"
     parser.add_argument("--python", default=str(venv_python if venv_python.exists()
                                                  else sys.executable))
@@ -208,7 +222,7 @@ def main() -> int:
                                     "PYTHONPATH": os.path.abspath(args.source)},
                                capture_output=True, check=False)
         args.daemon = "real" if probe.returncode == 0 else "fake"
-    site = Site(args.daemon, python)
+    site = Site(args.daemon, python, args.layout)
     pycache = site.root / "pycache"
     base = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -259,6 +273,8 @@ def main() -> int:
               if args.daemon == "fake" else "daemonapp run (real)")
     print(f"interpreter: {python} -> {os.path.realpath(python)}")
     print(f"daemon:      {daemon}")
+    print(f"layout:      {args.layout} (config {site.config.relative_to(site.root)}, "
+          f"state_dir {site.state_dir.relative_to(site.root)})")
     print(f"timing:      {tool}")
     print(f"daemonapp:   imported from {os.path.abspath(args.source)}")
     print(f"load:        {os.getloadavg()[0]:.2f} (1-minute average at the end; >= cores "

@@ -349,14 +349,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     """Find the settings: the sidecar if fresh, else the YAML file (the slow path).
 
     The sidecar is ``$DAEMONAPP_STATE_DIR/cgi.marshal`` when that variable is set, else
-    ``<directory of $DAEMONAPP_CONFIG>/var/cgi.marshal`` (the default state_dir).
+    ``cgi.marshal`` in the state_dir that `scan_state_dir` reads off ``$DAEMONAPP_CONFIG``
+    without parsing YAML (``<directory of the file>/var`` when it names none).
     """
     config = environ.get(CONFIG_ENV) or None
     if config is not None:
         config = os.path.abspath(config)
     state_dir = environ.get(STATE_DIR_ENV) or None
     if state_dir is None and config is not None:
-        state_dir = os.path.join(os.path.dirname(config), "var")
+        state_dir = scan_state_dir(config)
     if state_dir is None:
         raise CGIFrontendError(f"neither {CONFIG_ENV} nor {STATE_DIR_ENV} is set", status=500)
     settings = read_sidecar(sidecar_path(state_dir), config)
@@ -367,12 +368,187 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             f"no usable {sidecar_path(state_dir)} and {CONFIG_ENV} is not set", status=500
         )
     raw = _yaml_settings(config)
-    state_dir = str(raw["state_dir"])
-    if state_dir != os.path.join(os.path.dirname(config), "var"):
-        settings = read_sidecar(sidecar_path(state_dir), config)
+    if str(raw["state_dir"]) != state_dir:  # the scan was unsure, or saw another one
+        settings = read_sidecar(sidecar_path(str(raw["state_dir"])), config)
         if settings is not None:
             return settings
     return Settings(raw)
+
+
+def scan_state_dir(config: str) -> str | None:
+    """``app.state_dir`` of a YAML file, read without a YAML parser (the fast path).
+
+    A line scan that understands what people write: ``app:`` at the top level with
+    ``state_dir:`` among its direct children (block style, any order, comments and
+    blank lines around, plain or quoted), or ``app: {state_dir: ...}`` in flow style.
+    Relative paths are relative to the file's directory; no ``state_dir`` means
+    ``<dir>/var``. Anything it is not sure of (tabs, anchors, escapes, multi-line
+    values, a file it cannot read) gives None: the caller then parses the YAML.
+    """
+    try:
+        with open(config, "rb") as f:
+            data = f.read(_MAX_SCAN_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > _MAX_SCAN_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    value = _scan_app_state_dir(text.splitlines())
+    if value is _UNSURE:
+        return None
+    base = os.path.dirname(os.path.abspath(config))
+    if value is None:
+        return os.path.join(base, "var")
+    assert isinstance(value, str)
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+_MAX_SCAN_BYTES = 1024 * 1024
+_UNSURE = object()
+
+
+def _scan_app_state_dir(lines: list[str]) -> object:
+    """The raw ``app.state_dir`` string, None when absent, _UNSURE when unclear."""
+    in_app = False
+    child_indent = -1
+    found: object = None
+    for line in lines:
+        if "\t" in line[: len(line) - len(line.lstrip())]:
+            return _UNSURE
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped in ("---", "..."):
+            continue
+        if stripped.startswith("%"):
+            continue  # a directive (%YAML 1.1)
+        indent = len(line) - len(line.lstrip(" "))
+        if indent == 0:
+            in_app = False
+            key, rest = _split_key(stripped)
+            if key is None:
+                if stripped.startswith(("app", "'app'", '"app"')):
+                    return _UNSURE
+                continue
+            if key != "app":
+                continue
+            value = rest.strip()
+            if value.startswith("{"):
+                return _flow_state_dir(value[1:])
+            if value and not value.startswith("#"):
+                return _UNSURE  # an anchor, an alias, a tag, or a scalar
+            in_app = True
+            child_indent = -1
+            continue
+        if not in_app:
+            continue
+        if child_indent < 0:
+            child_indent = indent
+        if indent != child_indent:
+            continue  # deeper: a child's own mapping
+        key, rest = _split_key(stripped)
+        if key != "state_dir":
+            if key is None and "state_dir" in stripped:
+                return _UNSURE
+            continue
+        if found is not None:
+            return _UNSURE  # a duplicate key: let the parser report it
+        found = _scalar(rest)
+        if found is _UNSURE:
+            return _UNSURE
+    return found
+
+
+def _split_key(text: str) -> tuple[str | None, str]:
+    """``key: rest`` → (key, rest); (None, text) when the line is no simple key."""
+    if text[:1] in ("'", '"'):
+        quote = text[0]
+        end = text.find(quote, 1)
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            return None, text
+        return text[1:end], text[end + 2 :]
+    colon = text.find(":")
+    while colon >= 0 and colon + 1 < len(text) and text[colon + 1] not in " \t":
+        colon = text.find(":", colon + 1)
+    if colon <= 0:
+        return None, text
+    key = text[:colon]
+    if any(c in key for c in "{}[]&*!|>'\"#,?"):
+        return None, text
+    return key.strip(), text[colon + 1 :]
+
+
+def _scalar(rest: str) -> object:
+    """One scalar value: plain or quoted, with an optional comment after it."""
+    rest = rest.strip()
+    if not rest or rest.startswith("#"):
+        return _UNSURE  # a value on the next lines (a block scalar, a null)
+    if rest[0] == "'":
+        end = 1
+        while True:
+            end = rest.find("'", end)
+            if end < 0:
+                return _UNSURE
+            if rest[end + 1 : end + 2] == "'":
+                end += 2
+                continue
+            break
+        value = rest[1:end].replace("''", "'")
+        tail = rest[end + 1 :].strip()
+    elif rest[0] == '"':
+        end = rest.find('"', 1)
+        if end < 0 or "\\" in rest[1:end]:
+            return _UNSURE
+        value = rest[1:end]
+        tail = rest[end + 1 :].strip()
+    else:
+        if rest[0] in "&*!|>[{@`%":
+            return _UNSURE
+        cut = rest.find(" #")
+        value = rest[:cut].rstrip() if cut >= 0 else rest
+        tail = ""
+    if tail and not tail.startswith("#"):
+        return _UNSURE
+    return value if value else _UNSURE
+
+
+def _flow_state_dir(text: str) -> object:
+    """``state_dir`` in ``{a: 1, state_dir: "/x"}`` (``text`` follows the ``{``).
+
+    The mapping must close on this line, hold no nested collection, and be followed
+    by nothing but a comment; else unsure.
+    """
+    items: list[str] = []
+    start = 0
+    quote = ""
+    end = -1
+    for i, c in enumerate(text):
+        if quote:
+            if c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c in "{[]&*":
+            return _UNSURE
+        elif c == ",":
+            items.append(text[start:i])
+            start = i + 1
+        elif c == "}":
+            items.append(text[start:i])
+            end = i
+            break
+    tail = text[end + 1 :].strip() if end >= 0 else "?"
+    if end < 0 or (tail and not tail.startswith("#")):
+        return _UNSURE
+    found: object = None
+    for item in items:
+        key, rest = _split_key(item.strip())
+        if key == "state_dir":
+            if found is not None:
+                return _UNSURE
+            found = _scalar(rest)
+    return found
 
 
 def _yaml_settings(config: str) -> dict[str, object]:

@@ -409,6 +409,87 @@ def test_settings_rejects_an_empty_argv() -> None:
         Settings(raw_settings(argv=[]))
 
 
+# -- finding the state_dir without YAML (DESIGN §5: every layout is fast) -------------------
+
+#: (YAML text, what the scan must give: a path relative to the file's directory, or None
+#: for "unsure, parse the YAML"). Each sure answer is also checked against yaml.safe_load.
+SCAN_CASES: list[tuple[str, str | None]] = [
+    ("daemons: {}\n", "var"),
+    ("app:\n  state_dir: /srv/app/var\n", "/srv/app/var"),
+    ("app:\n  state_dir: \"/srv/app/var\"  # production\n", "/srv/app/var"),
+    ("app:\n  state_dir: '/srv/it''s/var'\n", "/srv/it's/var"),
+    ("# comment\n---\napp:   # the app\n\n  # where state lives\n"
+     "  stay_alive_for: 15m\n  state_dir: ../state   # relative\n", "../state"),
+    ("app:\n  log:\n    state_dir: /not/this\n  state_dir: /this\n", "/this"),
+    ("app:\n  log: {format: text}\nlisteners: []\nstate_dir: /top/level\n", "var"),
+    ("app: {stay_alive_for: 1m, state_dir: /flow/var}\n", "/flow/var"),
+    ("app: {state_dir: \"/quoted, with comma\"}  # c\n", "/quoted, with comma"),
+    ("app:\n    state_dir: ~/var\n", os.path.expanduser("~/var")),
+    ("app:\n  state_dir: /a # not part\n", "/a"),
+    ("app:\n  state_dir: /a#part\n", "/a#part"),
+    ("app: &defaults\n  state_dir: /x\n", None),
+    ("app: {nested: {a: 1}, state_dir: /x}\n", None),
+    ("app:\n  state_dir: |\n    /x\n", None),
+    ("app:\n  state_dir:\n    /x\n", None),
+    ("app:\n  state_dir: \"/x\\ty\"\n", None),
+    ("app:\n  state_dir: /x\n  state_dir: /y\n", None),
+    ("app:\n\tstate_dir: /x\n", None),
+    ("app:\n  ? state_dir\n  : /x\n", None),
+    ("app:\n  state_dir: *alias\n", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SCAN_CASES)
+def test_scan_state_dir_reads_what_people_write(tmp_path: Path, text: str,
+                                                expected: str | None) -> None:
+    """The line scan finds app.state_dir as YAML does, or says it is unsure."""
+    import yaml
+
+    config = tmp_path / "etc" / "daemons.yaml"
+    config.parent.mkdir()
+    config.write_text(text)
+    found = cgi_frontend.scan_state_dir(str(config))
+    if expected is None:
+        assert found is None
+        return
+    assert found == os.path.normpath(config.parent / expected)
+    doc = yaml.safe_load(text) or {}
+    app = doc.get("app") or {}
+    assert os.path.normpath(config.parent / os.path.expanduser(app.get("state_dir", "var")))\
+        == found
+
+
+def test_scan_state_dir_is_unsure_of_an_unreadable_or_huge_file(tmp_path: Path) -> None:
+    """A missing file, a file over 1 MiB or one that is not UTF-8 gives None."""
+    assert cgi_frontend.scan_state_dir(str(tmp_path / "missing.yaml")) is None
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (1024 * 1024 + 1))
+    assert cgi_frontend.scan_state_dir(str(big)) is None
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"app:\n  state_dir: /caf\xe9\n")
+    assert cgi_frontend.scan_state_dir(str(latin)) is None
+
+
+def test_sidecar_of_a_state_dir_elsewhere_is_found_without_yaml(tmp_path: Path) -> None:
+    """With the config in one place and state_dir in another, the frontend never imports yaml."""
+    state_dir = tmp_path / "srv" / "var"
+    config = tmp_path / "etc" / "daemons.yaml"
+    config.parent.mkdir()
+    config.write_text(f"app:\n  # production layout\n  state_dir: \"{state_dir}\"\n")
+    os.utime(config, (1, 1))
+    write_sidecar(str(state_dir), raw_settings(state_dir=str(state_dir),
+                                               config=str(config)))
+    code = (
+        "import sys\n"
+        "from daemonapp import cgi_frontend\n"
+        f"s = cgi_frontend.load_settings({{'DAEMONAPP_CONFIG': {str(config)!r}}})\n"
+        "print(s.state_dir, 'yaml' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == [str(state_dir), "False"]
+
+
 def test_loadavg_test_hook() -> None:
     """DAEMONAPP_CGI_LOADAVG replaces the 1-minute load average."""
     assert cgi_frontend.loadavg({"DAEMONAPP_CGI_LOADAVG": "3.25"}) == 3.25
