@@ -8,14 +8,17 @@ clock; every claim hands out a fencing token larger than any before it.
 # ruff: noqa: S608 - SQL is composed only from this module's constants, never from input
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
@@ -65,6 +68,39 @@ def open_store(target: str | os.PathLike[str], *,
     if is_postgres_url(text):
         return PostgresJobStore(text, max_attempts=max_attempts)
     return SQLiteJobStore(text, max_attempts=max_attempts)
+
+
+# SQLite result codes (the primary code, the low byte) that say "not now", not "wrong".
+_SQLITE_UNAVAILABLE = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL})
+_SQLITE_UNAVAILABLE_TEXT = ("disk is full", "disk i/o error", "database is locked",
+                            "unable to open database")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when ``error`` says the store cannot be reached or written right now (a
+    PostgreSQL connection failure, a full disk, an I/O error): a call worth retrying,
+    as opposed to a refusal (StaleLease) or a bug."""
+    if isinstance(error, OSError):
+        return True
+    if isinstance(error, sqlite3.OperationalError):
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in _SQLITE_UNAVAILABLE
+        text = str(error).lower()
+        return any(part in text for part in _SQLITE_UNAVAILABLE_TEXT)
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(error, psycopg.OperationalError)
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_FULL)
+    return "disk is full" in str(error)
 
 
 def _check_state(state: str | None) -> None:
@@ -125,6 +161,7 @@ def _record(row: tuple[Any, ...] | Any) -> JobRecord:
 #   greatest    the larger of two values
 #   for_update  locks a selected row until the end of the transaction (or nothing)
 #   skip_locked locks the selected rows, passing over rows locked by others (or nothing)
+#   not_busy    the row's id is not in a placeholder holding a list of ids
 #   columns     the columns of a JobRecord (see ``_record``)
 
 
@@ -159,6 +196,10 @@ class _SQLJobStore(ABC):
     def _sql(self, template: str) -> str:
         return template.format_map(self._dialect)
 
+    def _id_list(self, ids: Collection[int]) -> Any:
+        """The parameter of ``{not_busy}``: a JSON array (SQLite's json_each)."""
+        return json.dumps(sorted({int(i) for i in ids}))
+
     def _install_schema(self, conn: Any, version_table: str, statements: Sequence[str], *,
                         prefix: str = "", place: str = "") -> None:
         """Create the tables (inside the caller's transaction) and record the version."""
@@ -191,15 +232,18 @@ class _SQLJobStore(ABC):
                             due=absolute_time(run_after), budget=budget)
 
     def claim(self, holder: str, lease: float = DEFAULT_LEASE, *,
-              max_attempts: int | None = None) -> Job | None:
+              max_attempts: int | None = None, busy: Collection[int] = ()) -> Job | None:
         """Mark the best due job running for ``holder``; None when nothing is due.
 
         Running jobs whose lease expired (on the database's clock; SQLite's is
         this host's) are claimed again (at-least-once), or failed when their
         budget is spent. ``max_attempts`` (the dispatcher's policy) replaces the
-        budget of the job it claims.
+        budget of the job it claims. ``busy`` lists the jobs the caller still runs
+        or still records (after a store outage their lease may have lapsed): it
+        renews those itself, so they are never taken back from under it.
         """
         seconds = check_lease(lease)
+        busy_ids = self._id_list(busy)
         with self._tx() as conn:
             conn.execute(self._sql(
                 """UPDATE jobs SET state = 'failed', holder = NULL, lease_expires = NULL,
@@ -209,10 +253,11 @@ class _SQLJobStore(ABC):
                         updated_at = {now}
                    WHERE id IN (SELECT id FROM jobs WHERE state = 'running'
                                 AND lease_expires < {now} AND attempts >= max_attempts
-                                {skip_locked})"""))
+                                AND {not_busy} {skip_locked})"""), (busy_ids,))
             row = conn.execute(self._sql(
                 """SELECT id FROM jobs WHERE state = 'running' AND lease_expires < {now}
-                   ORDER BY lease_expires LIMIT 1 {skip_locked}""")).fetchone()
+                   AND {not_busy} ORDER BY lease_expires LIMIT 1 {skip_locked}"""),
+                (busy_ids,)).fetchone()
             if row is None:
                 row = conn.execute(self._sql(
                     """SELECT id FROM jobs WHERE state = 'pending' AND run_after <= {now}
@@ -232,15 +277,26 @@ class _SQLJobStore(ABC):
                    max_attempts=int(claimed[5]))
 
     def _update_held(self, job_id: int, token: int, assignments: str,
-                     params: tuple[Any, ...]) -> str:
+                     params: tuple[Any, ...], landed: tuple[str, ...] = ()) -> str:
         """Apply ``assignments`` (a template) to the running job held with ``token``;
-        its new state."""
+        its new state.
+
+        ``landed``: the states this change leads to. A job found in one of them with
+        the same token got this very change from an earlier call whose answer was lost
+        (the connection broke after the commit): the retry answers as that call would
+        have, so recording an outcome twice is harmless.
+        """
         with self._tx() as conn:
             row = conn.execute(self._sql(
                 f"""UPDATE jobs SET {assignments}, updated_at = {{now}}
                     WHERE id = {{p}} AND token = {{p}} AND state = 'running' RETURNING state"""),
                 (*params, job_id, token)).fetchone()
             if row is None:
+                if landed:
+                    now = conn.execute(self._sql("SELECT state, token FROM jobs WHERE id = {p}"),
+                                       (job_id,)).fetchone()
+                    if now is not None and now[1] == token and now[0] in landed:
+                        return str(now[0])
                 raise self._refusal(conn, job_id, token)
             return str(row[0])
 
@@ -256,7 +312,8 @@ class _SQLJobStore(ABC):
     def complete(self, job_id: int, token: int) -> None:
         """Mark the job done; StaleLease when the lease is lost (a late completion)."""
         self._update_held(job_id, token,
-                          "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", ())
+                          "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", (),
+                          landed=("done",))
 
     def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
         """Record a failed attempt: pending again (at ``retry_at``, else at once) while
@@ -267,14 +324,14 @@ class _SQLJobStore(ABC):
             """state = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'failed' END,
                run_after = coalesce({at}, {now}), holder = NULL, lease_expires = NULL,
                error = {p}""",
-            (due, cap_error(error)))
+            (due, cap_error(error)), landed=("pending", "failed"))
 
     def release(self, job_id: int, token: int) -> None:
         """Put a running job back to pending and give its attempt back (graceful stop)."""
         self._update_held(
             job_id, token,
             """state = 'pending', attempts = {greatest}(attempts - 1, 0), holder = NULL,
-               lease_expires = NULL, run_after = {now}""", ())
+               lease_expires = NULL, run_after = {now}""", (), landed=("pending",))
 
     def cancel(self, job_id: int) -> bool:
         """Cancel a pending or running job; False when it had already ended or is unknown."""
@@ -381,6 +438,7 @@ _SQLITE_DIALECT = {
     "greatest": "max",
     "for_update": "",  # BEGIN IMMEDIATE already holds the database's write lock
     "skip_locked": "",
+    "not_busy": "id NOT IN (SELECT value FROM json_each(?))",
     "columns": _RECORD_COLUMNS.format(created_at="created_at", updated_at="updated_at",
                                       run_after="run_after"),
 }
@@ -394,11 +452,15 @@ class SQLiteJobStore(_SQLJobStore):
     """
 
     busy_timeout_ms = 10_000
+    #: Free space above which, after a full disk, the WAL may grow to SQLite's
+    #: automatic checkpoint (4 MB) again.
+    roomy_bytes = 64 * 1024 * 1024
     _dialect = _SQLITE_DIALECT
 
     def __init__(self, state_dir: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  filename: str = SQLITE_FILENAME) -> None:
         super().__init__(max_attempts)
+        self._tight = False  # a full disk happened: checkpoint until there is room again
         self.state_dir = os.path.abspath(state_dir)
         self.path = os.path.join(self.state_dir, filename)
         self._make_state_dir()
@@ -439,13 +501,49 @@ class SQLiteJobStore(_SQLJobStore):
             conn = self._conn
             if conn is None:
                 raise RuntimeError(f"{self!r} is closed")
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:  # SQLite already rolled back on a full disk
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as err:
+                if conn.in_transaction:  # a COMMIT that failed leaves it open
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error as rollback_err:
+                        _log.debug("rollback failed: {error}", error=rollback_err)
+                if _disk_full(err):
+                    self._tight = True
+                    self._checkpoint(conn)
                 raise
-            conn.execute("COMMIT")
+            if self._tight:
+                self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Move the WAL into the database and truncate it: after a full disk, after
+        every transaction until the disk has room again.
+
+        The WAL is only reset by a checkpoint, and SQLite's automatic one waits for
+        1000 pages (4 MB): with less space freed than that, the WAL would grow until
+        the disk is full again while the database stays a few KB.
+        """
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as err:
+            _log.debug("checkpoint after a full disk failed: {error}", error=err)
+            return
+        if busy:
+            return  # a reader elsewhere holds the WAL: try again after the next one
+        try:
+            fs = os.statvfs(self.state_dir)
+        except OSError:
+            return
+        if fs.f_bavail * fs.f_frsize >= self.roomy_bytes:
+            self._tight = False
 
     def _insert(self, kind: str, payload: str, unique_key: str | None, *, priority: int,
                 due: float | None, budget: int) -> int:
@@ -514,6 +612,7 @@ _PG_DIALECT = {
     "greatest": "greatest",
     "for_update": "FOR UPDATE",
     "skip_locked": "FOR UPDATE SKIP LOCKED",
+    "not_busy": "NOT (id = ANY(%s::bigint[]))",
     "columns": _PG_COLUMNS,
 }
 _SCHEMA_NAME = re.compile(r'^\s*"?([^",]+)"?')
@@ -637,6 +736,9 @@ class PostgresJobStore(_SQLJobStore):
     def _next_token(self, conn: Any) -> tuple[str, tuple[Any, ...]]:
         return "nextval('jobs_token_seq')", ()
 
+    def _id_list(self, ids: Collection[int]) -> Any:
+        return sorted({int(i) for i in ids})
+
     def listener(self) -> PostgresNotifier:
         """A separate connection LISTENing for submits: a wake-up hint for dispatchers."""
         return PostgresNotifier(self._connect(), self.schema)
@@ -657,6 +759,8 @@ class PostgresNotifier:
         """Read what arrived without blocking; True when a submit for our schema did."""
         pgconn = self._conn.pgconn
         pgconn.consume_input()
+        if pgconn.status != 0:  # not CONNECTION_OK: libpq has let go of the socket
+            raise ConnectionError("the LISTEN connection is closed")
         woken = False
         while True:
             note = pgconn.notifies()
@@ -675,5 +779,6 @@ __all__ = [
     "PostgresJobStore",
     "SQLiteJobStore",
     "is_postgres_url",
+    "is_unavailable",
     "open_store",
 ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -444,5 +447,139 @@ def test_postgres_reconnects_after_connection_loss(pg_url: str) -> None:
         except psycopg.OperationalError:
             pass
         assert store.get(job_id).state == "pending"
+    finally:
+        store.close()
+
+
+# -- Outages: an outcome written twice, leases the caller still holds, a full disk -------
+
+
+def test_outcome_written_again_after_lost_answer(store: Any) -> None:
+    """complete(), fail() and release() retried with the same token (the first answer was
+    lost with the connection) answer as the first call did instead of raising."""
+    done_id = store.submit("k", {})
+    job = store.claim("h")
+    store.complete(job.id, job.token)
+    store.complete(job.id, job.token)
+    store.submit("k", {}, max_attempts=2)
+    failing = store.claim("h")
+    assert [store.fail(failing.id, failing.token, "boom"),
+            store.fail(failing.id, failing.token, "boom")] == ["pending", "pending"]
+    again = store.claim("h")
+    store.release(again.id, again.token)
+    store.release(again.id, again.token)
+    assert [store.get(i).state for i in (done_id, failing.id)] == ["done", "pending"]
+    with pytest.raises(StaleLease):
+        store.complete(again.id, again.token)  # released: not this token's to complete
+
+
+def test_busy_expired_lease_not_claimed(store: Any) -> None:
+    """A job whose lease lapsed while its holder still runs it (listed in busy) is
+    neither claimed again nor failed; it is once it is no longer busy."""
+    job_id = store.submit("k", {}, max_attempts=1)
+    first = store.claim("h", lease=0.05)
+    time.sleep(0.1)  # past the lease on the database's clock
+    assert store.claim("h", busy=[job_id]) is None
+    assert store.get(job_id).state == "running"
+    store.heartbeat(first.id, first.token)  # the holder renews it
+    store.complete(first.id, first.token)
+    assert store.get(job_id).state == "done"
+
+
+class _FullDiskOnCommit:
+    """A SQLite connection whose next COMMIT fails as on a full disk, without committing."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.full = True
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.statements.append(sql)
+        if sql == "COMMIT" and self.full:
+            self.full = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_sqlite_full_disk_on_commit_then_recovers(tmp_path: Any) -> None:
+    """A COMMIT failing on a full disk raises, is rolled back (nothing half-done stays
+    open), checkpoints the WAL, and the next call succeeds."""
+    from daemonapp.jobs.store import is_unavailable
+
+    store = open_store(str(tmp_path / "state"))
+    try:
+        flaky = _FullDiskOnCommit(store._conn)
+        store._conn = flaky
+        with pytest.raises(sqlite3.OperationalError, match="disk is full") as caught:
+            store.submit("k", {"n": 1})
+        assert is_unavailable(caught.value)
+        assert not flaky.conn.in_transaction
+        assert "PRAGMA wal_checkpoint(TRUNCATE)" in flaky.statements
+        job_id = store.submit("k", {"n": 2})
+        assert [r.payload for r in store.list()] == [{"n": 2}]
+        assert store.get(job_id).state == "pending"
+    finally:
+        store._conn = getattr(store._conn, "conn", store._conn)
+        store.close()
+
+
+def test_is_unavailable() -> None:
+    """Outages (a full disk, an I/O error, a lost connection) are told from bugs."""
+    from daemonapp.jobs.store import is_unavailable
+
+    assert is_unavailable(sqlite3.OperationalError("database or disk is full"))
+    assert is_unavailable(OSError(28, "No space left on device"))
+    assert not is_unavailable(sqlite3.OperationalError("no such column: x"))
+    assert not is_unavailable(StaleLease(1, 2, "claimed again"))
+    assert not is_unavailable(ValueError("payload"))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Any) -> Iterator[Any]:
+    """A 3 MiB tmpfs of our own (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the injected full disk test covers it")
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs",
+                           str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(path: Any) -> None:
+    with open(path, "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_sqlite_real_full_disk_clears_when_space_returns(tiny_disk: Any) -> None:
+    """On a real full disk writes fail; once 1 MiB is freed (less than SQLite's 4 MB
+    automatic checkpoint) a long run of writes succeeds and the WAL stays small."""
+    store = open_store(str(tiny_disk / "state"))
+    try:
+        _fill(tiny_disk / "filler")
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            for _ in range(1000):
+                store.submit("k", {"pad": "x" * 2000})
+        os.truncate(tiny_disk / "filler", max(0, os.path.getsize(tiny_disk / "filler")
+                                              - 1024 * 1024))
+        for i in range(1500):
+            store.submit("k", {"i": i})
+            job = store.claim("h")
+            store.complete(job.id, job.token)
+        assert store.counts()["done"] == 1500
+        assert os.path.getsize(tiny_disk / "state" / "jobs.sqlite3-wal") < 512 * 1024
     finally:
         store.close()
