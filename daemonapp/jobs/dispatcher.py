@@ -38,6 +38,7 @@ from daemonapp.jobs._model import (
     StaleLease,
 )
 from daemonapp.jobs.runtime import decode_progress
+from daemonapp.jobs.store import is_unavailable
 
 __all__ = ["CHILD_MODULE", "JobDispatcher", "child_environment", "child_pythonpath",
            "store_target"]
@@ -49,7 +50,13 @@ MAX_OUTPUT_TAIL = 16 * 1024
 MAX_PROGRESS_LINE = 8 * 1024
 MAX_LOGGED_OUTPUT = 64 * 1024
 MAX_LINE = 2000
-LISTEN_RETRY = 10.0
+#: The LISTEN connection is re-opened after 0.25 s, then at doubling delays up to this.
+LISTEN_RETRY = 2.0
+LISTEN_RETRY_FIRST = 0.25
+#: An outcome the store could not take is written again after 0.25 s, doubling up to this.
+OUTCOME_RETRY = 2.0
+OUTCOME_RETRY_FIRST = 0.25
+_KEPT = object()  # an outcome kept for a later try: the run keeps its slot
 _LISTEN_PENDING = object()  # the LISTEN connection is being opened
 _LOCALE_KEYS = ("LANG", "LANGUAGE")
 #: How a job child starts: ``python -m daemonapp.jobs.child --parent PID ...``.
@@ -136,6 +143,11 @@ class _Run:
         self.heartbeat_busy = False
         self.ended = False
         self.logged = 0
+        # The outcome while it is being written: (outcome, error, retry_at). Kept, and
+        # written again, while the store is unavailable.
+        self.record: tuple[str, str | None, float | None] | None = None
+        self.record_call: Any = None
+        self.record_delay = OUTCOME_RETRY_FIRST
 
     def status(self) -> dict[str, Any]:
         percent, message = self.latest or self.persisted or (0.0, "")
@@ -203,6 +215,40 @@ class _ChildProtocol(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.dispatcher._child_ended(self.run, reason)
+
+
+class _StoreHealth:
+    """Whether the job store answers: one log line when it stops, one when it is back,
+    however many calls fail in between (every store call reports here)."""
+
+    def __init__(self, name: str, clock: Callable[[], float]) -> None:
+        self.name = name
+        self.clock = clock
+        self.down_since: float | None = None
+        self.failures = 0
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, error: object) -> None:
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = self.clock()
+            log.warn("job dispatcher {name}: the job store is unavailable: {error}; "
+                     "outcomes are kept and retried, LISTEN is re-established when it is back",
+                     name=self.name, error=_last_line(str(error)) or type(error).__name__)
+
+    def ok(self) -> bool:
+        """Note a call that worked; True when it ends an outage."""
+        if self.down_since is None:
+            return False
+        log.info("job dispatcher {name}: the job store is available again after "
+                 "{seconds:.1f} s ({failures} call(s) failed meanwhile)", name=self.name,
+                 seconds=self.clock() - self.down_since, failures=self.failures)
+        self.down_since = None
+        self.failures = 0
+        return True
 
 
 class JobDispatcher(Daemon):
@@ -281,10 +327,15 @@ class JobDispatcher(Daemon):
         self._heartbeat: LoopingCall | None = None
         self._env: dict[str, str] | None = None
         self._notifier: Any = None
+        self._listen_delay: float | None = None  # set while the LISTEN connection is lost
+        self._health = _StoreHealth(self.name, self._now)
         self._by_state: dict[str, int] | None = None
         self._counting = False
         self.stats.update({"jobs_started": 0, "jobs_done": 0, "jobs_failed": 0,
                            "jobs_retried": 0, "jobs_released": 0, "jobs_lost": 0})
+
+    def _now(self) -> float:
+        return float(self.reactor.seconds())  # the reactor is the app's, known at start
 
     @staticmethod
     def _count(key: str, value: object) -> int:
@@ -347,6 +398,15 @@ class JobDispatcher(Daemon):
         for run in list(self._runs.values()):
             if not run.ended:
                 self._kill(run, reason, signal.SIGKILL)
+            elif run.record_call is not None and reason == "shutdown":
+                # The store stayed unavailable through the stop: another holder runs
+                # the job again once its lease lapses (at-least-once).
+                run.record_call.cancel()
+                run.record_call = None
+                log.warn("job {job_id}: outcome {outcome} not recorded before the stop "
+                         "(the job store is unavailable); it will run again",
+                         job_id=run.job.id, outcome=run.record[0] if run.record else "?")
+                self._free(run)
 
     def _shut_down(self) -> Deferred[None]:
         if self._heartbeat is not None and self._heartbeat.running:
@@ -367,10 +427,15 @@ class JobDispatcher(Daemon):
         if self._closing or len(self._runs) + self._claiming >= self.max_children:
             return None
         self._claiming += 1
-        d = self._call_in_pool(self._claim)
+        # The jobs still run or recorded here: their leases may have lapsed during a
+        # store outage, and they are renewed by us, never claimed back from under us.
+        busy = list(self._runs)
+        d = self._store_call(self._claim, busy)
 
         def done(result: Any) -> Any:
             self._claiming -= 1
+            if isinstance(result, Failure) and is_unavailable(result.value):
+                return None  # said once by _StoreHealth; the loop backs off as when idle
             return result
 
         return d.addBoth(done)
@@ -383,9 +448,10 @@ class JobDispatcher(Daemon):
         self._spawn(job)
         return None
 
-    def _claim(self) -> Job | None:
+    def _claim(self, busy: list[int]) -> Job | None:
         store = self._open_store()
-        job: Job | None = store.claim(self.holder, self.lease, max_attempts=self.max_attempts)
+        job: Job | None = store.claim(self.holder, self.lease, max_attempts=self.max_attempts,
+                                      busy=busy)
         return job
 
     def _open_store(self) -> Any:
@@ -409,6 +475,36 @@ class JobDispatcher(Daemon):
         assert self.app is not None
         return deferToThreadPool(self.reactor, self.app.threadpool, func, *args)
 
+    def _store_call(self, func: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """A store call in the pool whose outcome tells _StoreHealth whether it answers."""
+
+        def answered(result: Any) -> Any:
+            if self._health.ok():
+                self._store_back()
+            return result
+
+        def failed(failure: Failure) -> Failure:
+            if is_unavailable(failure.value):
+                self._health.failed(failure.value)
+            elif failure.check(StaleLease) and self._health.ok():
+                self._store_back()
+            return failure
+
+        return self._call_in_pool(func, *args).addCallbacks(answered, failed)
+
+    def _store_back(self) -> None:
+        """The store answers again: write the outcomes kept, renew leases, claim."""
+        for run in list(self._runs.values()):
+            if run.record_call is not None and run.record_call.active():
+                run.record_call.cancel()
+                run.record_call = None
+                run.record_delay = OUTCOME_RETRY_FIRST
+                self._record(run)
+        self._heartbeat_all()
+        if self._listen_delay is not None and self._notifier is None:
+            self._start_listening()
+        self.poke()
+
     # ------------------------------------------------------------ wake-ups
 
     def poke(self) -> None:
@@ -430,24 +526,40 @@ class JobDispatcher(Daemon):
             if self._notifier is not _LISTEN_PENDING or self._closing:
                 notifier.close()
                 return
-            self._notifier = _NotifyReader(notifier, self.poke, self._listen_lost)
-            self.reactor.addReader(self._notifier)
+            try:
+                reader = _NotifyReader(notifier, self.poke, self._listen_lost)
+            except OSError as err:
+                notifier.close()
+                failed(Failure(err))
+                return
+            self._notifier = reader
+            self.reactor.addReader(reader)
+            self._listen_delay = None
             self.poke()  # a submit may have come before we listened
 
         def failed(failure: Failure) -> None:
             self._notifier = None
-            log.failure("job dispatcher {name}: LISTEN failed; polling only", failure,
-                        name=self.name)
+            if not is_unavailable(failure.value):
+                log.failure("job dispatcher {name}: LISTEN failed; polling only", failure,
+                            name=self.name)
+                return
+            self._retry_listening()
 
-        self._call_in_pool(listen).addCallbacks(opened, failed)
+        self._store_call(listen).addCallbacks(opened, failed)
 
     def _listen_lost(self) -> None:
-        """The LISTEN connection broke: poll only, and try again in a while."""
+        """The LISTEN connection broke: poll meanwhile, and open it again soon."""
         self._notifier = None
         if not self._closing:
-            log.warn("job dispatcher {name}: LISTEN connection lost; polling only, "
-                     "retrying in {delay:g} s", name=self.name, delay=LISTEN_RETRY)
-            self.reactor.callLater(LISTEN_RETRY, self._start_listening)
+            self._health.failed("the LISTEN connection was lost")
+            self._retry_listening()
+
+    def _retry_listening(self) -> None:
+        if self._closing:
+            return
+        delay = LISTEN_RETRY_FIRST if self._listen_delay is None else self._listen_delay
+        self._listen_delay = min(LISTEN_RETRY, delay * 2)
+        self.reactor.callLater(delay, self._start_listening)
 
     def _stop_listening(self) -> None:
         notifier, self._notifier = self._notifier, None
@@ -555,18 +667,30 @@ class JobDispatcher(Daemon):
     def _finish(self, run: _Run, outcome: str, error: str | None) -> None:
         """Write the attempt's outcome with the job's token, then free the slot."""
         job = run.job
-        store = self.store
-        final = run.latest if run.latest != run.persisted else None
         retry_at: float | None = None
         if outcome == "error" and job.attempt < job.max_attempts:
             delay = min(self.retry_max_delay, self.retry_delay * 2 ** (job.attempt - 1))
             retry_at = time.time() + delay
+        run.record = (outcome, error, retry_at)
+        self._record(run)
+
+    def _record(self, run: _Run) -> None:
+        """Write the outcome kept in ``run.record``; while the store is unavailable,
+        keep it and try again (the token makes a late write safe: a holder that
+        claimed the job since is never overwritten)."""
+        run.record_call = None
+        assert run.record is not None
+        outcome, error, retry_at = run.record
+        job = run.job
+        store = self.store
+        final = run.latest if run.latest != run.persisted else None
 
         def write() -> str | None:
             if final is not None and outcome in ("done", "error"):
                 try:
                     store.set_progress(job.id, job.token, *final)
                     run.progress_writes += 1
+                    run.persisted = final
                 except StaleLease:
                     pass
             if outcome == "done":
@@ -604,34 +728,45 @@ class JobDispatcher(Daemon):
                           error=error)
                 self._call_failure_hooks(job, error or "")
 
-        def refused(failure: Failure) -> None:
+        def refused(failure: Failure) -> object:
             if failure.check(StaleLease):
                 self.stats["jobs_lost"] += 1
                 log.warn("job {job_id}: outcome {outcome} refused: {reason}", job_id=job.id,
                          outcome=outcome, reason=str(failure.value))
+            elif is_unavailable(failure.value):
+                # Said once by _StoreHealth; written again soon, and at once when the
+                # store answers again.
+                delay = run.record_delay
+                run.record_delay = min(OUTCOME_RETRY, delay * 2)
+                run.record_call = self.reactor.callLater(delay, self._record, run)
+                return _KEPT
             else:
                 log.failure("job dispatcher {name}: recording job {job_id} ({outcome})",
                             failure, name=self.name, job_id=job.id, outcome=outcome)
-
-        def freed(_: object) -> None:
-            if self._runs.get(job.id) is run:
-                del self._runs[job.id]
-            app: Any = self.app
-            if app is not None:
-                app.end("job")
-            if not self._runs:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
-            self.poke()
+            return None
 
         if store is None:
             d: Deferred[Any] = succeed(None)
         else:
-            d = self._call_in_pool(write)
+            d = self._store_call(write)
             d.addCallbacks(written, refused)
         d.addErrback(lambda f: log.failure("job dispatcher {name}", f, name=self.name))
-        d.addBoth(freed)
+        d.addCallback(lambda result: None if result is _KEPT else self._free(run))
+
+    def _free(self, run: _Run) -> None:
+        """The run is over and its outcome written (or given up): free its slot."""
+        run.record = None
+        job = run.job
+        if self._runs.get(job.id) is run:
+            del self._runs[job.id]
+        app: Any = self.app
+        if app is not None:
+            app.end("job")
+        if not self._runs:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        self.poke()
 
     # ------------------------------------------------------------ progress
 
@@ -654,12 +789,12 @@ class JobDispatcher(Daemon):
         run.persist_busy = True
         run.last_persist = self.reactor.seconds()
         job = run.job
-        d = self._call_in_pool(self.store.set_progress, job.id, job.token, value[0], value[1])
+        d = self._store_call(self.store.set_progress, job.id, job.token, value[0], value[1])
 
         def done(result: object) -> None:
             run.persist_busy = False
             if isinstance(result, Failure):
-                if not result.check(StaleLease):
+                if not result.check(StaleLease) and not is_unavailable(result.value):
                     log.failure("job {job_id}: persisting progress", result, job_id=job.id)
             else:
                 run.persisted = value
@@ -676,11 +811,14 @@ class JobDispatcher(Daemon):
             return
         self._refresh_counts()
         for run in list(self._runs.values()):
-            if run.ended or run.heartbeat_busy or run.stop_reason is not None:
+            if run.heartbeat_busy:
+                continue
+            # A run whose outcome waits for the store keeps its lease too.
+            if run.record is None if run.ended else run.stop_reason is not None:
                 continue
             run.heartbeat_busy = True
             job = run.job
-            d = self._call_in_pool(self.store.heartbeat, job.id, job.token, self.lease)
+            d = self._store_call(self.store.heartbeat, job.id, job.token, self.lease)
             d.addBoth(self._heartbeat_done, run)
 
     def _heartbeat_done(self, result: object, run: _Run) -> None:
@@ -688,12 +826,14 @@ class JobDispatcher(Daemon):
         if not isinstance(result, Failure):
             return
         if result.check(StaleLease):
+            if run.ended:
+                return  # its outcome is being written: that write says how it went
             reason = "cancelled" if result.check(JobCancelled) else "stale"
             log.warn("job {job_id}: {reason}; killing its child", job_id=run.job.id,
                      reason=str(result.value))
             if not run.ended:
                 self._kill(run, reason, signal.SIGKILL)
-        else:
+        elif not is_unavailable(result.value):  # an outage is said once, by _StoreHealth
             log.failure("job {job_id}: heartbeat failed", result, job_id=run.job.id)
 
     # ------------------------------------------------------------ status
@@ -770,12 +910,13 @@ class _NotifyReader:
         self.notifier = notifier
         self.poke = poke
         self.lost = lost
+        # The reactor watches a duplicate of libpq's socket: libpq closes its own as
+        # soon as the connection breaks, and removing a closed fd from epoll fails with
+        # EBADF before connectionLost could ever run (no LISTEN was ever re-established).
+        self._fd = os.dup(int(notifier.fileno()))
 
     def fileno(self) -> int:
-        try:
-            return int(self.notifier.fileno())
-        except Exception:
-            return -1
+        return self._fd
 
     def doRead(self) -> Exception | None:
         try:
@@ -795,6 +936,9 @@ class _NotifyReader:
         return "JobNotify"
 
     def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         try:
             self.notifier.close()
         except Exception:

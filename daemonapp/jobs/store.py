@@ -78,7 +78,7 @@ _SQLITE_UNAVAILABLE_TEXT = ("disk is full", "disk i/o error", "database is locke
                             "unable to open database")
 
 
-def is_unavailable(error: BaseException) -> bool:
+def is_unavailable(error: BaseException | None) -> bool:
     """True when ``error`` says the store cannot be reached or written right now (a
     PostgreSQL connection failure, a full disk, an I/O error): a call worth retrying,
     as opposed to a refusal (StaleLease) or a bug."""

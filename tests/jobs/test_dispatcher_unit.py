@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -334,38 +335,172 @@ def test_job_counts(reactor: FakeReactor, store: Any) -> None:
     assert counts == [{"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0}]
 
 
+class _PipeNotifier:
+    """A LISTEN notifier over a real pipe whose drain() answers from a script; like
+    libpq, it closes its own fd when the connection breaks."""
+
+    def __init__(self, results: list[Any]) -> None:
+        self.read_end, self.write_end = os.pipe()
+        self.results = results
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.read_end
+
+    def drain(self) -> bool:
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            if self.read_end >= 0:
+                os.close(self.read_end)
+                self.read_end = -1
+            raise result
+        return bool(result)
+
+    def close(self) -> None:
+        self.closed = True
+        for fd in (self.read_end, self.write_end):
+            if fd >= 0:
+                os.close(fd)
+        self.read_end = self.write_end = -1
+
+
 def test_notify_reader_pokes_and_reports_loss() -> None:
     """The LISTEN reader pokes on a wake-up and reports a broken connection."""
     from twisted.internet.error import ConnectionLost
 
     from daemonapp.jobs.dispatcher import _NotifyReader
 
-    class Notifier:
-        def __init__(self) -> None:
-            self.results: list[Any] = [True, False, OSError("server closed the connection")]
-            self.closed = False
-
-        def fileno(self) -> int:
-            return 5
-
-        def drain(self) -> bool:
-            result = self.results.pop(0)
-            if isinstance(result, Exception):
-                raise result
-            return bool(result)
-
-        def close(self) -> None:
-            self.closed = True
-
     events: list[str] = []
-    notifier = Notifier()
+    notifier = _PipeNotifier([True, False, OSError("server closed the connection")])
     reader = _NotifyReader(notifier, lambda: events.append("poke"),
                            lambda: events.append("lost"))
     assert (reader.doRead(), reader.doRead()) == (None, None)
     why = reader.doRead()
     assert isinstance(why, ConnectionLost)
     reader.connectionLost(Failure(why))
-    assert (events, notifier.closed) == (["poke", "lost"], True)
+    assert (events, notifier.closed, reader.fileno()) == (["poke", "lost"], True, -1)
+
+
+def test_notify_reader_lost_on_a_real_epoll_reactor() -> None:
+    """When libpq closes its socket as the connection breaks, an epoll reactor still
+    removes the reader and the loss is reported (it used to fail with EBADF)."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    from daemonapp.jobs.dispatcher import _NotifyReader
+
+    events: list[str] = []
+    notifier = _PipeNotifier([OSError("server closed the connection")])
+    reader = _NotifyReader(notifier, lambda: events.append("poke"),
+                           lambda: events.append("lost"))
+    epoll = EPollReactor()
+    try:
+        epoll.addReader(reader)
+        epoll._doReadOrWrite(reader, reader.fileno(), 1)  # EPOLLIN, as the loop does
+        assert events == ["lost"]
+        assert reader not in epoll.getReaders()
+    finally:
+        epoll.removeAll()
+        epoll._poller.close()
+
+
+class FlakyStore:
+    """A real store that raises as on a full disk for some methods while ``down``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = False
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name not in ("claim", "heartbeat", "set_progress", "complete", "fail", "release"):
+            return method
+
+        def call(*args: Any, **kw: Any) -> Any:
+            self.calls.append(name)
+            if self.down:
+                raise sqlite3.OperationalError("database or disk is full")
+            return method(*args, **kw)
+
+        return call
+
+
+@pytest.fixture
+def logged() -> Any:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def _lines(events: list[dict[str, Any]]) -> list[str]:
+    from twisted.logger import LogLevel, formatEvent
+
+    return [formatEvent(e) for e in events
+            if e.get("log_namespace", "").startswith("daemonapp.jobs")
+            and e.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical)]
+
+
+def test_outcome_kept_and_retried_through_outage(reactor: FakeReactor, store: Any,
+                                                 logged: Any) -> None:
+    """A completion the store cannot take is kept, retried, and written once it is back;
+    the outage is logged once, the job's slot stays taken meanwhile."""
+    job_id = store.submit("echo", {})
+    flaky = FlakyStore(store)
+    _, dispatcher = start(reactor, flaky, lease=30, max_children=1)
+    assert store.get(job_id).state == "running"
+    flaky.down = True
+    reactor.processes[0].finish({"ok": True, "result": None})
+    for _ in range(20):
+        reactor.advance(0.5)
+    assert store.get(job_id).state == "running"
+    assert flaky.calls.count("complete") >= 5
+    assert list(dispatcher._runs) == [job_id]
+    flaky.down = False
+    reactor.advance(2.0)
+    assert store.get(job_id).state == "done"
+    assert dispatcher.stats["jobs_done"] == 1 and not dispatcher._runs
+    lines = _lines(logged)
+    assert len(lines) == 1 and "the job store is unavailable" in lines[0]
+    assert not [e for e in logged if e.get("log_failure") is not None]
+
+
+def test_failure_kept_and_retried_through_outage(reactor: FakeReactor, store: Any) -> None:
+    """A failed attempt recorded after the outage still goes back to pending, attempt
+    counted once."""
+    job_id = store.submit("echo", {})
+    flaky = FlakyStore(store)
+    start(reactor, flaky, lease=30, max_children=1, retry_delay=60)
+    flaky.down = True
+    reactor.processes[0].finish({"ok": False, "error": "ValueError: x", "traceback": ""})
+    reactor.advance(3.0)
+    flaky.down = False
+    reactor.advance(2.0)
+    record = store.get(job_id)
+    assert (record.state, record.attempts, record.error) == ("pending", 1, "ValueError: x")
+
+
+def test_listen_reopened_soon_after_loss(reactor: FakeReactor, store: Any) -> None:
+    """A lost LISTEN connection is opened again within a second, then pokes again."""
+    notifiers: list[_PipeNotifier] = []
+
+    class ListeningStore(FlakyStore):
+        def listener(self) -> _PipeNotifier:
+            notifiers.append(_PipeNotifier([OSError("gone"), False]))
+            return notifiers[-1]
+
+    _, dispatcher = start(reactor, ListeningStore(store))
+    dispatcher._start_listening()  # as it does for a PostgreSQL store of its own
+    assert len(notifiers) == 1
+    reader = dispatcher._notifier
+    why = reader.doRead()
+    reader.connectionLost(Failure(why))
+    assert dispatcher._notifier is None
+    reactor.advance(1.0)
+    assert len(notifiers) == 2 and dispatcher._notifier is not None
+    dispatcher._notifier.close()
 
 
 def test_jobs_snapshot(reactor: FakeReactor, store: Any) -> None:
