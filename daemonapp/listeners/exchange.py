@@ -32,6 +32,15 @@ def status_line(code: int) -> str:
     return f"{code} {_REASONS.get(code, 'Unknown')}"
 
 
+def ascii_digits(text: str | bytes) -> bool:
+    """True for a non-empty run of ASCII digits only.
+
+    ``str.isdigit()`` also accepts ``"²"`` or ``"٣"``, which ``int()`` then refuses or
+    reads as another number: every length from a peer is checked with this instead.
+    """
+    return bool(text) and text.isascii() and text.isdigit()
+
+
 def cgi_head(status: str, headers: Headers) -> bytes:
     """The CGI response head FastCGI and SCGI send: a Status line, headers, blank line."""
     parts = ["Status: ", status, "\r\n"]

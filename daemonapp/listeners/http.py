@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from zope.interface import implementer
 
-from daemonapp.listeners.connections import ListenerFactory, Network
+from daemonapp.listeners.connections import LINGER_TIMEOUT, ListenerFactory, Network
 from daemonapp.listeners.exchange import Exchange, Headers
 from daemonapp.listeners.limits import Dispatcher
 
@@ -119,27 +119,25 @@ class _Request(server.Request):
     too_large = False
     received = 0
 
-    def _limit(self) -> int:
-        channel: Any = self.channel
-        site: HTTPSite = channel.site
-        return site.dispatcher.max_body_bytes
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self._limit():
-            self.too_large = True
-            self.received = length
-            self.content = io.BytesIO()
-            return
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         base: Any = super()
-        base.gotLength(length)
+        base.__init__(*args, **kwargs)
+        # twisted.web would parse form and multipart bodies into request.args (a 5 MB
+        # upload cost 0.5 s, and a multipart body its parser dislikes got a 400): the
+        # application reads its body itself
+        self._parsePOSTFormSubmission = False
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:
             return
         self.received += len(data)
-        if self.received > self._limit():
+        channel: _Channel = self.channel  # type: ignore[assignment]
+        if self.received > channel.site.dispatcher.max_body_bytes:
+            # a chunked body grew past the bound (a Content-Length over it never
+            # gets here: see _Channel.allHeadersReceived)
             self.too_large = True
             self.content = io.BytesIO()
+            channel.refuse_body()
             return
         base: Any = super()
         base.handleContentChunk(data)
@@ -154,26 +152,28 @@ class _Root(resource.Resource):
         self.site = site
 
     def render(self, request: server.Request) -> Any:
+        req: Any = request
+        if req.too_large:
+            return server.NOT_DONE_YET  # answered 413 already (_Channel.refuse_body)
         dispatcher = self.site.dispatcher
         ex = HTTPExchange(dispatcher, request)
-        req: Any = request
         content = request.content
-        if req.too_large:
-            ex.params = _environ(request, req.received)
-            ex.body_complete = True
-        else:
-            body = b""
-            if content is not None:
-                content.seek(0)
-                body = content.read()
-            ex.params = _environ(request, len(body))
-            if body:
-                ex.body = [body]
-                ex.body_len = len(body)
-            ex.body_complete = True
+        body = b""
+        if content is not None:
+            content.seek(0)
+            body = content.read()
+        ex.params = _environ(request, len(body))
+        if body:
+            ex.body = [body]
+            ex.body_len = len(body)
+        ex.body_complete = True
         request.notifyFinish().addErrback(_gone, ex)
         dispatcher.params_ready(ex)
         return server.NOT_DONE_YET
+
+
+def _drop(*_: object) -> None:
+    """Bytes of a refused request: ignored."""
 
 
 def _gone(_failure: Failure, ex: HTTPExchange) -> None:
@@ -194,14 +194,64 @@ class _Channel(http.HTTPChannel):
         self.site.factory_tracker.connection_opened(self)  # type: ignore[arg-type]
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        refused, self._refused = self._refused, None
+        if refused is not None and refused.active():
+            refused.cancel()
         base: Any = super()
         base.connectionLost(reason)
         self.site.factory_tracker.connection_closed(self)  # type: ignore[arg-type]
 
+    #: set once the request's body is refused (413): the rest of it is dropped
+    _refused: Any = None
+
     def allHeadersReceived(self) -> None:
         self.requests_seen += 1
+        channel: Any = self
+        length = channel.length
+        if length is not None and length > self.site.dispatcher.max_body_bytes:
+            # answered at once, before any 100 Continue: reading a body we refuse
+            # would take as long as the client cares to send
+            self.refuse_body()
+            return
         base: Any = super()
         base.allHeadersReceived()
+
+    def refuse_body(self) -> None:
+        """Answer 413 at once, then drop what the client still sends (bounded) and close.
+
+        Closing while the client still writes would reset the connection, and the
+        client might never read the 413: the write side is shut after the answer
+        and the rest is read and dropped for at most LINGER_TIMEOUT.
+        """
+        if self._refused is not None:
+            return
+        dispatcher = self.site.dispatcher
+        dispatcher.too_large_413 += 1
+        peer = self.transport.getPeer() if self.transport is not None else None
+        dispatcher.log.warn("request body over max_body_bytes={limit} from {peer}: 413",
+                            limit=dispatcher.max_body_bytes,
+                            peer=getattr(peer, "host", "") or "unix")
+        channel: Any = self
+        channel.setTimeout(None)
+        body = b"Request body too large\n"
+        transport: Any = self.transport
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\n"
+                        b"Content-Type: text/plain; charset=utf-8\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (len(body), body))
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:
+            transport.loseConnection()
+        else:
+            half_close()
+        self._refused = self.site.reactor.callLater(LINGER_TIMEOUT,
+                                                    transport.abortConnection)
+        if self.requests:
+            request: Any = self.requests[-1]
+            request.too_large = True
+            request.content = io.BytesIO()
+        # what twisted.web itself does to drop what follows a last request
+        channel.dataReceived = channel.lineReceived = channel.rawDataReceived = _drop
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # twisted.web answers 400 for headers over totalHeadersSize; we say 431

@@ -22,7 +22,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daemonapp.interfaces import IActivityMonitor
-from daemonapp.listeners.exchange import DONE, NEW, QUEUED, RUNNING, Exchange, status_line
+from daemonapp.listeners.exchange import (
+    DONE,
+    NEW,
+    QUEUED,
+    RUNNING,
+    Exchange,
+    ascii_digits,
+    status_line,
+)
 
 #: Exchange state between "params complete" and "admitted": waiting for the whole body.
 WAITING = 4
@@ -118,6 +126,7 @@ class Dispatcher:
         self.errors_500 = 0
         self.too_large_413 = 0
         self.too_large_431 = 0
+        self.bad_request_400 = 0
         self._idle_waiters: list[Deferred[None]] = []
         self._tick: Any = None
         self._tick_requests = 0
@@ -163,9 +172,13 @@ class Dispatcher:
             if monitor is not None:
                 monitor.request_limit_reached(f"max_requests ({limit}) reached")
         length = params.get("CONTENT_LENGTH")
-        if length and length.isdigit() and int(length) > self.max_body_bytes:
-            self.body_too_large(ex)
-            return
+        if length:
+            if not ascii_digits(length):
+                self.bad_request(ex, "CONTENT_LENGTH is not a number")
+                return
+            if int(length) > self.max_body_bytes:
+                self.body_too_large(ex)
+                return
         if ex.body_complete or not self.needs_full_body:
             self._admit(ex)
 
@@ -216,6 +229,13 @@ class Dispatcher:
             return
         ex.respond(status_line(413), _PLAIN,
                    b"Request body too large\n")
+        ex.run_cancel_hooks()
+
+    def bad_request(self, ex: Exchange, reason: str) -> None:
+        """The request cannot be read (a length that is not ASCII digits...): 400."""
+        self.bad_request_400 += 1
+        self.log.warn("bad request from {peer}: {reason}", peer=ex.peer, reason=reason)
+        ex.respond(status_line(400), _PLAIN, b"Bad Request\n")
         ex.run_cancel_hooks()
 
     def params_too_large(self, ex: Exchange) -> None:
@@ -377,6 +397,7 @@ class Dispatcher:
             "errors_500": self.errors_500,
             "too_large_413": self.too_large_413,
             "too_large_431": self.too_large_431,
+            "bad_request_400": self.bad_request_400,
             "max_concurrent": self.max_concurrent,
             "backlog": self.backlog,
             "request_limit": self.request_limit,

@@ -1,7 +1,8 @@
 """An SCGI server protocol: a netstring of headers, the body, one request per connection.
 
 The header netstring is bounded by ``max_param_bytes`` (431 when over it) and must
-start with ``CONTENT_LENGTH``; anything unparsable closes the connection.
+start with ``CONTENT_LENGTH``; a length that is not ASCII digits is answered 400;
+anything else unparsable closes the connection.
 
 SCGI has no end-of-request marker: an answer without ``Content-Length`` that is cut
 short (the app failed mid-stream, the process died) looks complete. Whole answers
@@ -21,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.listeners.connections import ListenerFactory, TrackedProtocol
-from daemonapp.listeners.exchange import Exchange, Headers, cgi_head
+from daemonapp.listeners.exchange import Exchange, Headers, ascii_digits, cgi_head
 
 log = Logger()
 
@@ -181,6 +182,13 @@ class SCGIProtocol(TrackedProtocol):
         self._buf = b""
         self.close()
 
+    def _bad_length(self, message: str) -> None:
+        """A length that is not ASCII digits: answer 400, then close."""
+        self._buf = b""
+        self.exchange = ex = SCGIExchange(self)
+        self.factory.dispatcher.bad_request(ex, f"SCGI: {message}")
+        self._closed = True
+
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
@@ -194,12 +202,12 @@ class SCGIProtocol(TrackedProtocol):
         if self._header_len is None:
             colon = self._buf.find(b":")
             if colon < 0:
-                if len(self._buf) > 10 or (not self._buf.isdigit() and self._buf):
-                    self._error("bad netstring length")
+                if len(self._buf) > 10 or (self._buf and not ascii_digits(self._buf)):
+                    self._bad_length("bad netstring length")
                 return
             digits = self._buf[:colon]
-            if not digits.isdigit() or len(digits) > 10:
-                self._error("bad netstring length")
+            if not ascii_digits(digits) or len(digits) > 10:
+                self._bad_length("bad netstring length")
                 return
             self._header_len = int(digits)
             self._buf = self._buf[colon + 1:]
@@ -223,8 +231,8 @@ class SCGIProtocol(TrackedProtocol):
         params = {items[i].decode("latin-1"): items[i + 1].decode("latin-1")
                   for i in range(0, len(items), 2)}
         length_text = params["CONTENT_LENGTH"]
-        if not length_text.isdigit():
-            self._error("CONTENT_LENGTH is not a number")
+        if not ascii_digits(length_text):
+            self._bad_length(f"CONTENT_LENGTH {length_text!r} is not a number")
             return
         self.requests_seen += 1
         if params.get(FRONTEND_PARAM) == "1":

@@ -167,6 +167,8 @@ class StreamingInput:
         self._eof = exchange.body_complete
         self._error: str | None = None
         self._paused = False
+        # a reader waits for more than the buffer holds: the peer must not be paused
+        self._starving = False
 
     # reactor side
 
@@ -176,7 +178,7 @@ class StreamingInput:
             self._buf += data
             self._cond.notify_all()
             if (len(self._buf) > INPUT_HIGH_WATER and not self._paused
-                    and not self._exchange._hold_paused):
+                    and not self._starving and not self._exchange._hold_paused):
                 self._paused = True
                 self._exchange._pause_input()
 
@@ -194,16 +196,35 @@ class StreamingInput:
             self._cond.notify_all()
 
     def fail(self, reason: str) -> None:
-        """The request ended: reads raise RequestAborted."""
+        """The request ended: reads raise RequestAborted; the peer is read again.
+
+        A connection left paused would never see the rest of the body nor its peer's
+        close: it would stay open forever, and a drain would wait for it.
+        """
         with self._cond:
             self._error = reason
+            self._buf = bytearray()
             self._cond.notify_all()
+            if self._paused:
+                self._paused = False
+                self._exchange._resume_input()
 
     # app thread side
 
     def _wait(self, ready: Callable[[], bool]) -> None:
+        """Wait (holding the condition) until ``ready()``, the body's end or a failure.
+
+        A reader that needs more than the buffer holds (``read(n)`` past the high-water
+        mark, a long line) resumes a paused peer and keeps it reading until it is
+        served: the app asked for those bytes, bounded by max_body_bytes.
+        """
         while not ready() and not self._eof and self._error is None:
+            self._starving = True
+            if self._paused:
+                self._paused = False
+                self._call_from_thread(self._exchange._resume_input)
             self._cond.wait()
+        self._starving = False
         if self._error is not None:
             raise RequestAborted(self._error)
 
@@ -492,6 +513,8 @@ class WSGIApp:
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
             "wsgi.multithread": threads > 0, "wsgi.multiprocess": False,
             "wsgi.run_once": False,
+            # every listener ends wsgi.input at the body's end, chunked or not
+            "wsgi.input_terminated": True,
         }
 
     def call(self, exchange: Exchange) -> None:
@@ -499,7 +522,17 @@ class WSGIApp:
         environ = self._base.copy()
         params = exchange.params
         environ.update(params)
+        # PEP 3333: CONTENT_TYPE and CONTENT_LENGTH, never as HTTP_* (web servers send
+        # the request headers both ways; wsgiref.validate refuses the HTTP_ ones)
+        content_type = environ.pop("HTTP_CONTENT_TYPE", None)
+        if content_type is not None and not environ.get("CONTENT_TYPE"):
+            environ["CONTENT_TYPE"] = content_type
+        environ.pop("HTTP_CONTENT_LENGTH", None)
         if exchange.body_complete:
+            if exchange.body_len and not environ.get("CONTENT_LENGTH"):
+                # a chunked body that is already whole: tell its length to the apps
+                # that ignore wsgi.input_terminated (Django)
+                environ["CONTENT_LENGTH"] = str(exchange.body_len)
             stream: Any = io.BytesIO(exchange.body_bytes())
         else:
             stream = StreamingInput(exchange, self.reactor.callFromThread)

@@ -266,6 +266,23 @@ class LimitTests(SynchronousTestCase):
         self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
         self.assertEqual(listener.snapshot()["too_large_413"], 1)
 
+    def test_length_not_in_ascii_digits_gets_400(self) -> None:
+        """CONTENT_LENGTH "²" (str.isdigit() says yes, int() says no) is answered 400.
+
+        The other request multiplexed on the connection is answered as usual.
+        """
+        listener = make_listener(native="tests.listeners.apps:echo_native")
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + begin(2)
+                           + params(1, REQUEST_METHOD="POST", CONTENT_LENGTH="\u00b2")
+                           + params(2, REQUEST_METHOD="POST", CONTENT_LENGTH="2")
+                           + stdin(1, b"xx") + stdin(2, b"ok"))
+        out = transport.value()
+        self.assertTrue(stdout_of(out, 1).startswith(b"Status: 400 Bad Request\r\n"))
+        self.assertTrue(stdout_of(out, 2).endswith(b"\r\n\r\nok"))
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(listener.snapshot()["bad_request_400"], 1)
+
     def test_too_many_request_ids_per_connection(self) -> None:
         """Past 100 open request ids on one connection, BEGIN gets FCGI_CANT_MPX_CONN."""
         listener = make_listener(native="tests.listeners.apps:hello_native")

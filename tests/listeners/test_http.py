@@ -58,3 +58,41 @@ class HTTPTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"))
         self.assertTrue(transport.disconnecting)
+
+    def test_huge_content_length_gets_413_at_once(self) -> None:
+        """Content-Length over max_body_bytes: 413 right after the headers, no 100 Continue.
+
+        Then the write side is closed and the rest of the body is dropped.
+        """
+        transport = _serve(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+                           b"Content-Length: 100000000000000\r\n\r\n" + b"x" * 1000,
+                           max_body_bytes=10)
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 Content Too Large\r\n"), out)
+        self.assertNotIn(b"100 Continue", out)
+        self.assertTrue(out.endswith(b"\r\n\r\nRequest body too large\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked_body_growing_past_the_limit_gets_413_at_once(self) -> None:
+        """A chunked body is answered 413 as soon as it grows past max_body_bytes."""
+        transport = _serve(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"8\r\n12345678\r\n8\r\n12345678\r\n", max_body_bytes=10)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"))
+
+    def test_chunked_body_reaches_the_app(self) -> None:
+        """A chunked body is decoded; the app sees its length and input_terminated."""
+        out = _serve(b"POST /p?mode=readall HTTP/1.1\r\nHost: h\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n2\r\nbc\r\n0\r\n\r\n",
+                     native=None, wsgi="tests.listeners.apps:conformance_wsgi",
+                     threads=0).value()
+        self.assertTrue(out.endswith(
+            b"\r\n\r\n3 ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad True"),
+            out)
+
+    def test_multipart_body_is_left_to_the_app(self) -> None:
+        """twisted.web does not parse form bodies itself (its parser answered some 400)."""
+        body = b"--XYZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--XYZ--\r\n"
+        out = _serve(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Type: multipart/form-data\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body)).value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
+        self.assertTrue(out.endswith(b"\r\n\r\n" + body))

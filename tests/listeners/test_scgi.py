@@ -49,8 +49,21 @@ class SCGITests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_bad_netstring_closes(self) -> None:
-        """A netstring length that is not a number closes the connection."""
+        """A netstring length that is not a number is answered 400, then closed."""
         self.proto.dataReceived(b"12x:")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_length_not_in_ascii_digits_gets_400(self) -> None:
+        """CONTENT_LENGTH "²" (str.isdigit() says yes, int() says no) is answered 400."""
+        header = "CONTENT_LENGTH\x00\u00b2\x00SCGI\x001\x00".encode("latin-1")
+        self.proto.dataReceived(b"%d:%s," % (len(header), header))
+        self.assertTrue(self.transport.value().startswith(b"Status: 400 Bad Request\r\n"))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_netstring_length_not_in_ascii_digits_gets_400(self) -> None:
+        """A netstring length in other digits ("²" in UTF-8) is answered 400."""
+        self.proto.dataReceived("\u00b2:".encode())
+        self.assertTrue(self.transport.value().startswith(b"Status: 400 Bad Request\r\n"))
         self.assertTrue(self.transport.disconnecting)
 
     def test_header_over_the_limit_gets_431(self) -> None:

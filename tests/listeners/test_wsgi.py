@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemonapp.listeners.fastcgi import FCGI_STDIN, record
@@ -13,8 +17,12 @@ from tests.listeners.helpers import (
     make_listener,
     params,
     request,
+    stdin,
     stdout_of,
 )
+
+#: what conformance_wsgi answers for the body b"abc": size, SHA-256, input_terminated
+_ANSWER_ABC = b"3 ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad True"
 
 
 def _serve(app: str, data: bytes, **options: object) -> bytes:
@@ -83,6 +91,24 @@ class OnLoopTests(SynchronousTestCase):
         out = stdout_of(_serve("readline_wsgi", request(1, body=b"a\nb\nc")))
         self.assertTrue(out.endswith(b"\r\n\r\n3:cb\na\n"))
 
+    def test_content_headers_only_as_cgi_variables(self) -> None:
+        """HTTP_CONTENT_TYPE / HTTP_CONTENT_LENGTH from the web server never reach the app.
+
+        wsgiref.validate wraps the app: PEP 3333 wants CONTENT_TYPE and CONTENT_LENGTH.
+        """
+        out = stdout_of(_serve("conformance_wsgi", request(
+            1, body=b"abc", QUERY_STRING="mode=readall", CONTENT_TYPE="text/plain",
+            HTTP_CONTENT_TYPE="text/plain", HTTP_CONTENT_LENGTH="3")))
+        self.assertEqual(out.split(b"\r\n\r\n", 1)[1], _ANSWER_ABC)
+
+    def test_a_whole_body_without_length_gets_one(self) -> None:
+        """A chunked body (no CONTENT_LENGTH) already whole: CONTENT_LENGTH is its size."""
+        data = (begin(1) + params(1, REQUEST_METHOD="POST", PATH_INFO="/", CONTENT_LENGTH="",
+                                  HTTP_TRANSFER_ENCODING="chunked", HTTP_X_TEST="t")
+                + stdin(1, b"abcde"))
+        out = stdout_of(_serve("environ_wsgi", data))
+        self.assertIn(b"CONTENT_LENGTH=5\n", out)
+
     def test_params_not_copied_into_os_environ(self) -> None:
         """Request params (HTTP_PROXY) never reach os.environ (httpoxy)."""
         import os
@@ -143,6 +169,62 @@ class ThreadedTests(SynchronousTestCase):
         proto.dataReceived(request(1))
         self.reactor.run_posted(lambda: listener.in_flight == 0)
         self.assertTrue(stdout_of(transport.value()).endswith(b"\r\n\r\n" + apps.BIG))
+
+    def _send_while_read(self, proto: Any, transport: Any, pieces: list[bytes]) -> None:
+        """Deliver ``pieces`` as a socket would: only while the listener reads (bounded)."""
+        for piece in pieces:
+            self.reactor.run_posted(lambda: transport.producerState == "producing",
+                                    timeout=5)
+            proto.dataReceived(piece)
+
+    def test_read_past_the_high_water_mark(self) -> None:
+        """read(CONTENT_LENGTH) of a 2 MB body returns it (the peer is not left paused)."""
+        listener = self._listener("conformance_wsgi")
+        proto, transport = connect(listener)
+        body = b"x" * 2_000_000
+        pieces = stdin(1, body)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST", PATH_INFO="/",
+                                             QUERY_STRING="mode=readn",
+                                             CONTENT_LENGTH=str(len(body))))
+        self._send_while_read(proto, transport,
+                              [pieces[pos:pos + 65536] for pos in range(0, len(pieces), 65536)])
+        self.reactor.run_posted(lambda: listener.in_flight == 0, timeout=5)
+        self.assertEqual(stdout_of(transport.value()).split(b"\r\n\r\n", 1)[1],
+                         b"2000000 " + hashlib.sha256(body).hexdigest().encode() + b" True")
+
+    def test_readline_past_the_high_water_mark(self) -> None:
+        """readline() on a 2 MB SCGI body without a newline returns the whole body."""
+        listener = self._listener("conformance_wsgi", protocol="scgi")
+        proto, transport = connect(listener)
+        body = b"y" * 2_000_000
+        header = (b"CONTENT_LENGTH\x002000000\x00SCGI\x001\x00REQUEST_METHOD\x00POST\x00"
+                  b"QUERY_STRING\x00mode=readline\x00")
+        proto.dataReceived(b"%d:%s," % (len(header), header))
+        self._send_while_read(proto, transport,
+                              [body[pos:pos + 65536] for pos in range(0, len(body), 65536)])
+        self.reactor.run_posted(lambda: listener.in_flight == 0, timeout=5)
+        self.assertEqual(transport.value().split(b"\r\n\r\n", 1)[1],
+                         b"2000000 " + hashlib.sha256(body).hexdigest().encode() + b" True")
+
+    def test_timeout_reads_a_paused_peer_again(self) -> None:
+        """After a 504, a peer paused for an app that did not read is read again.
+
+        Left paused, the connection never saw the rest of its record nor its peer's
+        close: it stayed open, and the next drain waited for it until stop_timeout.
+        """
+        release = threading.Event()
+        self.addCleanup(release.set)
+        apps.GATE = release
+        listener = self._listener("gated_wsgi", request_timeout="1s")
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST", PATH_INFO="/",
+                                             CONTENT_LENGTH="2000000"))
+        for _ in range(20):
+            proto.dataReceived(record(FCGI_STDIN, 1, b"z" * 65535))
+        self.assertEqual(transport.producerState, "paused")
+        self.reactor.advance(1)
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 504 "))
+        self.assertEqual(transport.producerState, "producing")
 
     def test_default_max_concurrent_is_threads(self) -> None:
         """Without max_concurrent, a WSGI listener admits as many requests as threads."""
