@@ -541,7 +541,12 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
     # One entry per pid, never a shared pid file. Spawned by a web server, we only
     # announce ourselves: no takeover of siblings, no sidecar for the CGI frontend.
     entries = PidEntries(config.app.state_dir, config.path)
-    entries.write(spawned=inherited)
+    try:
+        entries.write(spawned=inherited)
+    except OSError as e:  # a full disk (ENOSPC) or a read-only state_dir: say it, no traceback
+        _error(f"cannot write the pid entry {entries.path}: {e.strerror or e}")
+        target.close()
+        return 1
     if not inherited:
         argv = [sys.executable, "-m", "daemonapp.cli", "run", os.path.abspath(config.path)]
         try:

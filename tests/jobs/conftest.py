@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -75,3 +76,20 @@ def dispatchers(tmp_path: Any) -> Iterator[Any]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Any) -> Iterator[Any]:
+    """A 3 MiB tmpfs of our own (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the injected full disk test covers it")
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs",
+                           str(mount_point)], check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

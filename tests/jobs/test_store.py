@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -536,23 +534,6 @@ def test_is_unavailable() -> None:
     assert not is_unavailable(sqlite3.OperationalError("no such column: x"))
     assert not is_unavailable(StaleLease(1, 2, "claimed again"))
     assert not is_unavailable(ValueError("payload"))
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Any) -> Iterator[Any]:
-    """A 3 MiB tmpfs of our own (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the injected full disk test covers it")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs",
-                           str(mount_point)], check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def _fill(path: Any) -> None:
