@@ -17,9 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import yaml
-from yaml.nodes import MappingNode, ScalarNode, SequenceNode
-
+from daemonapp.configfile import ConfigFileError, LineMapping, LineSequence, read_document
 from daemonapp.daemon import Daemon, OptionError
 from daemonapp.daemons._build import BUNDLED_DAEMONS, class_options, daemon_types, resolve_type
 from daemonapp.durations import parse_duration
@@ -64,6 +62,11 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 #: Other spellings of a level: Python's logging says "warning", twisted.logger "warn".
 LOG_LEVEL_ALIASES = {"warning": "warn"}
 
+#: How much of a value, a key and a whole message an error shows (hostile files).
+MAX_SHOWN_VALUE = 200
+MAX_SHOWN_KEY = 200
+MAX_MESSAGE = 2000
+
 _PATH_NAMES = frozenset({"path", "directory", "dir", "file", "base_directory", "base_dir"})
 _PATH_SUFFIXES = ("_path", "_dir", "_directory", "_file")
 
@@ -79,64 +82,9 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------- YAML with lines
 
 
-class _Mapping(dict[Any, Any]):
-    """A YAML mapping that remembers where each key was and its scalars' source text."""
-
-    def __init__(self, line: int = 0) -> None:
-        super().__init__()
-        self.line = line
-        self.key_lines: dict[Any, int] = {}
-        self.texts: dict[Any, str] = {}
-        self.duplicates: list[tuple[Any, int]] = []
-
-
-class _Sequence(list[Any]):
-    """A YAML sequence that remembers the line of each item."""
-
-    def __init__(self, line: int = 0) -> None:
-        super().__init__()
-        self.line = line
-        self.lines: list[int] = []
-
-
-class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader whose mappings and sequences carry line numbers."""
-
-
-def _construct_map(loader: _Loader, node: MappingNode) -> Iterable[_Mapping]:
-    data = _Mapping(node.start_mark.line + 1)
-    yield data
-    seen: set[Any] = set()
-    for key_node, _value_node in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node)
-        try:
-            if key in seen:
-                data.duplicates.append((key, key_node.start_mark.line + 1))
-            seen.add(key)
-        except TypeError:
-            pass  # an unhashable key: construct_mapping reports it
-    data.update(loader.construct_mapping(node))
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node)
-        try:
-            data.key_lines[key] = key_node.start_mark.line + 1
-            if isinstance(value_node, ScalarNode):
-                data.texts[key] = value_node.value
-        except TypeError:
-            pass
-
-
-def _construct_seq(loader: _Loader, node: SequenceNode) -> Iterable[_Sequence]:
-    data = _Sequence(node.start_mark.line + 1)
-    data.lines = [item.start_mark.line + 1 for item in node.value]
-    yield data
-    data.extend(loader.construct_sequence(node))
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)  # type: ignore[arg-type]
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)  # type: ignore[arg-type]
+# The YAML reader (daemonapp.configfile) keeps the line and source text of each key.
+_Mapping = LineMapping
+_Sequence = LineSequence
 
 
 def _line(mapping: Mapping[Any, Any], key: object) -> int:
@@ -304,10 +252,14 @@ def unix_socket_path(endpoint: str | None, base_dir: str) -> str | None:
 # ------------------------------------------------------------------ daemon types
 
 
-def resolve_daemon_type(type_name: str) -> type[Daemon]:
-    """The Daemon class for a short name or "package.module:Class" (ValueError if not)."""
+def resolve_daemon_type(type_name: str, *,
+                        types: Mapping[str, str] | None = None) -> type[Daemon]:
+    """The Daemon class for a short name or "package.module:Class" (ValueError if not).
+
+    ``types``: `daemon_types()`, read once by a caller that resolves many names.
+    """
     try:
-        return resolve_type(type_name)
+        return resolve_type(type_name, types=types)
     except OptionError as e:
         raise ValueError(e.message) from None
 
@@ -373,6 +325,14 @@ def _as_written(root: Mapping[Any, Any] | None, dotted: str, message: str) -> st
 
 
 
+def _clip(text: str, limit: int = 0) -> str:
+    """``text``, cut to about ``limit`` characters (MAX_MESSAGE by default) with a note."""
+    limit = limit or MAX_MESSAGE
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters in all)"
+
+
 def _suggest(key: object, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(key), list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -389,7 +349,13 @@ class _Checker:
 
     def error(self, line: int, key: str, message: str) -> None:
         message = _as_written(self.root, key, message)
-        self.messages.append((line, f"{self.path}:{line}: {key}: {message}"))
+        # A value quoted in a message ("got ...") is shown in part: a 1 MiB scalar or a
+        # mapping reached through aliases must not become a 1 MiB line of output.
+        head, got, value = message.rpartition("got ")
+        if got:
+            message = head + got + _clip(value, MAX_SHOWN_VALUE)
+        self.messages.append((line, f"{self.path}:{line}: {_clip(key, MAX_SHOWN_KEY)}: "
+                                    f"{_clip(message, MAX_MESSAGE)}"))
 
     def mapping(self, value: object, line: int, key: str) -> Mapping[Any, Any] | None:
         if value is None:
@@ -478,6 +444,25 @@ class _Validator:
     def __init__(self, checker: _Checker) -> None:
         self.check = checker
         self.base_dir = checker.base_dir
+        self._types: dict[str, str] | None = None
+        # type name -> its class, or why it is none: a file with thousands of sections
+        # resolves each name (entry points, imports) once.
+        self._resolved: dict[str, type[Daemon] | ValueError] = {}
+
+    def daemon_class(self, type_name: str) -> type[Daemon]:
+        """resolve_daemon_type, once per name and with one read of the entry points."""
+        found = self._resolved.get(type_name)
+        if found is None:
+            if self._types is None:
+                self._types = daemon_types()
+            try:
+                found = resolve_daemon_type(type_name, types=self._types)
+            except ValueError as e:
+                found = e
+            self._resolved[type_name] = found
+        if isinstance(found, ValueError):
+            raise ValueError(str(found))
+        return found
 
     def path(self, value: object) -> str:
         return _resolve_path(_text(value), self.base_dir)
@@ -568,7 +553,7 @@ class _Validator:
                         f'expected a short name or "package.module:Class", got {type_name!r}')
             return None
         try:
-            cls = resolve_daemon_type(type_name)
+            cls = self.daemon_class(type_name)
         except ValueError as e:
             check.error(_line(body, "type"), f"{prefix}.type", str(e))
             return None
@@ -837,22 +822,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     path_text = os.fspath(path)
     base_dir = os.path.dirname(os.path.abspath(path_text))
     try:
-        with open(path_text, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError([f"{path_text}: cannot read the configuration: "
-                           f"{e.strerror or e}"]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"{path_text}: the configuration is not UTF-8 text: {e}"]) from None
-    try:
-        document = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        problem = " ".join(part for part in (e.context, e.problem) if part)
-        raise ConfigError([f"{path_text}:{line}: invalid YAML: {problem}"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{path_text}: invalid YAML: {e}"]) from None
+        document = read_document(path_text)
+    except ConfigFileError as e:
+        where = path_text if e.line is None else f"{path_text}:{e.line}"
+        raise ConfigError([f"{where}: {_clip(e.problem)}"]) from None
     checker = _Checker(path_text, base_dir)
     if document is None:
         document = _Mapping()

@@ -67,10 +67,13 @@ def daemon_types() -> dict[str, str]:
     return names
 
 
-def resolve_type(name: str | type[Daemon]) -> type[Daemon]:
+def resolve_type(name: str | type[Daemon], *,
+                 types: Mapping[str, str] | None = None) -> type[Daemon]:
     """The Daemon class for a short name, "package.module:Class", or a class.
 
-    Raises OptionError("type", ...) saying what is wrong and what is expected.
+    ``types`` is `daemon_types()` read once by a caller resolving many names (reading
+    the entry points costs milliseconds each time). Raises OptionError("type", ...)
+    saying what is wrong and what is expected.
     """
     if isinstance(name, type):
         if issubclass(name, Daemon):
@@ -82,7 +85,8 @@ def resolve_type(name: str | type[Daemon]) -> type[Daemon]:
                     f"got {name!r}")
     target = name
     if ":" not in name:
-        types = daemon_types()
+        if types is None:
+            types = daemon_types()
         if name not in types:
             raise OptionError(
                 "type", f"unknown daemon type {name!r}: expected one of "
