@@ -41,6 +41,20 @@ def ascii_digits(text: str | bytes) -> bool:
     return bool(text) and text.isascii() and text.isdigit()
 
 
+#: What a length of more than 18 digits reads as: over any max_body_bytes (and int()
+#: refuses strings of more than 4,300 digits).
+HUGE_LENGTH = 10**18
+
+
+def parse_length(text: str | bytes) -> int | None:
+    """A length made of ASCII digits as an int (HUGE_LENGTH past 18 digits); else None."""
+    if not ascii_digits(text):
+        return None
+    if len(text) > 18:
+        return HUGE_LENGTH
+    return int(text)
+
+
 def cgi_head(status: str, headers: Headers) -> bytes:
     """The CGI response head FastCGI and SCGI send: a Status line, headers, blank line."""
     parts = ["Status: ", status, "\r\n"]

@@ -28,7 +28,7 @@ from daemonapp.listeners.exchange import (
     QUEUED,
     RUNNING,
     Exchange,
-    ascii_digits,
+    parse_length,
     status_line,
 )
 
@@ -173,10 +173,11 @@ class Dispatcher:
                 monitor.request_limit_reached(f"max_requests ({limit}) reached")
         length = params.get("CONTENT_LENGTH")
         if length:
-            if not ascii_digits(length):
-                self.bad_request(ex, "CONTENT_LENGTH is not a number")
+            size = parse_length(length)
+            if size is None:
+                self.bad_request(ex, f"CONTENT_LENGTH {length[:20]!r} is not a number")
                 return
-            if int(length) > self.max_body_bytes:
+            if size > self.max_body_bytes:
                 self.body_too_large(ex)
                 return
         if ex.body_complete or not self.needs_full_body:

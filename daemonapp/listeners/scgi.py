@@ -22,7 +22,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.listeners.connections import ListenerFactory, TrackedProtocol
-from daemonapp.listeners.exchange import Exchange, Headers, ascii_digits, cgi_head
+from daemonapp.listeners.exchange import (
+    Exchange,
+    Headers,
+    ascii_digits,
+    cgi_head,
+    parse_length,
+)
 
 log = Logger()
 
@@ -231,16 +237,25 @@ class SCGIProtocol(TrackedProtocol):
         params = {items[i].decode("latin-1"): items[i + 1].decode("latin-1")
                   for i in range(0, len(items), 2)}
         length_text = params["CONTENT_LENGTH"]
-        if not ascii_digits(length_text):
-            self._bad_length(f"CONTENT_LENGTH {length_text!r} is not a number")
+        length = parse_length(length_text)
+        if length is None:
+            self._bad_length(f"CONTENT_LENGTH {length_text[:20]!r} is not a number")
             return
+        declared = parse_length(params.get("HTTP_CONTENT_LENGTH", ""))
+        if (declared is not None and declared > length
+                and "HTTP_TRANSFER_ENCODING" not in params):
+            # nginx with scgi_request_buffering off (before nginx/nginx#1118) declares
+            # only the part of the body it had read when it connected (often 0), then
+            # streams the whole body: the client's Content-Length is the real one
+            length = declared
+            params["CONTENT_LENGTH"] = params["HTTP_CONTENT_LENGTH"]
         self.requests_seen += 1
         if params.get(FRONTEND_PARAM) == "1":
             self.exchange = ex = FrontendSCGIExchange(self)
         else:
             self.exchange = ex = SCGIExchange(self)
         ex.params = params
-        self._remaining = int(length_text)
+        self._remaining = length
         if self._remaining > dispatcher.max_body_bytes:
             self._remaining -= min(len(rest), self._remaining)  # dropped (a linger counts)
             dispatcher.params_ready(ex)  # answers 413

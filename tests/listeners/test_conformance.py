@@ -10,12 +10,19 @@ and answers its size, its SHA-256 and ``wsgi.input_terminated``.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import signal
+import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests._env import unavailable
 from tests.listeners.live import (
     LiveListener,
     cgi_answer,
@@ -124,3 +131,117 @@ def test_client_abort_mid_body(served: dict[str, LiveListener], protocol: str) -
     assert live.snapshot()["cancelled"] == before + (protocol != "http")
     data = exchange(live.port, _request(protocol, b"again", mode="readall", chunked=False))
     assert _answer(protocol, data)[::2] == (200, _expected(b"again"))
+
+
+NGINX_CONF = """\
+worker_processes 1;
+{user}
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/client_body;
+  fastcgi_temp_path {tmp}/fastcgi;
+  proxy_temp_path {tmp}/proxy;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  client_max_body_size 32m;
+  upstream fastcgi {{ server unix:{tmp}/fastcgi.sock; keepalive 8; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /fastcgi/ {{
+      include /etc/nginx/fastcgi_params;
+      fastcgi_param PATH_INFO $fastcgi_script_name;
+      fastcgi_param SCRIPT_NAME "";
+      fastcgi_keep_conn on;
+      fastcgi_request_buffering {buffering};
+      fastcgi_pass fastcgi;
+    }}
+    location /scgi/ {{
+      include /etc/nginx/scgi_params;
+      scgi_request_buffering {buffering};
+      scgi_pass unix:{tmp}/scgi.sock;
+    }}
+    location /http/ {{
+      proxy_http_version 1.1;
+      proxy_request_buffering {buffering};
+      proxy_pass http://unix:{tmp}/http.sock:;
+    }}
+  }}
+}}
+"""
+
+
+class _Nginx:
+    """nginx in the foreground in front of the three listeners' unix sockets in ``tmp``."""
+
+    def __init__(self, tmp: str, *, buffering: bool) -> None:
+        binary = shutil.which("nginx") or (
+            "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if binary is None:
+            unavailable("nginx is not installed (apt-get install nginx-light)")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as out:
+            out.write(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "",
+                                        tmp=tmp, port=self.port,
+                                        buffering="on" if buffering else "off"))
+        log = os.path.join(tmp, "nginx-error.log")
+        self.proc = subprocess.Popen(
+            [binary, "-p", tmp, "-c", conf, "-e", log,
+             "-g", f"daemon off; pid {tmp}/nginx.pid; error_log {log} warn;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "nginx exited at start"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("nginx did not start listening")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module", params=["buffered", "streamed"])
+def behind_nginx(request: Any) -> Iterator[_Nginx]:
+    """The three listeners behind nginx, its request buffering on or off."""
+    tmp = tempfile.mkdtemp(prefix="ngx-", dir="/tmp")  # short: unix socket paths
+    started: list[Any] = []
+    try:
+        for protocol in PROTOCOLS:
+            started.append(LiveListener(tmp, protocol=protocol, wsgi=APP, threads=4,
+                                        max_body_bytes="32MiB",
+                                        endpoint=f"unix:{tmp}/{protocol}.sock"))
+        nginx = _Nginx(tmp, buffering=request.param == "buffered")
+        started.append(nginx)
+        yield nginx
+    finally:
+        for item in reversed(started):
+            item.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("mode", ["readn", "readline"])
+@pytest.mark.parametrize("shape", ["small", "2mb", "20mb"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_through_nginx(behind_nginx: _Nginx, protocol: str, shape: str, mode: str,
+                       framing: str) -> None:
+    """Through nginx, buffered or streamed, the app reads the whole body."""
+    body = BODIES[shape]
+    data = exchange(behind_nginx.port, http_request(
+        "POST", f"/{protocol}/read?mode={mode}", body, chunked=framing == "chunked",
+        content_type="application/octet-stream"))
+    status, _headers, answer = cgi_answer(data)
+    assert (status, answer) == (200, _expected(body))

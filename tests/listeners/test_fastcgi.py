@@ -283,6 +283,13 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.assertEqual(listener.snapshot()["bad_request_400"], 1)
 
+    def test_length_of_5000_digits_gets_413(self) -> None:
+        """A CONTENT_LENGTH longer than int() parses (4,300 digits) is over the limit: 413."""
+        listener = make_listener(native="tests.listeners.apps:echo_native")
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST", CONTENT_LENGTH="9" * 5000))
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
+
     def test_too_many_request_ids_per_connection(self) -> None:
         """Past 100 open request ids on one connection, BEGIN gets FCGI_CANT_MPX_CONN."""
         listener = make_listener(native="tests.listeners.apps:hello_native")

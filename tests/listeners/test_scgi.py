@@ -66,6 +66,13 @@ class SCGITests(SynchronousTestCase):
         self.assertTrue(self.transport.value().startswith(b"Status: 400 Bad Request\r\n"))
         self.assertTrue(self.transport.disconnecting)
 
+    def test_unbuffered_nginx_length_is_the_clients(self) -> None:
+        """CONTENT_LENGTH 0 with HTTP_CONTENT_LENGTH 4 (nginx, scgi_request_buffering off,
+        before nginx/nginx#1118): the body is the client's 4 bytes."""
+        self.proto.dataReceived(scgi_request(REQUEST_METHOD="POST", HTTP_CONTENT_LENGTH="4"))
+        self.proto.dataReceived(b"body")
+        self.assertTrue(self.transport.value().endswith(b"Content-Length: 4\r\n\r\nbody"))
+
     def test_header_over_the_limit_gets_431(self) -> None:
         """A header netstring over max_param_bytes is answered 431, then closed."""
         self.proto.dataReceived(b"500:")
