@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from daemonapp._version import __version__
@@ -625,11 +625,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "check":
-        return _check(args)
+        return _printing(_check, args)
     if args.command == "status":
-        return _status(args)
+        return _printing(_status, args)
     parser.print_help()
     return EXIT_CONFIG
+
+
+def _printing(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command that prints; a reader that leaves early (``check FILE | head``)
+    ends it quietly with status 1, as Python's documentation recommends, not with a
+    BrokenPipeError traceback."""
+    try:
+        status = command(args)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        # The interpreter flushes the streams again at exit: point them at /dev/null so
+        # that flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass  # not a real file (a test's capture): nothing will flush it
+        os.close(devnull)
+        return 1
+    return status
 
 
 if __name__ == "__main__":

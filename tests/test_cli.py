@@ -124,6 +124,21 @@ def test_check_reports_errors_with_status_2(tmp_path: Path,
     assert err[2] == f"daemonapp: 2 error(s) in {path}; nothing was started"
 
 
+def test_check_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`daemonapp check FILE | head` (the reader gone) ends with status 1 and no
+    BrokenPipeError traceback."""
+    path = write(tmp_path, SCHEDULE_YAML)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "daemonapp.cli", "check", path],
+                                cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (1, "")
+
+
 def test_check_uses_daemonapp_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Without FILE, check reads DAEMONAPP_CONFIG."""
@@ -420,6 +435,52 @@ def test_second_run_takes_over(short_tmp: Path) -> None:
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 finish(process)
+
+
+@pytest.mark.integration
+def test_a_failed_takeover_leaves_the_running_app_reachable(short_tmp: Path) -> None:
+    """A second run that cannot bind its tcp port exits 1 and takes no path of the first."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    first_yaml = """
+        listeners:
+          - {protocol: scgi, endpoint: "unix:run/a.sock", wsgi: "tests.test_config:app"}
+          - {protocol: scgi, endpoint: "unix:run/b.sock", wsgi: "tests.test_config:app"}
+        daemons:
+          hello: {type: "daemonapp.examples.hello:Hello"}
+    """
+    path = write(short_tmp, first_yaml)
+    first = start(short_tmp, "run", path)
+    try:
+        assert status_of(short_tmp / "var")["pid"] == first.pid
+        before = {name: os.stat(short_tmp / name).st_ino
+                  for name in ("run/a.sock", "run/b.sock", "var/status.sock")}
+        busy_listener = (f'  - {{protocol: http, endpoint: "tcp:{port}:interface=127.0.0.1",'
+                         ' wsgi: "tests.test_config:app"}\n')
+        text = textwrap.dedent(first_yaml).lstrip("\n")
+        (short_tmp / "daemons.yaml").write_text(text.replace("daemons:\n",
+                                                             busy_listener + "daemons:\n"))
+        second = start(short_tmp, "run", path)
+        status, out = finish(second)
+        assert status == 1, out
+        assert "Address already in use" in out
+        after = {name: os.stat(short_tmp / name).st_ino for name in before}
+        assert after == before
+        assert not list((short_tmp / "run").glob("*.new"))
+        assert not list((short_tmp / "var").glob("*.new"))
+        assert status_of(short_tmp / "var")["pid"] == first.pid
+        for name in ("a.sock", "b.sock"):
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(str(short_tmp / "run" / name))
+            client.close()
+        assert first.poll() is None
+    finally:
+        busy.close()
+        first.send_signal(signal.SIGTERM)
+        status, out = finish(first)
+    assert status == 0, out
 
 
 @pytest.mark.integration
