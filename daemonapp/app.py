@@ -210,6 +210,7 @@ class DaemonApp(MultiService):
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:
+        self._prepare_sockets()
         super().startService()  # type: ignore[no-untyped-call]
         now = self.seconds()
         self.started_at = now
@@ -227,6 +228,26 @@ class DaemonApp(MultiService):
             self._soft_timer = self.reactor.callLater(self.stay_alive_for, self._soft_deadline)
         else:
             self._soft_deadline()  # no minimum life: idle exit is decided at start
+
+    def _prepare_sockets(self) -> None:
+        """Bind every socket of every child before any of them takes a path over.
+
+        A child that binds in two steps (a listener, the status socket) has
+        ``prepare()`` and ``abandon()``. When one cannot bind (a port in use), those
+        prepared are abandoned and the error raised: a start that fails leaves a
+        previous process's paths and sockets exactly as they were (DESIGN §4).
+        """
+        prepared: list[Any] = []
+        try:
+            for child in list(self):
+                prepare = getattr(child, "prepare", None)
+                if prepare is not None:
+                    prepare()
+                    prepared.append(child)
+        except Exception:
+            for child in prepared:
+                child.abandon()
+            raise
 
     def stopService(self) -> Deferred[None]:
         """Stop gracefully (idempotent); fires when the stop is over."""

@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import stat
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+
+from daemonapp.unixsocket import PreparedUnix
 
 __all__ = [
     "MAX_STATUS_BYTES",
@@ -100,67 +99,36 @@ class _StatusFactory(Factory):
         self.snapshot = snapshot
 
 
-class _Port(unix.Port):  # type: ignore[misc]
-    """A Unix port bound at ``path.new`` and renamed over ``path`` (no window without a
-    socket), which on close unlinks the path only if it is still its own socket: a
-    successor may have renamed its socket over it meanwhile."""
-
-    def __init__(self, path: str, factory: Factory, reactor: Any) -> None:
-        super().__init__(path.encode(), factory, mode=0o600, reactor=reactor)
-        self._path = path
-        self._identity: tuple[int, int] | None = None
-
-    def startListening(self) -> None:
-        path = self._path
-        temporary = path + ".new"
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        skt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            skt.bind(temporary)
-            os.chmod(temporary, 0o600)
-            skt.listen(16)
-            skt.setblocking(False)
-            os.rename(temporary, path)
-            info = os.stat(path)
-        except OSError:
-            skt.close()
-            raise
-        self._identity = (info.st_dev, info.st_ino)
-        # Let Twisted adopt the socket we bound (it listens and chmods the final path).
-        self._preexistingSocket = skt
-        self._bindPath = path
-        super().startListening()  # type: ignore[no-untyped-call]
-
-    def connectionLost(self, reason: Failure) -> None:
-        try:
-            info = os.stat(self._path)
-            if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == self._identity:
-                os.unlink(self._path)
-        except OSError:
-            pass
-        tcp.Port.connectionLost(self, reason)
-
-
 class StatusService(Service):
     """Serves ``app.snapshot()`` as JSON on a Unix socket (mode 0600)."""
 
     def __init__(self, app: Any, path: str) -> None:
         self.app = app
         self.path = path
-        self._port: _Port | None = None
+        self._port: Any = None  # an OwnedUNIXPort (Twisted's ports are untyped)
+        self._prepared: PreparedUnix | None = None
+
+    def prepare(self) -> None:
+        """Bind ``path.new`` (the app prepares every socket before it takes any over)."""
+        if self._prepared is None:
+            self._prepared = PreparedUnix(self.path, 0o600, 16)
+
+    def abandon(self) -> None:
+        """Undo `prepare`: a failed start leaves the running app's status socket alone."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.abandon()
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        port = _Port(self.path, _StatusFactory(self.app.snapshot), self.app.reactor)
         try:
-            port.startListening()
+            self.prepare()
+            prepared, self._prepared = self._prepared, None
+            assert prepared is not None
+            self._port = prepared.commit(_StatusFactory(self.app.snapshot), self.app.reactor)
         except Exception:
             log.failure("status socket {path} unavailable", path=self.path)
             return
-        self._port = port
         log.info("status socket on {path}", path=self.path)
 
     def stopService(self) -> Deferred[None]:

@@ -623,3 +623,38 @@ class PrivilegedStartTests(SynchronousTestCase):
         out = subprocess.run([sys.executable, "-c", _NO_LATE_IMPORTS], capture_output=True,
                              text=True, timeout=60, check=True).stdout
         self.assertEqual(out.strip(), "[]")
+
+
+class TwoStepBindTests(SynchronousTestCase):
+    """DESIGN §4: every socket is bound before any path is taken over."""
+
+    def test_a_child_that_cannot_bind_abandons_the_others(self) -> None:
+        """When one child cannot prepare, those prepared are abandoned and none started."""
+        from twisted.application.service import Service
+
+        trace: list[str] = []
+
+        class Child(Service):
+            def __init__(self, name: str, fails: bool = False) -> None:
+                self.setName(name)
+                self.fails = fails
+
+            def prepare(self) -> None:
+                if self.fails:
+                    raise OSError(98, "Address already in use")
+                trace.append(f"prepare {self.name}")
+
+            def abandon(self) -> None:
+                trace.append(f"abandon {self.name}")
+
+            def startService(self) -> None:
+                trace.append(f"start {self.name}")
+                super().startService()
+
+        app, _ = make_app()
+        for child in (Child("a"), Child("b"), Child("tcp", fails=True)):
+            child.setServiceParent(app)
+        with self.assertRaises(OSError):
+            app.startService()
+        self.assertEqual(trace, ["prepare a", "prepare b", "abandon a", "abandon b"])
+        self.assertFalse(app.running)

@@ -18,12 +18,12 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from daemonapp.status import (
     StatusService,
-    _Port,
     _StatusFactory,
     fetch_status,
     format_status,
     status_socket_path,
 )
+from daemonapp.unixsocket import PreparedUnix
 
 SNAPSHOT: dict[str, Any] = {
     "pid": 4242,
@@ -80,12 +80,16 @@ def test_a_failing_snapshot_answers_an_error() -> None:
     assert json.loads(transport.value()) == {"error": "snapshot failed"}
 
 
+def _status_port(path: str) -> Any:
+    """The status socket's port, bound as StatusService binds it."""
+    return PreparedUnix(path, 0o600, 16).commit(_StatusFactory(dict), MemoryReactorClock())
+
+
 def test_port_binds_a_private_socket(short_dir: str) -> None:
     """The status socket is a unix socket with mode 0600."""
     directory = short_dir
     path = os.path.join(directory, "status.sock")
-    port = _Port(path, _StatusFactory(dict), MemoryReactorClock())
-    port.startListening()
+    port = _status_port(path)
     try:
         info = os.stat(path)
         assert stat.S_ISSOCK(info.st_mode)
@@ -100,10 +104,8 @@ def test_port_leaves_a_successors_socket_alone(short_dir: str) -> None:
     """A stopping port does not unlink a socket a successor renamed over its path."""
     directory = short_dir
     path = os.path.join(directory, "status.sock")
-    first = _Port(path, _StatusFactory(dict), MemoryReactorClock())
-    first.startListening()
-    second = _Port(path, _StatusFactory(dict), MemoryReactorClock())
-    second.startListening()
+    first = _status_port(path)
+    second = _status_port(path)
     first.connectionLost(None)
     assert stat.S_ISSOCK(os.stat(path).st_mode)
     second.connectionLost(None)

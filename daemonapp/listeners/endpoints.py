@@ -14,19 +14,25 @@
 
 from __future__ import annotations
 
-import grp
 import os
 import socket
-import stat
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, tcp, unix
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from daemonapp.unixsocket import (  # noqa: F401 - re-exported: this module's names before
+    OwnedUNIXPort,
+    PlainUNIXServer,
+    PreparedUnix,
+    from_fd,
+    group_id,
+)
 
 log = Logger()
 
@@ -136,62 +142,6 @@ def parse_endpoint(description: str | None, *, base_dir: str = ".",
     return EndpointSpec("twisted", description)
 
 
-class PlainUNIXServer(unix.Server):  # type: ignore[misc]
-    """A unix connection that reads with ``recv()``.
-
-    Twisted's unix connection reads with ``recvmsg()`` through a wrapper, to receive
-    file descriptors, which a web server never sends; a plain read costs less on
-    every request.
-    """
-
-    doRead = tcp.Connection.doRead  # type: ignore[assignment]
-
-
-class OwnedUNIXPort(unix.Port):  # type: ignore[misc]
-    """A UNIX port over a socket we bound ourselves (or inherited).
-
-    Twisted's Port chmods its path when it starts and unlinks it when it stops; during
-    a zero-downtime handover that would break the new process's socket, so this port
-    does neither: it unlinks ``owned_path`` only while that path is still the socket
-    we bound (same device and inode).
-    """
-
-    transport = PlainUNIXServer
-    owned_path: str | None = None
-    owned_identity: tuple[int, int] | None = None
-
-    def startListening(self) -> None:
-        port: Any = self  # Twisted's Port is untyped
-        skt = port._preexistingSocket
-        port._preexistingSocket = None
-        skt.setblocking(False)  # a blocking accept would hang the reactor
-        port.factory.doStart()
-        port.connected = True
-        port.socket = skt
-        port.fileno = skt.fileno
-        port.numberAccepts = 100
-        port.startReading()
-
-    def connectionLost(self, reason: Failure) -> None:
-        path, identity = self.owned_path, self.owned_identity
-        if path is not None and identity is not None:
-            try:
-                st = os.lstat(path)
-            except OSError:
-                pass
-            else:
-                if (st.st_dev, st.st_ino) == identity:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
-        tcp.Port.connectionLost(self, reason)
-
-def _from_fd(reactor: Any, fd: int, factory: Factory) -> Any:
-    port_class: Any = OwnedUNIXPort
-    return port_class._fromListeningDescriptor(reactor, fd, factory)
-
-
 def _ensure_dir(directory: str, socket_group: str | None) -> None:
     if os.path.isdir(directory):
         return
@@ -201,61 +151,17 @@ def _ensure_dir(directory: str, socket_group: str | None) -> None:
         os.chown(directory, -1, group_id(socket_group))
 
 
-def group_id(name: str) -> int:
-    """The gid of a group given by name or number."""
-    if name.isdigit():
-        return int(name)
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ValueError(f"no such group {name!r}") from None
-
-
 def bind_unix(spec: EndpointSpec, factory: Factory, reactor: Any,
               socket_group: str | None = None) -> OwnedUNIXPort:
     """Bind ``PATH.new`` with the mode, rename it over ``PATH`` and listen on it."""
+    return _prepare_unix(spec, socket_group).commit(factory, reactor)
+
+
+def _prepare_unix(spec: EndpointSpec, socket_group: str | None) -> PreparedUnix:
     path = spec.path
     assert path is not None
     _ensure_dir(os.path.dirname(path) or ".", socket_group)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise OSError(f"{path} exists and is not a socket: refusing to replace it")
-    new = path + ".new"
-    try:
-        if stat.S_ISSOCK(os.lstat(new).st_mode):
-            os.unlink(new)  # left by a process that died between bind and rename
-    except FileNotFoundError:
-        pass
-    skt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        skt.bind(new)
-        try:
-            os.chmod(new, spec.mode)
-            if socket_group is not None:
-                os.chown(new, -1, group_id(socket_group))
-            skt.listen(spec.backlog)
-            skt.setblocking(False)
-            os.rename(new, path)
-        except BaseException:
-            try:
-                os.unlink(new)
-            except OSError:
-                pass
-            raise
-        st = os.lstat(path)
-        port: OwnedUNIXPort = _from_fd(reactor, skt.fileno(), factory)
-    finally:
-        skt.close()  # the port holds its own duplicate
-    port._bindPath = path
-    port.owned_path = path
-    port.owned_identity = (st.st_dev, st.st_ino)
-    port.startListening()
-    log.info("listening on unix:{path} (mode {mode:04o})", path=path, mode=spec.mode)
-    return port
+    return PreparedUnix(path, spec.mode, spec.backlog, socket_group)
 
 
 def is_listening_socket(fd: int) -> bool:
@@ -281,7 +187,7 @@ def adopt_fd(fd: int, factory: Factory, reactor: Any) -> IListeningPort:
         skt.setblocking(False)  # web servers hand over blocking sockets
         family = skt.family
         if family == socket.AF_UNIX:
-            port: Any = _from_fd(reactor, skt.fileno(), factory)
+            port: Any = from_fd(reactor, skt.fileno(), factory)
             port.startListening()
         else:
             port = reactor.adoptStreamPort(skt.fileno(), family, factory)
@@ -299,17 +205,67 @@ def adopt_fd(fd: int, factory: Factory, reactor: Any) -> IListeningPort:
     return result
 
 
+class Prepared:
+    """An endpoint bound as far as it can be without taking over anything (see `prepare`)."""
+
+    def __init__(self, spec: EndpointSpec, factory: Factory, reactor: Any,
+                 socket_group: str | None = None) -> None:
+        self.spec = spec
+        self.factory = factory
+        self.reactor = reactor
+        self.unix: PreparedUnix | None = None
+        self.listening: defer.Deferred[IListeningPort] | None = None
+        if spec.kind == "unix":
+            self.unix = _prepare_unix(spec, socket_group)
+        elif spec.kind != "fd":
+            # A port has no path to take over: bind it now, so that a port in use fails
+            # the start before any unix path is renamed.
+            endpoint = serverFromString(reactor, spec.description)
+            listening: defer.Deferred[IListeningPort] = endpoint.listen(factory)
+            if listening.called and isinstance(listening.result, Failure):
+                failure: Failure = listening.result
+                listening.addErrback(lambda _: None)  # raised here instead
+                failure.raiseException()
+            self.listening = listening
+
+    def commit(self) -> defer.Deferred[IListeningPort]:
+        """Take the endpoint over and listen (usually fired already)."""
+        spec = self.spec
+        try:
+            if self.unix is not None:
+                unix_port = self.unix.commit(self.factory, self.reactor)
+                log.info("listening on unix:{path} (mode {mode:04o})", path=spec.path,
+                         mode=spec.mode)
+                return defer.succeed(unix_port)
+            if spec.kind == "fd":
+                assert spec.fd is not None
+                return defer.succeed(adopt_fd(spec.fd, self.factory, self.reactor))
+        except Exception:
+            return defer.fail()
+        assert self.listening is not None
+        return self.listening
+
+    def abandon(self) -> None:
+        """Undo `prepare`: close what was bound; no path of another process changes."""
+        if self.unix is not None:
+            self.unix.abandon()
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            listening.addCallback(lambda port: port.stopListening())
+            listening.addErrback(lambda f: None)
+
+
+def prepare(spec: EndpointSpec, factory: Factory, reactor: Any,
+            socket_group: str | None = None) -> Prepared:
+    """Bind without taking over: unix at ``PATH.new``, ports for real; raises on errors."""
+    return Prepared(spec, factory, reactor, socket_group)
+
+
 def listen(spec: EndpointSpec, factory: Factory, reactor: Any,
            socket_group: str | None = None) -> defer.Deferred[IListeningPort]:
     """Start listening; the Deferred has usually fired already (unix, fd, tcp)."""
     try:
-        if spec.kind == "unix":
-            return defer.succeed(bind_unix(spec, factory, reactor, socket_group))
-        if spec.kind == "fd":
-            assert spec.fd is not None
-            return defer.succeed(adopt_fd(spec.fd, factory, reactor))
-        endpoint = serverFromString(reactor, spec.description)
+        prepared = prepare(spec, factory, reactor, socket_group)
     except Exception:
         return defer.fail()
-    result: defer.Deferred[IListeningPort] = endpoint.listen(factory)
-    return result
+    return prepared.commit()

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.interfaces import IActivityMonitor, IListener
-from daemonapp.listeners.endpoints import EndpointSpec, listen
+from daemonapp.listeners.endpoints import EndpointSpec, Prepared, prepare
 from daemonapp.listeners.limits import Dispatcher
 
 #: Seconds a connection accepted but still silent is waited for during a drain.
@@ -57,6 +57,7 @@ class Listener(service.Service):
         self._drained: defer.Deferred[None] | None = None
         self._quiet: dict[Any, tuple[int, float]] = {}
         self._drain_waiters: list[defer.Deferred[None]] = []
+        self._prepared: Prepared | None = None
 
     @property
     def in_flight(self) -> int:
@@ -67,6 +68,22 @@ class Listener(service.Service):
         """Report requests to ``monitor``."""
         self.dispatcher.monitor = monitor
 
+    def prepare(self) -> None:
+        """Bind without taking over any path yet (unix at PATH.new; ports for real).
+
+        The app prepares every listener before it starts any, so a start that fails
+        (a port in use) leaves a previous process's sockets as they were.
+        """
+        if self._prepared is None:
+            self._prepared = prepare(self.endpoint, self.factory, self.reactor,
+                                     self.socket_group)
+
+    def abandon(self) -> None:
+        """Undo `prepare` (the start failed elsewhere)."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.abandon()
+
     def startService(self) -> None:
         """Bind the endpoint (unix, fd and tcp bind at once; errors raise here)."""
         service.Service.startService(self)
@@ -76,7 +93,15 @@ class Listener(service.Service):
         if self.app is not None and hasattr(self.app, "start"):
             self.app.start()
         result: list[object] = []
-        listening = listen(self.endpoint, self.factory, self.reactor, self.socket_group)
+        listening: defer.Deferred[IListeningPort]
+        try:
+            self.prepare()
+        except Exception:
+            listening = defer.fail()
+        else:
+            prepared, self._prepared = self._prepared, None
+            assert prepared is not None
+            listening = prepared.commit()
         listening.addBoth(result.append)
         if result:
             outcome = result[0]
