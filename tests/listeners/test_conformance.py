@@ -245,3 +245,48 @@ def test_through_nginx(behind_nginx: _Nginx, protocol: str, shape: str, mode: st
         content_type="application/octet-stream"))
     status, _headers, answer = cgi_answer(data)
     assert (status, answer) == (200, _expected(body))
+
+
+def test_drain_after_a_timeout_with_unread_body(tmp_path: Any) -> None:
+    """After a 504 for an app that did not read its body, a drain ends within seconds.
+
+    The peer (FastCGI, keep-alive) stays connected and silent after the answer, as
+    nginx may; the listener had paused it mid-record for the app.
+    """
+    import threading
+
+    from tests.listeners import apps
+
+    release = threading.Event()
+    apps.GATE = release
+    live = LiveListener(str(tmp_path), protocol="fastcgi",
+                        wsgi="tests.listeners.apps:gated_wsgi", threads=2,
+                        request_timeout="0.5s")
+    sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+    try:
+        params = nginx_params("POST", "/slow", length=2_000_000)
+        parts = fastcgi_request(params, BODIES["2mb"][:1_500_000], keep_conn=True, end=False)
+        data = b""
+        sock.settimeout(2)
+        for part in parts:
+            for pos in range(0, len(part), 65536):
+                try:
+                    sock.sendall(part[pos:pos + 65536])
+                except TimeoutError:
+                    break  # paused by the listener: the kernel buffers are full
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + 10
+        while b"\x01\x03\x00\x01" not in data and time.monotonic() < deadline:
+            try:
+                data += sock.recv(65536)
+            except TimeoutError:
+                pass
+        status, _, _ = cgi_answer(fastcgi_answer(data)[0])
+        assert status == 504
+        started = time.monotonic()
+        assert live.drain(timeout=5.0)
+        assert time.monotonic() - started < 3.0
+    finally:
+        release.set()
+        sock.close()
+        live.stop()
