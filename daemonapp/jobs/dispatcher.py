@@ -239,9 +239,9 @@ class _StoreHealth:
                      "outcomes are kept and retried, LISTEN is re-established when it is back",
                      name=self.name, error=_last_line(str(error)) or type(error).__name__)
 
-    def ok(self) -> bool:
-        """Note a call that worked; True when it ends an outage."""
-        if self.down_since is None:
+    def ok(self, began: float) -> bool:
+        """Note a call begun at ``began`` that worked; True when it ends an outage."""
+        if self.down_since is None or began < self.down_since:
             return False
         log.info("job dispatcher {name}: the job store is available again after "
                  "{seconds:.1f} s ({failures} call(s) failed meanwhile)", name=self.name,
@@ -478,15 +478,19 @@ class JobDispatcher(Daemon):
     def _store_call(self, func: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """A store call in the pool whose outcome tells _StoreHealth whether it answers."""
 
+        # Only a call begun after the outage began can say it is over: one that was
+        # already under way (or never needed the server) proves nothing.
+        began = self._now()
+
         def answered(result: Any) -> Any:
-            if self._health.ok():
+            if self._health.ok(began):
                 self._store_back()
             return result
 
         def failed(failure: Failure) -> Failure:
             if is_unavailable(failure.value):
                 self._health.failed(failure.value)
-            elif failure.check(StaleLease) and self._health.ok():
+            elif failure.check(StaleLease) and self._health.ok(began):
                 self._store_back()
             return failure
 
