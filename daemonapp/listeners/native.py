@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daemonapp.listeners.exchange import Exchange, Headers, status_line
+from daemonapp.listeners.exchange import Exchange, Headers, ascii_digits, status_line
 
 log = Logger()
 
@@ -92,7 +92,12 @@ def normalize_response(result: object) -> tuple[str, Headers, bytes]:
     if isinstance(status, int):
         status_text = status_line(status)
     elif isinstance(status, str):
-        status_text = status_line(int(status)) if status.isdigit() else status
+        if ascii_digits(status) and len(status) == 3:
+            status_text = status_line(int(status))
+        elif ascii_digits(status[:3]) and status[3:4] == " ":
+            status_text = status
+        else:
+            raise TypeError(f'status must be like 404 or "404 Not Found", got {status!r}')
     else:
         raise TypeError(f"status must be an int or a status line, got {status!r}")
     if isinstance(body, str):

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daemonapp.listeners.exchange import Exchange, Headers
+from daemonapp.listeners.exchange import Exchange, Headers, ascii_digits
 
 log = Logger()
 
@@ -377,7 +377,7 @@ class _WSGICall:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called twice without exc_info")
-        if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit():
+        if not isinstance(status, str) or len(status) < 4 or not ascii_digits(status[:3]):
             raise AssertionError(f"WSGI status must be a str like '200 OK', got {status!r}")
         checked: Headers = []
         for pair in headers:

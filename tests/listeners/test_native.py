@@ -35,6 +35,11 @@ class NormalizeTests(SynchronousTestCase):
         """A status line string is kept as given."""
         self.assertEqual(normalize_response(("299 Custom", [], b""))[0], "299 Custom")
 
+    def test_status_in_other_digits_raises(self) -> None:
+        """A status of "²00" (str.isdigit() says yes) is refused, not sent as a status."""
+        self.assertRaises(TypeError, normalize_response, ("\u00b200 OK", [], b""))
+        self.assertRaises(TypeError, normalize_response, ("\u00b2", [], b""))
+
     def test_other_types_raise(self) -> None:
         """Anything else is a TypeError."""
         self.assertRaises(TypeError, normalize_response, 42)
