@@ -394,3 +394,17 @@ class RealReactorLeaseTests(TestCase):
         row = self.db.row("job")
         assert row is not None
         self.assertEqual(row[:3], (second.backend.holder, 2, False))
+
+
+@pytest.mark.integration
+def test_fault_script_short_run_outage_is_quiet_and_exclusive() -> None:
+    """bench/faults_locks.py, short: a 2 s outage under two apps: no overlap, a few lines."""
+    _connect().close()  # fails under CI=true, skips elsewhere, when PostgreSQL is down
+    script = Path(__file__).resolve().parent.parent / "bench" / "faults_locks.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--outage", "2.5", "--outages", "1", "--settle", "2",
+         "--ttl", "3"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "overlapping runs: 0" in result.stdout
+    per_outage = float(result.stdout.split("lock log lines per outage per app: ")[1].split()[0])
+    assert per_outage <= 5, result.stdout
