@@ -15,8 +15,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from daemonapp.unixsocket import PreparedUnix
 
@@ -71,12 +72,20 @@ def spawned_status_sockets(state_dir: str) -> list[tuple[int, str]]:
         return []
     for name in names:
         middle = name[len("status."):-len(".sock")]
-        if name.startswith("status.") and name.endswith(".sock") and middle.isdigit():
+        if (name.startswith("status.") and name.endswith(".sock") and middle.isascii()
+                and middle.isdigit()):
             found.append((int(middle), os.path.join(state_dir, name)))
     return sorted(found)
 
 
+#: Seconds a status client has to read its answer; one that never reads is cut off, so
+#: it holds neither a connection nor the snapshot's bytes for longer.
+STATUS_WRITE_TIMEOUT = 10.0
+
+
 class _StatusProtocol(Protocol):
+    _deadline: Any = None
+
     def connectionMade(self) -> None:
         factory = self.factory
         assert isinstance(factory, _StatusFactory)
@@ -89,14 +98,30 @@ class _StatusProtocol(Protocol):
         assert self.transport is not None
         self.transport.write(data)
         self.transport.loseConnection()
+        if factory.reactor is not None:
+            self._deadline = factory.reactor.callLater(STATUS_WRITE_TIMEOUT, self._cut_off)
+
+    def dataReceived(self, data: bytes) -> None:
+        pass  # nothing is read from a status client: garbage changes nothing
+
+    def _cut_off(self) -> None:
+        self._deadline = None
+        transport: Any = self.transport  # an ITCPTransport: it can abort
+        transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
 
 class _StatusFactory(Factory):
     protocol = _StatusProtocol
     noisy = False
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, snapshot: Callable[[], dict[str, Any]], reactor: Any = None) -> None:
         self.snapshot = snapshot
+        self.reactor = reactor
 
 
 class StatusService(Service):
@@ -125,7 +150,8 @@ class StatusService(Service):
             self.prepare()
             prepared, self._prepared = self._prepared, None
             assert prepared is not None
-            self._port = prepared.commit(_StatusFactory(self.app.snapshot), self.app.reactor)
+            factory = _StatusFactory(self.app.snapshot, self.app.reactor)
+            self._port = prepared.commit(factory, self.app.reactor)
         except Exception:
             log.failure("status socket {path} unavailable", path=self.path)
             return

@@ -69,6 +69,23 @@ def test_protocol_writes_the_snapshot_and_closes() -> None:
     assert transport.disconnecting
 
 
+def test_a_client_that_never_reads_is_cut_off() -> None:
+    """A status client that reads nothing (and sends garbage) is aborted after 10 s."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    protocol = _StatusFactory(lambda: {"pid": 1}, clock).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"\x00garbage" * 1000)
+    clock.advance(9.9)
+    assert not transport.disconnected
+    clock.advance(0.1)
+    assert transport.disconnected  # abortConnection: the unread answer is dropped
+    protocol.connectionLost(None)  # type: ignore[arg-type]
+    assert clock.getDelayedCalls() == []
+
+
 def test_a_failing_snapshot_answers_an_error() -> None:
     """When the snapshot raises, the client still gets a JSON answer."""
     def broken() -> dict[str, Any]:
