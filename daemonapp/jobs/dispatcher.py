@@ -148,6 +148,7 @@ class _Run:
         self.record: tuple[str, str | None, float | None] | None = None
         self.record_call: Any = None
         self.record_delay = OUTCOME_RETRY_FIRST
+        self.record_tries = 0  # writes of the outcome tried so far
 
     def status(self) -> dict[str, Any]:
         percent, message = self.latest or self.persisted or (0.0, "")
@@ -689,6 +690,10 @@ class JobDispatcher(Daemon):
         store = self.store
         final = run.latest if run.latest != run.persisted else None
 
+        # A second try repeats a write whose answer may have been lost with the store.
+        resent = run.record_tries > 0
+        run.record_tries += 1
+
         def write() -> str | None:
             if final is not None and outcome in ("done", "error"):
                 try:
@@ -698,14 +703,14 @@ class JobDispatcher(Daemon):
                 except StaleLease:
                     pass
             if outcome == "done":
-                store.complete(job.id, job.token)
+                store.complete(job.id, job.token, resent=resent)
                 return "done"
             if outcome == "release":
-                store.release(job.id, job.token)
+                store.release(job.id, job.token, resent=resent)
                 return "pending"
             if outcome == "error":
                 assert error is not None
-                state: str = store.fail(job.id, job.token, error, retry_at)
+                state: str = store.fail(job.id, job.token, error, retry_at, resent=resent)
                 return state
             return None
 

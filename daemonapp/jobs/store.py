@@ -281,10 +281,11 @@ class _SQLJobStore(ABC):
         """Apply ``assignments`` (a template) to the running job held with ``token``;
         its new state.
 
-        ``landed``: the states this change leads to. A job found in one of them with
-        the same token got this very change from an earlier call whose answer was lost
-        (the connection broke after the commit): the retry answers as that call would
-        have, so recording an outcome twice is harmless.
+        ``landed``: given only for a call that repeats one whose answer was lost (the
+        connection broke after the commit), the states that change leads to. A job
+        found in one of them with the same token got this very change from the earlier
+        call: the repeat answers as it would have. Without it, a second call with the
+        same token is refused (StaleLease), as DESIGN §6 says of any stale token.
         """
         with self._tx() as conn:
             row = conn.execute(self._sql(
@@ -309,13 +310,18 @@ class _SQLJobStore(ABC):
         self._update_held(job_id, token, "percent = {p}, message = {p}",
                           (clamp_percent(percent), cap_message(message)))
 
-    def complete(self, job_id: int, token: int) -> None:
-        """Mark the job done; StaleLease when the lease is lost (a late completion)."""
+    def complete(self, job_id: int, token: int, *, resent: bool = False) -> None:
+        """Mark the job done; StaleLease when the lease is lost (a late completion).
+
+        ``resent=True`` repeats a call whose answer was lost: when that one landed,
+        this answers as it did instead of raising (so do ``fail`` and ``release``).
+        """
         self._update_held(job_id, token,
                           "state = 'done', holder = NULL, lease_expires = NULL, error = NULL", (),
-                          landed=("done",))
+                          landed=("done",) if resent else ())
 
-    def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None) -> str:
+    def fail(self, job_id: int, token: int, error: str, retry_at: float | None = None, *,
+             resent: bool = False) -> str:
         """Record a failed attempt: pending again (at ``retry_at``, else at once) while
         attempts are left, else failed. Returns the new state ("pending" or "failed")."""
         due = absolute_time(retry_at)
@@ -324,14 +330,15 @@ class _SQLJobStore(ABC):
             """state = CASE WHEN attempts < max_attempts THEN 'pending' ELSE 'failed' END,
                run_after = coalesce({at}, {now}), holder = NULL, lease_expires = NULL,
                error = {p}""",
-            (due, cap_error(error)), landed=("pending", "failed"))
+            (due, cap_error(error)), landed=("pending", "failed") if resent else ())
 
-    def release(self, job_id: int, token: int) -> None:
+    def release(self, job_id: int, token: int, *, resent: bool = False) -> None:
         """Put a running job back to pending and give its attempt back (graceful stop)."""
         self._update_held(
             job_id, token,
             """state = 'pending', attempts = {greatest}(attempts - 1, 0), holder = NULL,
-               lease_expires = NULL, run_after = {now}""", (), landed=("pending",))
+               lease_expires = NULL, run_after = {now}""", (),
+            landed=("pending",) if resent else ())
 
     def cancel(self, job_id: int) -> bool:
         """Cancel a pending or running job; False when it had already ended or is unknown."""

@@ -453,22 +453,31 @@ def test_postgres_reconnects_after_connection_loss(pg_url: str) -> None:
 
 
 def test_outcome_written_again_after_lost_answer(store: Any) -> None:
-    """complete(), fail() and release() retried with the same token (the first answer was
+    """complete(), fail() and release() resent with the same token (the first answer was
     lost with the connection) answer as the first call did instead of raising."""
     done_id = store.submit("k", {})
     job = store.claim("h")
     store.complete(job.id, job.token)
-    store.complete(job.id, job.token)
+    store.complete(job.id, job.token, resent=True)
     store.submit("k", {}, max_attempts=2)
     failing = store.claim("h")
     assert [store.fail(failing.id, failing.token, "boom"),
-            store.fail(failing.id, failing.token, "boom")] == ["pending", "pending"]
+            store.fail(failing.id, failing.token, "boom", resent=True)] == ["pending", "pending"]
     again = store.claim("h")
     store.release(again.id, again.token)
-    store.release(again.id, again.token)
+    store.release(again.id, again.token, resent=True)
     assert [store.get(i).state for i in (done_id, failing.id)] == ["done", "pending"]
     with pytest.raises(StaleLease):
-        store.complete(again.id, again.token)  # released: not this token's to complete
+        store.complete(again.id, again.token, resent=True)  # released: not this token's
+
+
+def test_outcome_written_twice_without_resent_is_stale(store: Any) -> None:
+    """DESIGN §6: a second complete() with the same token is a stale call (StaleLease)."""
+    store.submit("k", {})
+    job = store.claim("h")
+    store.complete(job.id, job.token)
+    with pytest.raises(StaleLease):
+        store.complete(job.id, job.token)
 
 
 def test_busy_expired_lease_not_claimed(store: Any) -> None:
