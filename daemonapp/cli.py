@@ -27,10 +27,12 @@ from daemonapp.config import (
     build_listeners,
     load_config,
     nested_options,
+    prepare_state_dir,
     resolve_daemon_type,
     stop_unless_listening,
     unix_socket_path,
 )
+from daemonapp.state_dir import ensure_private_subdir
 
 __all__ = ["EXIT_CONFIG", "main"]
 
@@ -51,12 +53,17 @@ def _config_path(given: str | None) -> str | None:
     return given or os.environ.get(ENV_CONFIG) or None
 
 
-def _load(path: str | None, command: str) -> Config | int:
+def _load(path: str | None, command: str, *, check_state_dir: bool = False) -> Config | int:
+    """The config of ``path``, or EXIT_CONFIG once its errors are printed.
+
+    ``check_state_dir`` for run and check: state_dir and the log file's directory are
+    checked as the app will find them, so both report the same errors.
+    """
     if path is None:
         _error(f"{command}: a configuration file is required (FILE, or set {ENV_CONFIG})")
         return EXIT_CONFIG
     try:
-        return load_config(path)
+        return load_config(path, check_state_dir=check_state_dir)
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)
@@ -125,7 +132,7 @@ def _print_table(headers: list[str], rows: list[list[str]], out: IO[str]) -> Non
 
 
 def _check(args: argparse.Namespace) -> int:
-    loaded = _load(_config_path(args.config), "check")
+    loaded = _load(_config_path(args.config), "check", check_state_dir=True)
     if isinstance(loaded, int):
         return loaded
     config = loaded
@@ -386,7 +393,7 @@ class PidEntries:
 
     def write(self, *, spawned: bool = False) -> None:
         """This process's entry; ``spawned`` marks one that a web server owns."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        ensure_private_subdir(os.path.dirname(self.directory), PIDS_DIR)
         entry = {"pid": self.pid, "start": _process_start(self.pid) or "",
                  "config": self.config_path, "argv": sys.argv, "spawned": spawned}
         temporary = self.path + ".tmp"
@@ -498,6 +505,13 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        # before the log: a log file in state_dir needs it, and refusals are config errors
+        prepare_state_dir(config)
+    except ConfigError as e:
+        for message in e.messages:
+            print(message, file=sys.stderr)
+        return EXIT_CONFIG
     settings = config.app.log
     try:
         target = start_logging(format=settings.format, level=settings.level,
@@ -572,7 +586,7 @@ def _run(args: argparse.Namespace) -> int:
     inherited = fd0_is_listening()
     if not inherited and os.environ.get("GATEWAY_INTERFACE"):
         return _serve_cgi(path)
-    loaded = _load(path, "run")
+    loaded = _load(path, "run", check_state_dir=True)
     if isinstance(loaded, int):
         return loaded
     return run_config(loaded, inherited=inherited)

@@ -21,6 +21,12 @@ from daemonapp.configfile import ConfigFileError, LineMapping, LineSequence, rea
 from daemonapp.daemon import Daemon, OptionError
 from daemonapp.daemons._build import BUNDLED_DAEMONS, class_options, daemon_types, resolve_type
 from daemonapp.durations import parse_duration
+from daemonapp.state_dir import (
+    StateDirError,
+    ensure_state_dir,
+    path_problems,
+    state_dir_problems,
+)
 
 if TYPE_CHECKING:
     from daemonapp.app import DaemonApp
@@ -41,6 +47,7 @@ __all__ = [
     "ensure_state_dir",
     "load_config",
     "nested_options",
+    "prepare_state_dir",
     "resolve_daemon_type",
     "stop_unless_listening",
     "unix_socket_path",
@@ -66,6 +73,8 @@ LOG_LEVEL_ALIASES = {"warning": "warn"}
 MAX_SHOWN_VALUE = 200
 MAX_SHOWN_KEY = 200
 MAX_MESSAGE = 2000
+#: A lock's flock file, NAME.lock, is one file name (255 bytes at most).
+MAX_LOCK_NAME_BYTES = 250
 
 _PATH_NAMES = frozenset({"path", "directory", "dir", "file", "base_directory", "base_dir"})
 _PATH_SUFFIXES = ("_path", "_dir", "_directory", "_file")
@@ -153,6 +162,8 @@ class AppSettings:
     time_slice: float = 0.010
     log: LogSettings = field(default_factory=LogSettings)
     locks: LockSettings = field(default_factory=LockSettings)
+    #: Where state_dir was set (0: the default ./var): run-time errors point there.
+    state_dir_line: int = 0
 
 
 @dataclass(frozen=True)
@@ -510,6 +521,7 @@ class _Validator:
             time_slice=get(section, "time_slice", "app", _positive_duration, 0.010),
             log=log_settings,
             locks=lock_settings,
+            state_dir_line=_line(section, "state_dir") if "state_dir" in section else 0,
         )
 
     # ------------------------------------------------------------ daemons
@@ -652,6 +664,13 @@ class _Validator:
             except (TypeError, ValueError) as e:
                 self.check.error(_line(body, key), f"{prefix}.{key}", str(e))
                 ok = False
+        lock = options.get("lock")
+        # the flock file is state_dir/locks/NAME.lock: one file name, at most 255 bytes
+        if isinstance(lock, str) and len(lock.encode()) > MAX_LOCK_NAME_BYTES:
+            self.check.error(_line(body, "lock"), f"{prefix}.lock",
+                             f"a lock name has at most {MAX_LOCK_NAME_BYTES} bytes (its file "
+                             f"is locks/NAME.lock), got {len(lock.encode()):,}")
+            ok = False
         return ok
 
     # ---------------------------------------------------------- listeners
@@ -751,6 +770,36 @@ class _Validator:
                 self.check.error(spec.line, prefix, f"cannot build this listener: "
                                  f"{type(e).__name__}: {e}")
 
+    # -------------------------------------------------------------- paths
+
+    def paths(self, app: AppSettings, app_line: int, listeners: tuple[ListenerSpec, ...],
+              on_disk: bool, owners: Iterable[int]) -> None:
+        """state_dir and the log file: lengths always; ``on_disk``, what `run` will find."""
+        check = self.check
+        state_line = app.state_dir_line or app_line
+        spawned = any(spec.protocol == "fastcgi" and spec.endpoint in (None, "fd:0")
+                      for spec in listeners)
+        if on_disk:
+            problems = state_dir_problems(app.state_dir, owners=owners, spawned=spawned)
+        else:
+            problems = path_problems(app.state_dir, what="state_dir")
+        for problem in problems:
+            check.error(state_line, "app.state_dir", problem)
+        log_file = app.log.file
+        if log_file is None:
+            return
+        section = self.check.root.get("app") if self.check.root is not None else None
+        log_section = section.get("log") if isinstance(section, Mapping) else None
+        log_line = _line(log_section, "file") if isinstance(log_section, Mapping) else app_line
+        for problem in path_problems(log_file, what="the log file"):
+            check.error(log_line, "app.log.file", problem)
+        directory = os.path.dirname(log_file)
+        # `run` creates state_dir before it opens the log, and nothing else.
+        if on_disk and directory != app.state_dir and not os.path.isdir(directory):
+            check.error(log_line, "app.log.file",
+                        f"the directory {directory} does not exist: create it, or keep the "
+                        "log in state_dir (created by `daemonapp run`)")
+
     # ---------------------------------------------------------------- cgi
 
     def cgi(self, raw: object, line: int, listeners: tuple[ListenerSpec, ...]) -> CgiSettings:
@@ -817,8 +866,15 @@ class _ListenersUnavailable(Exception):
     """daemonapp.listeners (or one of its dependencies) cannot be imported."""
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a configuration file; raise ConfigError with every error."""
+def load_config(path: str | os.PathLike[str], *, check_state_dir: bool = False,
+                owners: Iterable[int] = ()) -> Config:
+    """Read and validate a configuration file; raise ConfigError with every error.
+
+    ``check_state_dir``: also look at the file system as `daemonapp run` will (for
+    ``check``, ``run`` and twistd): state_dir must be private, ours and no symlink
+    (``owners``: uids allowed to own it besides the effective one, twistd's --uid),
+    and a log file's directory must exist or be state_dir. Nothing is written.
+    """
     path_text = os.fspath(path)
     base_dir = os.path.dirname(os.path.abspath(path_text))
     try:
@@ -845,6 +901,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     daemons = validator.daemons(root.get("daemons"), _line(root, "daemons"))
     validator.try_listeners(listeners, daemons, app.state_dir)
     cgi = validator.cgi(root.get("cgi"), _line(root, "cgi"), listeners)
+    validator.paths(app, _line(root, "app") or 1, listeners, check_state_dir, owners)
     if checker.messages:
         raise ConfigError([message for _, message in
                            sorted(checker.messages, key=lambda item: item[0])])
@@ -855,22 +912,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 # ----------------------------------------------------------------------- building
 
 
-def ensure_state_dir(path: str) -> str:
-    """Create the private state directory (0700) when missing; return it.
-
-    An existing one of ours that others may enter is made private again (with a
-    warning): it holds locks, pid entries, the status socket and the job database.
-    """
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.stat(path)
-    if info.st_mode & 0o077 and info.st_uid == os.geteuid():
-        os.chmod(path, 0o700)
-        from twisted.logger import Logger
-
-        Logger(namespace="daemonapp.config").warn(
-            "state_dir {path} was open to others ({mode:04o}); made it 0700",
-            path=path, mode=info.st_mode & 0o7777)
-    return path
+def prepare_state_dir(config: Config, *, owners: Iterable[int] = ()) -> str:
+    """Create (0700) and check the config's state_dir; ConfigError (FILE:LINE:
+    app.state_dir: ...) when it is refused (a symlink, open to writes by others,
+    another user's, a path too long)."""
+    try:
+        return ensure_state_dir(config.app.state_dir, owners=owners)
+    except StateDirError as e:
+        line = config.app.state_dir_line or 1
+        raise ConfigError([f"{config.path}:{line}: app.state_dir: {e}"]) from None
 
 
 def build_listeners(config: Config, app: DaemonApp, *,
@@ -909,10 +959,11 @@ def build_listeners(config: Config, app: DaemonApp, *,
 
 def build_app(config: Config, *, reactor: Any = None, status_server: bool | None = None,
               status_socket: str | None = None, listeners: bool = True,
-              **app_overrides: Any) -> DaemonApp:
+              owners: Iterable[int] = (), **app_overrides: Any) -> DaemonApp:
     """Build the DaemonApp a Config describes: daemons, listeners, status socket.
 
-    Creates the state directory (0700). ``app_overrides`` are DaemonApp keywords
+    Creates the state directory (0700) with `prepare_state_dir`. ``app_overrides`` are
+    DaemonApp keywords
     (``stop_reactor=False``, ``clock=``, ...). ``status_server`` None means: serve
     the status socket when the reactor can listen on Unix sockets; ``status_socket``
     its path (default ``state_dir/status.sock``).
@@ -920,7 +971,7 @@ def build_app(config: Config, *, reactor: Any = None, status_server: bool | None
     from daemonapp.app import DaemonApp
 
     settings = config.app
-    ensure_state_dir(settings.state_dir)
+    prepare_state_dir(config, owners=owners)
     kwargs: dict[str, Any] = {
         "stay_alive_for": settings.stay_alive_for,
         "shutdown_after": settings.shutdown_after,

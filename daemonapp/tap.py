@@ -50,7 +50,8 @@ class Options(usage.Options):
                                    f"(or set {ENV_CONFIG})")
         self["config"] = path
         try:
-            self.config = load_config(path)
+            self.config = load_config(path, check_state_dir=True,
+                                      owners=_state_dir_owners(self))
         except ConfigError as e:
             raise usage.UsageError(
                 f"{len(e.messages)} error(s) in {path}:\n" + "\n".join(e.messages)) from None
@@ -75,21 +76,35 @@ def _remember_status(status: int) -> int:
     return status
 
 
+def _switched_ids(options: usage.Options) -> tuple[int | None, int | None]:
+    """twistd's --uid and --gid when root will switch to them, else (None, None)."""
+    parent = getattr(options, "parent", None)
+    if parent is None or os.getuid() != 0:
+        return None, None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is not None and gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return uid, gid
+
+
+def _state_dir_owners(options: usage.Options) -> tuple[int, ...]:
+    """Who may own state_dir besides us: the --uid that root hands it over to."""
+    uid, _ = _switched_ids(options)
+    return () if uid is None else (uid,)
+
+
 def _hand_over_state_dir(options: Options, state_dir: str) -> None:
     """Give the state directory to twistd's --uid/--gid.
 
     makeService runs before twistd sheds its privileges, so a state_dir created
     here by root would be closed to the app once it runs as --uid.
     """
-    parent = getattr(options, "parent", None)
-    if parent is None or os.getuid() != 0:
-        return
-    uid, gid = parent.get("uid"), parent.get("gid")
+    uid, gid = _switched_ids(options)
     if uid is None and gid is None:
         return
-    if uid is not None and gid is None:
-        gid = pwd.getpwuid(uid).pw_gid
-    os.chown(state_dir, -1 if uid is None else uid, -1 if gid is None else gid)
+    # build_app checked it is no symlink; never follow one swapped in since
+    os.chown(state_dir, -1 if uid is None else uid, -1 if gid is None else gid,
+             follow_symlinks=False)
 
 
 def makeService(options: Options) -> IService:
@@ -97,7 +112,8 @@ def makeService(options: Options) -> IService:
     config = options.config
     if config is None:  # postOptions was bypassed (a test calling makeService directly)
         config = load_config(options["config"])
-    app = build_app(config, stop_reactor=True, handle_signals=True)
+    app = build_app(config, stop_reactor=True, handle_signals=True,
+                    owners=_state_dir_owners(options))
     _hand_over_state_dir(options, config.app.state_dir)
     app.when_ended().addCallback(_remember_status)
     # callLater(0): after twistd has started the application and its listeners bound.
