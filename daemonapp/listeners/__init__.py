@@ -21,6 +21,9 @@ from daemonapp.interfaces import IListener
 from daemonapp.listeners.endpoints import parse_endpoint, parse_mode
 from daemonapp.listeners.limits import (
     DEFAULT_BACKLOG,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PARAM_BYTES,
     DEFAULT_QUEUE_TIMEOUT,
@@ -182,6 +185,9 @@ LISTENER_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "max_requests_jitter": _int(0),
     "allow_from": _allow_from,
     "script_name": _script_name,
+    "header_timeout": _duration(positive=True),
+    "body_timeout": _duration(positive=True),
+    "idle_timeout": _duration(positive=True),
     "socket_group": _group,
     "mode": parse_mode,
 }
@@ -276,6 +282,9 @@ def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
         max_requests=values.get("max_requests"),
         max_requests_jitter=values.get("max_requests_jitter", 0),
         script_name=values.get("script_name"),
+        header_timeout=values.get("header_timeout", DEFAULT_HEADER_TIMEOUT),
+        body_timeout=values.get("body_timeout", DEFAULT_BODY_TIMEOUT),
+        idle_timeout=values.get("idle_timeout", DEFAULT_IDLE_TIMEOUT),
         jobs_status=jobs_status if jobs else None,
     )
     allow_from = values.get("allow_from")

@@ -23,6 +23,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: the web server's writes makes it fail the request (Apache's mod_proxy_fcgi: EPIPE
 #: "sending empty stdin", then its own 503) instead of relaying our answer.
 LINGER_TIMEOUT = 5.0
+#: Seconds between two looks at the connections' read timeouts (header, body, idle).
+SWEEP_EVERY = 1.0
 
 
 class TrackedProtocol(Protocol):
@@ -113,6 +115,21 @@ class TrackedProtocol(Protocol):
         """True when no request is in progress or partly received."""
         raise NotImplementedError
 
+    #: reactor time of the last bytes read (set by the protocol's dataReceived)
+    last_read = 0.0
+
+    def waiting_for(self) -> str | None:
+        """What the connection waits for from its peer: "header", "body", "idle" or None.
+
+        None while nothing is expected (an app runs, the peer is paused on purpose,
+        the connection lingers or closes): no read timeout applies then.
+        """
+        return None
+
+    def read_timed_out(self, waiting: str) -> None:
+        """The peer was silent too long while we waited for ``waiting``: close."""
+        self.close()
+
     def close_if_idle(self) -> bool:
         """Close the connection when idle; return True if it was closed."""
         if self.is_idle() and self.transport is not None:
@@ -138,6 +155,7 @@ class ListenerFactory(Factory):
         self.connections: set[TrackedProtocol] = set()
         self.connections_total = 0
         self.denied = 0
+        self.timed_out = {"header": 0, "body": 0, "idle": 0}
 
     def allowed(self, addr: IAddress) -> bool:
         """Whether ``addr`` may talk to us (unix peers always may)."""
@@ -170,9 +188,39 @@ class ListenerFactory(Factory):
         """A new protocol instance (subclasses pass their limits)."""
         return self.protocol_class()
 
+    _sweep_call: Any = None
+
     def connection_opened(self, proto: TrackedProtocol) -> None:
         """Called by the protocol's connectionMade."""
         self.connections.add(proto)
+        proto.last_read = self.reactor.seconds()
+        if self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(SWEEP_EVERY, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections whose peer was silent past the header/body/idle timeout."""
+        self._sweep_call = None
+        if not self.connections:
+            return
+        now = self.reactor.seconds()
+        limits = self.dispatcher
+        timeouts = {"header": limits.header_timeout, "body": limits.body_timeout,
+                    "idle": limits.idle_timeout}
+        for proto in list(self.connections):
+            if getattr(proto.transport, "disconnecting", True):
+                continue  # closing already
+            waiting = proto.waiting_for()
+            if waiting is None:
+                continue
+            if now - proto.last_read >= timeouts[waiting]:
+                self.timed_out[waiting] += 1
+                if waiting != "idle":
+                    self.log.warn("closing a connection silent for {timeout}s while "
+                                  "waiting for a request's {waiting}",
+                                  timeout=timeouts[waiting], waiting=waiting)
+                proto.read_timed_out(waiting)
+        if self.connections:
+            self._sweep_call = self.reactor.callLater(SWEEP_EVERY, self._sweep)
 
     def connection_closed(self, proto: TrackedProtocol) -> None:
         """Called by the protocol's connectionLost."""

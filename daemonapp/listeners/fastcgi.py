@@ -194,6 +194,7 @@ class FastCGIProtocol(TrackedProtocol):
         self.max_param_bytes = self.dispatcher.max_param_bytes
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.enable_direct_writes()
+        self._seconds = self.factory.reactor.seconds
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
@@ -206,6 +207,22 @@ class FastCGIProtocol(TrackedProtocol):
 
     def is_idle(self) -> bool:
         return not self.requests and not self._pending_len
+
+    def waiting_for(self) -> str | None:
+        if self._closed or self._input_pauses or self.lingering:
+            return None  # paused on purpose, or about to close anyway
+        requests = self.requests
+        if not requests:
+            return "header" if self._pending_len else "idle"
+        body = False
+        for ex in requests.values():
+            if ex.param_chunks is not None:
+                return "header"
+            if not ex.body_complete:
+                body = True
+        if body:
+            return "body"
+        return "header" if self._pending_len else None
 
     # producer API: the transport tells us when its write buffer is full
     def pauseProducing(self) -> None:
@@ -246,6 +263,7 @@ class FastCGIProtocol(TrackedProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
+        self.last_read = self._seconds()
         if self._pending:
             self._pending.append(data)
             self._pending_len += len(data)

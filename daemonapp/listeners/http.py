@@ -270,6 +270,10 @@ class _Channel(http.HTTPChannel):
         """No request being received or answered."""
         return not self.requests
 
+    def waiting_for(self) -> str | None:
+        """None: twisted.web's own inactivity timeout (60 s) closes silent connections."""
+        return None
+
     def close_if_idle(self) -> bool:
         """Close when idle; True if closed."""
         if self.is_idle() and self.transport is not None:

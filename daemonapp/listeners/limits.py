@@ -39,6 +39,10 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PARAM_BYTES = 64 * 1024
 DEFAULT_BACKLOG = 100
 DEFAULT_QUEUE_TIMEOUT = 10.0
+#: FastCGI/SCGI read timeouts (nginx's client_header_timeout / client_body_timeout).
+DEFAULT_HEADER_TIMEOUT = 60.0
+DEFAULT_BODY_TIMEOUT = 60.0
+DEFAULT_IDLE_TIMEOUT = 60.0
 
 #: While requests flow, a no-op timer asks the loop to look at the sockets at least this
 #: often: DaemonApp ends a time slice early when another timer is due, so requests
@@ -83,6 +87,9 @@ class Dispatcher:
         max_requests: int | None = None,
         max_requests_jitter: int = 0,
         script_name: str | None = None,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         jobs_status: JobsStatus | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -96,6 +103,9 @@ class Dispatcher:
         self.request_timeout = request_timeout
         self.max_body_bytes = max_body_bytes
         self.max_param_bytes = max_param_bytes
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.idle_timeout = idle_timeout
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         if max_requests is not None:

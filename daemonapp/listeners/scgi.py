@@ -81,9 +81,11 @@ class SCGIExchange(Exchange):
         self.proto.transport.abortConnection()  # type: ignore[union-attr]
 
     def _pause_input(self) -> None:
+        self.proto.input_paused = True
         self.proto.transport.pauseProducing()  # type: ignore[union-attr]
 
     def _resume_input(self) -> None:
+        self.proto.input_paused = False
         self.proto.transport.resumeProducing()  # type: ignore[union-attr]
 
 
@@ -159,8 +161,18 @@ class SCGIProtocol(TrackedProtocol):
             self.exchange.peer_gone()
         self.factory.connection_closed(self)
 
+    #: paused by us for an app that does not read its body yet (no read timeout then)
+    input_paused = False
+
     def is_idle(self) -> bool:
         return self.exchange is None and not self._buf
+
+    def waiting_for(self) -> str | None:
+        if self._closed or self.input_paused or self.lingering:
+            return None
+        if self.exchange is None:
+            return "header"  # one request per connection: silent means no header yet
+        return "body" if self._remaining > 0 else None
 
     def pauseProducing(self) -> None:
         if self.exchange is not None:
@@ -177,6 +189,7 @@ class SCGIProtocol(TrackedProtocol):
         """The answer is out: close, once the peer has sent the whole body."""
         if self._remaining > 0 and not self._closed:
             transport: Any = self.transport
+            self.input_paused = False
             transport.resumeProducing()  # nothing reads the body any more
             self.linger()
         else:
@@ -198,6 +211,7 @@ class SCGIProtocol(TrackedProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
+        self.last_read = self.factory.reactor.seconds()
         ex = self.exchange
         if ex is not None:
             self._body(data)

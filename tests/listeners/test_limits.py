@@ -285,8 +285,9 @@ class IOTickTests(SynchronousTestCase):
         self.proto, self.transport = connect(self.listener)
 
     def ticks(self) -> list[float]:
-        """When the dispatcher's timers are due."""
-        return [call.getTime() for call in self.clock.getDelayedCalls()]
+        """When the dispatcher's tick timers are due (not the read-timeout sweep)."""
+        tick = self.listener.dispatcher._io_tick
+        return [call.getTime() for call in self.clock.getDelayedCalls() if call.func == tick]
 
     def test_no_timer_without_an_app(self) -> None:
         """A listener that reports to no app arms no timer."""

@@ -15,13 +15,14 @@ def test_every_documented_key_has_a_converter() -> None:
         "protocol", "endpoint", "wsgi", "native", "jobs", "threads", "max_concurrent",
         "backlog", "queue_timeout", "max_param_bytes", "max_body_bytes", "request_timeout",
         "max_requests", "max_requests_jitter", "allow_from", "script_name", "socket_group",
-        "mode"])
+        "mode", "header_timeout", "body_timeout", "idle_timeout"])
 
 
 @pytest.mark.parametrize(("key", "raw", "expected"), [
     ("protocol", "FastCGI", "fastcgi"),
     ("queue_timeout", "1m30s", 90.0),
     ("request_timeout", "250ms", 0.25),
+    ("body_timeout", "2m", 120.0),
     ("max_param_bytes", "64KiB", 65536),
     ("max_body_bytes", "1MiB", 1048576),
     ("threads", 0, 0),
