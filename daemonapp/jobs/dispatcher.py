@@ -38,7 +38,7 @@ from daemonapp.jobs._model import (
     StaleLease,
 )
 from daemonapp.jobs.runtime import decode_progress
-from daemonapp.jobs.store import is_unavailable
+from daemonapp.jobs.store import is_unavailable, open_store
 
 __all__ = ["CHILD_MODULE", "JobDispatcher", "child_environment", "child_pythonpath",
            "store_target"]
@@ -314,6 +314,10 @@ class JobDispatcher(Daemon):
             raise OptionError("progress_persist_hz",
                               f"expected a number above zero, got {progress_persist_hz!r}")
         self.on_failure = _failure_hooks(on_failure)
+        if isinstance(store, str) and store.startswith(("postgres://", "postgresql://")):
+            # Imported now, not at the first claim: under twistd --uid the venv may be
+            # unreadable once the app runs (DESIGN §2).
+            import psycopg  # noqa: F401
         self.stop_timeout = (self._duration("stop_timeout", stop_timeout)
                              if stop_timeout is not None else None)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{self.name}"
@@ -461,8 +465,6 @@ class JobDispatcher(Daemon):
 
     def _open_store_locked(self) -> Any:
         if self.store is None:
-            from daemonapp.jobs.store import open_store
-
             try:
                 target = store_target(self.store_target, getattr(self.app, "state_dir", None))
             except RuntimeError as err:
@@ -1035,12 +1037,14 @@ def _webhook(url: str) -> FailureHook:
     if not url.startswith(("http://", "https://")):
         raise OptionError("on_failure", f"a webhook must be an http(s) URL, got {url!r}")
 
+    # Imported when the hook is made (the app's start), not when a job fails: under
+    # twistd --uid the venv may be unreadable by then (DESIGN §2).
+    from io import BytesIO
+
+    from twisted.web.client import Agent, FileBodyProducer
+    from twisted.web.http_headers import Headers
+
     def post(event: dict[str, Any], reactor: Any) -> Deferred[Any]:
-        from io import BytesIO
-
-        from twisted.web.client import Agent, FileBodyProducer
-        from twisted.web.http_headers import Headers
-
         body = FileBodyProducer(BytesIO(json.dumps(event).encode("utf-8")))
         agent = Agent(reactor, connectTimeout=10)
         d = agent.request(b"POST", url.encode("ascii"),
@@ -1065,11 +1069,11 @@ def _mail(spec: Any) -> FailureHook:
     host = str(spec.get("host") or "localhost")
     port = int(spec.get("port") or 25)
 
+    from email.message import EmailMessage  # imported now: see _webhook
+
+    from twisted.mail.smtp import sendmail
+
     def send(event: dict[str, Any], reactor: Any) -> Deferred[Any]:
-        from email.message import EmailMessage
-
-        from twisted.mail.smtp import sendmail
-
         message = EmailMessage()
         message["Subject"] = f"daemonapp job {event['id']} ({event['kind']}) failed"
         message["From"] = sender
