@@ -130,8 +130,10 @@ LoadModule proxy_fcgi_module {modules}/mod_proxy_fcgi.so
 ProxyPass "/app/" "unix:{socket}|fcgi://localhost/"
 """
 
+# The daemon runs as the test's user: ./var belongs to www-data (for the spawned
+# processes) and would be refused as another user's state_dir, so it has its own.
 DAEMON_CONFIG = """\
-app: {{state_dir: ./var}}
+app: {{state_dir: ./daemon-var}}
 listeners:
   - protocol: fastcgi
     endpoint: unix:{socket}
