@@ -4,6 +4,7 @@
 #
 #   ./dev bench uploads [--rounds N] [--seconds S] [--connections C] [--burst N]
 #                       [--sizes 2,20] [--reads whole,chunks] [--only fastcgi,scgi,...]
+#                       [--profile DIR]
 #
 # nginx (the anchors' nginx_fcgi.conf.in, as bench/fastcgi.sh starts it: a private
 # prefix in a mktemp dir, a free loopback port; client_max_body_size 64m, nginx's
@@ -22,6 +23,9 @@
 # peak RSS; then wrk -t1 -cC (1 s warm-up, then S seconds, --latency, -s post.lua) and
 # the peak RSS during it; stop the server. Rounds interleave the servers; the table
 # (bench/uploads_report.py) gives medians. Check the load average printed per round.
+# --profile DIR: py-spy (pip install py-spy) samples each server during its wrk run, all
+# threads and gunicorn's workers included, into DIR/NAME.SIZE.READ.ROUND.txt (collapsed
+# stacks: one line per stack and its sample count).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -34,6 +38,7 @@ burst=8
 sizes=2,20
 reads=whole,chunks
 only=fastcgi,scgi,http,gsync,gthread
+profile=""
 sync_workers=$(( 2 * $(nproc) + 1 ))
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,7 +49,8 @@ while [ $# -gt 0 ]; do
         --sizes) sizes=$2; shift 2 ;;
         --reads) reads=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        --profile) profile=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "uploads.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -54,6 +60,9 @@ done
 for tool in python daemonapp gunicorn; do
     [ -x "$venv/bin/$tool" ] || { echo "uploads.sh: no $venv/bin/$tool (run ./dev venv)" >&2; exit 2; }
 done
+if [ -n "$profile" ] && [ ! -x "$venv/bin/py-spy" ]; then
+    echo "uploads.sh: --profile needs py-spy: $venv/bin/pip install py-spy" >&2; exit 2
+fi
 IFS=, read -r -a servers <<<"$only"
 IFS=, read -r -a size_list <<<"$sizes"
 IFS=, read -r -a read_list <<<"$reads"
@@ -212,10 +221,18 @@ for round in $(seq "$rounds"); do
                     "$burst" "$server_pid" >"$tmp/$key.burst" 2>&1 || true
                 UPLOADS_BODY=$tmp/body.$size wrk -t1 -c"$connections" -d1s --timeout 60s \
                     -s "$tmp/post.lua" "$url" >/dev/null 2>&1 || true          # warm-up
-                "$python" "$root/bench/uploads_load.py" reset "$server_pid" >/dev/null
+                "$python" "$root/bench/uploads_load.py" reset "$server_pid" >"$tmp/$key.pre"
+                spy_pid=""
+                if [ -n "$profile" ]; then
+                    "$venv/bin/py-spy" record --subprocesses --threads --nonblocking -r 250 \
+                        -d "$seconds" -f raw -o "$profile/$key.txt" -p "$server_pid" \
+                        >"$profile/$key.log" 2>&1 &
+                    spy_pid=$!
+                fi
                 UPLOADS_BODY=$tmp/body.$size wrk -t1 -c"$connections" -d"${seconds}s" \
                     --timeout 60s --latency -s "$tmp/post.lua" "$url" >"$tmp/$key.wrk" 2>&1 || true
                 "$python" "$root/bench/uploads_load.py" hwm "$server_pid" >"$tmp/$key.hwm"
+                [ -n "$spy_pid" ] && { wait "$spy_pid" || true; }
                 stop_server
                 printf '.' >&2
             done

@@ -9,8 +9,10 @@ Usage:
       workers) are measured: idle and peak are sums over those processes. VmRSS is also
       sampled every 5 ms (``sampled_peak_kb``), a cross-check of VmHWM that holds when the
       peaks of several processes do not coincide. Prints one JSON object.
-  python bench/uploads_load.py reset PID      resets VmHWM of PID and its descendants
-  python bench/uploads_load.py hwm PID        prints {"rss_kb": ..., "hwm_kb": ...} (sums)
+  python bench/uploads_load.py reset PID      resets VmHWM of PID and its descendants;
+                                              prints {"reset": ..., "cpu_s": ...}
+  python bench/uploads_load.py hwm PID        prints {"rss_kb": ..., "hwm_kb": ..., "cpu_s": ...}
+(sums over PID and its descendants; cpu_s: user + system CPU seconds of all their threads).
 
 Every request has a timeout (120 s); the burst gives up after 300 s.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import sys
 import threading
 import time
@@ -54,6 +57,18 @@ def status_kb(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all threads), from /proc/PID/stat."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def reset_hwm(pids: list[int]) -> bool:
@@ -144,12 +159,14 @@ def main(argv: list[str]) -> int:
         print(json.dumps(burst(argv[1], argv[2], int(argv[3]), int(argv[4]))))
         return 0
     if len(argv) == 2 and argv[0] == "reset":
-        print(json.dumps({"reset": reset_hwm(tree(int(argv[1])))}))
+        pids = tree(int(argv[1]))
+        print(json.dumps({"reset": reset_hwm(pids), "cpu_s": cpu_seconds(pids)}))
         return 0
     if len(argv) == 2 and argv[0] == "hwm":
         pids = tree(int(argv[1]))
         print(json.dumps({"rss_kb": sum(status_kb(p, "VmRSS") for p in pids),
-                          "hwm_kb": sum(status_kb(p, "VmHWM") for p in pids)}))
+                          "hwm_kb": sum(status_kb(p, "VmHWM") for p in pids),
+                          "cpu_s": cpu_seconds(pids)}))
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -5,7 +5,8 @@ Usage: python bench/uploads_report.py TMPDIR ROUNDS CONNECTIONS SYNC_WORKERS SER
 R it reads ``NAME.SIZE.READ.R.wrk`` (wrk --latency), ``.burst`` (uploads_load.py burst's
 JSON) and ``.hwm`` (the peak RSS during wrk). Prints medians over the rounds:
 
-- throughput: req/s and p99 of each server; each daemonapp listener's req/s over the
+- throughput: req/s, p99 and CPU time per request (the server's processes, all threads)
+  of each server; each daemonapp listener's req/s over the
   better of the two gunicorn workers (named); goal >= 1.0x, no failed request;
 - memory: (peak RSS - idle RSS) / N for N uploads at once, next to the body size;
   goal <= 2x the body for daemonapp's listeners (gunicorn: info).
@@ -16,6 +17,7 @@ Exit status 1 when a run failed outright (no wrk figures, wrong answers).
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -53,6 +55,15 @@ def _load(path: Path) -> dict[str, Any] | None:
     return loaded
 
 
+def _cpu_ms_per_request(wrk_text: str, before: dict[str, Any] | None,
+                        after: dict[str, Any] | None) -> float | None:
+    """The server's CPU time (all its processes and threads) per request under wrk."""
+    match = re.search(r"(\d+) requests in", wrk_text)
+    if match is None or before is None or after is None or not int(match.group(1)):
+        return None
+    return float(after["cpu_s"] - before["cpu_s"]) * 1000 / int(match.group(1))
+
+
 def main(argv: list[str]) -> int:
     """Print both tables and the notes; 1 when a run failed outright."""
     tmp, rounds, connections, sync_workers = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
@@ -69,17 +80,25 @@ def main(argv: list[str]) -> int:
     idle: dict[tuple[str, int, str], float] = {}
     sampled: dict[tuple[str, int, str], float] = {}
     under_wrk: dict[tuple[str, int, str], float] = {}
+    cpu: dict[tuple[str, int, str], float] = {}
     for server in servers:
         for size in sizes:
             for read in reads:
                 key = (server, size, read)
                 rps_list, p99_list, mem_list, idle_list, sampled_list, wrk_list = (
                     [], [], [], [], [], [])
+                cpu_list: list[float] = []
                 errors[key] = 0
                 for number in range(1, rounds + 1):
                     base = tmp / f"{server}.{size}.{read}.{number}"
                     try:
-                        r, p, e = parse_wrk((base.with_name(base.name + ".wrk")).read_text())
+                        wrk_text = base.with_name(base.name + ".wrk").read_text()
+                        r, p, e = parse_wrk(wrk_text)
+                        cpu_ms = _cpu_ms_per_request(wrk_text,
+                                                     _load(base.with_name(base.name + ".pre")),
+                                                     _load(base.with_name(base.name + ".hwm")))
+                        if cpu_ms is not None:
+                            cpu_list.append(cpu_ms)
                         rps_list.append(r)
                         p99_list.append(p)
                         errors[key] += e
@@ -108,7 +127,7 @@ def main(argv: list[str]) -> int:
                         wrk_list.append((hwm["hwm_kb"] - burst["idle_kb"]) * 1024 / connections)
                 for target, values in ((rps, rps_list), (p99, p99_list), (per_upload, mem_list),
                                        (idle, idle_list), (sampled, sampled_list),
-                                       (under_wrk, wrk_list)):
+                                       (under_wrk, wrk_list), (cpu, cpu_list)):
                     middle = _median(values)
                     if middle is not None:
                         target[key] = middle
@@ -119,7 +138,7 @@ def main(argv: list[str]) -> int:
     verdicts: list[str] = []
     print(f"\n## Throughput (wrk -t1 -c{connections}), medians of {rounds} round(s)")
     print(f"{'body':>6} {'read':<7} {'server':<22} {'req/s':>8} {'p99 ms':>9} "
-          f"{'vs best gunicorn':>24}  result")
+          f"{'CPU ms/req':>10} {'vs best gunicorn':>24}  result")
     for size in sizes:
         for read in reads:
             best: tuple[float, str] | None = None
@@ -142,8 +161,9 @@ def main(argv: list[str]) -> int:
                                     f"{names[best[1]]} (goal >= {RPS_GOAL:g}x): {verdict}")
                 elif server in GUNICORN and best is not None and best[1] == server:
                     verdict = "(best gunicorn)"
+                cpu_text = f"{cpu[key]:>10.1f}" if key in cpu else f"{'—':>10}"
                 print(f"{size:>4}MB {read:<7} {names.get(server, server):<22} {rps[key]:>8.1f} "
-                      f"{p99[key]:>9.1f} {ratio_text:>24}  {verdict}")
+                      f"{p99[key]:>9.1f} {cpu_text} {ratio_text:>24}  {verdict}")
 
     print(f"\n## Memory: N uploads at once; (peak RSS - idle RSS) / N, medians of {rounds} "
           f"round(s); MB = 10^6 bytes")
