@@ -309,7 +309,9 @@ def child_idle(n: int, warm: float, secs: float) -> None:
     def sample() -> None:
         nonlocal yields
         deadlines = _deadline_timers(app) | {id(call) for call in own}
-        yield_call = getattr(app, "_yield_call", None)
+        # The scheduler's yield (DaemonApp.scheduler since the scheduler is a part of
+        # its own; the app itself before).
+        yield_call = getattr(getattr(app, "scheduler", app), "_yield_call", None)
         calls = [call for call in reactor.getDelayedCalls()
                  if id(call) not in deadlines and call.active()]
         if yield_call is not None and yield_call in calls:

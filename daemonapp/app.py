@@ -1,16 +1,12 @@
 """DaemonApp: one scheduler for all daemons, and the lifetime of the process.
 
-The scheduler keeps a heap of due times and a ready queue ordered by (priority
-desc, due time, FIFO). It runs ready work for at most ``time_slice`` seconds,
-then yields to the reactor with ``callLater(0)``; with nothing due it arms exactly
-one timer, for the earliest due time. The app decides when the process ends: soft
-and hard deadlines, idle exit computed from the schedule, graceful stop.
+The app composes the scheduler (daemonapp.scheduler: the heap, the ready queue,
+time slices, one timer) with the lifetime of the process: soft and hard deadlines,
+idle exit computed from the schedule, graceful stop, signals and the exit status.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import os
 import signal
 import threading
@@ -24,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemonapp.daemon import ENDED, READY, SLEEPING, Daemon
+from daemonapp.daemon import Daemon
 from daemonapp.durations import parse_duration
 from daemonapp.interfaces import (
     IActivityMonitor,
@@ -33,6 +29,7 @@ from daemonapp.interfaces import (
     ILockProvider,
     IScheduler,
 )
+from daemonapp.scheduler import Scheduler
 
 __all__ = ["EXIT_ABANDONED", "EXIT_CONFIG", "EXIT_OK", "DaemonApp"]
 
@@ -41,8 +38,6 @@ log = Logger()
 EXIT_OK = 0
 EXIT_ABANDONED = 1
 EXIT_CONFIG = 2
-
-_INF = float("inf")
 
 
 def _optional_seconds(name: str, value: object) -> float | None:
@@ -100,17 +95,15 @@ class DaemonApp(MultiService):
         self.exit_status: int | None = None
         self.stop_reason: str | None = None
         self.started_at: float | None = None
-        # The scheduler.
-        self._seq = itertools.count()
-        self._heap: list[tuple[float, int, Daemon]] = []
-        self._ready: list[tuple[int, float, int, Daemon]] = []
-        self._timer: Any = None
-        self._timer_at = _INF
-        self._yield_call: Any = None
-        self._in_slice = False
-        self._runs_in_flight = 0
-        #: The largest lateness (start - due time) of any run so far, in seconds.
-        self.max_lateness = 0.0
+        #: The scheduler: which daemon runs when (its IScheduler methods are the app's).
+        self.scheduler = Scheduler(reactor, self.time_slice)
+        scheduler = self.scheduler
+        # Bound once: they are on every run's path.
+        self.daemon_started = scheduler.daemon_started
+        self.daemon_stopped = scheduler.daemon_stopped
+        self.run_ended = scheduler.run_ended
+        self.wake = scheduler.wake
+        self.sleep = scheduler.sleep
         # The lifetime.
         self._activity: dict[str, int] = {}
         self._last_request_end: float | None = None
@@ -253,145 +246,10 @@ class DaemonApp(MultiService):
         """Stop gracefully (idempotent); fires when the stop is over."""
         return self.stop("service stopped")
 
-    # ------------------------------------------------------------- IScheduler
-
-    def daemon_started(self, daemon: Daemon, delay: float) -> None:
-        daemon.stats["next_run_at"] = self.seconds() + delay
-        self._schedule(daemon, delay)
-
-    def daemon_stopped(self, daemon: Daemon) -> None:
-        daemon._sched_seq = -1  # its heap and ready entries are stale from now on
-
-    def run_ended(self, daemon: Daemon, delay: float | None) -> None:
-        self._runs_in_flight -= 1
-        if delay is not None:
-            self._schedule(daemon, delay)
-        if self.shutdown_if_idle is not None and self._soft_passed:
-            self._check_idle()
-
-    def wake(self, daemon: Daemon) -> None:
-        if daemon._sched_seq < 0 and not daemon._in_run:
-            return
-        heapq.heappush(self._ready, (-daemon.priority, daemon._due, daemon._sched_seq, daemon))
-        if not self._in_slice:
-            # Go on at once, like any Deferred callback: a slice of its own, in
-            # priority order with whatever else is ready.
-            self._run_slice()
-
-    # -------------------------------------------------------------- scheduling
-
-    def _schedule(self, daemon: Daemon, delay: float) -> None:
-        now = self.seconds()
-        due = now + delay
-        seq = next(self._seq)
-        daemon._sched_seq = seq
-        daemon._due = due
-        if delay <= 0:
-            # Due at once: behind equal-priority daemons already due (round robin).
-            heapq.heappush(self._ready, (-daemon.priority, due, seq, daemon))
-            if not self._in_slice and self._yield_call is None:
-                self._yield_call = self.reactor.callLater(0, self._run_slice)
-            return
-        heapq.heappush(self._heap, (due, seq, daemon))
-        if due < self._timer_at and not self._in_slice:
-            self._arm_timer(due, now)
-
-    def _arm_timer(self, due: float, now: float) -> None:
-        delay = max(0.0, due - now)
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(delay)
-        else:
-            self._timer = self.reactor.callLater(delay, self._on_timer)
-        self._timer_at = due
-
-    def _rearm(self) -> None:
-        """Keep the one timer on the earliest live due time (or none)."""
-        heap = self._heap
-        while heap and heap[0][2]._sched_seq != heap[0][1]:
-            heapq.heappop(heap)
-        if not heap:
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-            self._timer_at = _INF
-            return
-        due = heap[0][0]
-        if due != self._timer_at or self._timer is None or not self._timer.active():
-            self._arm_timer(due, self.seconds())
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = _INF
-        self._run_slice()
-
-    def _promote(self, now: float) -> None:
-        heap = self._heap
-        ready = self._ready
-        while heap and heap[0][0] <= now:
-            due, seq, daemon = heapq.heappop(heap)
-            if daemon._sched_seq == seq:
-                heapq.heappush(ready, (-daemon.priority, due, seq, daemon))
-
-    def _run_slice(self) -> None:
-        """Run ready work for at most time_slice, then yield to the reactor."""
-        if self._in_slice:
-            return
-        if self._yield_call is not None:
-            if self._yield_call.active():
-                self._yield_call.cancel()
-            self._yield_call = None
-        self._in_slice = True
-        seconds = self.seconds
-        ready = self._ready
-        heap = self._heap
-        try:
-            now = seconds()
-            deadline = now + self.time_slice
-            # End the slice early when another timer on the reactor (a listener's
-            # timeout, a LoopingCall) comes due first, so it is not late by a slice.
-            timeout = getattr(self.reactor, "timeout", None)
-            if timeout is not None:
-                wait = timeout()
-                if wait is not None and wait < self.time_slice:
-                    # Never below a tenth of the slice: a callLater(0) chain elsewhere
-                    # must not shrink every slice to a single item.
-                    deadline = now + max(wait, self.time_slice / 10)
-            self._promote(now)
-            while ready:
-                entry = heapq.heappop(ready)
-                daemon = entry[3]
-                if daemon._sched_seq != entry[2] and not daemon._in_run:
-                    continue  # stale: the daemon was stopped or rescheduled
-                if not daemon._in_run:
-                    if self._stopping or not daemon._active or daemon._stopping:
-                        continue  # a stopping app starts no new run
-                    self._runs_in_flight += 1
-                    lateness = now - daemon._due
-                    daemon._lateness = lateness
-                    self.max_lateness = max(self.max_lateness, lateness)
-                try:
-                    status = daemon._advance(deadline)
-                except Exception:
-                    # A bug around the run (not a hook's: those are caught inside):
-                    # end this run as failed, and let the slice go on with the others.
-                    daemon._abort(Failure(), "scheduler")
-                    status = ENDED
-                if status == READY:
-                    heapq.heappush(ready, entry)
-                elif status == SLEEPING:  # mid-run, its lock held elsewhere: poll via the heap
-                    self._schedule(daemon, daemon._sleep_until - seconds())
-                now = seconds()
-                if now >= deadline:
-                    break
-                if heap and heap[0][0] <= now:
-                    self._promote(now)
-        finally:
-            self._in_slice = False
-        if ready and self._yield_call is None:
-            self._yield_call = self.reactor.callLater(0, self._run_slice)
-        self._rearm()
-        if not ready and self.shutdown_if_idle is not None and self._soft_passed:
-            self._check_idle()
+    @property
+    def max_lateness(self) -> float:
+        """The largest lateness (start - due time) of any run so far, in seconds."""
+        return self.scheduler.max_lateness
 
     # ---------------------------------------------------------------- activity
 
@@ -417,6 +275,8 @@ class DaemonApp(MultiService):
         self._soft_timer = None
         self._soft_passed = True
         if self.shutdown_if_idle is not None:
+            self.scheduler.idle_hook = self._check_idle
+        if self.shutdown_if_idle is not None:
             self._check_idle()
 
     def _hard_deadline(self) -> None:
@@ -436,23 +296,19 @@ class DaemonApp(MultiService):
         self._idle_timer = None
         self._check_idle()
 
-    def _next_due(self) -> float:
-        heap = self._heap
-        while heap and heap[0][2]._sched_seq != heap[0][1]:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else _INF
-
     def _check_idle(self) -> None:
         """Stop when nothing is in flight and the next work is a threshold away."""
         threshold = self.shutdown_if_idle
         if threshold is None or self._stopping or not self.running:
             return
-        if self._runs_in_flight or self._ready or any(self._activity.values()):
+        scheduler = self.scheduler
+        if (scheduler.runs_in_flight or scheduler.has_ready()
+                or any(self._activity.values())):
             return
         now = self.seconds()
         if self._last_request_end is not None and now - self._last_request_end < threshold:
             return
-        if self._next_due() - now >= threshold:
+        if scheduler.next_due() - now >= threshold:
             self.stop(f"idle: nothing due within {threshold:g} s", 0)
 
     def stop(self, reason: str, status: int = 0) -> Deferred[None]:
@@ -469,6 +325,7 @@ class DaemonApp(MultiService):
             return waiter
         self._stop_started = True
         self._stopping = True
+        self.scheduler.stopping = True  # a graceful stop starts no new run
         self.stop_reason = reason
         self.exit_status = status
         log.info("daemonapp stopping: {reason}", reason=reason)
@@ -514,7 +371,7 @@ class DaemonApp(MultiService):
         self._end(self.exit_status if self.exit_status is not None else 0)
 
     def _in_flight(self) -> list[str]:
-        what = [f"run of daemon {d.name!r}" for d in self.daemons.values() if d._in_run]
+        what = [f"run of daemon {d.name!r}" for d in self.scheduler.running()]
         what += [f"{count} {kind}(s)" for kind, count in self._activity.items() if count]
         return what
 
@@ -531,7 +388,7 @@ class DaemonApp(MultiService):
         if self.running:
             MultiService.stopService(self)  # type: ignore[no-untyped-call]
         self._end(EXIT_ABANDONED)
-        threads = [d for d in self.daemons.values() if d._in_run and d.in_thread]
+        threads = [d for d in self.scheduler.running() if d.in_thread]
         if threads and self.stop_reactor and hasattr(self.reactor, "stop"):
             # Pool workers are non-daemon threads: a hung hook would block the exit.
             log.error("exiting at once: {count} thread(s) still busy", count=len(threads))
@@ -541,11 +398,11 @@ class DaemonApp(MultiService):
         self._ended = True
         self.exit_status = status
         self._stopping = True
-        for timer in (self._timer, self._yield_call, self._stop_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._yield_call = self._stop_timer = None
-        self._timer_at = _INF
+        self.scheduler.stopping = True
+        self.scheduler.cancel_timers()
+        if self._stop_timer is not None and self._stop_timer.active():
+            self._stop_timer.cancel()
+        self._stop_timer = None
         log.info("daemonapp ended with exit status {status}", status=status)
         waiters, self._end_waiters = self._end_waiters, []
         for waiter in waiters:
@@ -608,8 +465,8 @@ class DaemonApp(MultiService):
                 "name": daemon.name,
                 "type": type(daemon).__module__ + ":" + type(daemon).__qualname__,
                 "priority": daemon.priority,
-                "running": daemon._in_run,
-                "lateness": daemon._lateness,
+                "running": daemon.running,
+                "lateness": self.scheduler.lateness(daemon),
             }
             entry.update(daemon.stats)
             daemons.append(entry)

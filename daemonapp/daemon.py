@@ -8,7 +8,6 @@ IScheduler, normally the DaemonApp), which it never imports.
 from __future__ import annotations
 
 import math
-import random
 import re
 from collections.abc import Callable, Mapping
 from inspect import iscoroutine
@@ -21,7 +20,18 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.durations import parse_duration
-from daemonapp.interfaces import IAsyncLock, IDaemon, IScheduler, LockUnavailable
+from daemonapp.interfaces import IAsyncLock, IDaemon, ISchedule, IScheduler, LockUnavailable
+from daemonapp.schedules import (
+    FAILED,
+    IDLE,
+    LOCKED_OUT,
+    WORKED,
+    YIELDED,
+    BackoffSchedule,
+    default_maximum_idle,
+    idle_delays,
+    next_idle_delay,
+)
 
 __all__ = [
     "ENDED",
@@ -29,7 +39,6 @@ __all__ = [
     "IDLE",
     "LOCKED_OUT",
     "READY",
-    "SLEEPING",
     "WAITING",
     "WORKED",
     "YIELDED",
@@ -44,17 +53,10 @@ __all__ = [
 
 log = Logger()
 
-WORKED = "worked"
-YIELDED = "yielded"
-IDLE = "idle"
-FAILED = "failed"
-LOCKED_OUT = "locked-out"
-
-# What Daemon._advance tells the scheduler.
+# What Daemon.run_step tells the scheduler.
 READY = 0  # the run goes on: keep the daemon in the ready queue
-WAITING = 1  # waiting on a Deferred or a thread; IScheduler.wake(daemon) follows
+WAITING = 1  # waiting (a Deferred, a thread, its lock); IScheduler.wake follows
 ENDED = 2  # the run ended and the daemon told the scheduler when it is due again
-SLEEPING = 3  # mid-run, waiting for its lock: due again at daemon._sleep_until
 
 #: How often a daemon waiting for its lock tries it again. The wait goes through the
 #: scheduler's heap, so waiting daemons arm no timers of their own (DESIGN §2).
@@ -132,40 +134,6 @@ def safe_repr(value: object, limit: int = _JOB_REPR_MAX) -> str:
     if len(text) > limit:
         text = text[:limit] + "..."
     return text
-
-
-def default_maximum_idle(run_every: float, increase_idle_by: float,
-                         multiply_idle_by: float) -> float:
-    """The cap on the idle delay when maximum_idle is not set (DESIGN §1)."""
-    if multiply_idle_by > 1:
-        return 8 * run_every
-    return run_every + 3 * increase_idle_by
-
-
-def next_idle_delay(previous: float | None, run_every: float, increase_idle_by: float,
-                    multiply_idle_by: float, maximum_idle: float) -> float:
-    """The delay after one more idle (or failed, or locked-out) run.
-
-    ``previous`` is the delay chosen after the last run of the idle streak, None
-    when the streak starts: d1 = min(max, run_every * mult + inc), then
-    dk = min(max, dk-1 * mult + inc).
-    """
-    base = run_every if previous is None else previous
-    return min(maximum_idle, base * multiply_idle_by + increase_idle_by)
-
-
-def idle_delays(run_every: float, increase_idle_by: float = 0.0, multiply_idle_by: float = 1.0,
-                maximum_idle: float | None = None, count: int = 5) -> list[float]:
-    """The first ``count`` delays of an idle streak (for `daemonapp check` and docs)."""
-    if maximum_idle is None:
-        maximum_idle = default_maximum_idle(run_every, increase_idle_by, multiply_idle_by)
-    delays: list[float] = []
-    previous: float | None = None
-    for _ in range(count):
-        previous = next_idle_delay(previous, run_every, increase_idle_by, multiply_idle_by,
-                                   maximum_idle)
-        delays.append(previous)
-    return delays
 
 
 def _duration(key: str, value: object, *, positive: bool = False) -> float:
@@ -247,26 +215,22 @@ class Daemon:
     attributes below are defaults that keywords (and YAML keys) override.
     """
 
-    # The run's and the scheduler's bookkeeping live in slots: a daemon stays small
-    # (DESIGN's goal is ≤ 1 KB above a LoopingCall), and a subclass's own attributes
-    # keep its instance dict under CPython's shared-key limit.
+    # The run's bookkeeping lives in slots: a daemon stays small (DESIGN's goal is
+    # ≤ 1 KB above a LoopingCall), and a subclass's own attributes keep its instance
+    # dict under CPython's shared-key limit. The scheduler keeps its own record.
     __slots__ = (
         "__dict__",
         "__weakref__",
         "_active",
-        "_due",
-        "_idle_delay",
         "_in_run",
         "_inside",
-        "_lateness",
         "_lock_deadline",
         "_lock_handle",
         "_lock_held",
         "_resume",
         "_run_items",
         "_run_started",
-        "_sched_seq",
-        "_sleep_until",
+        "_schedule",
         "_stop_waiters",
         "_stopping",
     )
@@ -286,12 +250,13 @@ class Daemon:
     lock: str | None = None
     start_delay: float = 0.0
 
-    #: Methods the scheduler relies on; a subclass that redefines one by accident
-    #: would break its runs in ways hard to trace, so that is refused at once.
+    #: Methods the scheduler relies on (run_step and abort_run are its protocol with
+    #: the daemon); a subclass that redefines one by accident would break its runs in
+    #: ways hard to trace, so that is refused at once.
     _RESERVED: ClassVar[frozenset[str]] = frozenset({
-        "_deactivate", "_advance", "_wait", "_arrived", "_arrived_failure", "_in_thread",
+        "_deactivate", "run_step", "_wait", "_arrived", "_arrived_failure", "_in_thread",
         "_thread_item", "_take_lock", "_lock_busy", "_lock_error", "_failed", "_end",
-        "_release_lock", "_abort", "_lock_still_held", "_hand_back",
+        "_release_lock", "abort_run", "_lock_still_held", "_hand_back",
     })
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -335,26 +300,28 @@ class Daemon:
         self._stop_waiters: list[Deferred[None]] = []
         # The run in progress.
         self._in_run = False
-        self._inside = False  # inside _advance: results that arrive now are not woken
+        self._inside = False  # inside run_step: results that arrive now are not woken
         self._resume: tuple[str, Any] | None = None
         self._run_started = 0.0
         self._run_items = 0
         self._lock_handle: IAsyncLock | None = None
         self._lock_held = False
         self._lock_deadline: float | None = None  # while a run waits for its lock
-        self._sleep_until = 0.0
-        # The idle streak: the un-jittered delay after its last run, None when it is over.
-        self._idle_delay: float | None = None
-        # The scheduler's bookkeeping (owned by the scheduler, kept here for speed).
-        self._sched_seq = -1
-        self._due = 0.0
-        self._lateness = 0.0  # start - due time of the last run
+        self._schedule: ISchedule | None = None  # from make_schedule(), at the first start
 
     # ------------------------------------------------------------------ hooks
 
     def get_work(self) -> Any:
         """Return a job, or None when there is nothing to do (may be a Deferred)."""
         return None
+
+    def make_schedule(self) -> ISchedule:
+        """The policy that picks this daemon's due times (called once, at its first start).
+
+        The default is DESIGN §1's run_every with the idle backoff; override it to
+        run on another policy (any `ISchedule`).
+        """
+        return BackoffSchedule(self)
 
     def do_work(self, job: Any) -> Any:
         """Handle one job returned by :meth:`get_work` (may return a Deferred)."""
@@ -383,7 +350,9 @@ class Daemon:
             return
         self._active = True
         self._stopping = False
-        self.app.daemon_started(self, self.start_delay)
+        if self._schedule is None:
+            self._schedule = self.make_schedule()
+        self.app.daemon_started(self, self._schedule.first_delay(self.app.seconds()))
 
     def stop(self) -> Deferred[None]:
         """Run no more; the Deferred fires once a run in progress has ended."""
@@ -406,11 +375,12 @@ class Daemon:
 
     # ------------------------------------------------------------------- runs
 
-    def _advance(self, deadline: float) -> int:
+    def run_step(self, deadline: float) -> int:
         """Run items until the run ends, waits, or the clock passes ``deadline``.
 
-        Runs at least one item. Called by the scheduler only; returns READY,
-        WAITING or ENDED. The synchronous path is the scheduler's hot loop.
+        Runs at least one item. Called by the scheduler only (it starts a run, or goes
+        on with one after a yield or a wake); returns READY, WAITING or ENDED. The
+        synchronous path is the scheduler's hot loop.
         """
         app = self.app
         assert app is not None
@@ -429,7 +399,7 @@ class Daemon:
                         return status
             elif self._lock_deadline is not None and not self._lock_held \
                     and self._resume is None:
-                status = self._take_lock()  # back from a SLEEPING wait for the lock
+                status = self._take_lock()  # back from a wait for the lock
                 if status != READY:
                     return status
             get_work = self.get_work
@@ -587,8 +557,8 @@ class Daemon:
         now = app.seconds()
         if self._stopping or now >= self._lock_deadline:
             return self._end(LOCKED_OUT)
-        self._sleep_until = min(now + LOCK_POLL, self._lock_deadline)
-        return SLEEPING
+        app.sleep(self, min(now + LOCK_POLL, self._lock_deadline) - now)
+        return WAITING
 
     def _lock_error(self, failure: Failure) -> None:
         if failure.check(LockUnavailable):
@@ -619,7 +589,7 @@ class Daemon:
         self.stats["failures"] += 1
         return self._end(FAILED)
 
-    def _abort(self, failure: Failure, phase: str) -> None:
+    def abort_run(self, failure: Failure, phase: str) -> None:
         """End the run as failed after an exception escaped the run's own handling.
 
         Called by the scheduler with whatever state the run is in (DESIGN §1: no
@@ -652,27 +622,17 @@ class Daemon:
         self._hand_back(app, app.seconds(), delay)
 
     def _end(self, outcome: str) -> int:
-        """Close the run, choose the next delay, and hand the daemon back."""
+        """Close the run, ask the schedule for the next delay, and hand the daemon back."""
         app = self.app
-        assert app is not None
-        if outcome in (WORKED, YIELDED):
-            self._idle_delay = None
-            delay = self.run_every if outcome == WORKED else 0.0
-        else:
-            assert self.maximum_idle is not None
-            self._idle_delay = next_idle_delay(self._idle_delay, self.run_every,
-                                               self.increase_idle_by, self.multiply_idle_by,
-                                               self.maximum_idle)
-            delay = self._idle_delay
-        if self.jitter and outcome != YIELDED:
-            delay *= 1.0 + self.jitter * (2.0 * random.random() - 1.0)  # noqa: S311
+        assert app is not None and self._schedule is not None
+        now = app.seconds()
+        delay = self._schedule.next_delay(outcome, now)
         self._lock_deadline = None
         if self._lock_held:
             self._lock_held = False
-            if outcome == YIELDED:
-                delay = LOCK_YIELD_PAUSE
+            if outcome == YIELDED and delay is not None:
+                delay = max(delay, LOCK_YIELD_PAUSE)
             self._release_lock()
-        now = app.seconds()
         stats = self.stats
         stats["runs"] += 1
         stats["items"] += self._run_items
@@ -682,10 +642,13 @@ class Daemon:
         self._hand_back(app, now, delay)
         return ENDED
 
-    def _hand_back(self, app: IScheduler, now: float, delay: float) -> None:
-        """The run is over: tell the scheduler when the daemon is due (or that it stopped)."""
+    def _hand_back(self, app: IScheduler, now: float, delay: float | None) -> None:
+        """The run is over: tell the scheduler when the daemon is due (or that it stopped).
+
+        ``delay`` None: the schedule has no more runs, so the daemon stops.
+        """
         self._in_run = False
-        if self._stopping:
+        if self._stopping or delay is None:
             waiters, self._stop_waiters = self._stop_waiters, []
             self._deactivate()
             app.run_ended(self, None)

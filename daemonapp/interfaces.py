@@ -18,7 +18,7 @@ from daemonapp._lock_interfaces import IAsyncLock, ILockBackend, ILockProvider, 
 
 __all__ = [
     "IActivityMonitor", "IAsyncLock", "IDaemon", "IJobStore", "IListener",
-    "ILockBackend", "ILockProvider", "IScheduler", "LockUnavailable",
+    "ILockBackend", "ILockProvider", "ISchedule", "IScheduler", "LockUnavailable",
 ]
 
 
@@ -43,6 +43,23 @@ class IDaemon(Interface):
         """Stop scheduling; return a Deferred that fires when a run in flight ended."""
 
 
+class ISchedule(Interface):
+    """When a daemon runs next: one policy object per daemon (``Daemon.make_schedule``).
+
+    Delays are seconds from ``now`` (the scheduler's clock, ``reactor.seconds()``,
+    read as epoch seconds by clock schedules).
+    """
+
+    def first_delay(now: float) -> float:
+        """The delay from the daemon's start to its first run."""
+
+    def next_delay(outcome: str, now: float) -> float | None:
+        """The delay from the end of a run with ``outcome`` to the next run.
+
+        None: the schedule has no more runs; the daemon stops.
+        """
+
+
 class IScheduler(Interface):
     """What a Daemon needs from the app that schedules it (implemented by DaemonApp)."""
 
@@ -64,6 +81,10 @@ class IScheduler(Interface):
 
     def wake(daemon: Any) -> None:
         """A daemon that waited on a Deferred or a thread can go on with its run."""
+
+    def sleep(daemon: Any, delay: float) -> None:
+        """Go on with the daemon's run ``delay`` seconds from now (a wait for its
+        lock), through the scheduler's own timer: waiting daemons arm no timers."""
 
     def lock_for(name: str) -> IAsyncLock:
         """A lock handle for a daemon's ``lock:`` option."""

@@ -550,7 +550,7 @@ class FrameworkFailureTests(SynchronousTestCase):
         def advance(deadline: float) -> int:
             raise KeyError("scheduler bug")
 
-        broken._advance = advance  # type: ignore[method-assign]
+        broken.run_step = advance  # type: ignore[method-assign]
         good = FakeDaemon(["y"], name="good", run_every=10)
         app.add(broken)
         app.add(good)

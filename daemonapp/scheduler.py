@@ -1,0 +1,249 @@
+"""The scheduler: which daemon runs when, on one timer.
+
+A heap of due times and a ready queue ordered by (priority desc, due time, FIFO).
+When daemons are due it runs ready work for at most ``time_slice`` seconds, then
+yields to the reactor with ``callLater(0)`` so that listener I/O is served between
+items; with nothing due it arms exactly one timer, for the earliest due time
+(DESIGN §2). It keeps its own record per daemon (`Slot`: due time, sequence, in-run
+state, lateness) and talks to a daemon only through ``run_step`` / ``abort_run``;
+when a daemon is due is its schedule's business (daemonapp.schedules).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from twisted.python.failure import Failure
+
+from daemonapp.daemon import ENDED, READY, Daemon
+
+__all__ = ["Scheduler", "Slot"]
+
+_INF = float("inf")
+
+
+class Slot:
+    """The scheduler's record of one started daemon."""
+
+    __slots__ = ("daemon", "due", "in_run", "lateness", "seq")
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.due = 0.0
+        self.seq = -1  # the live heap/ready entry's sequence; -1: none (stopped)
+        self.in_run = False
+        self.lateness = 0.0  # start - due time of the last run
+
+
+class Scheduler:
+    """Runs the daemons' runs on ``reactor``: one timer, time slices, priorities.
+
+    ``stopping`` set: no new run starts (one in flight goes on). ``idle_hook``, when
+    set, is called whenever the scheduler may have become idle (a run ended, a slice
+    emptied the ready queue): the lifetime's idle-exit check.
+    """
+
+    def __init__(self, reactor: Any, time_slice: float) -> None:
+        self.reactor = reactor
+        self.seconds: Callable[[], float] = reactor.seconds
+        self.time_slice = time_slice
+        self.stopping = False
+        self.idle_hook: Callable[[], None] | None = None
+        #: The largest lateness (start - due time) of any run so far, in seconds.
+        self.max_lateness = 0.0
+        self.runs_in_flight = 0
+        self._slots: dict[Daemon, Slot] = {}
+        self._seq = itertools.count()
+        self._heap: list[tuple[float, int, Slot]] = []
+        self._ready: list[tuple[int, float, int, Slot]] = []
+        self._timer: Any = None
+        self._timer_at = _INF
+        self._yield_call: Any = None
+        self._in_slice = False
+
+    # ----------------------------------------------------------- from daemons
+
+    def daemon_started(self, daemon: Daemon, delay: float) -> None:
+        """Make ``daemon`` due ``delay`` seconds from now."""
+        slot = self._slots.get(daemon)
+        if slot is None:
+            slot = self._slots[daemon] = Slot(daemon)
+        daemon.stats["next_run_at"] = self.seconds() + delay
+        self._schedule(slot, delay)
+
+    def daemon_stopped(self, daemon: Daemon) -> None:
+        """Forget ``daemon``: its heap and ready entries are stale from now on."""
+        slot = self._slots.pop(daemon, None)
+        if slot is not None:
+            slot.seq = -1
+
+    def run_ended(self, daemon: Daemon, delay: float | None) -> None:
+        """A run ended: due again ``delay`` seconds from now (None: it stopped)."""
+        self.runs_in_flight -= 1
+        slot = self._slots.get(daemon)
+        if slot is not None:
+            slot.in_run = False
+            if delay is not None:
+                self._schedule(slot, delay)
+        if self.idle_hook is not None:
+            self.idle_hook()
+
+    def wake(self, daemon: Daemon) -> None:
+        """A daemon that waited on a Deferred or a thread goes on with its run."""
+        slot = self._slots.get(daemon)
+        if slot is None or (slot.seq < 0 and not slot.in_run):
+            return
+        heapq.heappush(self._ready, (-daemon.priority, slot.due, slot.seq, slot))
+        if not self._in_slice:
+            # Go on at once, like any Deferred callback: a slice of its own, in
+            # priority order with whatever else is ready.
+            self.run_slice()
+
+    def sleep(self, daemon: Daemon, delay: float) -> None:
+        """Go on with the daemon's run after ``delay`` (a lock wait), via the heap."""
+        slot = self._slots.get(daemon)
+        if slot is not None:
+            self._schedule(slot, delay)
+
+    # --------------------------------------------------------------- questions
+
+    def next_due(self) -> float:
+        """The earliest due time of a daemon waiting in the heap (inf: none)."""
+        heap = self._heap
+        while heap and heap[0][2].seq != heap[0][1]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else _INF
+
+    def has_ready(self) -> bool:
+        """True while daemons wait in the ready queue."""
+        return bool(self._ready)
+
+    def running(self) -> Iterator[Daemon]:
+        """The daemons with a run in flight."""
+        return (slot.daemon for slot in self._slots.values() if slot.in_run)
+
+    def lateness(self, daemon: Daemon) -> float:
+        """Start - due time of the daemon's last run (0.0 before its first)."""
+        slot = self._slots.get(daemon)
+        return slot.lateness if slot is not None else 0.0
+
+    def cancel_timers(self) -> None:
+        """Disarm the scheduler's timer and yield (the app ended)."""
+        for timer in (self._timer, self._yield_call):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._yield_call = None
+        self._timer_at = _INF
+
+    # -------------------------------------------------------------- scheduling
+
+    def _schedule(self, slot: Slot, delay: float) -> None:
+        now = self.seconds()
+        due = now + delay
+        seq = next(self._seq)
+        slot.seq = seq
+        slot.due = due
+        if delay <= 0:
+            # Due at once: behind equal-priority daemons already due (round robin).
+            heapq.heappush(self._ready, (-slot.daemon.priority, due, seq, slot))
+            if not self._in_slice and self._yield_call is None:
+                self._yield_call = self.reactor.callLater(0, self.run_slice)
+            return
+        heapq.heappush(self._heap, (due, seq, slot))
+        if due < self._timer_at and not self._in_slice:
+            self._arm_timer(due, now)
+
+    def _arm_timer(self, due: float, now: float) -> None:
+        delay = max(0.0, due - now)
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self.reactor.callLater(delay, self._on_timer)
+        self._timer_at = due
+
+    def _rearm(self) -> None:
+        """Keep the one timer on the earliest live due time (or none)."""
+        due = self.next_due()
+        if due == _INF:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self._timer_at = _INF
+            return
+        if due != self._timer_at or self._timer is None or not self._timer.active():
+            self._arm_timer(due, self.seconds())
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = _INF
+        self.run_slice()
+
+    def _promote(self, now: float) -> None:
+        heap = self._heap
+        ready = self._ready
+        while heap and heap[0][0] <= now:
+            due, seq, slot = heapq.heappop(heap)
+            if slot.seq == seq:
+                heapq.heappush(ready, (-slot.daemon.priority, due, seq, slot))
+
+    def run_slice(self) -> None:
+        """Run ready work for at most time_slice, then yield to the reactor."""
+        if self._in_slice:
+            return
+        if self._yield_call is not None:
+            if self._yield_call.active():
+                self._yield_call.cancel()
+            self._yield_call = None
+        self._in_slice = True
+        seconds = self.seconds
+        ready = self._ready
+        heap = self._heap
+        try:
+            now = seconds()
+            deadline = now + self.time_slice
+            # End the slice early when another timer on the reactor (a listener's
+            # timeout, a LoopingCall) comes due first, so it is not late by a slice.
+            timeout = getattr(self.reactor, "timeout", None)
+            if timeout is not None:
+                wait = timeout()
+                if wait is not None and wait < self.time_slice:
+                    # Never below a tenth of the slice: a callLater(0) chain elsewhere
+                    # must not shrink every slice to a single item.
+                    deadline = now + max(wait, self.time_slice / 10)
+            self._promote(now)
+            while ready:
+                entry = heapq.heappop(ready)
+                slot = entry[3]
+                if not slot.in_run:
+                    if slot.seq != entry[2] or self.stopping:
+                        continue  # stale (stopped or rescheduled), or no new run now
+                    slot.in_run = True
+                    self.runs_in_flight += 1
+                    lateness = slot.lateness = now - slot.due
+                    if lateness > self.max_lateness:  # noqa: PLR1730 - no call on the hot path
+                        self.max_lateness = lateness
+                daemon = slot.daemon
+                try:
+                    status = daemon.run_step(deadline)
+                except Exception:
+                    # A bug around the run (not a hook's: those are caught inside):
+                    # end this run as failed, and let the slice go on with the others.
+                    daemon.abort_run(Failure(), "scheduler")
+                    status = ENDED
+                if status == READY:
+                    heapq.heappush(ready, entry)
+                now = seconds()
+                if now >= deadline:
+                    break
+                if heap and heap[0][0] <= now:
+                    self._promote(now)
+        finally:
+            self._in_slice = False
+        if ready and self._yield_call is None:
+            self._yield_call = self.reactor.callLater(0, self.run_slice)
+        self._rearm()
+        if not ready and self.idle_hook is not None:
+            self.idle_hook()
