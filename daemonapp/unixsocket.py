@@ -94,22 +94,25 @@ class PreparedUnix:
     The first half of the zero-downtime bind: a process binds *every* socket it will
     serve this way first, and only when all of them are bound does it `commit` them
     (rename over the paths). A start that fails abandons what it prepared, so the
-    previous process's paths stay exactly as they were (DESIGN §4).
+    previous process's paths stay exactly as they were (DESIGN §4). When nothing is
+    at ``PATH`` yet (no process to take over from), it binds ``PATH`` itself: the
+    kernel keeps a socket's bind-time name, which peers are told (``getpeername``),
+    and a rename does not change it.
     """
 
     def __init__(self, path: str, mode: int, backlog: int,
                  socket_group: str | None = None) -> None:
         self.path = path
-        self.new = path + ".new"
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            pass
+            self.new = path  # nothing to take over: bind the real name at once
         else:
             if not stat.S_ISSOCK(st.st_mode):
                 raise OSError(f"{path} exists and is not a socket: refusing to replace it")
+            self.new = path + ".new"
         try:
-            if stat.S_ISSOCK(os.lstat(self.new).st_mode):
+            if self.new != path and stat.S_ISSOCK(os.lstat(self.new).st_mode):
                 os.unlink(self.new)  # left by a process that died between bind and rename
         except FileNotFoundError:
             pass
@@ -138,7 +141,8 @@ class PreparedUnix:
         assert skt is not None, "committed or abandoned already"
         self.socket = None
         try:
-            os.rename(self.new, self.path)
+            if self.new != self.path:
+                os.rename(self.new, self.path)
             port: OwnedUNIXPort = from_fd(reactor, skt.fileno(), factory)
         except BaseException:
             _unlink_if(self.new, self.identity)
@@ -152,7 +156,8 @@ class PreparedUnix:
         return port
 
     def abandon(self) -> None:
-        """Close the socket and remove ``PATH.new``; ``PATH`` is never touched."""
+        """Close the socket and remove what it bound (``PATH.new``, or ``PATH`` when it
+        bound that itself); another process's socket is never touched."""
         skt, self.socket = self.socket, None
         if skt is not None:
             skt.close()
