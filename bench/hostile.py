@@ -70,8 +70,8 @@ PROBE_EVERY = 0.5
 #: longer than the default queue_timeout (10 s): a request kept waiting gets its 503
 PROBE_TIMEOUT = 12.0
 STATUS_TIMEOUT = 10.0
-#: the attack stops early when the app's RSS passes this (the machine must survive)
-RSS_SAFETY_KB = 6 << 20
+#: the app is SIGKILLed when its RSS passes this (the machine must survive the bench)
+RSS_SAFETY_KB = 4 << 20
 MiB = 1 << 20
 
 APP_MODULE = '''\
@@ -273,6 +273,7 @@ class App:
         self.runs_path = workdir / "runs.txt"
         self.proc: subprocess.Popen[bytes] | None = None
         self.control: subprocess.Popen[bytes] | None = None
+        self.killed_for_rss = False
         self.rss: list[tuple[float, int]] = []
         self._sampling = threading.Event()
         self.starts = 0
@@ -293,6 +294,7 @@ class App:
             stderr=log, preexec_fn=lower_fd_limit)  # noqa: PLW1509 (setrlimit only)
         log.close()
         self.starts += 1
+        self.killed_for_rss = False
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -315,7 +317,11 @@ class App:
                 with open(path) as f:
                     for line in f:
                         if line.startswith("VmRSS:"):
-                            self.rss.append((time.time(), int(line.split()[1])))
+                            kb = int(line.split()[1])
+                            self.rss.append((time.time(), kb))
+                            if kb > RSS_SAFETY_KB:
+                                self.killed_for_rss = True
+                                os.kill(pid, signal.SIGKILL)
                             break
             except OSError:
                 return
@@ -544,11 +550,10 @@ class Swarm:
                     self._write(peer)
             if tick is not None:
                 tick()
-            if self.app.rss_now() > RSS_SAFETY_KB:
-                self.stopped_early = f"app RSS over {RSS_SAFETY_KB // 1024} MiB"
-                return
             if not self.app.alive():
-                self.stopped_early = f"app exited {self.app.proc.returncode}"  # type: ignore[union-attr]
+                self.stopped_early = (f"app SIGKILLed by the bench at RSS over "
+                                      f"{RSS_SAFETY_KB >> 10} MiB" if self.app.killed_for_rss
+                                      else f"app exited {self.app.proc.returncode}")  # type: ignore[union-attr]
                 return
 
     def _read(self, peer: Peer) -> None:
@@ -1059,7 +1064,7 @@ def report(result: Result) -> str:
 {r.after} [{mark(r.probes_ok == r.probes and r.after_ok)}]
            status      during: {r.status_during}; after: {r.status_after} \
 [{mark(r.status_ok)}]; server connections mid-attack: {r.server_connections}
-           app         {r.log_lines} log lines{'' if r.app_alive else '; THE APP DIED'}; \
+           app         {r.log_lines} log lines{'' if r.app_alive else '; THE APP DIED (or was killed at the RSS safety limit)'}; \
 SIGTERM after the attack: exit {r.exit_status} in {r.stop_seconds:.1f} s \
 [{mark(r.exit_status == 0)}]
         """)
