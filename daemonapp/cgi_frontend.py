@@ -619,12 +619,18 @@ def request_params(environ: Mapping[bytes, bytes]) -> _Params:
     ]
 
 
+#: More digits than any real length: int() of thousands of them costs (and refuses).
+_MAX_LENGTH_DIGITS = 18
+
+
 def _content_length(environ: Mapping[bytes, bytes]) -> int:
     text = environ.get(b"CONTENT_LENGTH", b"").strip()
     if not text:
         return 0
-    if not text.isdigit():
-        raise CGIFrontendError(f"bad CONTENT_LENGTH {text!r}", status=400)
+    if not text.isdigit():  # bytes.isdigit(): ASCII digits only
+        raise CGIFrontendError(f"bad CONTENT_LENGTH {text[:40]!r}", status=400)
+    if len(text) > _MAX_LENGTH_DIGITS:
+        raise CGIFrontendError("CONTENT_LENGTH too large", status=413)
     return int(text)
 
 
@@ -799,8 +805,8 @@ def check_answer(answer: bytes, method: bytes, length_required: bool = False) ->
             status = value.strip()[:3]
         elif name == b"content-length":
             text = value.strip()
-            if not text.isdigit():
-                raise CGIFrontendError(f"the daemon sent Content-Length {text!r}")
+            if not text.isdigit() or len(text) > _MAX_LENGTH_DIGITS:
+                raise CGIFrontendError(f"the daemon sent Content-Length {text[:40]!r}")
             declared = int(text)
     body = answer[end + separator :]
     bodiless = method == b"HEAD" or status in (b"204", b"304") or status.startswith(b"1")
@@ -1032,7 +1038,8 @@ def serve_in_process(settings: Settings) -> None:
 
 # -- the program --------------------------------------------------------------------------
 
-_REASONS = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {400: "Bad Request", 413: "Content Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 def error_answer(status: int, retry_after: int | None = None) -> bytes:

@@ -169,6 +169,23 @@ def test_error_answer_is_a_plain_text_503_with_retry_after() -> None:
     )
 
 
+def test_content_length_of_thousands_of_digits_is_413() -> None:
+    """A CONTENT_LENGTH of 5,000 digits is a 413, not int()'s ValueError."""
+    with pytest.raises(CGIFrontendError) as caught:
+        cgi_frontend._content_length({b"CONTENT_LENGTH": b"9" * 5000})
+    assert caught.value.status == 413
+    with pytest.raises(CGIFrontendError) as caught:
+        cgi_frontend._content_length({b"CONTENT_LENGTH": "\u00b2".encode()})
+    assert caught.value.status == 400
+
+
+def test_check_answer_refuses_a_content_length_of_thousands_of_digits() -> None:
+    """A daemon's Content-Length of 5,000 digits is refused like any bad one."""
+    answer = b"Status: 200 OK\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\nbody"
+    with pytest.raises(CGIFrontendError):
+        check_answer(answer, b"GET")
+
+
 def test_request_params_leave_out_private_variables() -> None:
     """DAEMONAPP_*, PYTHON* and LD_* variables and CONTENT_LENGTH are not relayed."""
     environ = {
