@@ -80,7 +80,7 @@ def from_fd(reactor: Any, fd: int, factory: Factory) -> Any:
 
 def group_id(name: str) -> int:
     """The gid of a group given by name or number."""
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         return int(name)
     try:
         return grp.getgrnam(name).gr_gid

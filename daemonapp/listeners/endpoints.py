@@ -26,6 +26,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daemonapp.listeners.exchange import ascii_digits
 from daemonapp.unixsocket import (  # noqa: F401 - re-exported: this module's names before
     OwnedUNIXPort,
     PlainUNIXServer,
@@ -111,7 +112,7 @@ def parse_endpoint(description: str | None, *, base_dir: str = ".",
             text = args[0]
         elif text is not None and args:
             text = None
-        if kwargs or text is None or not text.isdigit():
+        if kwargs or text is None or not ascii_digits(text):
             raise ValueError(f'expected "fd:N" with N a file descriptor number, '
                              f'got {description!r}')
         return EndpointSpec("fd", description, fd=int(text))
@@ -126,7 +127,7 @@ def parse_endpoint(description: str | None, *, base_dir: str = ".",
         backlog = DEFAULT_BACKLOG
         if "backlog" in kwargs:
             text = kwargs.pop("backlog")
-            if not text.isdigit():
+            if not ascii_digits(text):
                 raise ValueError(f"expected a number for backlog, got {text!r}")
             backlog = int(text)
         kwargs.pop("lockfile", None)  # never: the PATH.new/rename handover replaces it

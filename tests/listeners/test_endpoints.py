@@ -49,6 +49,14 @@ def test_parse_fd_forms() -> None:
     assert parse_endpoint(None).fd == 0
 
 
+def test_numbers_in_other_digits_are_clear_errors() -> None:
+    """fd:² and backlog=² are refused with the endpoint's own message, not int()'s."""
+    with pytest.raises(ValueError, match="file descriptor number"):
+        parse_endpoint("fd:\u00b2")
+    with pytest.raises(ValueError, match="a number for backlog"):
+        parse_endpoint("unix:/tmp/x.sock:backlog=\u00b2")
+
+
 def test_parse_twisted_endpoints() -> None:
     """tcp: and systemd: descriptions go to Twisted's serverFromString."""
     assert parse_endpoint("tcp:8000:interface=127.0.0.1").kind == "twisted"
