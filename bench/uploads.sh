@@ -4,7 +4,7 @@
 #
 #   ./dev bench uploads [--rounds N] [--seconds S] [--connections C] [--burst N]
 #                       [--sizes 2,20] [--reads whole,chunks] [--only fastcgi,scgi,...]
-#                       [--profile DIR]
+#                       [--profile DIR] [--source CHECKOUT]
 #
 # nginx (the anchors' nginx_fcgi.conf.in, as bench/fastcgi.sh starts it: a private
 # prefix in a mktemp dir, a free loopback port; client_max_body_size 64m, nginx's
@@ -15,7 +15,10 @@
 #   gsync    gunicorn, sync worker, 2 x cores + 1 workers (gunicorn's advice) (proxy_pass)
 #   gthread  gunicorn, gthread worker, 1 worker x 10 threads: daemonapp's shape
 #            (proxy_pass, HTTP/1.1, keepalive 16)
-# daemonapp: threads 10 (the default), max_body_bytes 32MiB, unix sockets everywhere.
+# daemonapp: threads 10 (the default), max_body_bytes 32MiB, unix sockets everywhere;
+# `python -m daemonapp.cli run` importing daemonapp from --source (default: this
+# checkout's tree, as it is now; a `git worktree` of a commit gives figures of that
+# commit while others edit this tree), not from the venv's install.
 # The app reads the body with read(CONTENT_LENGTH) (Django's request.body: "whole") or in
 # 64 KiB pieces ("chunks") and answers its length and SHA-256.
 # Per round, body size, read style and server: start the server; bench/uploads_load.py
@@ -39,6 +42,7 @@ sizes=2,20
 reads=whole,chunks
 only=fastcgi,scgi,http,gsync,gthread
 profile=""
+source=$root
 sync_workers=$(( 2 * $(nproc) + 1 ))
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -49,15 +53,17 @@ while [ $# -gt 0 ]; do
         --sizes) sizes=$2; shift 2 ;;
         --reads) reads=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
+        --source) source=$(cd "$2" && pwd); shift 2 ;;
         --profile) profile=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "uploads.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 for tool in nginx wrk; do
     command -v "$tool" >/dev/null || { echo "uploads.sh: $tool is not installed (.ci/run installs it)" >&2; exit 2; }
 done
-for tool in python daemonapp gunicorn; do
+[ -f "$source/daemonapp/cli.py" ] || { echo "uploads.sh: no daemonapp/cli.py in $source" >&2; exit 2; }
+for tool in python gunicorn; do
     [ -x "$venv/bin/$tool" ] || { echo "uploads.sh: no $venv/bin/$tool (run ./dev venv)" >&2; exit 2; }
 done
 if [ -n "$profile" ] && [ ! -x "$venv/bin/py-spy" ]; then
@@ -169,7 +175,8 @@ listeners:
     max_body_bytes: 32MiB
     request_timeout: 120s
 EOF
-            command=("$venv/bin/daemonapp" run "$tmp/$name.yaml") ;;
+            command=(env "PYTHONPATH=$source:$root/bench" "$python" -m daemonapp.cli run
+                     "$tmp/$name.yaml") ;;
         gsync)
             command=("$venv/bin/gunicorn" --worker-class sync --workers "$sync_workers"
                      --timeout 120 --bind "unix:$sock" --log-level warning uploads_app:app) ;;
@@ -207,6 +214,9 @@ echo "# Upload benchmark $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores," \
 echo "# $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $("$python" -V)," \
      "gunicorn $("$venv/bin/gunicorn" --version | cut -d' ' -f3 | tr -d ')')," \
      "wrk -t1 -c$connections -d${seconds}s, burst $burst, $rounds round(s)"
+echo "# daemonapp from $source: $(git -C "$source" log -1 --format='%h %cs' 2>/dev/null || echo '?')," \
+     "$(if git -C "$source" diff --quiet HEAD -- daemonapp 2>/dev/null; then echo 'daemonapp/ as committed';
+        else echo 'daemonapp/ WITH UNCOMMITTED CHANGES'; fi)"
 for round in $(seq "$rounds"); do
     echo "round $round start $(cut -d' ' -f1-3 /proc/loadavg)" >>"$tmp/load"
     for size in "${size_list[@]}"; do
