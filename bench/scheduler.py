@@ -270,7 +270,8 @@ def _deadline_timers(app: Any) -> set[int]:
     # The app's lifetime timers (soft, hard, idle-exit, stop_timeout) are allowed
     # beside the scheduler's one timer (DESIGN §2).
     names = ("_soft_timer", "_hard_timer", "_idle_timer", "_stop_timer")
-    return {id(t) for t in (getattr(app, name, None) for name in names) if t is not None}
+    owner = getattr(app, "lifetime", app)  # DaemonApp.lifetime since it is a part of its own
+    return {id(t) for t in (getattr(owner, name, None) for name in names) if t is not None}
 
 
 def child_idle(n: int, warm: float, secs: float) -> None:
