@@ -7,8 +7,6 @@ IScheduler, normally the DaemonApp), which it never imports.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Mapping
 from inspect import iscoroutine
 from types import CoroutineType
@@ -19,8 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemonapp.durations import parse_duration
 from daemonapp.interfaces import IAsyncLock, IDaemon, ISchedule, IScheduler, LockUnavailable
+from daemonapp.options import DAEMON_OPTIONS, OptionError
 from daemonapp.schedules import (
     FAILED,
     IDLE,
@@ -83,7 +81,6 @@ def _is_async(value: object) -> bool:
     return False
 
 
-_LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _JOB_REPR_MAX = 1000
 
 # Markers for results that arrive later (a Deferred, a coroutine or a thread).
@@ -94,15 +91,6 @@ _HOOK_FAILED = "hook_failed"
 _LOCK_RESULT = "lock_result"
 _LOCK_FAILED = "lock_failed"
 _LOCK_OUTAGE = "lock_outage"
-
-
-class OptionError(ValueError):
-    """A bad value for a daemon option; config turns it into FILE:LINE: key: message."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
 
 
 class _ThreadFailure(Exception):
@@ -136,77 +124,6 @@ def safe_repr(value: object, limit: int = _JOB_REPR_MAX) -> str:
     return text
 
 
-def _duration(key: str, value: object, *, positive: bool = False) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as e:
-        raise OptionError(key, str(e)) from None
-    if positive and seconds <= 0:
-        raise OptionError(key, f"expected a duration above zero, got {value!r}")
-    return seconds
-
-
-def _optional_duration(key: str, value: object) -> float | None:
-    return None if value is None else _duration(key, value, positive=True)
-
-
-def _number(key: str, value: object, *, minimum: float, below: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise OptionError(key, f"expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise OptionError(key, f"expected a number, got {value!r}") from None
-    if math.isnan(number) or number < minimum or (below is not None and number >= below):
-        bound = f"from {minimum:g} up to (not including) {below:g}" if below is not None \
-            else f"of at least {minimum:g}"
-        raise OptionError(key, f"expected a number {bound}, got {value!r}")
-    return number
-
-
-def _integer(key: str, value: object, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise OptionError(key, f"expected a whole number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise OptionError(key, f"expected a whole number of at least {minimum}, got {value!r}")
-    return value
-
-
-def _optional_count(key: str, value: object) -> int | None:
-    return None if value is None else _integer(key, value, minimum=1)
-
-
-def _flag(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise OptionError(key, f"expected true or false, got {value!r}")
-    return value
-
-
-def _lock_name(key: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _LOCK_NAME.match(value):
-        raise OptionError(
-            key, f"expected a lock name of letters, digits, '.', '_' and '-', got {value!r}")
-    return value
-
-
-#: Every Daemon attribute of DESIGN §1 and the converter that checks it.
-_CONVERTERS: dict[str, Callable[[str, object], object]] = {
-    "run_every": lambda k, v: _duration(k, v, positive=True),
-    "increase_idle_by": _duration,
-    "multiply_idle_by": lambda k, v: _number(k, v, minimum=1.0),
-    "maximum_idle": _optional_duration,
-    "priority": _integer,
-    "max_items": _optional_count,
-    "max_seconds": _optional_duration,
-    "jitter": lambda k, v: _number(k, v, minimum=0.0, below=1.0),
-    "in_thread": _flag,
-    "lock": _lock_name,
-    "start_delay": _duration,
-}
-
-
 @implementer(IDaemon)
 class Daemon:
     """Periodic work that reschedules itself and backs off while idle.
@@ -236,7 +153,7 @@ class Daemon:
     )
 
     #: The attribute names of DESIGN §1, in its order.
-    ATTRIBUTES: ClassVar[tuple[str, ...]] = tuple(_CONVERTERS)
+    ATTRIBUTES: ClassVar[tuple[str, ...]] = tuple(DAEMON_OPTIONS)
 
     run_every: float = 0.0  # required: a subclass or the constructor sets it
     increase_idle_by: float = 0.0
@@ -269,12 +186,12 @@ class Daemon:
 
     def __init__(self, *, name: str | None = None, **attributes: Any) -> None:
         for key in attributes:
-            if key not in _CONVERTERS:
+            if key not in DAEMON_OPTIONS:
                 raise TypeError(
                     f"{type(self).__name__}() got an unexpected keyword argument {key!r}: "
                     f"it is neither a Daemon attribute nor a parameter of "
                     f"{type(self).__name__}.__init__")
-        for key, convert in _CONVERTERS.items():
+        for key, convert in DAEMON_OPTIONS.items():
             value = attributes.get(key, getattr(type(self), key))
             if key == "run_every" and not value:
                 raise OptionError(key, "is required: a duration above zero, like \"30s\"")

@@ -1,0 +1,99 @@
+"""Daemon options: how each attribute of DESIGN §1 is read and checked.
+
+One owner for the rule of each option (a duration, a count, a lock name...), used by
+``Daemon(**kw)`` and by the YAML configuration alike; a bad value is an OptionError
+that config turns into ``FILE:LINE: key: message``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+from daemonapp.durations import parse_duration
+
+__all__ = ["DAEMON_OPTIONS", "OptionError"]
+
+_LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+
+
+class OptionError(ValueError):
+    """A bad value for a daemon option; config turns it into FILE:LINE: key: message."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+
+def _duration(key: str, value: object, *, positive: bool = False) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise OptionError(key, str(e)) from None
+    if positive and seconds <= 0:
+        raise OptionError(key, f"expected a duration above zero, got {value!r}")
+    return seconds
+
+
+def _optional_duration(key: str, value: object) -> float | None:
+    return None if value is None else _duration(key, value, positive=True)
+
+
+def _number(key: str, value: object, *, minimum: float, below: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise OptionError(key, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise OptionError(key, f"expected a number, got {value!r}") from None
+    if math.isnan(number) or number < minimum or (below is not None and number >= below):
+        bound = f"from {minimum:g} up to (not including) {below:g}" if below is not None \
+            else f"of at least {minimum:g}"
+        raise OptionError(key, f"expected a number {bound}, got {value!r}")
+    return number
+
+
+def _integer(key: str, value: object, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(key, f"expected a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise OptionError(key, f"expected a whole number of at least {minimum}, got {value!r}")
+    return value
+
+
+def _optional_count(key: str, value: object) -> int | None:
+    return None if value is None else _integer(key, value, minimum=1)
+
+
+def _flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _lock_name(key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _LOCK_NAME.match(value):
+        raise OptionError(
+            key, f"expected a lock name of letters, digits, '.', '_' and '-', got {value!r}")
+    return value
+
+
+#: Every Daemon attribute of DESIGN §1 and the converter that checks it.
+DAEMON_OPTIONS: dict[str, Callable[[str, object], object]] = {
+    "run_every": lambda k, v: _duration(k, v, positive=True),
+    "increase_idle_by": _duration,
+    "multiply_idle_by": lambda k, v: _number(k, v, minimum=1.0),
+    "maximum_idle": _optional_duration,
+    "priority": _integer,
+    "max_items": _optional_count,
+    "max_seconds": _optional_duration,
+    "jitter": lambda k, v: _number(k, v, minimum=0.0, below=1.0),
+    "in_thread": _flag,
+    "lock": _lock_name,
+    "start_delay": _duration,
+}
