@@ -27,6 +27,16 @@ _LISTENER_COUNTERS = (
     ("errors_500", "daemonapp_listener_errors_500", "Requests the application failed"),
     ("too_large_413", "daemonapp_listener_too_large_413", "Bodies over max_body_bytes"),
     ("too_large_431", "daemonapp_listener_too_large_431", "Parameters over max_param_bytes"),
+    ("bad_request_400", "daemonapp_listener_bad_request_400",
+     "Requests answered 400 (a length that is not ASCII digits...)"),
+    ("spooled", "daemonapp_listener_spooled",
+     "Request bodies spooled to disk past the memory budget"),
+    ("spool_failed", "daemonapp_listener_spool_failed",
+     "Request bodies answered 503 because they could not be spooled"),
+    ("refused", "daemonapp_listener_refused",
+     "Connections accepted and closed at once past max_connections"),
+    ("accept_errors", "daemonapp_listener_accept_errors",
+     "accept() failures on the listening socket (EMFILE...)"),
 )
 
 
@@ -83,6 +93,23 @@ class _SnapshotCollector:
                 if key in listener:
                     family.add_metric([_listener_label(listener, i)], float(listener[key]))
             yield family
+        timed_out = CounterMetricFamily(
+            "daemonapp_listener_timed_out",
+            "Connections closed by a header, body, idle or send timeout",
+            labels=["listener", "waiting"])
+        for i, listener in enumerate(listeners):
+            for waiting, count in sorted((listener.get("timed_out") or {}).items()):
+                timed_out.add_metric([_listener_label(listener, i), str(waiting)],
+                                     float(count))
+        yield timed_out
+        buffered = GaugeMetricFamily("daemonapp_listener_buffered_bytes",
+                                     "Request body bytes held in memory (the budget's use)",
+                                     labels=["listener"])
+        for i, listener in enumerate(listeners):
+            if "buffered_bytes" in listener:
+                buffered.add_metric([_listener_label(listener, i)],
+                                    float(listener["buffered_bytes"]))
+        yield buffered
         jobs = snap.get("jobs") or {}
         by_state = jobs.get("by_state") if isinstance(jobs, Mapping) else None
         if by_state:

@@ -49,6 +49,9 @@ _LISTENER_COLUMNS = {
     "rejected_503": "503",
     "timeouts_504": "504",
     "errors_500": "500",
+    "bad_request_400": "400",
+    "spooled": "SPOOLED",
+    "refused": "REFUSED",
 }
 
 

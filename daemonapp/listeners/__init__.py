@@ -18,6 +18,11 @@ from twisted.logger import Logger
 
 from daemonapp.durations import parse_duration, parse_size
 from daemonapp.interfaces import IListener
+from daemonapp.listeners.budget import (
+    DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_LISTENER_BUFFER_BYTES,
+    FdLimits,
+)
 from daemonapp.listeners.endpoints import parse_endpoint, parse_mode
 from daemonapp.listeners.limits import (
     DEFAULT_BACKLOG,
@@ -27,6 +32,7 @@ from daemonapp.listeners.limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PARAM_BYTES,
     DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_SEND_TIMEOUT,
     Dispatcher,
     JobsStatus,
 )
@@ -188,6 +194,10 @@ LISTENER_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "header_timeout": _duration(positive=True),
     "body_timeout": _duration(positive=True),
     "idle_timeout": _duration(positive=True),
+    "send_timeout": _duration(positive=True),
+    "max_buffer_bytes": _size(),
+    "max_listener_buffer_bytes": _size(),
+    "max_connections": _int(1, optional=True),
     "socket_group": _group,
     "mode": parse_mode,
 }
@@ -218,13 +228,15 @@ def import_target(key: str, target: str) -> Any:
 
 def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
                    state_dir: str | None = None,
-                   jobs_status: JobsStatus | None = None) -> IListener:
+                   jobs_status: JobsStatus | None = None,
+                   fds: FdLimits | None = None) -> IListener:
     """Build the listener one config item describes (not started yet).
 
     ``options`` uses the keys of :data:`LISTENER_OPTIONS` (raw or already converted;
     None means the default).
     Relative unix socket paths are resolved against ``base_dir``. ``jobs_status`` is
-    what ``jobs: true`` serves at ``/jobs/<id>``. Raises OptionError(key, message).
+    what ``jobs: true`` serves at ``/jobs/<id>``. ``fds`` is the process's fd limits
+    (tests pass their own). Raises OptionError(key, message).
     """
     values: dict[str, Any] = {}
     for key, raw in options.items():
@@ -285,6 +297,11 @@ def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
         header_timeout=values.get("header_timeout", DEFAULT_HEADER_TIMEOUT),
         body_timeout=values.get("body_timeout", DEFAULT_BODY_TIMEOUT),
         idle_timeout=values.get("idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        send_timeout=values.get("send_timeout", DEFAULT_SEND_TIMEOUT),
+        max_buffer_bytes=values.get("max_buffer_bytes", DEFAULT_MAX_BUFFER_BYTES),
+        max_listener_buffer_bytes=values.get("max_listener_buffer_bytes",
+                                             DEFAULT_MAX_LISTENER_BUFFER_BYTES),
+        fds=fds,
         jobs_status=jobs_status if jobs else None,
     )
     allow_from = values.get("allow_from")
@@ -293,18 +310,22 @@ def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
     networks = ([ipaddress.ip_network(net) for net in allow_from]
                 if allow_from is not None else None)
     factory: Any
+    max_connections = values.get("max_connections")
     if protocol == "fastcgi":
         from daemonapp.listeners.fastcgi import FastCGIFactory
 
-        factory = FastCGIFactory(dispatcher, reactor=reactor, allow_from=networks)
+        factory = FastCGIFactory(dispatcher, reactor=reactor, allow_from=networks, fds=fds,
+                                 max_connections=max_connections)
     elif protocol == "scgi":
         from daemonapp.listeners.scgi import SCGIFactory
 
-        factory = SCGIFactory(dispatcher, reactor=reactor, allow_from=networks)
+        factory = SCGIFactory(dispatcher, reactor=reactor, allow_from=networks, fds=fds,
+                              max_connections=max_connections)
     else:
         from daemonapp.listeners.http import HTTPSite
 
-        factory = HTTPSite(dispatcher, reactor=reactor, allow_from=networks)
+        factory = HTTPSite(dispatcher, reactor=reactor, allow_from=networks, fds=fds,
+                           max_connections=max_connections)
     listener: IListener = Listener(
         protocol_name=protocol, endpoint=endpoint, factory=factory, dispatcher=dispatcher,
         reactor=reactor, app=app, socket_group=values.get("socket_group"),

@@ -1,19 +1,22 @@
-"""The factory every listener protocol shares: peer allow-list and connection tracking.
+"""The factory every listener protocol shares: peer allow-list, connection cap, tracking.
 
 The tracking lets a draining listener tell connections that still owe an answer from
-idle keep-alive ones it may close.
+idle keep-alive ones it may close, and closes connections whose peer is silent (or reads
+nothing) too long. The cap keeps connections below the process's fd limit: past it a new
+connection is accepted and closed at once, with one log line a minute.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import address, tcp
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
+from daemonapp.listeners.budget import PROCESS_FDS, FdLimits
 from daemonapp.listeners.limits import Dispatcher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -25,6 +28,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LINGER_TIMEOUT = 5.0
 #: Seconds between two looks at the connections' read timeouts (header, body, idle).
 SWEEP_EVERY = 1.0
+#: Seconds between two log lines about refused connections (each gives the count).
+REFUSAL_LOG_EVERY = 60.0
 
 
 class TrackedProtocol(Protocol):
@@ -119,7 +124,8 @@ class TrackedProtocol(Protocol):
     last_read = 0.0
 
     def waiting_for(self) -> str | None:
-        """What the connection waits for from its peer: "header", "body", "idle" or None.
+        """What the connection waits for from its peer: "header", "body", "idle", "send"
+        (that it reads our answers) or None.
 
         None while nothing is expected (an app runs, the peer is paused on purpose,
         the connection lingers or closes): no read timeout applies then.
@@ -127,7 +133,15 @@ class TrackedProtocol(Protocol):
         return None
 
     def read_timed_out(self, waiting: str) -> None:
-        """The peer was silent too long while we waited for ``waiting``: close."""
+        """The peer was silent too long while we waited for ``waiting``: close.
+
+        A peer that reads none of its answers ("send") is cut off at once: a close
+        would wait for the answers to be read first.
+        """
+        if waiting == "send":
+            transport: Any = self.transport
+            transport.abortConnection()
+            return
         self.close()
 
     def close_if_idle(self) -> bool:
@@ -148,14 +162,109 @@ class ListenerFactory(Factory):
     draining = False
 
     def __init__(self, dispatcher: Dispatcher, *, reactor: Any,
-                 allow_from: list[Network] | None = None) -> None:
+                 allow_from: list[Network] | None = None,
+                 max_connections: int | None = None, fds: FdLimits | None = None) -> None:
         self.dispatcher = dispatcher
         self.reactor = reactor
         self.allow_from = allow_from
         self.connections: set[TrackedProtocol] = set()
         self.connections_total = 0
         self.denied = 0
-        self.timed_out = {"header": 0, "body": 0, "idle": 0}
+        self.timed_out = {"header": 0, "body": 0, "idle": 0, "send": 0}
+        self._max_connections = max_connections
+        self.fds = fds if fds is not None else PROCESS_FDS
+        #: connections accepted and closed at once past the cap
+        self.refused = 0
+        #: accept() failures (EMFILE...) Twisted met on our port
+        self.accept_errors = 0
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: float | None = None
+        self._log_call: Any = None
+
+    @property
+    def max_connections(self) -> int:
+        """This listener's cap: the configured one, else what the fd limit allows."""
+        if self._max_connections is not None:
+            return self._max_connections
+        return self.fds.max_connections
+
+    def full(self) -> bool:
+        """Whether a new connection would go over this listener's or the process's cap."""
+        return (len(self.connections) >= self.max_connections
+                or self.fds.connections >= self.fds.max_connections)
+
+    def admit(self, addr: IAddress | None) -> bool:
+        """Whether to serve a connection just accepted from ``addr`` (else it is closed)."""
+        if addr is not None and not self.allowed(addr):
+            self.denied += 1
+            self.log.warn("refused a connection from {peer}: not in allow_from",
+                          peer=getattr(addr, "host", str(addr)))
+            return False
+        if self.full():
+            self.refused += 1
+            self._note("refused")
+            return False
+        self.connections_total += 1
+        return True
+
+    def _note(self, what: str) -> None:
+        """Count a refusal or accept error; log the counts at most once a minute."""
+        self._unlogged[what] = self._unlogged.get(what, 0) + 1
+        if self._log_call is not None:
+            return
+        now = self.reactor.seconds()
+        if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_EVERY:
+            self._log_refusals()
+        else:
+            self._log_call = self.reactor.callLater(
+                self._logged_at + REFUSAL_LOG_EVERY - now, self._log_refusals)
+
+    def _log_refusals(self) -> None:
+        self._log_call = None
+        counts, self._unlogged = self._unlogged, {}
+        if not counts:
+            return
+        self._logged_at = self.reactor.seconds()
+        self.log.warn("{refused} connection(s) accepted and closed at once, {errors} accept "
+                      "error(s) (EMFILE...) since the last such line: {open} open, "
+                      "max_connections={limit} (fd limit {fd_limit}, {process} listener "
+                      "connections in the process)",
+                      refused=counts.get("refused", 0), errors=counts.get("accept_error", 0),
+                      open=len(self.connections), limit=self.max_connections,
+                      fd_limit=self.fds.limit, process=self.fds.connections)
+
+    def accept_observer(self, event: dict[str, Any]) -> None:
+        """Twisted's accept-loop log events for our port: accept errors are counted.
+
+        Twisted logs every failed accept() (EMFILE: three lines per connection it then
+        accepts and closes): thousands of lines a second when the fd table is full. They
+        are counted and reported with the refusals, once a minute; anything else goes on
+        to the global log.
+        """
+        text = str(event.get("log_format", ""))
+        if "EMFILE" in text or "Could not accept" in text:
+            if "Closed socket" in text or "Could not accept" in text:
+                self.accept_errors += 1
+                self._note("accept_error")
+            return
+        globalLogPublisher(event)
+
+    def quiet_accept_errors(self, port: Any) -> None:
+        """Route the accept-loop log of ``port`` (a Twisted tcp/unix Port) through us."""
+        logger = getattr(port, "_logger", None)
+        if isinstance(logger, Logger):
+            observer = cast(ILogObserver, self.accept_observer)  # a callable is one
+            port._logger = Logger(namespace=logger.namespace, observer=observer)
+
+    def stop(self) -> None:
+        """The listener stopped: log what is left to log, cancel our timers."""
+        call, self._log_call = self._log_call, None
+        if call is not None and call.active():
+            call.cancel()
+        self._log_refusals()
+        sweep, self._sweep_call = self._sweep_call, None
+        if sweep is not None and sweep.active():
+            sweep.cancel()
 
     def allowed(self, addr: IAddress) -> bool:
         """Whether ``addr`` may talk to us (unix peers always may)."""
@@ -173,15 +282,11 @@ class ListenerFactory(Factory):
         return any(ip in net for net in self.allow_from)
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
-        if addr is not None and not self.allowed(addr):
-            self.denied += 1
-            self.log.warn("refused a connection from {peer}: not in allow_from",
-                          peer=getattr(addr, "host", str(addr)))
-            return None
+        if not self.admit(addr):
+            return None  # the port closes the socket at once
         proto = self.make_protocol()
         proto.factory = self
         proto.connected_at = self.reactor.seconds()
-        self.connections_total += 1
         return proto
 
     def make_protocol(self) -> TrackedProtocol:
@@ -192,7 +297,9 @@ class ListenerFactory(Factory):
 
     def connection_opened(self, proto: TrackedProtocol) -> None:
         """Called by the protocol's connectionMade."""
-        self.connections.add(proto)
+        if proto not in self.connections:
+            self.connections.add(proto)
+            self.fds.connections += 1
         proto.last_read = self.reactor.seconds()
         if self._sweep_call is None:
             self._sweep_call = self.reactor.callLater(SWEEP_EVERY, self._sweep)
@@ -205,7 +312,7 @@ class ListenerFactory(Factory):
         now = self.reactor.seconds()
         limits = self.dispatcher
         timeouts = {"header": limits.header_timeout, "body": limits.body_timeout,
-                    "idle": limits.idle_timeout}
+                    "idle": limits.idle_timeout, "send": limits.send_timeout}
         for proto in list(self.connections):
             if getattr(proto.transport, "disconnecting", True):
                 continue  # closing already
@@ -214,7 +321,10 @@ class ListenerFactory(Factory):
                 continue
             if now - proto.last_read >= timeouts[waiting]:
                 self.timed_out[waiting] += 1
-                if waiting != "idle":
+                if waiting == "send":
+                    self.log.warn("closing a connection whose peer read none of its "
+                                  "answers for {timeout}s", timeout=timeouts[waiting])
+                elif waiting != "idle":
                     self.log.warn("closing a connection silent for {timeout}s while "
                                   "waiting for a request's {waiting}",
                                   timeout=timeouts[waiting], waiting=waiting)
@@ -224,4 +334,6 @@ class ListenerFactory(Factory):
 
     def connection_closed(self, proto: TrackedProtocol) -> None:
         """Called by the protocol's connectionLost."""
-        self.connections.discard(proto)
+        if proto in self.connections:
+            self.connections.remove(proto)
+            self.fds.connections -= 1

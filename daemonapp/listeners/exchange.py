@@ -11,6 +11,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from daemonapp.listeners.budget import ConnectionBuffer, Spool
+
 if TYPE_CHECKING:
     from daemonapp.listeners.limits import Dispatcher
 
@@ -73,7 +75,8 @@ class Exchange:
     ``params`` are the CGI variables (``REQUEST_METHOD``, ``PATH_INFO``, ``HTTP_*``...),
     str to str, latin-1 decoded as PEP 3333 wants. The body arrives through
     :meth:`feed_body` / :meth:`end_body`; while nobody reads it yet it is kept in
-    ``body`` (bounded by the listener's max_body_bytes).
+    ``body``, within the listener's memory budget (see daemonapp.listeners.budget), and
+    past it in ``spool``, a private temporary file.
     """
 
     # Defaults live on the class: a request sets only what differs (the hot path).
@@ -90,6 +93,13 @@ class Exchange:
     _held: tuple[str, Headers, list[bytes]] | None = None
     _held_len = 0
     _hold_paused = False
+    #: the connection's share of the listener's body budget (None: not counted per
+    #: connection, as for HTTP, where twisted.web buffers the body)
+    buffer: ConnectionBuffer | None = None
+    #: bytes of ``body`` counted in the budget (given back when the request ends)
+    _buffered = 0
+    #: the body on disk once it went over the budget
+    spool: Spool | None = None
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -255,8 +265,46 @@ class Exchange:
             return
         if self.input is not None:
             self.input.feed(data)
-        else:
+            return
+        spool = self.spool
+        if spool is not None:
+            try:
+                spool.write(data)
+            except OSError as err:
+                self.dispatcher.spool_failed(self, err)
+            return
+        budget = self.dispatcher.budget
+        size = len(data)
+        if budget.fits(self.buffer, size):
+            budget.take(self.buffer, size)
+            self._buffered += size
             self.body.append(data)
+            return
+        # over the connection's or the listener's budget: to disk, with what came before
+        try:
+            spool = Spool(budget)
+            for chunk in self.body:
+                spool.write(chunk)
+            spool.write(data)
+        except OSError as err:
+            if spool is not None:
+                spool.close()
+            self.dispatcher.spool_failed(self, err)
+            return
+        self.spool = spool
+        self.body = []
+        budget.give_back(self.buffer, self._buffered)
+        self._buffered = 0
+
+    def release_body(self) -> None:
+        """The request ended: give its memory back to the budget, delete its spool."""
+        if self._buffered:
+            self.dispatcher.budget.give_back(self.buffer, self._buffered)
+            self._buffered = 0
+        self.body = []
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            spool.close()
 
     def end_body(self) -> None:
         """The request body is complete."""
@@ -272,7 +320,9 @@ class Exchange:
         self.dispatcher.body_ended(self)
 
     def body_bytes(self) -> bytes:
-        """The whole body (only once complete)."""
+        """The whole body (only once complete), read back from disk when spooled."""
+        if self.spool is not None:
+            return self.spool.reader().read()
         body = self.body
         if not body:
             return b""

@@ -10,6 +10,7 @@ the transport's producer API.
 
 from __future__ import annotations
 
+import collections
 import struct
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daemonapp.listeners.budget import ConnectionBuffer
 from daemonapp.listeners.connections import ListenerFactory, TrackedProtocol
 from daemonapp.listeners.exchange import DONE, NEW, Exchange, Headers, cgi_head
 from daemonapp.listeners.limits import Dispatcher
@@ -48,8 +50,8 @@ FCGI_UNKNOWN_ROLE = 3
 MAX_RECORD_CONTENT = 65535
 _TEXT_HEAD = (b"Status: 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
               b"Content-Length: %d\r\n\r\n")
-#: Request ids one connection may have open at once (bounds memory per connection).
-MAX_REQUESTS_PER_CONNECTION = 100
+#: FCGI_MAX_REQS (and FCGI_MAX_CONNS) without max_concurrent (a native handler).
+DEFAULT_MAX_REQS = 1000
 
 HEADER = struct.Struct("!BBHHBx")
 _BEGIN_BODY = struct.Struct("!HB5x")
@@ -134,6 +136,7 @@ class FastCGIExchange(Exchange):
         self.keep_conn = keep_conn
         self.param_chunks: list[bytes] | None = []
         self.param_len = 0
+        self.buffer = proto.buffer
 
     def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
         self.proto.send_stdout(self, cgi_head(status, headers) + body, True)
@@ -185,6 +188,11 @@ class FastCGIProtocol(TrackedProtocol):
         self._input_pauses = 0
         self._output_paused = False
         self._linger_rid = -1
+        self.buffer = ConnectionBuffer()
+        self._out: collections.deque[tuple[FastCGIExchange, memoryview, bool]] = (
+            collections.deque())
+        #: requests whose params arrived while the peer did not read its answers
+        self._deferred: list[FastCGIExchange] = []
 
     # -- connection -------------------------------------------------------------------
 
@@ -192,6 +200,7 @@ class FastCGIProtocol(TrackedProtocol):
         self.factory.connection_opened(self)
         self.dispatcher = self.factory.dispatcher
         self.max_param_bytes = self.dispatcher.max_param_bytes
+        self.max_reqs = self.factory.max_reqs()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.enable_direct_writes()
         self._seconds = self.factory.reactor.seconds
@@ -200,6 +209,8 @@ class FastCGIProtocol(TrackedProtocol):
         self._closed = True
         self.cancel_linger()
         self._pending = []
+        self._out.clear()
+        self._deferred = []
         requests, self.requests = self.requests, {}
         for ex in requests.values():
             ex.peer_gone()
@@ -209,6 +220,8 @@ class FastCGIProtocol(TrackedProtocol):
         return not self.requests and not self._pending_len
 
     def waiting_for(self) -> str | None:
+        if self._output_paused and not self._closed:
+            return "send"
         if self._closed or self._input_pauses or self.lingering:
             return None  # paused on purpose, or about to close anyway
         requests = self.requests
@@ -226,14 +239,31 @@ class FastCGIProtocol(TrackedProtocol):
 
     # producer API: the transport tells us when its write buffer is full
     def pauseProducing(self) -> None:
+        if self._output_paused:
+            return
         self._output_paused = True
+        # a peer that does not read its answers gets no more of its bytes read (new
+        # requests, records to answer): what it makes us hold stays bounded
+        self.pause_input()
+        self.last_read = self._seconds()  # the send timeout counts from here
         for ex in self.requests.values():
             ex.pause_output()
 
     def resumeProducing(self) -> None:
+        if not self._output_paused:
+            return
         self._output_paused = False
+        self.last_read = self._seconds()
+        self._flush_out()
+        if self._output_paused:
+            return  # paused again by what was queued
+        deferred, self._deferred = self._deferred, []
+        for ex in deferred:
+            if ex.state == NEW:
+                self.dispatcher.params_ready(ex)
         for ex in list(self.requests.values()):
             ex.resume_output()
+        self.resume_input()
 
     def stopProducing(self) -> None:
         self._closed = True
@@ -336,9 +366,10 @@ class FastCGIProtocol(TrackedProtocol):
                     self.transport.write(  # type: ignore[union-attr]
                         end_request(rid, 0, FCGI_UNKNOWN_ROLE))
                     continue
-                if len(requests) >= MAX_REQUESTS_PER_CONNECTION:
-                    self.transport.write(  # type: ignore[union-attr]
-                        end_request(rid, 0, FCGI_CANT_MPX_CONN))
+                if len(requests) >= self.max_reqs:
+                    self._overloaded(rid, bool(flags & FCGI_KEEP_CONN))
+                    if self._closed:
+                        return
                     continue
                 ex = FastCGIExchange(self.dispatcher, self, rid, bool(flags & FCGI_KEEP_CONN))
                 if self._output_paused:
@@ -349,6 +380,7 @@ class FastCGIProtocol(TrackedProtocol):
                 if ex is None:
                     continue
                 ex.peer_gone()
+                self._drop_out(rid)
                 self.transport.write(end_request(rid))  # type: ignore[union-attr]
                 if not ex.keep_conn:
                     self.close()
@@ -370,8 +402,23 @@ class FastCGIProtocol(TrackedProtocol):
         if ready is not None:
             params_ready = self.dispatcher.params_ready
             for ex in ready:
-                if ex.state == NEW:  # not aborted meanwhile
+                if self._output_paused:
+                    # the peer reads none of our answers: its next requests wait
+                    self._deferred.append(ex)
+                elif ex.state == NEW:  # not aborted meanwhile
                     params_ready(ex)
+
+    def _overloaded(self, rid: int, keep_conn: bool) -> None:
+        """More request ids at once than FCGI_MAX_REQS: 503 with Retry-After at once.
+
+        Not FCGI_OVERLOADED (nor FCGI_CANT_MPX_CONN): nginx turns those into a 502. The
+        rest of the request's records are ignored (its id is not active).
+        """
+        status, headers, body = self.dispatcher.overloaded()
+        self.send(b"".join((record(FCGI_STDOUT, rid, cgi_head(status, headers) + body),
+                            record(FCGI_STDOUT, rid), end_request(rid))))
+        if not keep_conn:
+            self._linger(rid)
 
     def _params_too_large(self, ex: FastCGIExchange) -> None:
         ex.param_chunks = None
@@ -397,12 +444,20 @@ class FastCGIProtocol(TrackedProtocol):
     # -- output -----------------------------------------------------------------------
 
     def send_stdout(self, ex: FastCGIExchange, data: bytes, end: bool) -> None:
-        """Write ``data`` as STDOUT records for ``ex``; with ``end``, also END_REQUEST."""
+        """Write ``data`` as STDOUT records for ``ex``; with ``end``, also END_REQUEST.
+
+        While the peer does not read (the transport paused us), answers wait in
+        ``_out`` as the application's own bytes, not copied into the transport's
+        buffer: a peer that pipelines requests and never reads holds no more than
+        what the applications produced.
+        """
         if self._closed:
+            return
+        if self._output_paused or self._out:
+            self._out.append((ex, memoryview(data), end))
             return
         rid = ex.rid
         size = len(data)
-        transport: Any = self.transport
         if size <= MAX_RECORD_CONTENT:
             if end:
                 tail = _STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
@@ -412,37 +467,73 @@ class FastCGIProtocol(TrackedProtocol):
                                         data, tail)))
                 else:
                     self.send(tail)
+                self._ended(ex)
             elif size:
                 self.send(_pack_header(1, FCGI_STDOUT, rid, size, 0) + data)
-        else:
-            view = memoryview(data)
-            parts: list[bytes] = []
-            for pos in range(0, size, MAX_RECORD_CONTENT):
-                chunk = view[pos:pos + MAX_RECORD_CONTENT]
-                parts.append(_pack_header(1, FCGI_STDOUT, rid, len(chunk), 0))
-                parts.append(bytes(chunk))
-            if end:
-                parts.append(_STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
-                                                        1, FCGI_END_REQUEST, rid, 8, 0, 0, 0))
-            transport.writeSequence(parts)
+            return
+        self._write_records(ex, memoryview(data), end)
+
+    def _write_records(self, ex: FastCGIExchange, view: memoryview, end: bool) -> bool:
+        """Write ``view`` record by record while the peer reads; queue what is left.
+
+        True when all of it (and the end) went to the transport.
+        """
+        rid = ex.rid
+        transport: Any = self.transport
+        size = len(view)
+        pos = 0
+        while pos < size:
+            chunk = view[pos:pos + MAX_RECORD_CONTENT]
+            pos += len(chunk)
+            transport.write(_pack_header(1, FCGI_STDOUT, rid, len(chunk), 0) + chunk)
+            if self._closed:
+                return True
+            if self._output_paused and (pos < size or end):
+                self._out.appendleft((ex, view[pos:], end))
+                return False
         if end:
-            requests = self.requests
-            if requests.get(rid) is ex:
-                del requests[rid]
-            if not ex.keep_conn or (self.factory.draining and not requests):
-                # draining: hand the web server's next request to the new process
-                if ex.body_complete or requests:
-                    self.close()
-                else:
-                    self._linger(rid)
+            transport.write(_STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
+                                                       1, FCGI_END_REQUEST, rid, 8, 0, 0, 0))
+            self._ended(ex)
+        return True
+
+    def _flush_out(self) -> None:
+        """The peer reads again: write the queued answers until it pauses us again."""
+        out = self._out
+        while out and not self._output_paused and not self._closed:
+            ex, view, end = out.popleft()
+            if not self._write_records(ex, view, end):
+                return
+
+    def _drop_out(self, rid: int) -> None:
+        """Forget the queued output of request ``rid`` (aborted by the web server)."""
+        if self._out:
+            self._out = collections.deque(item for item in self._out if item[0].rid != rid)
+
+    def _ended(self, ex: FastCGIExchange) -> None:
+        """``ex``'s END_REQUEST went out: forget it, close the connection if it must."""
+        rid = ex.rid
+        requests = self.requests
+        if requests.get(rid) is ex:
+            del requests[rid]
+        if not ex.keep_conn or (self.factory.draining and not requests):
+            # draining: hand the web server's next request to the new process
+            if ex.body_complete or requests:
+                self.close()
+            else:
+                self._linger(rid)
 
     def _linger(self, rid: int) -> None:
         """Close once request ``rid``'s body has ended (bounded: see ``linger``)."""
         self._linger_rid = rid
         self.linger()
-        if self._input_pauses:  # the answer is out: nothing reads that body any more
-            self._input_pauses = 0
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        # the answer is out: nothing reads that body any more (but a peer that does not
+        # read its answers stays paused)
+        pauses = 1 if self._output_paused else 0
+        if self._input_pauses > pauses:
+            self._input_pauses = pauses
+            if not pauses:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def linger_over(self) -> None:
         self._linger_rid = -1
@@ -468,13 +559,20 @@ class FastCGIFactory(ListenerFactory):
 
     protocol_class = FastCGIProtocol
 
-    def values(self) -> dict[str, str]:
-        """The answers to FCGI_GET_VALUES."""
+    def max_reqs(self) -> int:
+        """FCGI_MAX_REQS: the request ids one connection may have open at once.
+
+        What the listener can answer or queue (max_concurrent + backlog); more would be
+        answered 503 by the dispatcher anyway, and each holds memory.
+        """
         dispatcher = self.dispatcher
         if dispatcher.max_concurrent is not None:
-            max_reqs = dispatcher.max_concurrent + dispatcher.backlog
-        else:
-            max_reqs = 1000
+            return dispatcher.max_concurrent + dispatcher.backlog
+        return DEFAULT_MAX_REQS
+
+    def values(self) -> dict[str, str]:
+        """The answers to FCGI_GET_VALUES."""
+        max_reqs = self.max_reqs()
         return {
             "FCGI_MAX_CONNS": str(max_reqs),
             "FCGI_MAX_REQS": str(max_reqs),

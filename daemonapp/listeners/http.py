@@ -16,8 +16,9 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from zope.interface import implementer
 
+from daemonapp.listeners.budget import FdLimits, Spool
 from daemonapp.listeners.connections import LINGER_TIMEOUT, ListenerFactory, Network
-from daemonapp.listeners.exchange import Exchange, Headers
+from daemonapp.listeners.exchange import NEW, Exchange, Headers
 from daemonapp.listeners.limits import Dispatcher
 
 
@@ -158,17 +159,29 @@ class _Root(resource.Resource):
         dispatcher = self.site.dispatcher
         ex = HTTPExchange(dispatcher, request)
         content = request.content
-        body = b""
-        if content is not None:
-            content.seek(0)
-            body = content.read()
-        ex.params = _environ(request, len(body))
-        if body:
-            ex.body = [body]
-            ex.body_len = len(body)
+        size = 0
+        if isinstance(content, io.BytesIO):
+            body = content.getvalue()
+            size = len(body)
+            if body:
+                ex.body = [body]
+        elif content is not None:
+            # twisted.web received a large or chunked body into a temporary file (0600,
+            # unlinked): the app reads it from there instead of from memory
+            size = content.seek(0, io.SEEK_END)
+            if size:
+                ex.spool = Spool(dispatcher.budget, adopt=content)
+        ex.params = _environ(request, size)
+        ex.body_len = size
         ex.body_complete = True
         request.notifyFinish().addErrback(_gone, ex)
-        dispatcher.params_ready(ex)
+        channel: Any = request.channel
+        if channel.output_paused:
+            # the client reads none of our answers: its pipelined requests wait (each
+            # answer would pile up in the transport's buffer)
+            channel.waiting = ex
+        else:
+            dispatcher.params_ready(ex)
         return server.NOT_DONE_YET
 
 
@@ -266,6 +279,21 @@ class _Channel(http.HTTPChannel):
         base: Any = super()
         base._respondToBadRequestAndDisconnect()
 
+    #: a request not dispatched yet because the client reads none of our answers
+    waiting: HTTPExchange | None = None
+
+    @property
+    def output_paused(self) -> bool:
+        """Whether the transport's buffer is full (the client does not read)."""
+        return bool(getattr(self, "_waitingForTransport", False))
+
+    def resumeProducing(self) -> None:
+        base: Any = super()
+        base.resumeProducing()
+        ex, self.waiting = self.waiting, None
+        if ex is not None and ex.state == NEW:
+            self.site.dispatcher.params_ready(ex)
+
     def is_idle(self) -> bool:
         """No request being received or answered."""
         return not self.requests
@@ -290,14 +318,18 @@ class HTTPSite(server.Site):
     noisy = False
 
     def __init__(self, dispatcher: Dispatcher, *, reactor: Any,
-                 allow_from: list[Network] | None = None) -> None:
+                 allow_from: list[Network] | None = None,
+                 max_connections: int | None = None, fds: FdLimits | None = None) -> None:
         base: Any = super()
         base.__init__(resource.Resource(), reactor=reactor)
         self.resource = _Root(self)
         self.dispatcher = dispatcher
-        # the tracking and allow-list logic every listener factory shares
-        self.factory_tracker = ListenerFactory(dispatcher, reactor=reactor,
-                                               allow_from=allow_from)
+        # the tracking, allow-list and cap logic every listener factory shares
+        self.factory_tracker = tracker = ListenerFactory(
+            dispatcher, reactor=reactor, allow_from=allow_from,
+            max_connections=max_connections, fds=fds)
+        self.quiet_accept_errors = tracker.quiet_accept_errors
+        self.stop = tracker.stop
 
     draining = False
 
@@ -316,18 +348,34 @@ class HTTPSite(server.Site):
         """Connections refused by allow_from."""
         return self.factory_tracker.denied
 
+    @property
+    def refused(self) -> int:
+        """Connections accepted and closed at once past max_connections."""
+        return self.factory_tracker.refused
+
+    @property
+    def accept_errors(self) -> int:
+        """accept() failures (EMFILE...) on the port."""
+        return self.factory_tracker.accept_errors
+
+    @property
+    def max_connections(self) -> int:
+        """The connection cap."""
+        return self.factory_tracker.max_connections
+
+    @property
+    def timed_out(self) -> dict[str, int]:
+        """Connections closed by a read timeout (twisted.web's own: not counted)."""
+        return self.factory_tracker.timed_out
+
     def buildProtocol(self, addr: IAddress | None) -> Any:
         tracker = self.factory_tracker
-        if addr is not None and not tracker.allowed(addr):
-            tracker.denied += 1
-            tracker.log.warn("refused a connection from {peer}: not in allow_from",
-                             peer=getattr(addr, "host", str(addr)))
-            return None
+        if not tracker.admit(addr):
+            return None  # the port closes the socket at once
         base: Any = super()
         channel = base.buildProtocol(addr)
         channel.totalHeadersSize = self.dispatcher.max_param_bytes
         channel.connected_at = self.reactor.seconds()
-        tracker.connections_total += 1
         return channel
 
     def log(self, request: Any) -> None:

@@ -22,6 +22,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daemonapp.interfaces import IActivityMonitor
+from daemonapp.listeners.budget import (
+    DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_LISTENER_BUFFER_BYTES,
+    BodyBudget,
+    FdLimits,
+)
 from daemonapp.listeners.exchange import (
     DONE,
     NEW,
@@ -43,6 +49,9 @@ DEFAULT_QUEUE_TIMEOUT = 10.0
 DEFAULT_HEADER_TIMEOUT = 60.0
 DEFAULT_BODY_TIMEOUT = 60.0
 DEFAULT_IDLE_TIMEOUT = 60.0
+#: FastCGI: a peer that reads none of its answers this long is cut off (nginx's
+#: send_timeout).
+DEFAULT_SEND_TIMEOUT = 60.0
 
 #: While requests flow, a no-op timer asks the loop to look at the sockets at least this
 #: often: DaemonApp ends a time slice early when another timer is due, so requests
@@ -90,6 +99,10 @@ class Dispatcher:
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        max_listener_buffer_bytes: int = DEFAULT_MAX_LISTENER_BUFFER_BYTES,
+        fds: FdLimits | None = None,
         jobs_status: JobsStatus | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -106,6 +119,9 @@ class Dispatcher:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.budget = BodyBudget(per_connection=max_buffer_bytes,
+                                 per_listener=max_listener_buffer_bytes, fds=fds)
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         if max_requests is not None:
@@ -204,6 +220,7 @@ class Dispatcher:
         if state == DONE:
             return
         ex.state = DONE
+        ex.release_body()
         timer = ex.timer
         if timer is not None:
             ex.timer = None
@@ -241,6 +258,31 @@ class Dispatcher:
         ex.respond(status_line(413), _PLAIN,
                    b"Request body too large\n")
         ex.run_cancel_hooks()
+
+    def overloaded(self) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The 503 for a request refused before it was read (a connection's FCGI_MAX_REQS).
+
+        Counted and reported to the activity monitor like any other request shed.
+        """
+        self.requests += 1
+        self.rejected_503 += 1
+        self.answered += 1
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.begin("request")
+            monitor.end("request")
+        return (status_line(503), [*_PLAIN, ("Retry-After", self.retry_after)],
+                b"Service Unavailable\n")
+
+    def spool_failed(self, ex: Exchange, err: OSError) -> None:
+        """A body over the memory budget could not be spooled to disk: 503."""
+        self.budget.spool_failed += 1
+        self.log.warn("cannot spool a request body from {peer} to disk ({error}): 503",
+                      peer=ex.peer, error=str(err))
+        if ex.head_sent:
+            ex.abort()
+            return
+        self._reject(ex)
 
     def bad_request(self, ex: Exchange, reason: str) -> None:
         """The request cannot be read (a length that is not ASCII digits...): 400."""
@@ -409,6 +451,9 @@ class Dispatcher:
             "too_large_413": self.too_large_413,
             "too_large_431": self.too_large_431,
             "bad_request_400": self.bad_request_400,
+            "buffered_bytes": self.budget.used,
+            "spooled": self.budget.spooled,
+            "spool_failed": self.budget.spool_failed,
             "max_concurrent": self.max_concurrent,
             "backlog": self.backlog,
             "request_limit": self.request_limit,

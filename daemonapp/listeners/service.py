@@ -92,6 +92,8 @@ class Listener(service.Service):
         self.factory.draining = False
         if self.app is not None and hasattr(self.app, "start"):
             self.app.start()
+        # the fd limit as it is now (twistd, a web server or a test may have lowered it)
+        self.dispatcher.budget.fds.refresh()
         result: list[object] = []
         listening: defer.Deferred[IListeningPort]
         try:
@@ -108,13 +110,16 @@ class Listener(service.Service):
             if isinstance(outcome, Failure):
                 self.running = False  # type: ignore[assignment]
                 outcome.raiseException()
-            self.port = outcome  # type: ignore[assignment]
+            self._listening(outcome)  # type: ignore[arg-type]
             return
         listening.addCallback(self._listening)
         listening.addErrback(self._listen_failed)
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
+        quiet = getattr(self.factory, "quiet_accept_errors", None)
+        if quiet is not None:
+            quiet(port)
         if self.draining:
             port.stopListening()
 
@@ -192,6 +197,10 @@ class Listener(service.Service):
         if self.app is not None and hasattr(self.app, "stop"):
             self.app.stop()
         self.dispatcher.stop_io_tick()
+        self.dispatcher.budget.close()
+        stop = getattr(self.factory, "stop", None)
+        if stop is not None:
+            stop()
         self.log.info("listener {name} drained", name=self.name)
         self._drained = defer.succeed(None)
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -210,6 +219,10 @@ class Listener(service.Service):
             "connections": len(self.factory.connections),
             "connections_total": getattr(self.factory, "connections_total", 0),
             "denied": getattr(self.factory, "denied", 0),
+            "max_connections": getattr(self.factory, "max_connections", None),
+            "refused": getattr(self.factory, "refused", 0),
+            "accept_errors": getattr(self.factory, "accept_errors", 0),
+            "timed_out": dict(getattr(self.factory, "timed_out", {})),
         }
         snap.update(self.dispatcher.snapshot())
         return snap

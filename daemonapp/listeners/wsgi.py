@@ -14,7 +14,7 @@ import io
 import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -162,6 +162,10 @@ class StreamingInput:
         self._exchange = exchange
         self._call_from_thread = call_from_thread
         self._cond = threading.Condition()
+        # a body spooled to disk (over the memory budget) is read from there first;
+        # what arrives from now on is buffered here
+        spool = exchange.spool
+        self._file: IO[bytes] | None = spool.reader() if spool is not None else None
         self._buf = bytearray(b"".join(exchange.body))
         exchange.body = []
         self._eof = exchange.body_complete
@@ -236,8 +240,30 @@ class StreamingInput:
             self._call_from_thread(self._exchange._resume_input)
         return data
 
+    def _from_file(self, size: int, line: bool = False) -> bytes:
+        """Up to ``size`` bytes (a line with ``line``) of the spooled part, b"" at its end."""
+        spool = self._file
+        if spool is None:
+            return b""
+        data = spool.readline(size) if line else spool.read(size)
+        if not data:
+            self._file = None  # the spool itself is closed when the request ends
+        return data
+
     def read(self, size: int | None = -1) -> bytes:
         """Read ``size`` bytes (all remaining when negative or None)."""
+        if size == 0:
+            return b""
+        if self._file is not None:
+            if size is None or size < 0:
+                head = self._from_file(-1)
+                self._file = None
+                return head + self.read(-1)
+            head = self._from_file(size)
+            if len(head) == size:
+                return head
+            self._file = None
+            return head + self.read(size - len(head))
         with self._cond:
             if size is None or size < 0:
                 self._wait(lambda: False)
@@ -247,6 +273,15 @@ class StreamingInput:
 
     def readline(self, size: int | None = -1) -> bytes:
         """Read one line (at most ``size`` bytes)."""
+        if size == 0:
+            return b""
+        if self._file is not None:
+            most = size if size is not None and size >= 0 else -1
+            head = self._from_file(most, line=True)
+            if head.endswith(b"\n") or (most >= 0 and len(head) >= most):
+                return head
+            self._file = None
+            return head + self.readline(-1 if most < 0 else most - len(head))
         with self._cond:
             limit = size if size is not None and size >= 0 else None
 
@@ -533,7 +568,9 @@ class WSGIApp:
                 # a chunked body that is already whole: tell its length to the apps
                 # that ignore wsgi.input_terminated (Django)
                 environ["CONTENT_LENGTH"] = str(exchange.body_len)
-            stream: Any = io.BytesIO(exchange.body_bytes())
+            spool = exchange.spool
+            stream: Any = (spool.reader() if spool is not None
+                           else io.BytesIO(exchange.body_bytes()))
         else:
             stream = StreamingInput(exchange, self.reactor.callFromThread)
             exchange.input = stream

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from daemonapp.listeners import build_listener
+from daemonapp.listeners.budget import FdLimits
 from daemonapp.listeners.fastcgi import (
     FCGI_BEGIN_REQUEST,
     FCGI_PARAMS,
@@ -85,11 +86,16 @@ def stdout_of(data: bytes, rid: int = 1) -> bytes:
     return b"".join(c for t, r, c in parse_records(data) if t == 6 and r == rid)
 
 
-def make_listener(reactor: Any = None, **options: Any) -> Any:
-    """A listener built from ``options`` (not started) on a memory reactor."""
+def make_listener(reactor: Any = None, fds: FdLimits | None = None, **options: Any) -> Any:
+    """A listener built from ``options`` (not started) on a memory reactor.
+
+    It counts its connections in ``fds``, by default its own FdLimits (the tests leave
+    connections open, which must not count against the process's cap).
+    """
     options.setdefault("protocol", "fastcgi")
     options.setdefault("endpoint", "tcp:0")
-    return build_listener(options, reactor=reactor or MemoryReactorClock(), base_dir="/tmp")
+    return build_listener(options, reactor=reactor or MemoryReactorClock(), base_dir="/tmp",
+                          fds=fds or FdLimits(limit=1 << 16))
 
 
 def connect(listener: Any) -> tuple[Any, StringTransport]:

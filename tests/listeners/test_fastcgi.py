@@ -291,12 +291,17 @@ class LimitTests(SynchronousTestCase):
         self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
 
     def test_too_many_request_ids_per_connection(self) -> None:
-        """Past 100 open request ids on one connection, BEGIN gets FCGI_CANT_MPX_CONN."""
+        """Past FCGI_MAX_REQS (1000 for a native handler) open request ids on one
+        connection, BEGIN gets a 503 on STDOUT (nginx would turn FCGI_CANT_MPX_CONN
+        into a 502)."""
         listener = make_listener(native="tests.listeners.apps:hello_native")
         proto, transport = connect(listener)
-        proto.dataReceived(b"".join(begin(rid) for rid in range(1, 102)))
-        self.assertEqual(parse_records(transport.value()),
-                         [(FCGI_END_REQUEST, 101, struct.pack("!IB3x", 0, 1))])
+        proto.dataReceived(b"".join(begin(rid) for rid in range(1, 1002)))
+        records = parse_records(transport.value())
+        self.assertEqual([(t, r) for t, r, _ in records],
+                         [(FCGI_STDOUT, 1001), (FCGI_STDOUT, 1001), (FCGI_END_REQUEST, 1001)])
+        self.assertTrue(records[0][2].startswith(b"Status: 503 "))
+        self.assertEqual(records[2][2], END_OK)
 
 
 class LingerTests(SynchronousTestCase):

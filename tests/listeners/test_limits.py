@@ -139,8 +139,9 @@ class RequestLimitTests(SynchronousTestCase):
         listener = make_listener(native="tests.listeners.apps:pending_native",
                                  max_concurrent=1, backlog=0)
         listener.set_activity_monitor(monitor)
-        proto, _ = connect(listener)
-        proto.dataReceived(request(1) + request(2))
+        # two connections: on one, FCGI_MAX_REQS (1 here) would refuse the second id
+        connect(listener)[0].dataReceived(request(1))
+        connect(listener)[0].dataReceived(request(2))
         self.assertEqual(monitor.calls, [("begin", "request"), ("begin", "request"),
                                          ("end", "request")])
 

@@ -15,7 +15,8 @@ def test_every_documented_key_has_a_converter() -> None:
         "protocol", "endpoint", "wsgi", "native", "jobs", "threads", "max_concurrent",
         "backlog", "queue_timeout", "max_param_bytes", "max_body_bytes", "request_timeout",
         "max_requests", "max_requests_jitter", "allow_from", "script_name", "socket_group",
-        "mode", "header_timeout", "body_timeout", "idle_timeout"])
+        "mode", "header_timeout", "body_timeout", "idle_timeout", "send_timeout",
+        "max_buffer_bytes", "max_listener_buffer_bytes", "max_connections"])
 
 
 @pytest.mark.parametrize(("key", "raw", "expected"), [
@@ -25,6 +26,9 @@ def test_every_documented_key_has_a_converter() -> None:
     ("body_timeout", "2m", 120.0),
     ("max_param_bytes", "64KiB", 65536),
     ("max_body_bytes", "1MiB", 1048576),
+    ("max_listener_buffer_bytes", "32MiB", 33554432),
+    ("max_connections", "500", 500),
+    ("send_timeout", "90s", 90.0),
     ("threads", 0, 0),
     ("allow_from", "127.0.0.1, 10.0.0.0/8", ["127.0.0.1/32", "10.0.0.0/8"]),
     ("script_name", "/app/", "/app"),

@@ -1,0 +1,287 @@
+"""Bounded by default (DESIGN §4): body memory, spooling, request ids, output, connections."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from daemonapp.listeners.budget import BodyBudget, FdLimits, Spool
+from daemonapp.listeners.fastcgi import FCGI_END_REQUEST, FCGI_STDIN, FCGI_STDOUT, record
+from daemonapp.listeners.wsgi import StreamingInput
+from daemonapp.metrics import render_metrics
+from tests.listeners.helpers import (
+    begin,
+    connect,
+    make_listener,
+    params,
+    parse_records,
+    request,
+    stdout_of,
+)
+
+
+def _post(rid: int, length: int) -> bytes:
+    return begin(rid) + params(rid, REQUEST_METHOD="POST", CONTENT_LENGTH=str(length))
+
+
+class BodyBudgetTests(SynchronousTestCase):
+    """Bodies nobody reads yet stay within the memory budget; the rest goes to disk."""
+
+    def test_body_over_the_connection_budget_is_spooled_to_a_private_file(self) -> None:
+        """Past max_buffer_bytes the body moves to a 0600 file without a name, in a
+        0700 directory, and the memory it held is given back."""
+        listener = make_listener(native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=1000)
+        proto, transport = connect(listener)
+        proto.dataReceived(_post(1, 3000) + record(FCGI_STDIN, 1, b"a" * 800))
+        budget = listener.dispatcher.budget
+        self.assertEqual((budget.used, budget.spooled), (800, 0))
+        proto.dataReceived(record(FCGI_STDIN, 1, b"b" * 800))
+        self.assertEqual((budget.used, budget.spooled), (0, 1))
+        spool = proto.requests[1].spool
+        info = os.fstat(spool.file.fileno())
+        self.assertEqual((stat.S_IMODE(info.st_mode), info.st_nlink), (0o600, 0))
+        directory = os.stat(budget._dir)
+        self.assertEqual(stat.S_IMODE(directory.st_mode), 0o700)
+        proto.dataReceived(record(FCGI_STDIN, 1, b"c" * 1400) + record(FCGI_STDIN, 1))
+        self.assertEqual(stdout_of(transport.value()).split(b"\r\n\r\n", 1)[1],
+                         b"a" * 800 + b"b" * 800 + b"c" * 1400)
+        self.assertEqual((budget.used, budget.fds.spools), (0, 0))
+
+    def test_the_listener_budget_is_shared_by_its_connections(self) -> None:
+        """Each connection under max_buffer_bytes, together over
+        max_listener_buffer_bytes: the body that does not fit is spooled."""
+        listener = make_listener(native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=1000, max_listener_buffer_bytes=1500)
+        first, _ = connect(listener)
+        second, _ = connect(listener)
+        first.dataReceived(_post(1, 2000) + record(FCGI_STDIN, 1, b"x" * 900))
+        second.dataReceived(_post(1, 2000) + record(FCGI_STDIN, 1, b"y" * 900))
+        budget = listener.dispatcher.budget
+        self.assertEqual((budget.used, budget.spooled), (900, 1))
+        self.assertIsNone(first.requests[1].spool)
+        self.assertIsNotNone(second.requests[1].spool)
+
+    def test_memory_is_given_back_when_the_request_ends(self) -> None:
+        """A connection that goes away gives its buffered bytes back to the budget."""
+        listener = make_listener(native="tests.listeners.apps:echo_native")
+        proto, _ = connect(listener)
+        proto.dataReceived(_post(1, 5000) + record(FCGI_STDIN, 1, b"x" * 4000))
+        self.assertEqual(listener.dispatcher.budget.used, 4000)
+        proto.connectionLost(None)
+        self.assertEqual(listener.dispatcher.budget.used, 0)
+
+    def test_a_body_that_cannot_be_spooled_is_answered_503(self) -> None:
+        """No descriptor to spare for a spool file: 503 with Retry-After, not RAM."""
+        listener = make_listener(native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=100, fds=FdLimits(limit=64))
+        listener.dispatcher.budget.fds.spools = 16  # half the reserve of 32 in use
+        proto, transport = connect(listener)
+        proto.dataReceived(_post(1, 3000) + record(FCGI_STDIN, 1, b"x" * 200))
+        out = stdout_of(transport.value())
+        self.assertTrue(out.startswith(b"Status: 503 "), out)
+        self.assertIn(b"Retry-After: 10\r\n", out)
+        self.assertEqual(listener.dispatcher.budget.used, 0)
+        self.assertEqual(listener.dispatcher.snapshot()["spool_failed"], 1)
+
+    def test_wsgi_input_reads_the_spool_then_what_arrives_later(self) -> None:
+        """A body partly spooled before the app started reads as one stream."""
+
+        class Partial:
+            _hold_paused = False
+            body_complete = False
+
+            def __init__(self, spool: Spool) -> None:
+                self.spool = spool
+                self.body: list[bytes] = []
+
+            def _pause_input(self) -> None:
+                pass
+
+            def _resume_input(self) -> None:
+                pass
+
+        spool = Spool(BodyBudget(fds=FdLimits(limit=1000)))
+        spool.write(b"line one\nline tw")
+        stream = StreamingInput(Partial(spool), lambda f, *a: f(*a))  # type: ignore[arg-type]
+        stream.feed(b"o\nrest")
+        stream.feed_eof()
+        self.assertEqual(stream.readline(), b"line one\n")
+        self.assertEqual(stream.readline(), b"line two\n")
+        self.assertEqual(stream.read(), b"rest")
+
+
+class RequestIdCapTests(SynchronousTestCase):
+    """FCGI_MAX_REQS is enforced per connection, with a 503 nginx relays."""
+
+    def test_request_ids_past_fcgi_max_reqs_get_503_with_retry_after(self) -> None:
+        """With max_concurrent 1 and backlog 1 (FCGI_MAX_REQS 2), a third open id
+        on one connection is answered 503 with Retry-After, never FCGI_OVERLOADED."""
+        listener = make_listener(native="tests.listeners.apps:pending_native",
+                                 max_concurrent=1, backlog=1, queue_timeout="3s")
+        proto, transport = connect(listener)
+        proto.dataReceived(b"".join(_post(rid, 10) for rid in (1, 2, 3)))
+        records = parse_records(transport.value())
+        self.assertEqual([(t, r) for t, r, _ in records],
+                         [(FCGI_STDOUT, 3), (FCGI_STDOUT, 3), (FCGI_END_REQUEST, 3)])
+        self.assertTrue(records[0][2].startswith(b"Status: 503 Service Unavailable\r\n"))
+        self.assertIn(b"Retry-After: 3\r\n", records[0][2])
+        self.assertEqual(records[2][2][4], 0)  # FCGI_REQUEST_COMPLETE
+        self.assertEqual(sorted(proto.requests), [1, 2])
+        self.assertEqual(listener.dispatcher.rejected_503, 1)
+
+
+class OutputPausedTests(SynchronousTestCase):
+    """A peer that reads none of its answers gets nothing more read nor answered."""
+
+    def test_input_is_paused_while_the_output_is_paused(self) -> None:
+        """pauseProducing (the transport's buffer is full) stops reading the peer;
+        resumeProducing reads it again."""
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        proto, transport = connect(listener)
+        proto.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        proto.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_requests_read_while_paused_wait_for_the_peer_to_read(self) -> None:
+        """Requests parsed while the output is paused are answered only on resume."""
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        proto, transport = connect(listener)
+        proto.pauseProducing()
+        proto.dataReceived(request(1) + request(2))
+        self.assertEqual(transport.value(), b"")
+        proto.resumeProducing()
+        self.assertEqual(stdout_of(transport.value(), 2).split(b"\r\n\r\n", 1)[1],
+                         b"Hello, world!\n")
+
+    def test_a_big_answer_is_not_copied_while_the_peer_does_not_read(self) -> None:
+        """A 1 MiB answer goes out a record at a time: paused after the first, the rest
+        waits as the app's own bytes; resumed, the whole answer arrives in order."""
+        listener = make_listener(native="tests.listeners.apps:big_native")
+        proto, transport = connect(listener)
+        real_write = transport.write
+
+        def write(data: Any) -> None:  # a transport whose buffer fills at once
+            real_write(bytes(data))
+            proto.pauseProducing()
+
+        transport.write = write  # type: ignore[method-assign]
+        proto.dataReceived(request(1))
+        self.assertLess(len(transport.value()), 70_000)
+        for _ in range(40):
+            proto.resumeProducing()
+        records = parse_records(transport.value())
+        self.assertEqual(records[-1][:2], (FCGI_END_REQUEST, 1))
+        self.assertEqual(len(stdout_of(transport.value()).split(b"\r\n\r\n", 1)[1]),
+                         1024 * 1024)
+
+    def test_a_peer_that_never_reads_is_cut_off_after_send_timeout(self) -> None:
+        """Paused for send_timeout without reading anything: the connection is aborted."""
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, native="tests.listeners.apps:hello_native",
+                                 send_timeout="5s")
+        proto, transport = connect(listener)
+        proto.pauseProducing()
+        for _ in range(4):
+            clock.advance(1)
+        self.assertFalse(transport.disconnected)
+        clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    """Connections stay below the fd limit: past the cap, accept and close."""
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def _refusal_lines(self) -> list[str]:
+        return [e["log_format"] for e in self.events if "accepted and closed" in
+                str(e.get("log_format", ""))]
+
+    def test_the_default_cap_leaves_a_reserve_below_the_fd_limit(self) -> None:
+        """A quarter of the fd limit (at least 32) is kept for the app's own files."""
+        self.assertEqual([FdLimits(limit=n).max_connections for n in (1024, 256, 64)],
+                         [768, 192, 32])
+
+    def test_past_max_connections_a_connection_is_refused_and_logged_once_a_minute(
+            self) -> None:
+        """Past the cap buildProtocol refuses (the port closes the socket); one log line
+        a minute gives the count; once a connection closes, connections are served."""
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, native="tests.listeners.apps:hello_native",
+                                 max_connections=2)
+        factory = listener.factory
+        first, _ = connect(listener)
+        connect(listener)
+        self.assertEqual([factory.buildProtocol(None) for _ in range(5)], [None] * 5)
+        self.assertEqual((factory.refused, len(self._refusal_lines())), (5, 1))
+        clock.advance(60)
+        self.assertEqual(len(self._refusal_lines()), 2)
+        self.assertEqual(self.events[-1]["refused"], 4)
+        first.connectionLost(None)
+        self.assertIsNotNone(factory.buildProtocol(None))
+        self.assertEqual(listener.snapshot()["refused"], 5)
+
+    def test_the_cap_counts_every_listener_of_the_process(self) -> None:
+        """Two listeners sharing a limit of 40 fds (reserve 32) hold 8 connections
+        together."""
+        fds = FdLimits(limit=40)
+        one = make_listener(native="tests.listeners.apps:hello_native", fds=fds)
+        two = make_listener(native="tests.listeners.apps:hello_native", fds=fds,
+                            protocol="scgi", endpoint="tcp:0")
+        for _ in range(4):
+            connect(one)
+            connect(two)
+        self.assertIsNone(one.factory.buildProtocol(None))
+        self.assertIsNone(two.factory.buildProtocol(None))
+
+    def test_twisted_emfile_lines_are_counted_not_logged(self) -> None:
+        """Twisted's accept loop logs three lines per connection it closes on EMFILE:
+        on a listener's port they become a count in the once-a-minute line."""
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        port = tcp.Port(0, listener.factory)
+        listener.factory.quiet_accept_errors(port)
+        for _ in range(1000):
+            port._logger.info("EMFILE encountered; releasing reserved file descriptor.")
+            port._logger.info("EMFILE recovery: Closed socket from {address}", address="x")
+            port._logger.info("Re-reserving EMFILE recovery file descriptor.")
+        self.assertEqual([e for e in self.events
+                          if "EMFILE recovery" in str(e.get("log_format"))], [])
+        self.assertEqual(listener.factory.accept_errors, 1000)
+        self.assertEqual(len(self._refusal_lines()), 1)
+
+
+class CountersTests(SynchronousTestCase):
+    """The hardening counters reach `daemonapp status` and the Prometheus text."""
+
+    def test_snapshot_and_metrics_carry_the_new_counters(self) -> None:
+        """timed_out, bad_request_400, spooled and refused are in both."""
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=10, max_connections=1, idle_timeout="1s")
+        proto, _ = connect(listener)
+        proto.dataReceived(_post(1, 100) + record(FCGI_STDIN, 1, b"x" * 20))
+        proto.dataReceived(record(FCGI_STDIN, 1))  # answered: idle from now on
+        listener.factory.buildProtocol(None)  # refused
+        clock.advance(3)
+        snap = listener.snapshot()
+        self.assertEqual((snap["timed_out"], snap["spooled"], snap["refused"],
+                          snap["bad_request_400"]),
+                         ({"header": 0, "body": 0, "idle": 1, "send": 0}, 1, 1, 0))
+        text = render_metrics({"state": "running", "listeners": [snap]}).decode()
+        for line in ('daemonapp_listener_timed_out_total{listener="%s",waiting="idle"} 1.0',
+                     'daemonapp_listener_spooled_total{listener="%s"} 1.0',
+                     'daemonapp_listener_refused_total{listener="%s"} 1.0',
+                     'daemonapp_listener_bad_request_400_total{listener="%s"} 0.0'):
+            self.assertIn(line % snap["name"], text)
