@@ -139,6 +139,12 @@ class FastCGIExchange(Exchange):
         self.buffer = proto.buffer
 
     def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
+        if len(body) > MAX_RECORD_CONTENT:
+            # not joined: a big body is written (or waits for a slow peer) as the app's
+            # own bytes, never copied whole
+            self.proto.send_stdout(self, cgi_head(status, headers), False)
+            self.proto.send_stdout(self, body, True)
+            return
         self.proto.send_stdout(self, cgi_head(status, headers) + body, True)
 
     def respond_text(self, body: bytes) -> None:
@@ -147,7 +153,11 @@ class FastCGIExchange(Exchange):
             super().respond_text(body)
             return
         self.head_sent = True
-        self.proto.send_stdout(self, _TEXT_HEAD % len(body) + body, True)
+        if len(body) > MAX_RECORD_CONTENT:  # not joined: see _emit_whole
+            self.proto.send_stdout(self, _TEXT_HEAD % len(body), False)
+            self.proto.send_stdout(self, body, True)
+        else:
+            self.proto.send_stdout(self, _TEXT_HEAD % len(body) + body, True)
         self.dispatcher.finished(self)
 
     def _emit_head(self, status: str, headers: Headers) -> None:

@@ -15,6 +15,7 @@ from daemonapp.listeners.budget import BodyBudget, FdLimits, Spool
 from daemonapp.listeners.fastcgi import FCGI_END_REQUEST, FCGI_STDIN, FCGI_STDOUT, record
 from daemonapp.listeners.wsgi import StreamingInput
 from daemonapp.metrics import render_metrics
+from tests.listeners import apps
 from tests.listeners.helpers import (
     begin,
     connect,
@@ -175,6 +176,7 @@ class OutputPausedTests(SynchronousTestCase):
         transport.write = write  # type: ignore[method-assign]
         proto.dataReceived(request(1))
         self.assertLess(len(transport.value()), 70_000)
+        self.assertIs(proto._out[0][1].obj, apps.BIG)  # the app's bytes, not a copy
         for _ in range(40):
             proto.resumeProducing()
         records = parse_records(transport.value())
