@@ -54,6 +54,13 @@ REQUEST_TIMEOUT = 30.0
 #: What one connection may hold: one request's limits plus two whole FastCGI records
 #: (a record is read whole before it is looked at) and slack for the objects' own text.
 REQUEST_BOUND = MAX_BODY_BYTES + MAX_PARAM_BYTES + 2 * (65535 + 255 + 8) + 16 * 1024
+#: The listeners' body budget per connection (max_buffer_bytes, where the listener has
+#: it): bodies beyond it go to spool files, not memory.
+MAX_BUFFER_BYTES = 128 * 1024
+#: What one connection may hold in memory with that budget, however many requests it
+#: multiplexes: the budget, two whole records, and the params and objects of the
+#: requests (bounded by FastCGI's own request cap).
+CONNECTION_BOUND = MAX_BUFFER_BYTES + 2 * (65535 + 255 + 8) + 100 * 1024
 #: Bytes a client that never reads may make us write after its buffer filled up.
 WRITE_AFTER_PAUSE_BOUND = 1024 * 1024
 #: The silence after an input: longer than every timeout of the listeners (HTTP's 60 s,
@@ -398,6 +405,21 @@ class Stats:
 # ------------------------------------------------------------------ protocol harness
 
 
+def has_budget() -> bool:
+    """Whether the listeners bound body memory per connection (issue 14 item 7)."""
+    from daemonapp.listeners import LISTENER_OPTIONS
+
+    return "max_buffer_bytes" in LISTENER_OPTIONS
+
+
+def open_fds() -> int:
+    """Descriptors open in this process (0 where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
 def _listener_module() -> str:
     """The name under which this module is importable (for "module:callable" targets)."""
     return __name__
@@ -420,12 +442,15 @@ class ProtocolHarness:
         base = {"protocol": protocol, "endpoint": "tcp:0",
                 "max_param_bytes": MAX_PARAM_BYTES, "max_body_bytes": MAX_BODY_BYTES,
                 "request_timeout": REQUEST_TIMEOUT}
+        if has_budget():
+            base["max_buffer_bytes"] = MAX_BUFFER_BYTES
         kinds = {"native": {"native": f"{module}:echo_native"},
                  "wsgi": {"wsgi": f"{module}:echo_wsgi", "threads": 0},
                  "wsgi-threads": {"wsgi": f"{module}:echo_wsgi", "threads": 2}}
         self.listeners = {kind: build_listener({**base, **extra}, reactor=self.reactor,
                                                base_dir=tempfile.gettempdir())
                           for kind, extra in kinds.items()}
+        self.budget = has_budget()
         self.peer = IPv4Address("TCP", "127.0.0.1", 40000)
         self.host = IPv4Address("TCP", "127.0.0.1", 8080)
 
@@ -478,6 +503,7 @@ class ProtocolHarness:
         stats.inputs += 1
         stats.bytes_fed += len(data)
         BIG_LEFT[0] = 16
+        fds_before = open_fds()
         listener = self.listeners[kind]
         reactor = self.reactor
         threads = kind == "wsgi-threads"
@@ -493,7 +519,7 @@ class ProtocolHarness:
             skip = self.skip_set(kind, transport)
             step = "dataReceived"
             chunks = list(split(data, rng))
-            measure_every = max(1, len(chunks) // 8)
+            measure_every = max(1, len(chunks) // 3)
             for index, chunk in enumerate(chunks):
                 if transport.closed:
                     break  # a tcp or unix transport stops reading at loseConnection
@@ -517,8 +543,8 @@ class ProtocolHarness:
             peak = max(peak, held_bytes(proto, skip))
             for delay in (1.0, 5.0, REQUEST_TIMEOUT, SILENCE):
                 reactor.advance(delay)
-                if threads:
-                    reactor.settle()
+            if threads:
+                reactor.settle()
             if transport.written:
                 outcome = "answered"
             elif transport.closed or transport.write_closed:
@@ -533,8 +559,6 @@ class ProtocolHarness:
                 stats.finding("leaks", "a WSGI thread still runs 5 s after close", data)
             step = "after close"
             reactor.advance(SILENCE)
-            if threads:
-                reactor.settle()
         except Exception as exc:
             sig = f"{step}: {exception_signature(exc)}"
             stats.finding("crashes", sig, data, Failure(exc).getTraceback())
@@ -554,8 +578,16 @@ class ProtocolHarness:
         elif outcome == "waiting":
             stats.waiting += 1
         stats.peak_held = max(stats.peak_held, peak)
-        if peak > REQUEST_BOUND * max(1, count_requests(self.protocol, data)):
+        requests = max(1, count_requests(self.protocol, data))
+        bound = REQUEST_BOUND * requests
+        if self.budget:
+            bound = min(bound, CONNECTION_BOUND + requests * MAX_PARAM_BYTES)
+        if peak > bound:
             stats.finding("over_bound", f"{self.protocol} held {peak // 1024} KiB", data)
+        fds_after = open_fds()
+        if fds_after > fds_before and not threads:
+            stats.finding("leaks", f"{fds_after - fds_before} fd(s) left open after close",
+                          data)
         if transport is not None:
             stats.peak_written_after_pause = max(stats.peak_written_after_pause,
                                                  transport.after_pause)
@@ -1045,6 +1077,12 @@ class Scenario:
     bound: int = REQUEST_BOUND
     scale: float = 1.0  # share of the byte budget this scenario sends
 
+    @property
+    def traced_bound(self) -> int:
+        """tracemalloc's peak may also see the answers on their way out (an echo of a
+        whole body, copies while it is framed): a few bodies more than ``bound``."""
+        return 2 * self.bound + 4 * MAX_BODY_BYTES
+
 
 def _endless(head: bytes, piece: bytes) -> Callable[[int], Iterator[bytes]]:
     def pieces(total: int) -> Iterator[bytes]:
@@ -1119,8 +1157,9 @@ def scenarios() -> list[Scenario]:
         Scenario("fastcgi endless records for unknown ids", "fastcgi",
                  _endless(b"", fcgi_record(FCGI_STDIN, 7, b"u" * 8192))),
         Scenario("fastcgi 100 multiplexed endless bodies", "fastcgi", _fcgi_multiplexed,
-                 known="issue 14 item 7: no per-connection budget for multiplexed bodies",
-                 bound=REQUEST_BOUND),
+                 known="" if has_budget() else
+                 "issue 14 item 7: no per-connection budget for multiplexed bodies",
+                 bound=CONNECTION_BOUND),
         Scenario("scgi endless header (no colon)", "scgi", _endless(b"", b"9" * 4096)),
         Scenario("scgi endless body (wsgi threads)", "scgi",
                  _endless(scgi_request(b"", "/", "POST", (), big_len), b"b" * 8192),
@@ -1145,9 +1184,7 @@ def scenarios() -> list[Scenario]:
                  bound=REQUEST_BOUND + 4 * len(BIG)),
         Scenario("http /big pipelined, never read", "http",
                  _endless(b"", http_request(b"", "/big", "GET")), read_limit=65536,
-                 bound=REQUEST_BOUND + 4 * len(BIG), scale=0.05,
-                 known="twisted.web keeps reading requests while its write buffer is full "
-                       "(see bench/README.md, fuzz)"),
+                 bound=REQUEST_BOUND + 4 * len(BIG), scale=0.05),
         # slow senders
         Scenario("fastcgi request, 1 byte a second", "fastcgi",
                  _byte_by_byte(fcgi_request(1, b"slow body", "/")), slow=1.0),
@@ -1254,7 +1291,7 @@ def run_scenario(scenario: Scenario, total: int) -> ScenarioResult:
         if not tracing:
             tracemalloc.stop()
     per_conn = traced_peak // max(1, scenario.connections)
-    over = bool(error) or peak > scenario.bound or per_conn > 2 * scenario.bound \
+    over = bool(error) or peak > scenario.bound or per_conn > scenario.traced_bound \
         or after_pause > WRITE_AFTER_PAUSE_BOUND
     return ScenarioResult(scenario.name, scenario.protocol, sent, peak, per_conn, after_pause,
                           outcome, time.monotonic() - started, scenario.known, over, error)
@@ -1437,8 +1474,9 @@ def mutate_yaml(text: str, rng: random.Random, seeds: list[str], keys: list[str]
     return text
 
 
-class Hang(Exception):
-    """An input ran past its time limit."""
+class Hang(BaseException):
+    """An input ran past its time limit (a BaseException: no ``except Exception`` in the
+    code under test may turn it into an error message)."""
 
 
 def _alarm(signum: int, frame: Any) -> None:
@@ -1513,8 +1551,13 @@ YAML_MEMORY_BOUND = 256 * 1024 * 1024
 
 def fuzz_yaml(*, inputs: int, seconds: float, seed: int, timeout: float = 10.0,
               measure_every: int = 25, stats: Stats | None = None,
-              progress: Callable[[Stats], None] | None = None) -> Stats:
-    """Mutated configuration files until ``inputs`` or ``seconds`` is reached."""
+              progress: Callable[[Stats], None] | None = None,
+              avoid: Callable[[str], object] | None = None) -> Stats:
+    """Mutated configuration files until ``inputs`` or ``seconds`` is reached.
+
+    ``avoid``: files for which it is true are not tried (a known bug, kept out of a
+    test's way while the others are still checked).
+    """
     stats = stats or Stats("yaml")
     rng = random.Random(seed)
     seeds = yaml_seeds()
@@ -1528,6 +1571,8 @@ def fuzz_yaml(*, inputs: int, seconds: float, seed: int, timeout: float = 10.0,
         path.parent.mkdir()
         while stats.inputs < inputs and time.monotonic() - start < seconds:
             text = mutate_yaml(rng.choice(corpus), rng, seeds, keys)
+            if avoid is not None and avoid(text):
+                continue
             before = Counter(stats.outcomes)
             outcome, _ = yaml_one(path, text, stats, timeout=timeout,
                                   measure=stats.inputs % measure_every == 0)
