@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from daemonapp.crontimes import load_zone
 from daemonapp.daemon import Daemon
 from daemonapp.durations import parse_duration
 from daemonapp.interfaces import (
@@ -27,6 +28,7 @@ from daemonapp.interfaces import (
 )
 from daemonapp.lifetime import EXIT_ABANDONED, EXIT_CONFIG, EXIT_OK, Lifetime
 from daemonapp.scheduler import Scheduler
+from daemonapp.schedules import ScheduleState
 
 __all__ = ["EXIT_ABANDONED", "EXIT_CONFIG", "EXIT_OK", "DaemonApp"]
 
@@ -62,6 +64,7 @@ class DaemonApp(MultiService):
         lock_wait: float | str = 10.0,
         stop_reactor: bool = True,
         handle_signals: bool = True,
+        timezone: str | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.stay_alive_for = _optional_seconds("stay_alive_for", stay_alive_for)
@@ -95,6 +98,14 @@ class DaemonApp(MultiService):
         self.run_ended = scheduler.run_ended
         self.wake = scheduler.wake
         self.sleep = scheduler.sleep
+        self.limit_sleep = scheduler.limit_sleep
+        #: The zone of clock schedules without their own (None: the system's zone).
+        if timezone is not None:
+            load_zone(timezone)  # an unknown zone is a ValueError now, not at a first run
+        self.timezone = timezone
+        #: The last fire time of each clock-scheduled daemon, kept across restarts.
+        self.schedule_state = (ScheduleState(state_dir, reactor) if state_dir is not None
+                               else None)
         #: The lifetime: deadlines, idle exit, graceful stop, signals, exit status.
         self.lifetime = Lifetime(
             reactor, scheduler, stay_alive_for=self.stay_alive_for,
@@ -274,6 +285,8 @@ class DaemonApp(MultiService):
             if not ok:
                 log.failure("error while stopping", value)
         hooks = [maybeDeferred(hook) for hook in self._stop_hooks]
+        if self.schedule_state is not None:
+            hooks.append(maybeDeferred(self.schedule_state.flush))
         if self._locks is not None:
             hooks.append(maybeDeferred(self._locks.close))
         d = DeferredList(hooks, consumeErrors=True)

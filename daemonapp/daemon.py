@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.interfaces import IAsyncLock, IDaemon, ISchedule, IScheduler, LockUnavailable
-from daemonapp.options import DAEMON_OPTIONS, OptionError
+from daemonapp.options import CLOCK_EXCLUDES, DAEMON_OPTIONS, OptionError
 from daemonapp.schedules import (
     FAILED,
     IDLE,
@@ -26,6 +26,7 @@ from daemonapp.schedules import (
     WORKED,
     YIELDED,
     BackoffSchedule,
+    ClockSchedule,
     default_maximum_idle,
     idle_delays,
     next_idle_delay,
@@ -166,6 +167,10 @@ class Daemon:
     in_thread: bool = False
     lock: str | None = None
     start_delay: float = 0.0
+    schedule: str | None = None
+    timezone: str | None = None
+    misfire_grace: float = 3600.0
+    catch_up: str = "once"
 
     #: Methods the scheduler relies on (run_step and abort_run are its protocol with
     #: the daemon); a subclass that redefines one by accident would break its runs in
@@ -191,11 +196,22 @@ class Daemon:
                     f"{type(self).__name__}() got an unexpected keyword argument {key!r}: "
                     f"it is neither a Daemon attribute nor a parameter of "
                     f"{type(self).__name__}.__init__")
+        clock = attributes.get("schedule", type(self).schedule) is not None
         for key, convert in DAEMON_OPTIONS.items():
             value = attributes.get(key, getattr(type(self), key))
             if key == "run_every" and not value:
-                raise OptionError(key, "is required: a duration above zero, like \"30s\"")
+                if not clock:
+                    raise OptionError(key, "is required: a duration above zero, like \"30s\"")
+                value = 0.0  # unused: a clock schedule decides
+                setattr(self, key, value)
+                continue
             setattr(self, key, convert(key, value))
+        if clock:
+            both = [key for key in CLOCK_EXCLUDES if key in attributes]
+            if both:
+                raise OptionError(both[0], f"schedule and {both[0]} exclude each other: a "
+                                           "clock schedule replaces run_every and the idle "
+                                           "backoff; remove one of them")
         if self.maximum_idle is None:
             self.maximum_idle = default_maximum_idle(
                 self.run_every, self.increase_idle_by, self.multiply_idle_by)
@@ -235,9 +251,12 @@ class Daemon:
     def make_schedule(self) -> ISchedule:
         """The policy that picks this daemon's due times (called once, at its first start).
 
-        The default is DESIGN §1's run_every with the idle backoff; override it to
-        run on another policy (any `ISchedule`).
+        The default is DESIGN §1's run_every with the idle backoff, or DESIGN §8's
+        clock schedule when ``schedule`` is set; override it to run on another policy
+        (any `ISchedule`).
         """
+        if self.schedule is not None:
+            return ClockSchedule(self)
         return BackoffSchedule(self)
 
     def do_work(self, job: Any) -> Any:

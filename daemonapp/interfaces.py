@@ -66,6 +66,9 @@ class IScheduler(Interface):
     reactor = Attribute("the injected reactor or task.Clock")
     threadpool = Attribute("the thread pool for in_thread daemons")
     lock_wait = Attribute("float: seconds a daemon waits for its lock before a locked-out run")
+    timezone = Attribute("str | None: the zone of clock schedules without their own")
+    schedule_state = Attribute("the last fire time of each clock-scheduled daemon "
+                               "(daemonapp.schedules.ScheduleState), or None")
 
     def seconds() -> float:
         """The scheduler's clock, ``reactor.seconds()``."""
@@ -81,6 +84,9 @@ class IScheduler(Interface):
 
     def wake(daemon: Any) -> None:
         """A daemon that waited on a Deferred or a thread can go on with its run."""
+
+    def limit_sleep(seconds: float) -> None:
+        """Never sleep longer than ``seconds`` between two looks at the clock."""
 
     def sleep(daemon: Any, delay: float) -> None:
         """Go on with the daemon's run ``delay`` seconds from now (a wait for its

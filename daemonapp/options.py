@@ -11,9 +11,15 @@ import math
 import re
 from collections.abc import Callable
 
+from daemonapp.crontimes import CronTimes, load_zone
 from daemonapp.durations import parse_duration
 
-__all__ = ["DAEMON_OPTIONS", "OptionError"]
+__all__ = ["CATCH_UP", "CLOCK_EXCLUDES", "DAEMON_OPTIONS", "OptionError"]
+
+#: The catch_up choices of a clock schedule (DESIGN §8).
+CATCH_UP = ("none", "once", "all")
+#: The backoff options a clock schedule replaces: setting both is an error.
+CLOCK_EXCLUDES = ("run_every", "increase_idle_by", "multiply_idle_by", "maximum_idle")
 
 _LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
@@ -83,6 +89,37 @@ def _lock_name(key: str, value: object) -> str | None:
     return value
 
 
+def _schedule(key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise OptionError(key, f"expected a cron expression like \"30 2 * * *\", got {value!r}")
+    try:
+        CronTimes(value, load_zone("UTC"))
+    except ValueError as e:
+        raise OptionError(key, str(e)) from None
+    return value
+
+
+def _timezone(key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise OptionError(key, f"expected a time zone name like 'Europe/Berlin', got {value!r}")
+    try:
+        load_zone(value)
+    except ValueError as e:
+        raise OptionError(key, str(e)) from None
+    return value
+
+
+def _catch_up(key: str, value: object) -> str:
+    if value not in CATCH_UP:
+        raise OptionError(key, f"expected one of {', '.join(CATCH_UP)}, got {value!r}")
+    assert isinstance(value, str)
+    return value
+
+
 #: Every Daemon attribute of DESIGN §1 and the converter that checks it.
 DAEMON_OPTIONS: dict[str, Callable[[str, object], object]] = {
     "run_every": lambda k, v: _duration(k, v, positive=True),
@@ -96,4 +133,8 @@ DAEMON_OPTIONS: dict[str, Callable[[str, object], object]] = {
     "in_thread": _flag,
     "lock": _lock_name,
     "start_delay": _duration,
+    "schedule": _schedule,
+    "timezone": _timezone,
+    "misfire_grace": lambda k, v: _duration(k, v, positive=True),
+    "catch_up": _catch_up,
 }

@@ -52,6 +52,8 @@ class Scheduler:
         self.time_slice = time_slice
         self.stopping = False
         self.idle_hook: Callable[[], None] | None = None
+        #: The longest the one timer is armed for (None: until the earliest due time).
+        self.max_sleep: float | None = None
         #: The largest lateness (start - due time) of any run so far, in seconds.
         self.max_lateness = 0.0
         self.runs_in_flight = 0
@@ -101,6 +103,13 @@ class Scheduler:
             # Go on at once, like any Deferred callback: a slice of its own, in
             # priority order with whatever else is ready.
             self.run_slice()
+
+    def limit_sleep(self, seconds: float) -> None:
+        """Never arm the timer for longer than ``seconds`` (clock schedules: 60 s)."""
+        if self.max_sleep is None or seconds < self.max_sleep:
+            self.max_sleep = seconds
+            if self._timer is not None and self._timer_at != _INF:
+                self._arm_timer(self._timer_at, self.seconds())
 
     def sleep(self, daemon: Daemon, delay: float) -> None:
         """Go on with the daemon's run after ``delay`` (a lock wait), via the heap."""
@@ -158,6 +167,9 @@ class Scheduler:
 
     def _arm_timer(self, due: float, now: float) -> None:
         delay = max(0.0, due - now)
+        if self.max_sleep is not None and delay > self.max_sleep:
+            # Wake up early and look again: a suspend or a clock change is noticed.
+            delay = self.max_sleep
         if self._timer is not None and self._timer.active():
             self._timer.reset(delay)
         else:

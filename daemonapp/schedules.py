@@ -1,4 +1,4 @@
-"""Schedules: the policies that pick when a daemon runs next.
+"""Schedules: the policies that pick when a daemon runs next, and what they keep.
 
 A schedule answers two questions, asked through the daemon that owns it: how long
 after its start the first run is due, and how long after the end of a run (with that
@@ -10,11 +10,17 @@ scheduler.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+from collections import deque
+from datetime import datetime, tzinfo
 from typing import Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
+from daemonapp.crontimes import CronTimes, load_zone
 from daemonapp.interfaces import ISchedule
 
 __all__ = [
@@ -25,6 +31,8 @@ __all__ = [
     "WORKED",
     "YIELDED",
     "BackoffSchedule",
+    "ClockSchedule",
+    "ScheduleState",
     "default_maximum_idle",
     "idle_delays",
     "next_idle_delay",
@@ -108,3 +116,191 @@ class BackoffSchedule:
         if jitter and outcome != YIELDED:
             delay *= 1.0 + jitter * (2.0 * random.random() - 1.0)  # noqa: S311
         return delay
+
+
+#: Longest the scheduler sleeps while clock schedules exist (DESIGN §8): a suspend or a
+#: clock change is noticed within this, whatever the reactor's poll timeout does.
+CLOCK_MAX_SLEEP = 60.0
+#: At most this many catch-up runs for catch_up "all".
+CATCH_UP_MAX = 100
+
+_log = Logger(namespace="daemonapp.schedules")
+
+
+def iso(instant: float, zone: tzinfo) -> str:
+    """An instant as ISO 8601 in ``zone``, with its offset (seconds only when set)."""
+    moment = datetime.fromtimestamp(instant, zone)
+    return moment.isoformat(timespec="seconds" if moment.microsecond == 0 else "milliseconds")
+
+
+@implementer(ISchedule)
+class ClockSchedule:
+    """Runs at the fire times of ``daemon.schedule`` (DESIGN §8).
+
+    A yielded run continues at once; any other run waits for the next fire time after
+    it ends. Fire times that pass while a run is in flight are made up by one run
+    right after it ("overrun"), within misfire_grace. At the first start, fire times
+    missed since the last one kept in the app's schedule state ("downtime") are made
+    up as catch_up says (none, once, all). Every missed fire time counts in
+    ``stats["misfires"]`` under its reason, run or not.
+    """
+
+    def __init__(self, daemon: Any) -> None:
+        app = daemon.app
+        zone_name = daemon.timezone or getattr(app, "timezone", None)
+        self.zone = load_zone(zone_name)
+        self.times = CronTimes(daemon.schedule, self.zone)
+        self.daemon = daemon
+        self.grace: float = daemon.misfire_grace
+        self.catch_up: str = daemon.catch_up
+        self.state: Any = getattr(app, "schedule_state", None)
+        #: The fire time the run in flight (or the last run) serves.
+        self.serving: float | None = None
+        self.next_fire: float | None = None
+        self.misfires: dict[str, int] = {}
+        self._pending: deque[float] = deque()  # fire times to make up, at once
+        stats = daemon.stats
+        stats["schedule"] = daemon.schedule
+        stats["next_fire"] = None
+        stats["misfires"] = self.misfires
+
+    def first_delay(self, now: float) -> float:
+        limit = getattr(self.daemon.app, "limit_sleep", None)
+        if limit is not None:
+            limit(CLOCK_MAX_SLEEP)
+        last = self.state.last_fire(self.daemon.name) if self.state is not None else None
+        if last is not None:
+            self.serving = last
+            if last < now:
+                missed = self.times.between(last, now)
+                if missed:
+                    self._missed(missed, "downtime", now, self.catch_up)
+        return self._arm(now)
+
+    def next_delay(self, outcome: str, now: float) -> float:
+        if outcome == YIELDED:
+            return 0.0
+        served = self.serving
+        if served is not None and self.state is not None:
+            self.state.record(self.daemon.name, served)
+        if served is not None and not self._pending:
+            passed = self.times.between(served, now)
+            if passed:
+                self._missed(passed, "overrun", now, "once")
+        return self._arm(now)
+
+    # ----------------------------------------------------------------------
+
+    def _missed(self, times: list[float], reason: str, now: float, catch_up: str) -> None:
+        """Count missed fire times and queue those to make up (within the grace)."""
+        self.misfires[reason] = self.misfires.get(reason, 0) + len(times)
+        recent = [t for t in times if now - t <= self.grace]
+        stale = len(times) - len(recent)
+        name = self.daemon.name
+        if stale:
+            _log.warn("daemon {daemon}: {count} fire time(s) missed ({reason}) more than "
+                      "misfire_grace ({grace:g} s) ago, not run; the last was {last}",
+                      daemon=name, count=stale, reason=reason, grace=self.grace,
+                      last=iso(times[-len(recent) - 1], self.zone))
+        if not recent:
+            return
+        if catch_up == "once":
+            self._pending.append(recent[-1])
+        elif catch_up == "all":
+            self._pending.extend(recent[-CATCH_UP_MAX:])
+        _log.info("daemon {daemon}: {count} fire time(s) missed ({reason}), catch_up "
+                  "{catch_up}: {runs} run(s) now", daemon=name, count=len(recent),
+                  reason=reason, catch_up=catch_up,
+                  runs=0 if catch_up == "none" else len(self._pending))
+
+    def _arm(self, now: float) -> float:
+        """The delay to the next run: a fire time to make up at once, else the next one."""
+        if self._pending:
+            self.serving = self._pending.popleft()
+            self._publish(self.serving)
+            return 0.0
+        after = now if self.serving is None else max(now, self.serving)
+        fire = self.times.next_after(after)
+        self.serving = self.next_fire = fire
+        self._publish(fire)
+        delay = fire - now
+        jitter = self.daemon.jitter
+        if jitter:
+            # Later only, never earlier: up to jitter x the gap to the following time.
+            gap = self.times.next_after(fire) - fire
+            delay += jitter * gap * random.random()  # noqa: S311
+        return delay
+
+    def _publish(self, fire: float) -> None:
+        self.daemon.stats["next_fire"] = iso(fire, self.zone)
+
+
+class ScheduleState:
+    """The last fire time served by each clock-scheduled daemon, kept in state_dir.
+
+    One small JSON file (``state_dir/schedules.json``), rewritten atomically at most
+    once a second (and at ``flush()``, which the app calls when it stops), so that a
+    restart knows which fire times it missed (DESIGN §8).
+    """
+
+    FILE = "schedules.json"
+
+    def __init__(self, state_dir: str, reactor: Any) -> None:
+        self.path = os.path.join(state_dir, self.FILE)
+        self.reactor = reactor
+        self._fires: dict[str, float] | None = None
+        self._dirty = False
+        self._flush_call: Any = None
+        self._written_at = float("-inf")
+
+    def _load(self) -> dict[str, float]:
+        if self._fires is None:
+            fires: dict[str, float] = {}
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    data = json.load(f)
+                if isinstance(data, dict):
+                    fires = {str(k): float(v) for k, v in data.items()
+                             if isinstance(v, int | float) and not isinstance(v, bool)}
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as e:
+                _log.warn("cannot read {path} ({error}): fire times missed while the app "
+                          "was down are not made up this time", path=self.path, error=e)
+            self._fires = fires
+        return self._fires
+
+    def last_fire(self, name: str) -> float | None:
+        """The last fire time ``name`` served, in an earlier life of the app too."""
+        return self._load().get(name)
+
+    def record(self, name: str, fire: float) -> None:
+        """``name`` served ``fire``: kept, and written soon."""
+        self._load()[name] = fire
+        self._dirty = True
+        if self._flush_call is not None:
+            return
+        wait = self._written_at + 1.0 - self.reactor.seconds()
+        if wait <= 0:
+            self.flush()
+        else:
+            self._flush_call = self.reactor.callLater(wait, self.flush)
+
+    def flush(self) -> None:
+        """Write the file now if anything changed (atomically, mode 0600)."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if not self._dirty or self._fires is None:
+            return
+        self._dirty = False
+        self._written_at = self.reactor.seconds()
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._fires, f)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            self._dirty = True
+            _log.warn("cannot write {path}: {error}", path=self.path, error=e)

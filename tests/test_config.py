@@ -273,7 +273,8 @@ def test_unknown_key_lists_what_is_expected(tmp_path: Path) -> None:
         f"{path}:2: daemons.c.colour: unknown to both Daemon and tests.test_config:Replicator; "
         "expected a Daemon attribute (run_every, increase_idle_by, multiply_idle_by, "
         "maximum_idle, priority, max_items, max_seconds, jitter, in_thread, lock, "
-        "start_delay) or a parameter of Replicator (record_count, source_dir)")
+        "start_delay, schedule, timezone, misfire_grace, catch_up) or a parameter of "
+        "Replicator (record_count, source_dir)")
 
 
 def test_constructor_option_error_points_at_its_key(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from daemonapp.interfaces import ISchedule
 from daemonapp.schedules import FAILED, IDLE, LOCKED_OUT, WORKED, YIELDED, BackoffSchedule
-from daemonapp.testing import FakeDaemon, make_app
+from daemonapp.testing import FakeDaemon, PendingDaemon, make_app
 
 
 class BackoffScheduleTests(SynchronousTestCase):
@@ -82,3 +82,255 @@ class NewPolicyTests(SynchronousTestCase):
         clock.advance(10)
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         self.successResultOf(app.stop("test"))
+
+
+def epoch(text: str) -> float:
+    """Epoch seconds of an ISO 8601 time with its offset."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+def clock_at(text: str) -> Any:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(epoch(text))
+    return clock
+
+
+def advance_to(clock: Any, text: str, step: float = 30.0) -> None:
+    """Advance in steps (a Clock runs everything due within one advance() at once)."""
+    target = epoch(text)
+    while clock.seconds() < target:
+        clock.advance(min(step, target - clock.seconds()))
+
+
+class Ticker(FakeDaemon):
+    """One item per run (the next job), then nothing: a run per fire time shows as one item."""
+
+    def __init__(self, jobs: Any = (), **kw: Any) -> None:
+        super().__init__(jobs, **kw)
+        self._given_in_run = -1
+
+    def get_work(self) -> Any:
+        if self._given_in_run == self.stats["runs"]:
+            return None
+        self._given_in_run = self.stats["runs"]
+        return super().get_work()
+
+
+class ClockScheduleTests(SynchronousTestCase):
+    """DESIGN §8 through the real scheduler, on a task.Clock read as epoch seconds."""
+
+    def make(self, start: str, **kw: Any) -> tuple[Any, Any]:
+        clock = clock_at(start)
+        app, _ = make_app(clock, **kw)
+        return app, clock
+
+    def test_runs_at_each_fire_time(self) -> None:
+        """A */15 schedule runs at :15, :30, :45, and its timer sleeps at most 60 s."""
+        app, clock = self.make("2026-01-01T00:07:00+00:00")
+        daemon = Ticker(["a", "b", "c", "d"], name="q", schedule="*/15 * * * *",
+                            timezone="UTC")
+        app.add(daemon)
+        app.startService()
+        self.assertLessEqual(max(c.getTime() for c in clock.getDelayedCalls())
+                             - clock.seconds(), 60.0)
+        advance_to(clock, "2026-01-01T00:50:00+00:00")
+        self.assertEqual([t for t, _ in daemon.done],
+                         [epoch("2026-01-01T00:15:00+00:00"), epoch("2026-01-01T00:30:00+00:00"),
+                          epoch("2026-01-01T00:45:00+00:00")])
+        self.assertEqual(daemon.stats["schedule"], "*/15 * * * *")
+        self.assertEqual(daemon.stats["next_fire"], "2026-01-01T01:00:00+00:00")
+        self.assertEqual(daemon.stats["misfires"], {})
+        self.successResultOf(app.stop("test"))
+
+    def test_berlin_spring_forward_fixed_time(self) -> None:
+        """02:30 Berlin runs at 02:30 CET, at 03:00 CEST on the skipped day, then 02:30 CEST."""
+        app, clock = self.make("2026-03-28T00:00:00+00:00")
+        daemon = Ticker(["a", "b", "c", "d"], name="nightly", schedule="30 2 * * *",
+                            timezone="Europe/Berlin")
+        app.add(daemon)
+        app.startService()
+        advance_to(clock, "2026-03-31T00:00:00+00:00", step=60.0)
+        self.assertEqual([t for t, _ in daemon.done],
+                         [epoch("2026-03-28T02:30:00+01:00"), epoch("2026-03-29T03:00:00+02:00"),
+                          epoch("2026-03-30T02:30:00+02:00")])
+        self.successResultOf(app.stop("test"))
+
+    def test_app_timezone_is_the_default(self) -> None:
+        """A daemon without its own zone reads its schedule in app.timezone."""
+        app, _ = self.make("2026-01-01T00:00:00+00:00", timezone="America/New_York")
+        daemon = FakeDaemon(["a"], name="d", schedule="0 9 * * *")
+        app.add(daemon)
+        app.startService()
+        self.assertEqual(daemon.stats["next_fire"], "2026-01-01T09:00:00-05:00")
+        self.successResultOf(app.stop("test"))
+
+    def test_yield_continues_at_once(self) -> None:
+        """A yielded run continues at once (round robin), not at the next fire time."""
+        app, clock = self.make("2026-01-01T00:07:00+00:00")
+        daemon = FakeDaemon(["a", "b", "c"], name="q", schedule="*/15 * * * *",
+                            timezone="UTC", max_items=1)
+        app.add(daemon)
+        app.startService()
+        advance_to(clock, "2026-01-01T00:16:00+00:00")
+        fire = epoch("2026-01-01T00:15:00+00:00")
+        self.assertEqual(daemon.done, [(fire, "a"), (fire, "b"), (fire, "c")])
+        self.assertEqual(daemon.stats["last_outcome"], "idle")
+        self.assertEqual(daemon.stats["next_fire"], "2026-01-01T00:30:00+00:00")
+        self.successResultOf(app.stop("test"))
+
+    def test_overrun_makes_up_one_run(self) -> None:
+        """Fire times passing during a run are misfires (overrun); one run follows at once."""
+        app, clock = self.make("2026-01-01T00:07:00+00:00")
+        daemon = PendingDaemon(["a"], name="q", schedule="*/15 * * * *", timezone="UTC")
+        app.add(daemon)
+        app.startService()
+        advance_to(clock, "2026-01-01T00:55:00+00:00")
+        self.assertEqual(daemon.done, [(epoch("2026-01-01T00:15:00+00:00"), "a")])
+        self.assertEqual(daemon.stats["runs"], 0)  # the 00:15 run is still going
+        daemon.pending.pop().callback(None)
+        # 00:30 and 00:45 passed during it: two misfires, made up by one run at once.
+        self.assertEqual(daemon.stats["misfires"], {"overrun": 2})
+        self.assertEqual(daemon.stats["runs"], 2)
+        self.assertEqual(daemon.stats["last_run_at"], epoch("2026-01-01T00:55:00+00:00"))
+        self.assertEqual(daemon.stats["next_fire"], "2026-01-01T01:00:00+00:00")
+        self.successResultOf(app.stop("test"))
+
+    def test_failure_waits_for_the_next_fire_time(self) -> None:
+        """A failed run waits for the next fire time, not a backoff."""
+        app, clock = self.make("2026-01-01T00:07:00+00:00")
+        daemon = FakeDaemon([ValueError("boom"), "b"], name="q", schedule="*/15 * * * *",
+                            timezone="UTC")
+        app.add(daemon)
+        app.startService()
+        advance_to(clock, "2026-01-01T00:31:00+00:00")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual([t for t, _ in daemon.done], [epoch("2026-01-01T00:30:00+00:00")])
+        self.successResultOf(app.stop("test"))
+
+    def test_backward_jump_never_runs_a_time_twice(self) -> None:
+        """After the clock goes back an hour, the 00:15 run is not run again."""
+        app, clock = self.make("2026-01-01T00:07:00+00:00")
+        daemon = Ticker(["a", "b"], name="q", schedule="*/15 * * * *", timezone="UTC")
+        app.add(daemon)
+        app.startService()
+        advance_to(clock, "2026-01-01T00:16:00+00:00")
+        clock.rightNow -= 3600.0
+        advance_to(clock, "2026-01-01T00:31:00+00:00")
+        self.assertEqual([t for t, _ in daemon.done],
+                         [epoch("2026-01-01T00:15:00+00:00"), epoch("2026-01-01T00:30:00+00:00")])
+        self.successResultOf(app.stop("test"))
+
+    def test_jitter_is_never_early(self) -> None:
+        """With jitter, each run starts at its fire time or later, within jitter x the gap."""
+        app, clock = self.make("2026-01-01T00:00:30+00:00")
+        daemon = Ticker(["x"] * 30, name="q", schedule="*/10 * * * *", timezone="UTC",
+                            jitter=0.5)
+        app.add(daemon)
+        app.startService()
+        advance_to(clock, "2026-01-01T05:00:00+00:00", step=5.0)
+        base = epoch("2026-01-01T00:00:00+00:00")
+        offsets = [(t - base) % 600 for t, _ in daemon.done]
+        self.assertEqual(len(daemon.done), 29)  # 00:10 ... 04:50
+        self.assertTrue(all(0 <= o < 300 + 5 for o in offsets), offsets)
+        self.successResultOf(app.stop("test"))
+
+    def test_idle_exit_counts_the_next_fire_time(self) -> None:
+        """An app whose next fire is further than shutdown_if_idle exits; a closer one does not."""
+        far, clock = self.make("2026-01-01T00:00:00+00:00", shutdown_if_idle=300.0)
+        far.add(FakeDaemon(name="hourly", schedule="0 * * * *", timezone="UTC"))
+        far.startService()
+        self.assertEqual(self.successResultOf(far.when_ended()), 0)
+        near, clock = self.make("2026-01-01T00:00:00+00:00", shutdown_if_idle=300.0)
+        near.add(FakeDaemon(name="often", schedule="*/2 * * * *", timezone="UTC"))
+        near.startService()
+        advance_to(clock, "2026-01-01T00:30:00+00:00")
+        self.assertNoResult(near.when_ended())
+        self.successResultOf(near.stop("test"))
+
+
+class ClockCatchUpTests(SynchronousTestCase):
+    """Fire times missed while the app was down, made up as catch_up says."""
+
+    def setUp(self) -> None:
+        import shutil
+        import tempfile
+
+        self.state_dir = tempfile.mkdtemp(prefix="daemonapp-clock-")
+        self.addCleanup(shutil.rmtree, self.state_dir, True)
+
+    def life(self, start: str, until: str, catch_up: str, grace: float = 3600.0) -> Any:
+        """One life of an app on state_dir: start, run until, stop; its daemon."""
+        clock = clock_at(start)
+        app, _ = make_app(clock, state_dir=self.state_dir)
+        daemon = Ticker(["x"] * 10, name="q", schedule="*/15 * * * *", timezone="UTC",
+                            catch_up=catch_up, misfire_grace=grace)
+        app.add(daemon)
+        app.startService()
+        clock.advance(0)
+        advance_to(clock, until)
+        self.successResultOf(app.stop("test"))
+        return daemon
+
+    def test_once_runs_one_make_up_run(self) -> None:
+        """catch_up once: one run at the restart for the fire times missed while down."""
+        self.life("2026-01-01T00:10:00+00:00", "2026-01-01T00:16:00+00:00", "once")
+        second = self.life("2026-01-01T00:47:00+00:00", "2026-01-01T00:48:00+00:00", "once")
+        self.assertEqual([t for t, _ in second.done], [epoch("2026-01-01T00:47:00+00:00")])
+        self.assertEqual(second.stats["misfires"], {"downtime": 2})
+        self.assertEqual(second.stats["next_fire"], "2026-01-01T01:00:00+00:00")
+
+    def test_all_runs_one_per_missed_time(self) -> None:
+        """catch_up all: one run per missed fire time, at once."""
+        self.life("2026-01-01T00:10:00+00:00", "2026-01-01T00:16:00+00:00", "all")
+        second = self.life("2026-01-01T00:47:00+00:00", "2026-01-01T00:48:00+00:00", "all")
+        self.assertEqual([t for t, _ in second.done], [epoch("2026-01-01T00:47:00+00:00")] * 2)
+        self.assertEqual(second.stats["misfires"], {"downtime": 2})
+
+    def test_none_skips_them(self) -> None:
+        """catch_up none: no make-up run; the missed times still count as misfires."""
+        self.life("2026-01-01T00:10:00+00:00", "2026-01-01T00:16:00+00:00", "none")
+        second = self.life("2026-01-01T00:47:00+00:00", "2026-01-01T00:48:00+00:00", "none")
+        self.assertEqual(second.done, [])
+        self.assertEqual(second.stats["misfires"], {"downtime": 2})
+
+    def test_misses_older_than_the_grace_are_never_run(self) -> None:
+        """Only misses within misfire_grace are made up; older ones are counted and logged."""
+        self.life("2026-01-01T00:10:00+00:00", "2026-01-01T00:16:00+00:00", "all",
+                  grace=1200.0)
+        second = self.life("2026-01-01T01:10:00+00:00", "2026-01-01T01:11:00+00:00", "all",
+                           grace=1200.0)
+        # Missed: 00:30, 00:45, 01:00; only 01:00 is within 20 minutes of 01:10.
+        self.assertEqual(len(second.done), 1)
+        self.assertEqual(second.stats["misfires"], {"downtime": 3})
+
+
+class ClockOptionTests(SynchronousTestCase):
+    def test_bad_expression_keyword_names_the_field(self) -> None:
+        """A bad expression given as a keyword is a ValueError naming the field."""
+        with self.assertRaisesRegex(ValueError, "hour field '25'"):
+            FakeDaemon(name="d", schedule="0 25 * * *")
+
+    def test_bad_zone_keyword(self) -> None:
+        """An unknown zone given as a keyword is a ValueError naming it."""
+        with self.assertRaisesRegex(ValueError, "Nowhere/Land"):
+            FakeDaemon(name="d", schedule="@daily", timezone="Nowhere/Land")
+
+    def test_schedule_excludes_run_every(self) -> None:
+        """schedule with run_every (or the idle options) is an error naming both."""
+        from daemonapp.daemon import OptionError
+
+        for key, value in (("run_every", 30), ("increase_idle_by", 5), ("maximum_idle", 60),
+                           ("multiply_idle_by", 2)):
+            with self.assertRaises(OptionError) as caught:
+                FakeDaemon(name="d", schedule="@daily", **{key: value})
+            self.assertEqual(caught.exception.key, key)
+            self.assertIn("schedule", caught.exception.message)
+
+    def test_catch_up_choices(self) -> None:
+        """catch_up takes none, once or all."""
+        with self.assertRaisesRegex(ValueError, "none, once, all"):
+            FakeDaemon(name="d", schedule="@daily", catch_up="twice")
