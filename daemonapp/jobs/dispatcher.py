@@ -8,26 +8,22 @@ it at a bounded rate) and records the outcome with the job's fencing token.
 
 from __future__ import annotations
 
-import json
-import marshal
 import os
 import signal
 import socket
 import sys
-import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from twisted.internet import error as twisted_error
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daemonapp import alerts
 from daemonapp.daemon import Daemon, OptionError
 from daemonapp.durations import parse_duration, parse_size
 from daemonapp.jobs._model import (
@@ -37,7 +33,13 @@ from daemonapp.jobs._model import (
     JobCancelled,
     StaleLease,
 )
-from daemonapp.jobs.runtime import decode_progress
+from daemonapp.jobs.children import (
+    CHILD_MODULE,
+    JobChild,
+    child_environment,
+    child_pythonpath,
+)
+from daemonapp.jobs.notify import SubmitListener
 from daemonapp.jobs.store import is_unavailable, open_store
 
 __all__ = ["CHILD_MODULE", "JobDispatcher", "child_environment", "child_pythonpath",
@@ -45,61 +47,10 @@ __all__ = ["CHILD_MODULE", "JobDispatcher", "child_environment", "child_pythonpa
 
 log = Logger()
 
-MAX_RESULT_BYTES = 256 * 1024
-MAX_OUTPUT_TAIL = 16 * 1024
-MAX_PROGRESS_LINE = 8 * 1024
-MAX_LOGGED_OUTPUT = 64 * 1024
-MAX_LINE = 2000
-#: The LISTEN connection is re-opened after 0.25 s, then at doubling delays up to this.
-LISTEN_RETRY = 2.0
-LISTEN_RETRY_FIRST = 0.25
 #: An outcome the store could not take is written again after 0.25 s, doubling up to this.
 OUTCOME_RETRY = 2.0
 OUTCOME_RETRY_FIRST = 0.25
 _KEPT = object()  # an outcome kept for a later try: the run keeps its slot
-_LISTEN_PENDING = object()  # the LISTEN connection is being opened
-_LOCALE_KEYS = ("LANG", "LANGUAGE")
-#: How a job child starts: ``python -m daemonapp.jobs.child --parent PID ...``.
-CHILD_MODULE = "daemonapp.jobs.child"
-
-
-def child_pythonpath(path: Iterable[str] | None = None) -> str:
-    """The PYTHONPATH that makes daemonapp and the app's modules importable in a child.
-
-    The directory holding this daemonapp comes first (so the child runs the same
-    code as its parent), then the parent's ``sys.path`` entries that the
-    interpreter would not find by itself (not the standard library, not
-    site-packages).
-    """
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    skip = {os.path.realpath(p) for p in _interpreter_paths()}
-    # An installed daemonapp lives in site-packages, which the child finds by itself:
-    # put before the standard library, it could shadow stdlib modules.
-    entries: list[str] = [] if os.path.realpath(package_root) in skip else [package_root]
-    for entry in sys.path if path is None else path:
-        full = os.path.abspath(entry or os.curdir)
-        if not os.path.isdir(full) or os.path.realpath(full) in skip or full in entries:
-            continue
-        entries.append(full)
-    return os.pathsep.join(entries)
-
-
-def _interpreter_paths() -> list[str]:
-    paths = sysconfig.get_paths()
-    found = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
-    found += [p for p in sys.path if p.endswith(("lib-dynload", "site-packages"))]
-    return found
-
-
-def child_environment(environ: Mapping[str, str] | None = None,
-                      pythonpath: str | None = None) -> dict[str, str]:
-    """The whole environment of a job child: PATH, locale, PYTHONPATH, nothing else."""
-    source = os.environ if environ is None else environ
-    env = {key: value for key, value in source.items()
-           if key in _LOCALE_KEYS or key.startswith("LC_")}
-    env["PATH"] = source.get("PATH", os.defpath)
-    env["PYTHONPATH"] = child_pythonpath() if pythonpath is None else pythonpath
-    return env
 
 
 def store_target(store: str | os.PathLike[str] | None, state_dir: str | None) -> str:
@@ -116,33 +67,20 @@ def store_target(store: str | os.PathLike[str] | None, state_dir: str | None) ->
     return state_dir
 
 
-def _format_delay(seconds: float) -> str:
-    return f"{seconds:g}"
-
-
 class _Run:
-    """One job being run by a child process."""
+    """One attempt of a job here: its child, and what is kept of it for the store."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, child: JobChild) -> None:
         self.job = job
-        self.process: Any = None
-        self.pid: int | None = None
+        self.child = child
         self.started = time.monotonic()
-        self.result = bytearray()
-        self.output = bytearray()
-        self.progress_buffer = b""
         self.latest: tuple[float, str] | None = None
         self.persisted: tuple[float, str] | None = None
         self.last_persist = -1e9
         self.persist_call: Any = None
         self.persist_busy = False
         self.progress_writes = 0
-        self.stop_reason: str | None = None  # timeout, cancelled, stale, shutdown
-        self.timeout_call: Any = None
-        self.kill_call: Any = None
         self.heartbeat_busy = False
-        self.ended = False
-        self.logged = 0
         # The outcome while it is being written: (outcome, error, retry_at). Kept, and
         # written again, while the store is unavailable.
         self.record: tuple[str, str | None, float | None] | None = None
@@ -156,66 +94,10 @@ class _Run:
                 "percent": percent, "message": message, "attempts": self.job.attempt,
                 "max_attempts": self.job.max_attempts, "error": None}
 
-
-class _ChildProtocol(ProcessProtocol):
-    """Feeds the job to the child on stdin and collects its pipes."""
-
-    def __init__(self, dispatcher: JobDispatcher, run: _Run, description: bytes) -> None:
-        self.dispatcher = dispatcher
-        self.run = run
-        self.description = description
-        self.partial: dict[str, bytes] = {}
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.description)
-        self.transport.closeStdin()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        run = self.run
-        if childFD == 4:
-            self._progress(data)
-        elif childFD == 3:
-            if len(run.result) < MAX_RESULT_BYTES:
-                run.result += data[:MAX_RESULT_BYTES - len(run.result)]
-        else:
-            run.output += data
-            if len(run.output) > MAX_OUTPUT_TAIL:
-                del run.output[:len(run.output) - MAX_OUTPUT_TAIL]
-            self._log_output("stdout" if childFD == 1 else "stderr", data)
-
-    def _log_output(self, stream: str, data: bytes) -> None:
-        """Log the child's output line by line, up to MAX_LOGGED_OUTPUT bytes a job."""
-        run = self.run
-        if run.logged >= MAX_LOGGED_OUTPUT:
-            return
-        pending = self.partial.get(stream, b"") + data
-        *lines, rest = pending.split(b"\n")
-        self.partial[stream] = rest[-MAX_LINE:]
-        for line in lines:
-            run.logged += len(line) + 1
-            log.info("job {job_id} {stream}: {line}", job_id=run.job.id, stream=stream,
-                     line=line[:MAX_LINE].decode("utf-8", "replace"))
-            if run.logged >= MAX_LOGGED_OUTPUT:
-                log.info("job {job_id}: further output is not logged", job_id=run.job.id)
-                return
-
-    def _progress(self, data: bytes) -> None:
-        run = self.run
-        buffered = run.progress_buffer + data
-        last = buffered.rfind(b"\n")
-        if last < 0:
-            run.progress_buffer = buffered[-MAX_PROGRESS_LINE:]
-            return
-        run.progress_buffer = buffered[last + 1:][-MAX_PROGRESS_LINE:]
-        # Only the newest complete record matters: the rest are superseded.
-        start = buffered.rfind(b"\n", 0, last) + 1
-        value = decode_progress(buffered[start:last])
-        if value is not None:
-            self.dispatcher._progress(run, value)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.dispatcher._child_ended(self.run, reason)
+    @property
+    def ended(self) -> bool:
+        """True once the child is gone."""
+        return self.child.ended
 
 
 class _StoreHealth:
@@ -313,7 +195,8 @@ class JobDispatcher(Daemon):
         if not self.progress_persist_hz > 0:
             raise OptionError("progress_persist_hz",
                               f"expected a number above zero, got {progress_persist_hz!r}")
-        self.on_failure = _failure_hooks(on_failure)
+        self.on_failure = alerts.parse_targets(on_failure, key="on_failure",
+                                               compose_mail=_failure_mail, log=log)
         if isinstance(store, str) and store.startswith(("postgres://", "postgresql://")):
             # Imported now, not at the first claim: under twistd --uid the venv may be
             # unreadable once the app runs (DESIGN §2).
@@ -331,9 +214,8 @@ class JobDispatcher(Daemon):
         self._idle_waiters: list[Deferred[None]] = []
         self._heartbeat: LoopingCall | None = None
         self._env: dict[str, str] | None = None
-        self._notifier: Any = None
-        self._listen_delay: float | None = None  # set while the LISTEN connection is lost
         self._health = _StoreHealth(self.name, self._now)
+        self._listener: SubmitListener | None = None  # made at start, on the app's reactor
         self._by_state: dict[str, int] | None = None
         self._counting = False
         self.stats.update({"jobs_started": 0, "jobs_done": 0, "jobs_failed": 0,
@@ -365,6 +247,12 @@ class JobDispatcher(Daemon):
         """Start claiming, and renew the leases of running jobs every lease/3."""
         super().start()
         self._closing = False
+        if self._listener is None:
+            self._listener = SubmitListener(
+                name=self.name, reactor=self.reactor, connect=self._open_listener,
+                poke=self.poke, active=lambda: not self._closing,
+                lost=lambda: self._health.failed("the LISTEN connection was lost"),
+                is_unavailable=is_unavailable)
         if self._heartbeat is None:
             self._heartbeat = LoopingCall(self._heartbeat_all)
             self._heartbeat.clock = self.reactor
@@ -402,7 +290,7 @@ class JobDispatcher(Daemon):
     def _kill_all(self, reason: str) -> None:
         for run in list(self._runs.values()):
             if not run.ended:
-                self._kill(run, reason, signal.SIGKILL)
+                run.child.kill(reason, signal.SIGKILL)
             elif run.record_call is not None and reason == "shutdown":
                 # The store stayed unavailable through the stop: another holder runs
                 # the job again once its lease lapses (at-least-once).
@@ -417,7 +305,8 @@ class JobDispatcher(Daemon):
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         self._heartbeat = None
-        self._stop_listening()
+        if self._listener is not None:
+            self._listener.stop()
         if self.store is not None and self._own_store:
             store, self.store = self.store, None
             return self._call_in_pool(store.close).addErrback(
@@ -508,8 +397,8 @@ class JobDispatcher(Daemon):
                 run.record_delay = OUTCOME_RETRY_FIRST
                 self._record(run)
         self._heartbeat_all()
-        if self._listen_delay is not None and self._notifier is None:
-            self._start_listening()
+        if self._listener is not None:
+            self._listener.resume()
         self.poke()
 
     # ------------------------------------------------------------ wake-ups
@@ -523,56 +412,14 @@ class JobDispatcher(Daemon):
         self.app.daemon_started(self, 0.0)
 
     def _start_listening(self) -> None:
-        """LISTEN for submits on a connection of its own (opened in a thread)."""
+        """LISTEN for submits on a connection of its own (PostgreSQL only)."""
+        if self._listener is not None:
+            self._listener.start()
+
+    def _open_listener(self) -> Deferred[Any] | None:
+        """Open a LISTEN connection in the pool, when the store has them (PostgreSQL)."""
         listen = getattr(self.store, "listener", None)
-        if listen is None or self._notifier is not None or self._closing:
-            return
-        self._notifier = _LISTEN_PENDING
-
-        def opened(notifier: Any) -> None:
-            if self._notifier is not _LISTEN_PENDING or self._closing:
-                notifier.close()
-                return
-            try:
-                reader = _NotifyReader(notifier, self.poke, self._listen_lost)
-            except OSError as err:
-                notifier.close()
-                failed(Failure(err))
-                return
-            self._notifier = reader
-            self.reactor.addReader(reader)
-            self._listen_delay = None
-            self.poke()  # a submit may have come before we listened
-
-        def failed(failure: Failure) -> None:
-            self._notifier = None
-            if not is_unavailable(failure.value):
-                log.failure("job dispatcher {name}: LISTEN failed; polling only", failure,
-                            name=self.name)
-                return
-            self._retry_listening()
-
-        self._store_call(listen).addCallbacks(opened, failed)
-
-    def _listen_lost(self) -> None:
-        """The LISTEN connection broke: poll meanwhile, and open it again soon."""
-        self._notifier = None
-        if not self._closing:
-            self._health.failed("the LISTEN connection was lost")
-            self._retry_listening()
-
-    def _retry_listening(self) -> None:
-        if self._closing:
-            return
-        delay = LISTEN_RETRY_FIRST if self._listen_delay is None else self._listen_delay
-        self._listen_delay = min(LISTEN_RETRY, delay * 2)
-        self.reactor.callLater(delay, self._start_listening)
-
-    def _stop_listening(self) -> None:
-        notifier, self._notifier = self._notifier, None
-        if isinstance(notifier, _NotifyReader):
-            self.reactor.removeReader(notifier)
-            notifier.close()
+        return None if listen is None else self._store_call(listen)
 
     # ------------------------------------------------------------ children
 
@@ -582,94 +429,37 @@ class JobDispatcher(Daemon):
         return self._env
 
     def _spawn(self, job: Job) -> None:
-        run = _Run(job)
         older = self._runs.get(job.id)
         if older is not None and not older.ended:
             # We lost this job's lease (heartbeats failed) and claimed it again.
-            self._kill(older, "stale", signal.SIGKILL)
+            older.child.kill("stale", signal.SIGKILL)
+
+        def progressed(value: tuple[float, str]) -> None:
+            self._progress(run, value)
+
+        def ended(outcome: str, error: str | None) -> None:
+            self._child_ended(run, outcome, error)
+
+        child = JobChild(job, reactor=self.reactor, on_progress=progressed, on_end=ended,
+                         timeout=self.timeout, kill_grace=self.kill_grace)
+        run = _Run(job, child)
         self._runs[job.id] = run
         app: Any = self.app
         app.begin("job")
         self.stats["jobs_started"] += 1
-        description = marshal.dumps({
-            "id": job.id, "kind": job.kind, "payload": job.payload, "token": job.token,
-            "attempt": job.attempt, "modules": self.modules})
-        args = [self.python, "-m", CHILD_MODULE, "--parent", str(os.getpid())]
-        if self.memory_limit:
-            args += ["--memory-limit", str(self.memory_limit)]
-        protocol = _ChildProtocol(self, run, description)
         try:
-            run.process = self.reactor.spawnProcess(
-                protocol, self.python, args, env=self._environment(), path=None,
-                childFDs={0: "w", 1: "r", 2: "r", 3: "r", 4: "r"})
+            child.spawn(self.python, self.modules, self.memory_limit, self._environment())
         except Exception as err:
             log.failure("job dispatcher {name}: cannot start a child for job {job_id}",
                         name=self.name, job_id=job.id)
-            run.ended = True
+            child.ended = True
             self._finish(run, "error", f"cannot start the job child: {err}")
-            return
-        run.pid = run.process.pid
-        log.debug("job {job_id} ({kind}) attempt {attempt} started in pid {pid}",
-                  job_id=job.id, kind=job.kind, attempt=job.attempt, pid=run.pid)
-        if self.timeout is not None:
-            run.timeout_call = self.reactor.callLater(self.timeout, self._timed_out, run)
 
-    def _timed_out(self, run: _Run) -> None:
-        run.timeout_call = None
-        if not run.ended:
-            self._kill(run, "timeout", signal.SIGTERM)
-
-    def _kill(self, run: _Run, reason: str, signum: int) -> None:
-        if run.stop_reason is None or reason == "shutdown":
-            run.stop_reason = reason
-        self._signal(run, signum)
-        if signum != signal.SIGKILL and run.kill_call is None:
-            run.kill_call = self.reactor.callLater(self.kill_grace, self._signal, run,
-                                                   signal.SIGKILL)
-
-    def _signal(self, run: _Run, signum: int) -> None:
-        if run.ended or run.process is None:
-            return
-        try:
-            run.process.signalProcess("KILL" if signum == signal.SIGKILL else signum)
-        except (twisted_error.ProcessExitedAlready, OSError):
-            pass
-
-    def _child_ended(self, run: _Run, reason: Failure) -> None:
-        run.ended = True
-        for name in ("timeout_call", "kill_call", "persist_call"):
-            call = getattr(run, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(run, name, None)
-        job = run.job
-        exit_code = getattr(reason.value, "exitCode", None)
-        signum = getattr(reason.value, "signal", None)
-        outcome = _decode_result(bytes(run.result))
-        if run.stop_reason in ("cancelled", "stale"):
-            self._finish(run, "lost", None)
-            return
-        if outcome is not None and outcome.get("ok") and exit_code == 0:
-            self._finish(run, "done", None)  # it finished before the kill landed
-            return
-        if run.stop_reason == "shutdown":
-            self._finish(run, "release", None)
-            return
-        if run.stop_reason == "timeout":
-            assert self.timeout is not None
-            self._finish(run, "error", f"timed out after {_format_delay(self.timeout)} s")
-            return
-        if outcome is not None and not outcome.get("ok"):
-            error = _error_text(outcome)
-        elif signum is not None:
-            error = f"the job child was killed by signal {signum} ({_signal_name(signum)})"
-        else:
-            error = f"the job child exited with status {exit_code} without a result"
-        tail = bytes(run.output).decode("utf-8", "replace").strip()
-        if tail and (outcome is None or outcome.get("ok") is not False):
-            error += "\n--- child output (tail) ---\n" + tail[-4096:]
-        log.debug("job {job_id} attempt {attempt} failed", job_id=job.id, attempt=job.attempt)
-        self._finish(run, "error", error)
+    def _child_ended(self, run: _Run, outcome: str, error: str | None) -> None:
+        if run.persist_call is not None and run.persist_call.active():
+            run.persist_call.cancel()
+        run.persist_call = None
+        self._finish(run, outcome, error)
 
     def _finish(self, run: _Run, outcome: str, error: str | None) -> None:
         """Write the attempt's outcome with the job's token, then free the slot."""
@@ -825,7 +615,7 @@ class JobDispatcher(Daemon):
             if run.heartbeat_busy:
                 continue
             # A run whose outcome waits for the store keeps its lease too.
-            if run.record is None if run.ended else run.stop_reason is not None:
+            if run.record is None if run.ended else run.child.stop_reason is not None:
                 continue
             run.heartbeat_busy = True
             job = run.job
@@ -843,7 +633,7 @@ class JobDispatcher(Daemon):
             log.warn("job {job_id}: {reason}; killing its child", job_id=run.job.id,
                      reason=str(result.value))
             if not run.ended:
-                self._kill(run, reason, signal.SIGKILL)
+                run.child.kill(reason, signal.SIGKILL)
         elif not is_unavailable(result.value):  # an outage is said once, by _StoreHealth
             log.failure("job {job_id}: heartbeat failed", result, job_id=run.job.id)
 
@@ -900,7 +690,7 @@ class JobDispatcher(Daemon):
 
     def running_jobs(self) -> list[dict[str, Any]]:
         """The jobs this dispatcher runs now, with their in-memory progress."""
-        return [run.status() | {"pid": run.pid} for run in self._runs.values()]
+        return [run.status() | {"pid": run.child.pid} for run in self._runs.values()]
 
     # ------------------------------------------------------------ failure hooks
 
@@ -908,180 +698,17 @@ class JobDispatcher(Daemon):
         event = {"id": job.id, "kind": job.kind, "attempts": job.attempt,
                  "max_attempts": job.max_attempts, "error": error[-MAX_ERROR_CHARS:],
                  "dispatcher": self.name, "holder": self.holder}
-        for hook in self.on_failure:
-            d = maybeDeferred(hook, event, self.reactor)
-            d.addErrback(_log_hook_failure, job.id, repr(hook))
+        alerts.send(event, self.on_failure, self.reactor, about="job {job_id}",
+                    key="on_failure", log=log, job_id=job.id)
 
 
-class _NotifyReader:
-    """Watches a PostgreSQL LISTEN socket on the reactor; pokes on a submit."""
-
-    def __init__(self, notifier: Any, poke: Callable[[], None],
-                 lost: Callable[[], None]) -> None:
-        self.notifier = notifier
-        self.poke = poke
-        self.lost = lost
-        # The reactor watches a duplicate of libpq's socket: libpq closes its own as
-        # soon as the connection breaks, and removing a closed fd from epoll fails with
-        # EBADF before connectionLost could ever run (no LISTEN was ever re-established).
-        self._fd = os.dup(int(notifier.fileno()))
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def doRead(self) -> Exception | None:
-        try:
-            woken = self.notifier.drain()
-        except Exception as err:
-            # Returned, the reactor removes this reader and calls connectionLost.
-            return twisted_error.ConnectionLost(str(err))
-        if woken:
-            self.poke()
-        return None
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.close()
-        self.lost()
-
-    def logPrefix(self) -> str:
-        return "JobNotify"
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-        try:
-            self.notifier.close()
-        except Exception:
-            log.failure("closing the job LISTEN connection")
-
-
-def _log_hook_failure(failure: Failure, job_id: int, hook: str) -> None:
-    log.failure("job {job_id}: on_failure hook {hook}", failure, job_id=job_id, hook=hook)
-
-
-def _decode_result(data: bytes) -> dict[str, Any] | None:
-    if not data:
-        return None
-    try:
-        value = marshal.loads(data)  # noqa: S302 - written by our own child, over a pipe
-    except (EOFError, TypeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _error_text(outcome: Mapping[str, Any]) -> str:
-    summary = str(outcome.get("error") or "the job failed")
-    trace = str(outcome.get("traceback") or "").rstrip()
-    if not trace:
-        return summary
-    if trace.splitlines()[-1].strip() == summary:
-        return trace
-    return f"{trace}\n{summary}"
+def _failure_mail(event: Mapping[str, Any]) -> tuple[str, str]:
+    """The on_failure mail: subject and body of a job that failed for good."""
+    return (f"daemonapp job {event['id']} ({event['kind']}) failed",
+            f"Job {event['id']} ({event['kind']}) failed after {event['attempts']} "
+            f"attempt(s).\n\n{event['error']}\n")
 
 
 def _last_line(text: str | None) -> str:
     lines = (text or "").strip().splitlines()
     return lines[-1] if lines else ""
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "unknown"
-
-
-# ---------------------------------------------------------------- on_failure
-
-FailureHook = Callable[[dict[str, Any], Any], Any]
-
-
-def _failure_hooks(spec: Any) -> list[FailureHook]:
-    """The on_failure option as callables: URLs are webhooks, dicts name their kind."""
-    if spec is None:
-        return []
-    items = spec if isinstance(spec, list | tuple) else [spec]
-    hooks: list[FailureHook] = []
-    for item in items:
-        if callable(item):
-            hooks.append(_call_user_hook(item))
-        elif isinstance(item, str) and item.startswith(("http://", "https://")):
-            hooks.append(_webhook(item))
-        elif isinstance(item, str) and item in ("log", ""):
-            continue
-        elif isinstance(item, Mapping):
-            for key, value in item.items():
-                if key == "webhook":
-                    hooks.append(_webhook(str(value)))
-                elif key == "mail":
-                    hooks.append(_mail(value))
-                elif key == "log":
-                    continue
-                else:
-                    raise OptionError("on_failure", f"unknown hook {key!r}; expected "
-                                                    f"webhook, mail or log")
-        else:
-            raise OptionError("on_failure", f"expected a webhook URL, a mapping with "
-                                            f"webhook/mail, or a callable, got {item!r}")
-    return hooks
-
-
-def _call_user_hook(func: Callable[[dict[str, Any]], Any]) -> FailureHook:
-    def hook(event: dict[str, Any], reactor: Any) -> Any:
-        return func(event)
-    return hook
-
-
-def _webhook(url: str) -> FailureHook:
-    if not url.startswith(("http://", "https://")):
-        raise OptionError("on_failure", f"a webhook must be an http(s) URL, got {url!r}")
-
-    # Imported when the hook is made (the app's start), not when a job fails: under
-    # twistd --uid the venv may be unreadable by then (DESIGN §2).
-    from io import BytesIO
-
-    from twisted.web.client import Agent, FileBodyProducer
-    from twisted.web.http_headers import Headers
-
-    def post(event: dict[str, Any], reactor: Any) -> Deferred[Any]:
-        body = FileBodyProducer(BytesIO(json.dumps(event).encode("utf-8")))
-        agent = Agent(reactor, connectTimeout=10)
-        d = agent.request(b"POST", url.encode("ascii"),
-                          Headers({b"Content-Type": [b"application/json"]}), body)
-
-        def check(response: Any) -> None:
-            if not 200 <= response.code < 300:
-                log.warn("on_failure webhook {url} answered {code}", url=url,
-                         code=response.code)
-
-        return d.addCallback(check)
-
-    return post
-
-
-def _mail(spec: Any) -> FailureHook:
-    if not isinstance(spec, Mapping) or not spec.get("to"):
-        raise OptionError("on_failure", "mail needs a mapping with at least 'to' "
-                                        "(and 'from', 'host', 'port')")
-    recipients = spec["to"] if isinstance(spec["to"], list) else [spec["to"]]
-    sender = str(spec.get("from") or f"daemonapp@{socket.gethostname()}")
-    host = str(spec.get("host") or "localhost")
-    port = int(spec.get("port") or 25)
-
-    from email.message import EmailMessage  # imported now: see _webhook
-
-    from twisted.mail.smtp import sendmail
-
-    def send(event: dict[str, Any], reactor: Any) -> Deferred[Any]:
-        message = EmailMessage()
-        message["Subject"] = f"daemonapp job {event['id']} ({event['kind']}) failed"
-        message["From"] = sender
-        message["To"] = ", ".join(str(r) for r in recipients)
-        message.set_content(f"Job {event['id']} ({event['kind']}) failed after "
-                            f"{event['attempts']} attempt(s).\n\n{event['error']}\n")
-        d: Deferred[Any] = sendmail(host, sender, [str(r) for r in recipients],
-                                    message.as_bytes(), reactor=reactor, port=port)
-        return d
-
-    return send

@@ -99,3 +99,32 @@ class DispatcherProcess:
             self.process.wait(10)
         if not self.log.closed:
             self.log.close()
+
+
+class PipeNotifier:
+    """A LISTEN notifier over a real pipe whose drain() answers from a script; like
+    libpq, it closes its own fd when the connection breaks."""
+
+    def __init__(self, results: list[Any]) -> None:
+        self.read_end, self.write_end = os.pipe()
+        self.results = results
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.read_end
+
+    def drain(self) -> bool:
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            if self.read_end >= 0:
+                os.close(self.read_end)
+                self.read_end = -1
+            raise result
+        return bool(result)
+
+    def close(self) -> None:
+        self.closed = True
+        for fd in (self.read_end, self.write_end):
+            if fd >= 0:
+                os.close(fd)
+        self.read_end = self.write_end = -1

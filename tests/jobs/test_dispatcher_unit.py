@@ -18,7 +18,8 @@ from daemonapp.app import DaemonApp
 from daemonapp.daemon import OptionError
 from daemonapp.interfaces import IDaemon
 from daemonapp.jobs import open_store
-from daemonapp.jobs.dispatcher import JobDispatcher, child_environment
+from daemonapp.jobs.dispatcher import JobDispatcher
+from tests.jobs._helpers import PipeNotifier
 
 
 class FakeProcess:
@@ -311,14 +312,6 @@ def test_stop_claims_nothing_new(reactor: FakeReactor, store: Any) -> None:
     assert reactor.processes == []
 
 
-def test_child_environment() -> None:
-    """The child environment keeps PATH and locale, sets PYTHONPATH, drops the rest."""
-    env = child_environment({"PATH": "/bin", "LANG": "C.UTF-8", "LC_ALL": "C",
-                             "HOME": "/root", "HTTP_PROXY": "x", "DATABASE_URL": "y"},
-                            pythonpath="/app")
-    assert env == {"PATH": "/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "PYTHONPATH": "/app"}
-
-
 def test_in_thread_refused() -> None:
     """in_thread makes no sense for the dispatcher: an OptionError."""
     with pytest.raises(OptionError) as raised:
@@ -333,74 +326,6 @@ def test_job_counts(reactor: FakeReactor, store: Any) -> None:
     counts: list[Any] = []
     dispatcher.job_counts().addCallback(counts.append)
     assert counts == [{"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0}]
-
-
-class _PipeNotifier:
-    """A LISTEN notifier over a real pipe whose drain() answers from a script; like
-    libpq, it closes its own fd when the connection breaks."""
-
-    def __init__(self, results: list[Any]) -> None:
-        self.read_end, self.write_end = os.pipe()
-        self.results = results
-        self.closed = False
-
-    def fileno(self) -> int:
-        return self.read_end
-
-    def drain(self) -> bool:
-        result = self.results.pop(0)
-        if isinstance(result, Exception):
-            if self.read_end >= 0:
-                os.close(self.read_end)
-                self.read_end = -1
-            raise result
-        return bool(result)
-
-    def close(self) -> None:
-        self.closed = True
-        for fd in (self.read_end, self.write_end):
-            if fd >= 0:
-                os.close(fd)
-        self.read_end = self.write_end = -1
-
-
-def test_notify_reader_pokes_and_reports_loss() -> None:
-    """The LISTEN reader pokes on a wake-up and reports a broken connection."""
-    from twisted.internet.error import ConnectionLost
-
-    from daemonapp.jobs.dispatcher import _NotifyReader
-
-    events: list[str] = []
-    notifier = _PipeNotifier([True, False, OSError("server closed the connection")])
-    reader = _NotifyReader(notifier, lambda: events.append("poke"),
-                           lambda: events.append("lost"))
-    assert (reader.doRead(), reader.doRead()) == (None, None)
-    why = reader.doRead()
-    assert isinstance(why, ConnectionLost)
-    reader.connectionLost(Failure(why))
-    assert (events, notifier.closed, reader.fileno()) == (["poke", "lost"], True, -1)
-
-
-def test_notify_reader_lost_on_a_real_epoll_reactor() -> None:
-    """When libpq closes its socket as the connection breaks, an epoll reactor still
-    removes the reader and the loss is reported (it used to fail with EBADF)."""
-    from twisted.internet.epollreactor import EPollReactor
-
-    from daemonapp.jobs.dispatcher import _NotifyReader
-
-    events: list[str] = []
-    notifier = _PipeNotifier([OSError("server closed the connection")])
-    reader = _NotifyReader(notifier, lambda: events.append("poke"),
-                           lambda: events.append("lost"))
-    epoll = EPollReactor()
-    try:
-        epoll.addReader(reader)
-        epoll._doReadOrWrite(reader, reader.fileno(), 1)  # EPOLLIN, as the loop does
-        assert events == ["lost"]
-        assert reader not in epoll.getReaders()
-    finally:
-        epoll.removeAll()
-        epoll._poller.close()
 
 
 class FlakyStore:
@@ -484,23 +409,24 @@ def test_failure_kept_and_retried_through_outage(reactor: FakeReactor, store: An
 
 def test_listen_reopened_soon_after_loss(reactor: FakeReactor, store: Any) -> None:
     """A lost LISTEN connection is opened again within a second, then pokes again."""
-    notifiers: list[_PipeNotifier] = []
+    notifiers: list[PipeNotifier] = []
 
     class ListeningStore(FlakyStore):
-        def listener(self) -> _PipeNotifier:
-            notifiers.append(_PipeNotifier([OSError("gone"), False]))
+        def listener(self) -> PipeNotifier:
+            notifiers.append(PipeNotifier([OSError("gone"), False]))
             return notifiers[-1]
 
     _, dispatcher = start(reactor, ListeningStore(store))
     dispatcher._start_listening()  # as it does for a PostgreSQL store of its own
     assert len(notifiers) == 1
-    reader = dispatcher._notifier
+    listener = dispatcher._listener
+    reader = listener.reader
     why = reader.doRead()
     reader.connectionLost(Failure(why))
-    assert dispatcher._notifier is None
+    assert listener.reader is None
     reactor.advance(1.0)
-    assert len(notifiers) == 2 and dispatcher._notifier is not None
-    dispatcher._notifier.close()
+    assert len(notifiers) == 2 and listener.reader is not None
+    listener.reader.close()
 
 
 def test_jobs_snapshot(reactor: FakeReactor, store: Any) -> None:
@@ -556,19 +482,3 @@ def test_claim_landing_during_stop_is_released(reactor: FakeReactor, store: Any)
     dispatcher.do_work(job)
     record = store.get(job_id)
     assert (record.state, record.attempts, reactor.processes) == ("pending", 0, [])
-
-
-def test_child_pythonpath(tmp_path: Path) -> None:
-    """PYTHONPATH holds this daemonapp's directory and the app's own sys.path entries,
-    never the interpreter's standard library or site-packages."""
-    import sysconfig
-
-    from daemonapp.jobs.dispatcher import child_pythonpath
-    from tests.jobs._helpers import ROOT
-
-    app_dir = tmp_path / "app"
-    app_dir.mkdir()
-    stdlib = sysconfig.get_paths()["stdlib"]
-    purelib = sysconfig.get_paths()["purelib"]
-    entries = child_pythonpath([str(app_dir), stdlib, purelib, str(tmp_path / "missing")])
-    assert entries.split(os.pathsep) == [str(ROOT), str(app_dir)]
