@@ -175,7 +175,8 @@ listeners:
     max_body_bytes: 32MiB
     request_timeout: 120s
 EOF
-            command=(env "PYTHONPATH=$source:$root/bench" "$python" -m daemonapp.cli run
+            # -P: python -m would put the working directory (this checkout) first
+            command=(env "PYTHONPATH=$source:$root/bench" "$python" -P -m daemonapp.cli run
                      "$tmp/$name.yaml") ;;
         gsync)
             command=("$venv/bin/gunicorn" --worker-class sync --workers "$sync_workers"
@@ -214,6 +215,11 @@ echo "# Upload benchmark $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores," \
 echo "# $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $("$python" -V)," \
      "gunicorn $("$venv/bin/gunicorn" --version | cut -d' ' -f3 | tr -d ')')," \
      "wrk -t1 -c$connections -d${seconds}s, burst $burst, $rounds round(s)"
+imported=$(PYTHONPATH=$source "$python" -P -c 'import daemonapp; print(daemonapp.__file__)')
+case "$imported" in
+    "$source"/*) ;;
+    *) echo "uploads.sh: daemonapp imports from $imported, not from $source" >&2; exit 2 ;;
+esac
 echo "# daemonapp from $source: $(git -C "$source" log -1 --format='%h %cs' 2>/dev/null || echo '?')," \
      "$(if git -C "$source" diff --quiet HEAD -- daemonapp 2>/dev/null; then echo 'daemonapp/ as committed';
         else echo 'daemonapp/ WITH UNCOMMITTED CHANGES'; fi)"
