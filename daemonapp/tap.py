@@ -18,13 +18,8 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
-from daemonapp.config import (
-    Config,
-    ConfigError,
-    build_app,
-    load_config,
-    stop_unless_listening,
-)
+from daemonapp.assembly import Assembly
+from daemonapp.config import Config, ConfigError, load_config
 
 __all__ = ["Options", "makeService"]
 
@@ -102,7 +97,7 @@ def _hand_over_state_dir(options: Options, state_dir: str) -> None:
     uid, gid = _switched_ids(options)
     if uid is None and gid is None:
         return
-    # build_app checked it is no symlink; never follow one swapped in since
+    # the assembly checked it is no symlink; never follow one swapped in since
     os.chown(state_dir, -1 if uid is None else uid, -1 if gid is None else gid,
              follow_symlinks=False)
 
@@ -112,10 +107,9 @@ def makeService(options: Options) -> IService:
     config = options.config
     if config is None:  # postOptions was bypassed (a test calling makeService directly)
         config = load_config(options["config"])
-    app = build_app(config, stop_reactor=True, handle_signals=True,
-                    owners=_state_dir_owners(options))
+    assembly = Assembly(config, owners=_state_dir_owners(options))
+    app = assembly.build(stop_reactor=True, handle_signals=True)
     _hand_over_state_dir(options, config.app.state_dir)
     app.when_ended().addCallback(_remember_status)
-    # callLater(0): after twistd has started the application and its listeners bound.
-    app.reactor.callWhenRunning(app.reactor.callLater, 0, stop_unless_listening, app)
+    assembly.when_listening(app)
     return app

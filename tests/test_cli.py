@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import marshal
 import os
 import signal
 import socket
@@ -14,14 +13,14 @@ import tempfile
 import textwrap
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from daemonapp import __version__
-from daemonapp.cli import PidEntries, main, write_sidecar
+from daemonapp.cli import main
 from daemonapp.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,95 +197,6 @@ def test_run_fastcgi_without_endpoint_needs_fd0(tmp_path: Path,
     assert run_config(load_config(path), inherited=False) == 2
     assert capsys.readouterr().err.startswith(
         f"{path}:2: listeners[0].endpoint: no endpoint (or fd:0) means the listening socket")
-
-
-def test_sidecar_holds_what_the_cgi_frontend_needs(tmp_path: Path) -> None:
-    """cgi.marshal names the socket, protocol, loads, timeouts, state_dir and argv."""
-    path = write(tmp_path, """
-        listeners:
-          - {protocol: scgi, endpoint: "unix:run/app.sock", wsgi: "tests.test_config:app"}
-        cgi: {min_load: 0.5, max_load: 6, start_timeout: 3s, lock_timeout: 2s}
-    """)
-    config = load_config(path)
-    os.makedirs(config.app.state_dir)
-    sidecar = write_sidecar(config, ["python", "-m", "daemonapp.cli", "run", path])
-    assert sidecar == str(tmp_path / "var" / "cgi.marshal")
-    with open(sidecar, "rb") as f:
-        data = marshal.load(f)
-    assert data == {
-        "config": path,
-        "wsgi": "tests.test_config:app",
-        "socket": str(tmp_path / "run" / "app.sock"),
-        "protocol": "scgi",
-        "min_load": 0.5,
-        "max_load": 6.0,
-        "start_timeout": 3.0,
-        "lock_timeout": 2.0,
-        "state_dir": str(tmp_path / "var"),
-        "argv": ["python", "-m", "daemonapp.cli", "run", path],
-        "scgi_content_length": True,
-    }
-    assert os.stat(sidecar).st_mode & 0o777 == 0o600
-
-
-def test_no_sidecar_without_a_unix_listener(tmp_path: Path) -> None:
-    """Without an scgi/fastcgi unix listener there is nothing for the frontend."""
-    config = load_config(write(tmp_path, "daemons: {}\n"))
-    assert write_sidecar(config, []) is None
-
-
-def test_pid_entries_ignore_dead_processes(tmp_path: Path) -> None:
-    """An entry of a process that is gone is removed, not signalled."""
-    entries = PidEntries(str(tmp_path), str(tmp_path / "daemons.yaml"))
-    entries.write()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / "pids" / f"{dead.pid}.json").write_text(json.dumps(
-        {"pid": dead.pid, "start": "1", "config": entries.config_path}))
-    assert entries.others() == []
-    assert sorted(p.name for p in (tmp_path / "pids").iterdir()) == [f"{os.getpid()}.json"]
-    entries.remove()
-    assert list((tmp_path / "pids").iterdir()) == []
-
-
-@pytest.fixture
-def sibling(tmp_path: Path) -> Iterator[Callable[..., int]]:
-    """Writes the pid entry of a live process (a sleeper) with the given extra keys."""
-    from daemonapp.cli import _process_start
-
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-
-    def entry(config_path: str, **extra: object) -> int:
-        (tmp_path / "pids").mkdir(exist_ok=True)
-        (tmp_path / "pids" / f"{sleeper.pid}.json").write_text(json.dumps(
-            {"pid": sleeper.pid, "start": _process_start(sleeper.pid),
-             "config": config_path, **extra}))
-        return sleeper.pid
-
-    try:
-        yield entry
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-
-
-def test_pid_entries_find_a_live_sibling(tmp_path: Path, sibling: Callable[..., int]) -> None:
-    """A live process of the same config is found by the next one."""
-    mine = PidEntries(str(tmp_path), str(tmp_path / "daemons.yaml"))
-    pid = sibling(mine.config_path)
-    assert [entry["pid"] for entry in mine.others()] == [pid]
-
-
-def test_pid_entries_of_spawned_processes_are_never_taken_over(
-        tmp_path: Path, sibling: Callable[..., int]) -> None:
-    """An entry marked spawned (a web server owns that process) is not a sibling to stop."""
-    mine = PidEntries(str(tmp_path), str(tmp_path / "daemons.yaml"))
-    pid = sibling(mine.config_path, spawned=True)
-    assert mine.others() == []
-    assert (tmp_path / "pids" / f"{pid}.json").exists()  # live: kept
-    mine.write(spawned=True)
-    entry = json.loads((tmp_path / "pids" / f"{os.getpid()}.json").read_text())
-    assert (entry["pid"], entry["spawned"]) == (os.getpid(), True)
 
 
 # -------------------------------------------------------------------- jobs

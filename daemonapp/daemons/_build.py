@@ -7,7 +7,6 @@ entry points (tap.py, cli.py).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Mapping
 from importlib import metadata
@@ -16,6 +15,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from daemonapp.daemon import Daemon, OptionError
+from daemonapp.imports import TargetImportError, import_target, split_target
 
 __all__ = [
     "BUNDLED_DAEMONS",
@@ -92,21 +92,13 @@ def resolve_type(name: str | type[Daemon], *,
                 "type", f"unknown daemon type {name!r}: expected one of "
                         f'{", ".join(sorted(types))}, or "package.module:Class"')
         target = types[name]
-    module_name, _, qualname = target.partition(":")
+    module_name, qualname = split_target(target)
     if not module_name or not qualname:
         raise OptionError("type", f'expected "package.module:Class", got {name!r}')
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise OptionError("type", f"cannot import module {module_name!r}: {e}") from None
-    except Exception as e:
-        raise OptionError("type", f"importing module {module_name!r} failed: "
-                                  f"{type(e).__name__}: {e}") from None
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise OptionError("type", f"module {module_name!r} has no attribute {qualname!r}")
+        obj = import_target(target)
+    except TargetImportError as e:
+        raise OptionError("type", str(e)) from None
     if not (isinstance(obj, type) and issubclass(obj, Daemon)):
         raise OptionError("type", f"{target!r} is not a daemonapp.Daemon subclass")
     return obj
