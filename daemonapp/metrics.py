@@ -81,6 +81,13 @@ class _SnapshotCollector:
         yield lateness
         yield delay
         yield outcome
+        misfires = CounterMetricFamily(
+            "daemonapp_daemon_misfires", "Fire times of a clock schedule missed, by reason "
+            "(overrun, downtime), made up or not", labels=["daemon", "reason"])
+        for d in daemons:
+            for reason, count in sorted((d.get("misfires") or {}).items()):
+                misfires.add_metric([str(d["name"]), str(reason)], float(count))
+        yield misfires
         in_flight = GaugeMetricFamily("daemonapp_in_flight", "Work in flight by kind",
                                       labels=["kind"])
         for kind, count in (snap.get("in_flight") or {}).items():

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
@@ -225,6 +226,16 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _utc(text: object) -> str:
+    """An ISO 8601 time with an offset, in UTC ("-" for anything else)."""
+    if not isinstance(text, str):
+        return "-"
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC).isoformat(timespec="seconds")
+    except ValueError:
+        return "-"
+
+
 def format_status(snapshot: dict[str, Any]) -> str:
     """A human-readable table of a snapshot: the app, its daemons, listeners, jobs."""
     now = snapshot.get("now")
@@ -252,6 +263,17 @@ def format_status(snapshot: dict[str, Any]) -> str:
         ])
     lines += _table(["NAME", "TYPE", "LAST", "RUNS", "ITEMS", "FAILURES", "DELAY", "NEXT RUN"],
                     rows)
+    clocked = [entry for entry in daemons if entry.get("schedule")]
+    if clocked:
+        lines.append("")
+        lines.append(f"clock schedules ({len(clocked)})")
+        lines += _table(
+            ["NAME", "SCHEDULE", "NEXT FIRE", "NEXT FIRE (UTC)", "MISFIRES"],
+            [[str(entry.get("name")), str(entry.get("schedule")),
+              str(entry.get("next_fire") or "-"), _utc(entry.get("next_fire")),
+              ", ".join(f"{reason} {count}" for reason, count
+                        in sorted((entry.get("misfires") or {}).items())) or "-"]
+             for entry in clocked])
     listeners = snapshot.get("listeners") or []
     if listeners:
         lines.append("")

@@ -32,3 +32,11 @@ def test_listener_and_jobs() -> None:
     assert 'daemonapp_listener_requests_total{listener="web"} 7.0' in text
     assert 'daemonapp_listener_rejected_503_total{listener="web"} 2.0' in text
     assert 'daemonapp_jobs{state="pending"} 3.0' in text
+
+
+def test_misfires_by_reason() -> None:
+    """A clock schedule's misfires appear as a counter by daemon and reason."""
+    text = render_metrics({"state": "running", "listeners": [], "daemons": [
+        {"name": "nightly", "misfires": {"overrun": 2, "downtime": 1}}]}).decode()
+    assert 'daemonapp_daemon_misfires_total{daemon="nightly",reason="downtime"} 1.0' in text
+    assert 'daemonapp_daemon_misfires_total{daemon="nightly",reason="overrun"} 2.0' in text

@@ -215,3 +215,20 @@ def test_spawned_status_sockets_are_found_by_pid(tmp_path: Path) -> None:
         (3, str(tmp_path / "status.3.sock")), (20, str(tmp_path / "status.20.sock"))]
     assert status_socket_path(str(tmp_path), 3) == str(tmp_path / "status.3.sock")
     assert spawned_status_sockets(str(tmp_path / "missing")) == []
+
+
+def test_format_status_shows_clock_schedules() -> None:
+    """Clock-scheduled daemons get a table: schedule, next fire in its zone and UTC, misfires."""
+    snapshot = {"pid": 1, "state": "running", "uptime": 5, "now": 0.0, "daemons": [
+        {"name": "nightly", "type": "m:Nightly", "last_outcome": None, "runs": 0, "items": 0,
+         "failures": 0, "current_delay": None, "next_run_at": 3600.0,
+         "schedule": "30 2 * * *", "next_fire": "2026-03-29T03:00:00+02:00",
+         "misfires": {"overrun": 2, "downtime": 1}},
+    ], "listeners": []}
+    text = format_status(snapshot)
+    assert text.split("\n")[-3:] == [
+        "clock schedules (1)",
+        "NAME     SCHEDULE    NEXT FIRE                  NEXT FIRE (UTC)            MISFIRES",
+        "nightly  30 2 * * *  2026-03-29T03:00:00+02:00  2026-03-29T01:00:00+00:00  "
+        "downtime 1, overrun 2",
+    ]
