@@ -7,6 +7,8 @@ import os
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from daemonapp.assembly import write_sidecar
 from daemonapp.config import load_config
 
@@ -53,3 +55,98 @@ def test_no_sidecar_without_a_unix_listener(tmp_path: Path) -> None:
     """Without an scgi/fastcgi unix listener there is nothing for the frontend."""
     config = load_config(write(tmp_path, "daemons: {}\n"))
     assert write_sidecar(config, []) is None
+
+
+def test_the_sidecar_is_the_frontends_reading_of_the_file(tmp_path: Path) -> None:
+    """What `run` writes is what the CGI frontend reads from the same YAML file, plus the
+    daemon's own command and its Content-Length promise: the frontend owns the schema."""
+    import yaml
+
+    from daemonapp.cgi_frontend import sidecar_settings
+
+    path = write(tmp_path, """
+        app: {state_dir: ./state}
+        listeners:
+          - {protocol: http, endpoint: "tcp:0", wsgi: "tests.test_config:app"}
+          - {protocol: fastcgi, endpoint: "unix:./run/f.sock", native: "tests.test_config:app"}
+          - {protocol: scgi, endpoint: "unix:./run/s.sock:mode=0660", wsgi: "tests.test_config:app"}
+        cgi: {max_load: 3, lock_timeout: 1m}
+    """)
+    config = load_config(path)
+    os.makedirs(config.app.state_dir)
+    sidecar = write_sidecar(config, ["daemonapp", "run", path])
+    assert sidecar is not None
+    with open(sidecar, "rb") as f:
+        written = marshal.load(f)
+    with open(path) as f:
+        expected = sidecar_settings(path, yaml.safe_load(f))
+    expected["argv"] = ["daemonapp", "run", path]
+    expected["scgi_content_length"] = True
+    assert list(written.items()) == list(expected.items())
+    assert config.cgi_listener() == config.listeners[2]
+
+
+# ----------------------------------------------------------------- assembling
+
+
+def test_a_spawned_process_serves_fd0_with_a_short_drain(tmp_path: Path) -> None:
+    """Under a web server (fd 0 inherited) the fastcgi item without endpoint serves fd:0,
+    the drain fits before the server's SIGKILL and the status socket has the pid in it."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from daemonapp.assembly import Assembly
+
+    path = write(tmp_path, """
+        app: {stop_timeout: 30s}
+        listeners:
+          - {protocol: fastcgi, wsgi: "tests.test_config:app"}
+    """)
+    app = Assembly(load_config(path), inherited=True).build(
+        reactor=MemoryReactorClock(), stop_reactor=False, handle_signals=False,
+        status_server=True)
+    assert app.stop_timeout == 2.0
+    assert [listener.endpoint.description for listener in app.listeners] == ["fd:0"]
+    status = [child for child in app if not hasattr(child, "drain")]
+    assert [child.path for child in status] == [
+        str(tmp_path / "var" / f"status.{os.getpid()}.sock")]
+
+
+def test_fd0_refused_when_no_web_server_passed_it(tmp_path: Path) -> None:
+    """A fastcgi item without endpoint is a config error when fd 0 is not listening,
+    and nothing (not even state_dir) is created."""
+    from daemonapp.assembly import Assembly
+    from daemonapp.config import ConfigError
+
+    path = write(tmp_path, """
+        listeners:
+          - {protocol: fastcgi, wsgi: "tests.test_config:app"}
+    """)
+    with pytest.raises(ConfigError) as info:
+        Assembly(load_config(path), inherited=False).prepare()
+    assert info.value.messages[0].startswith(
+        f"{path}:2: listeners[0].endpoint: no endpoint (or fd:0) means the listening socket")
+    assert not (tmp_path / "var").exists()
+
+
+def test_an_unbound_listener_stops_the_app_with_status_1(tmp_path: Path) -> None:
+    """when_listening stops the app (exit 1) once it runs with a listener not bound, and
+    tells the caller (a takeover then leaves the previous process alone)."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from daemonapp.assembly import Assembly
+
+    path = write(tmp_path, """
+        listeners:
+          - {protocol: http, endpoint: "tcp:0:interface=127.0.0.1", wsgi: "tests.test_config:app"}
+    """)
+    reactor = MemoryReactorClock()
+    assembly = Assembly(load_config(path))
+    app = assembly.build(reactor=reactor, stop_reactor=False, handle_signals=False,
+                         status_server=False)
+    told: list[bool] = []
+    assembly.when_listening(app, told.append)
+    for hook in reactor.whenRunningHooks:  # the reactor starts; the app is not started
+        hook[0](*hook[1], **hook[2])
+    reactor.advance(0)
+    assert told == [False]
+    assert app.stop_reason is not None and "not listening" in app.stop_reason

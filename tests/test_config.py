@@ -836,3 +836,23 @@ def test_errors_quote_the_source_text(tmp_path: Path) -> None:
     """)
     (message,) = errors(path)
     assert message == f"{path}:4: daemons.c.run_every: expected a duration like \"30s\", got 'on'"
+
+
+def test_validation_builds_each_daemon_once(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a file builds each daemon once, by its class; its attributes are checked by
+    their converters, not by a trial Daemon each."""
+    built: list[str] = []
+    original = Daemon.__init__
+
+    def counting(self: Daemon, **kw: Any) -> None:
+        built.append(type(self).__name__)
+        original(self, **kw)
+
+    monkeypatch.setattr(Daemon, "__init__", counting)
+    load_config(write(tmp_path, """
+        daemons:
+          a: {type: tests.test_config:Replicator, run_every: 30s, jitter: 0.1, priority: 2,
+              lock: ldap, max_items: 5}
+    """))
+    assert built == ["Replicator"]
