@@ -144,5 +144,11 @@ def cap_error(error: str | None) -> str | None:
     return marker + text[-(MAX_ERROR_CHARS - len(marker)):]
 
 
+def last_line(text: str | None) -> str:
+    """The last non-blank line of an error text (the exception line of a traceback)."""
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
 class JobCancelled(StaleLease):
     """The job was cancelled while this holder ran it: stop, write nothing more."""

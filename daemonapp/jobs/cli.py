@@ -35,7 +35,8 @@ def store_from_config(path: str, dispatcher: str | None = None) -> str:
     ``store`` option wins over the app's state_dir, as in the dispatcher itself.
     """
     from daemonapp.config import ConfigError, load_config
-    from daemonapp.jobs.dispatcher import JobDispatcher, store_target
+    from daemonapp.jobs.dispatcher import JobDispatcher
+    from daemonapp.jobs.store import store_target
 
     try:
         config = load_config(path)

@@ -32,6 +32,7 @@ from daemonapp.jobs._model import (
     Job,
     JobCancelled,
     StaleLease,
+    last_line,
 )
 from daemonapp.jobs.children import (
     CHILD_MODULE,
@@ -40,7 +41,13 @@ from daemonapp.jobs.children import (
     child_pythonpath,
 )
 from daemonapp.jobs.notify import SubmitListener
-from daemonapp.jobs.store import is_unavailable, open_store
+from daemonapp.jobs.store import (
+    StoreHealth,
+    is_postgres_url,
+    is_unavailable,
+    open_store,
+    store_target,
+)
 
 __all__ = ["CHILD_MODULE", "JobDispatcher", "child_environment", "child_pythonpath",
            "store_target"]
@@ -51,20 +58,6 @@ log = Logger()
 OUTCOME_RETRY = 2.0
 OUTCOME_RETRY_FIRST = 0.25
 _KEPT = object()  # an outcome kept for a later try: the run keeps its slot
-
-
-def store_target(store: str | os.PathLike[str] | None, state_dir: str | None) -> str:
-    """Where a dispatcher's jobs live: its ``store`` option (a PostgreSQL URL, a
-    directory or a store object), else SQLite in the app's ``state_dir``.
-
-    The one owner of that rule: the dispatcher and ``daemonapp jobs -c`` both ask it.
-    """
-    if store is not None:
-        return os.fspath(store)
-    if not state_dir:
-        raise RuntimeError("no store option and no app.state_dir to keep the SQLite "
-                           "job store in")
-    return state_dir
 
 
 class _Run:
@@ -98,40 +91,6 @@ class _Run:
     def ended(self) -> bool:
         """True once the child is gone."""
         return self.child.ended
-
-
-class _StoreHealth:
-    """Whether the job store answers: one log line when it stops, one when it is back,
-    however many calls fail in between (every store call reports here)."""
-
-    def __init__(self, name: str, clock: Callable[[], float]) -> None:
-        self.name = name
-        self.clock = clock
-        self.down_since: float | None = None
-        self.failures = 0
-
-    @property
-    def down(self) -> bool:
-        return self.down_since is not None
-
-    def failed(self, error: object) -> None:
-        self.failures += 1
-        if self.down_since is None:
-            self.down_since = self.clock()
-            log.warn("job dispatcher {name}: the job store is unavailable: {error}; "
-                     "outcomes are kept and retried, LISTEN is re-established when it is back",
-                     name=self.name, error=_last_line(str(error)) or type(error).__name__)
-
-    def ok(self, began: float) -> bool:
-        """Note a call begun at ``began`` that worked; True when it ends an outage."""
-        if self.down_since is None or began < self.down_since:
-            return False
-        log.info("job dispatcher {name}: the job store is available again after "
-                 "{seconds:.1f} s ({failures} call(s) failed meanwhile)", name=self.name,
-                 seconds=self.clock() - self.down_since, failures=self.failures)
-        self.down_since = None
-        self.failures = 0
-        return True
 
 
 class JobDispatcher(Daemon):
@@ -197,7 +156,7 @@ class JobDispatcher(Daemon):
                               f"expected a number above zero, got {progress_persist_hz!r}")
         self.on_failure = alerts.parse_targets(on_failure, key="on_failure",
                                                compose_mail=_failure_mail, log=log)
-        if isinstance(store, str) and store.startswith(("postgres://", "postgresql://")):
+        if isinstance(store, str) and is_postgres_url(store):
             # Imported now, not at the first claim: under twistd --uid the venv may be
             # unreadable once the app runs (DESIGN §2).
             import psycopg  # noqa: F401
@@ -214,7 +173,7 @@ class JobDispatcher(Daemon):
         self._idle_waiters: list[Deferred[None]] = []
         self._heartbeat: LoopingCall | None = None
         self._env: dict[str, str] | None = None
-        self._health = _StoreHealth(self.name, self._now)
+        self._health = StoreHealth(self.name, self._now)
         self._listener: SubmitListener | None = None  # made at start, on the app's reactor
         self._by_state: dict[str, int] | None = None
         self._counting = False
@@ -329,7 +288,7 @@ class JobDispatcher(Daemon):
         def done(result: Any) -> Any:
             self._claiming -= 1
             if isinstance(result, Failure) and is_unavailable(result.value):
-                return None  # said once by _StoreHealth; the loop backs off as when idle
+                return None  # said once by StoreHealth; the loop backs off as when idle
             return result
 
         return d.addBoth(done)
@@ -368,7 +327,7 @@ class JobDispatcher(Daemon):
         return deferToThreadPool(self.reactor, self.app.threadpool, func, *args)
 
     def _store_call(self, func: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """A store call in the pool whose outcome tells _StoreHealth whether it answers."""
+        """A store call in the pool whose outcome tells StoreHealth whether it answers."""
 
         # Only a call begun after the outage began can say it is over: one that was
         # already under way (or never needed the server) proves nothing.
@@ -521,7 +480,7 @@ class JobDispatcher(Daemon):
                 log.warn("job {job_id} ({kind}) attempt {attempt} of {max_attempts} failed, "
                          "retrying: {error}", job_id=job.id, kind=job.kind,
                          attempt=job.attempt, max_attempts=job.max_attempts,
-                         error=_last_line(error))
+                         error=last_line(error))
             else:
                 self.stats["jobs_failed"] += 1
                 log.error("job {job_id} ({kind}) failed after {attempt} attempt(s): {error}",
@@ -535,7 +494,7 @@ class JobDispatcher(Daemon):
                 log.warn("job {job_id}: outcome {outcome} refused: {reason}", job_id=job.id,
                          outcome=outcome, reason=str(failure.value))
             elif is_unavailable(failure.value):
-                # Said once by _StoreHealth; written again soon, and at once when the
+                # Said once by StoreHealth; written again soon, and at once when the
                 # store answers again.
                 delay = run.record_delay
                 run.record_delay = min(OUTCOME_RETRY, delay * 2)
@@ -634,7 +593,7 @@ class JobDispatcher(Daemon):
                      reason=str(result.value))
             if not run.ended:
                 run.child.kill(reason, signal.SIGKILL)
-        elif not is_unavailable(result.value):  # an outage is said once, by _StoreHealth
+        elif not is_unavailable(result.value):  # an outage is said once, by StoreHealth
             log.failure("job {job_id}: heartbeat failed", result, job_id=run.job.id)
 
     # ------------------------------------------------------------ status
@@ -707,8 +666,3 @@ def _failure_mail(event: Mapping[str, Any]) -> tuple[str, str]:
     return (f"daemonapp job {event['id']} ({event['kind']}) failed",
             f"Job {event['id']} ({event['kind']}) failed after {event['attempts']} "
             f"attempt(s).\n\n{event['error']}\n")
-
-
-def _last_line(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[-1] if lines else ""
