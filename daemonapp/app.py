@@ -98,7 +98,9 @@ class DaemonApp(MultiService):
         self.run_ended = scheduler.run_ended
         self.wake = scheduler.wake
         self.sleep = scheduler.sleep
-        self.limit_sleep = scheduler.limit_sleep
+        self.reschedule = scheduler.reschedule
+        self.watch_clock = scheduler.watch_clock
+        self.unwatch_clock = scheduler.unwatch_clock
         #: The zone of clock schedules without their own (None: the system's zone).
         if timezone is not None:
             load_zone(timezone)  # an unknown zone is a ValueError now, not at a first run

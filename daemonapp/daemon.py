@@ -306,6 +306,9 @@ class Daemon:
         self._active = False
         self._stopping = False
         self.stats["next_run_at"] = None
+        close = getattr(self._schedule, "close", None)
+        if close is not None:
+            close()  # a clock schedule stops watching the clock
         if self.app is not None:
             self.app.daemon_stopped(self)
 

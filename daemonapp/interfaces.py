@@ -85,8 +85,16 @@ class IScheduler(Interface):
     def wake(daemon: Any) -> None:
         """A daemon that waited on a Deferred or a thread can go on with its run."""
 
-    def limit_sleep(seconds: float) -> None:
-        """Never sleep longer than ``seconds`` between two looks at the clock."""
+    def reschedule(daemon: Any, delay: float) -> None:
+        """Make a waiting daemon due ``delay`` seconds from now instead."""
+
+    def watch_clock(watcher: Any, max_sleep: float) -> None:
+        """Call ``watcher(events, now)`` when a wake-up finds that the machine slept or
+        the wall clock jumped (events: (reason, wall before, wall after)); never sleep
+        longer than ``max_sleep`` from now on."""
+
+    def unwatch_clock(watcher: Any) -> None:
+        """Stop calling ``watcher``."""
 
     def sleep(daemon: Any, delay: float) -> None:
         """Go on with the daemon's run ``delay`` seconds from now (a wait for its

@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.python.failure import Failure
 
+from daemonapp.clockwatch import ClockWatch
 from daemonapp.daemon import ENDED, READY, Daemon
 
 __all__ = ["Scheduler", "Slot"]
@@ -54,6 +55,10 @@ class Scheduler:
         self.idle_hook: Callable[[], None] | None = None
         #: The longest the one timer is armed for (None: until the earliest due time).
         self.max_sleep: float | None = None
+        #: Compares the wall clock with monotonic and boot time at each wake-up, once
+        #: someone watches the clock (a test may set its own, with fake clocks).
+        self.watch: ClockWatch | None = None
+        self._clock_watchers: list[Callable[[list[tuple[str, float, float]], float], None]] = []
         #: The largest lateness (start - due time) of any run so far, in seconds.
         self.max_lateness = 0.0
         self.runs_in_flight = 0
@@ -103,6 +108,30 @@ class Scheduler:
             # Go on at once, like any Deferred callback: a slice of its own, in
             # priority order with whatever else is ready.
             self.run_slice()
+
+    def reschedule(self, daemon: Daemon, delay: float) -> None:
+        """Make a waiting daemon due ``delay`` from now instead (a daemon in a run, or
+        not started, is left alone)."""
+        slot = self._slots.get(daemon)
+        if slot is None or slot.in_run:
+            return
+        daemon.stats["next_run_at"] = self.seconds() + delay
+        self._schedule(slot, delay)
+
+    def watch_clock(self, watcher: Callable[[list[tuple[str, float, float]], float], None],
+                    max_sleep: float) -> None:
+        """Call ``watcher(events, now)`` when a wake-up finds that the machine slept or
+        the wall clock jumped; from now on, never sleep longer than ``max_sleep``."""
+        self._clock_watchers.append(watcher)
+        if self.watch is None:
+            self.watch = ClockWatch.for_reactor(self.reactor)
+        self.limit_sleep(max_sleep)
+
+    def unwatch_clock(self, watcher: Callable[[list[tuple[str, float, float]], float], None],
+                      ) -> None:
+        """Stop calling ``watcher`` (its daemon stopped)."""
+        if watcher in self._clock_watchers:
+            self._clock_watchers.remove(watcher)
 
     def limit_sleep(self, seconds: float) -> None:
         """Never arm the timer for longer than ``seconds`` (clock schedules: 60 s)."""
@@ -215,6 +244,11 @@ class Scheduler:
         heap = self._heap
         try:
             now = seconds()
+            if self.watch is not None:
+                events = self.watch.look()
+                if events:
+                    for watcher in list(self._clock_watchers):
+                        watcher(events, now)
             deadline = now + self.time_slice
             # End the slice early when another timer on the reactor (a listener's
             # timeout, a LoopingCall) comes due first, so it is not late by a slice.

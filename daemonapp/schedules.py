@@ -159,15 +159,17 @@ class ClockSchedule:
         self.next_fire: float | None = None
         self.misfires: dict[str, int] = {}
         self._pending: deque[float] = deque()  # fire times to make up, at once
+        self._watching = False
         stats = daemon.stats
         stats["schedule"] = daemon.schedule
         stats["next_fire"] = None
         stats["misfires"] = self.misfires
 
     def first_delay(self, now: float) -> float:
-        limit = getattr(self.daemon.app, "limit_sleep", None)
-        if limit is not None:
-            limit(CLOCK_MAX_SLEEP)
+        watch = getattr(self.daemon.app, "watch_clock", None)
+        if watch is not None and not self._watching:
+            watch(self._clock_changed, CLOCK_MAX_SLEEP)
+            self._watching = True
         last = self.state.last_fire(self.daemon.name) if self.state is not None else None
         if last is not None:
             self.serving = last
@@ -188,6 +190,32 @@ class ClockSchedule:
             if passed:
                 self._missed(passed, "overrun", now, "once")
         return self._arm(now)
+
+    def _clock_changed(self, events: list[tuple[str, float, float]], now: float) -> None:
+        """The machine slept or the clock jumped: fire times it skipped are misfires.
+
+        A run in flight sees them when it ends (as overrun); a daemon waiting for a
+        fire time that passed is made up as catch_up says, and due again at once.
+        """
+        daemon = self.daemon
+        fire = self.next_fire
+        if daemon.running or fire is None or fire > now or self._pending:
+            return
+        missed = self.times.between(fire - 0.001, now)
+        if not missed:
+            return
+        for reason in {_reason(t, events) for t in missed}:
+            self._missed([t for t in missed if _reason(t, events) == reason], reason, now,
+                         self.catch_up)
+        if daemon.app is not None:
+            daemon.app.reschedule(daemon, self._arm(now))
+
+    def close(self) -> None:
+        """The daemon stopped: stop watching the clock for it."""
+        unwatch = getattr(self.daemon.app, "unwatch_clock", None)
+        if unwatch is not None and self._watching:
+            unwatch(self._clock_changed)
+            self._watching = False
 
     # ----------------------------------------------------------------------
 
@@ -233,6 +261,14 @@ class ClockSchedule:
 
     def _publish(self, fire: float) -> None:
         self.daemon.stats["next_fire"] = iso(fire, self.zone)
+
+
+def _reason(fire: float, events: list[tuple[str, float, float]]) -> str:
+    """The event a missed fire time fell into (the first one's reason otherwise)."""
+    for reason, before, after in events:
+        if before < fire <= after:
+            return reason
+    return events[0][0]
 
 
 class ScheduleState:

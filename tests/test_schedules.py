@@ -334,3 +334,64 @@ class ClockOptionTests(SynchronousTestCase):
         """catch_up takes none, once or all."""
         with self.assertRaisesRegex(ValueError, "none, once, all"):
             FakeDaemon(name="d", schedule="@daily", catch_up="twice")
+
+
+class FakeClocks:
+    """Monotonic and boot time for a ClockWatch on a task.Clock: the test moves them."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.boot = 1000.0
+
+
+class ClockChangeTests(SynchronousTestCase):
+    """Suspends and clock jumps, told apart by comparing the wall clock with monotonic
+    and boot time (DESIGN §8), through the real scheduler."""
+
+    def setUp(self) -> None:
+        from daemonapp.clockwatch import ClockWatch
+
+        self.clock = clock_at("2026-01-01T00:07:00+00:00")
+        self.fake = FakeClocks()
+        self.app, _ = make_app(self.clock)
+        self.app.scheduler.watch = ClockWatch(self.clock.seconds, lambda: self.fake.mono,
+                                              lambda: self.fake.boot)
+        self.daemon = Ticker(["x"] * 10, name="q", schedule="*/15 * * * *", timezone="UTC")
+        self.app.add(self.daemon)
+        self.app.startService()
+
+    def tearDown(self) -> None:
+        self.successResultOf(self.app.stop("test"))
+
+    def sleep_machine(self, seconds: float, *, suspended: bool) -> None:
+        """Wall time jumps ahead; boot time too when it was a suspend, monotonic never."""
+        self.clock.rightNow += seconds
+        if suspended:
+            self.fake.boot += seconds
+        self.clock.advance(0)
+
+    def test_a_suspend_is_counted_and_made_up_once(self) -> None:
+        """Fire times slept through are misfires "suspend"; catch_up once runs one at once."""
+        self.clock.advance(60)  # a wake-up: the watch takes its first look
+        self.sleep_machine(3600, suspended=True)  # 00:08 -> 01:08: 00:15 ... 01:00 slept
+        self.assertEqual(self.daemon.stats["misfires"], {"suspend": 4})
+        self.assertEqual([t for t, _ in self.daemon.done], [epoch("2026-01-01T01:08:00+00:00")])
+        self.assertEqual(self.daemon.stats["next_fire"], "2026-01-01T01:15:00+00:00")
+
+    def test_a_forward_jump_is_a_clock_jump(self) -> None:
+        """The wall clock moving ahead of boot time is a clock jump, not a suspend."""
+        self.clock.advance(60)
+        self.sleep_machine(1800, suspended=False)  # 00:08 -> 00:38: 00:15, 00:30 skipped
+        self.assertEqual(self.daemon.stats["misfires"], {"clock_jump": 2})
+        self.assertEqual(len(self.daemon.done), 1)
+
+    def test_no_event_no_misfire(self) -> None:
+        """When the clocks agree, nothing is counted and the runs are on time."""
+        for _ in range(40):
+            self.clock.advance(60)
+            self.fake.mono += 60
+            self.fake.boot += 60
+        self.assertEqual(self.daemon.stats["misfires"], {})
+        self.assertEqual([t for t, _ in self.daemon.done],
+                         [epoch("2026-01-01T00:15:00+00:00"), epoch("2026-01-01T00:30:00+00:00"),
+                          epoch("2026-01-01T00:45:00+00:00")])
