@@ -120,6 +120,8 @@ class Webhook:
         from twisted.web.client import Agent, FileBodyProducer
         from twisted.web.http_headers import Headers
 
+        _import_for_posts()
+
         def body(data: bytes) -> Any:
             return FileBodyProducer(BytesIO(data))
 
@@ -167,6 +169,17 @@ class Webhook:
         d.addCallbacks(answered, failed)
 
 
+def _import_for_posts() -> None:
+    """What the first POST would import: twisted.web.client encodes a URL's host name
+    with the idna package (when installed), whose tables load the charmap codec."""
+    import encodings.charmap  # noqa: F401
+
+    try:
+        import idna  # noqa: F401
+    except ImportError:
+        pass
+
+
 def _default_mail(event: Mapping[str, Any]) -> tuple[str, str]:
     subject = f"daemonapp {event.get('event', 'event')}"
     return subject, json.dumps(event, indent=2, default=str) + "\n"
@@ -182,7 +195,11 @@ class Mail:
         self.host = host
         self.port = port
         self.compose = compose or _default_mail
-        # Imported now: see Webhook.
+        # Imported now: see Webhook. A message's as_bytes() loads the rest of email.
+        import email.contentmanager
+        import email.generator
+        import email.headerregistry
+        import email.policy  # noqa: F401
         from email.message import EmailMessage
 
         from twisted.mail.smtp import sendmail

@@ -58,9 +58,19 @@ def child_pythonpath(path: Iterable[str] | None = None) -> str:
     return os.pathsep.join(entries)
 
 
-def _interpreter_paths() -> list[str]:
+def _library_paths() -> list[str]:
     paths = sysconfig.get_paths()
-    found = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
+    return [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
+
+
+# Read when the dispatcher is imported, not at the first spawn: sysconfig loads its
+# data module then, and everything a run imports is imported before twistd's --uid
+# switch (DESIGN §2).
+_LIBRARY_PATHS = _library_paths()
+
+
+def _interpreter_paths() -> list[str]:
+    found = list(_LIBRARY_PATHS)
     found += [p for p in sys.path if p.endswith(("lib-dynload", "site-packages"))]
     return found
 

@@ -482,3 +482,48 @@ def test_claim_landing_during_stop_is_released(reactor: FakeReactor, store: Any)
     dispatcher.do_work(job)
     record = store.get(job_id)
     assert (record.state, record.attempts, reactor.processes) == ("pending", 0, [])
+
+
+_NO_LATE_IMPORTS = r"""
+import sys, tempfile
+from daemonapp.app import DaemonApp
+from daemonapp.jobs import open_store
+from daemonapp.jobs.dispatcher import JobDispatcher
+from tests.jobs.test_dispatcher_unit import FakeReactor, SyncPool
+
+class Reactor(FakeReactor):
+    def connectTCP(self, *args, **kw):
+        raise ConnectionRefusedError("nobody listens in this test")
+
+store = open_store(tempfile.mkdtemp())
+reactor = Reactor()
+app = DaemonApp(clock=reactor, threadpool=SyncPool(), handle_signals=False, stop_timeout=30)
+app.add(JobDispatcher(name="jobs", store=store, modules=["sample_jobs"], max_attempts=1,
+                      on_failure=["http://127.0.0.1:9/hook", {"mail": {"to": "ops@example.org"}},
+                                  print]))
+app.privilegedStartService()          # twistd switches --uid/--gid after this
+before = set(sys.modules)
+app.startService()
+store.submit("fail", {})
+reactor.advance(1)
+child = reactor.processes[0]
+child.protocol.childDataReceived(4, b"50.0\thalf way\n")
+child.protocol.childDataReceived(1, b"some output\n")
+child.finish({"ok": False, "error": "ValueError: x", "traceback": ""})
+reactor.advance(1)
+assert store.get(1).state == "failed"
+print(sorted(set(sys.modules) - before))
+"""
+
+
+def test_runs_import_nothing_after_the_uid_switch() -> None:
+    """DESIGN §2: a job's run (claim, child, progress, failure and its on_failure
+    webhook, mail and callable) imports no module after privilegedStartService."""
+    import subprocess
+    import sys
+
+    from tests.jobs._helpers import ROOT
+
+    result = subprocess.run([sys.executable, "-c", _NO_LATE_IMPORTS], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.splitlines()[-1] == "[]"
