@@ -127,6 +127,7 @@ class Assembly:
             "stop_timeout": min(settings.stop_timeout, SPAWNED_STOP_TIMEOUT) if spawned
             else settings.stop_timeout,
             "time_slice": settings.time_slice,
+            "timezone": settings.timezone,
             "state_dir": settings.state_dir,
             "lock_wait": settings.locks.wait,
             "reactor": reactor,

@@ -4,10 +4,13 @@ settings."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import IO, Any
 
 from daemonapp.configcheck import nested_options, resolve_daemon_type
 from daemonapp.configmodel import Config
+from daemonapp.crontimes import CronTimes, load_zone
 
 __all__ = ["duration_text", "print_check"]
 
@@ -46,8 +49,24 @@ def _backoff_text(daemon: Any) -> str:
 
 
 def _schedule_row(name: str, type_name: str, daemon: Any) -> list[str]:
+    if daemon.schedule is not None:  # a clock schedule: see its own table
+        return [name, type_name, "-", "-", "-", str(daemon.priority), daemon.lock or "-"]
     return [name, type_name, duration_text(daemon.run_every), _backoff_text(daemon),
             duration_text(daemon.maximum_idle), str(daemon.priority), daemon.lock or "-"]
+
+
+def _clock_row(name: str, daemon: Any, app_zone: str | None, count: int = 3) -> list[str]:
+    """A clock-scheduled daemon's expression, zone and next fire times from now."""
+    zone_name = daemon.timezone or app_zone
+    zone = load_zone(zone_name)
+    times = CronTimes(daemon.schedule, zone)
+    fires: list[str] = []
+    t = time.time()
+    for _ in range(count):
+        t = times.next_after(t)
+        fires.append(datetime.fromtimestamp(t, zone).isoformat(timespec="minutes"))
+    return [name, daemon.schedule, zone_name or "system", daemon.catch_up,
+            duration_text(daemon.misfire_grace), ", ".join(fires)]
 
 
 def _nested_row(name: str, section: dict[str, Any]) -> list[str]:
@@ -81,8 +100,12 @@ def print_check(config: Config, out: IO[str]) -> None:
         for key in ("stay_alive_for", "shutdown_after", "shutdown_if_idle", "stop_timeout")),
         file=out)
     rows = []
+    clock_rows = []
     for spec in config.daemons:
-        rows.append(_schedule_row(spec.name, spec.type_name, spec()))
+        daemon = spec()
+        rows.append(_schedule_row(spec.name, spec.type_name, daemon))
+        if daemon.schedule is not None:
+            clock_rows.append(_clock_row(spec.name, daemon, app.timezone))
         for key in nested_options(spec.cls):
             section = spec.options.get(key)
             if isinstance(section, dict):
@@ -91,6 +114,10 @@ def print_check(config: Config, out: IO[str]) -> None:
         print("", file=out)
         _print_table(["DAEMON", "TYPE", "RUN_EVERY", "IDLE BACKOFF", "MAXIMUM_IDLE",
                       "PRIORITY", "LOCK"], rows, out)
+    if clock_rows:
+        print("", file=out)
+        _print_table(["DAEMON", "SCHEDULE", "TIMEZONE", "CATCH_UP", "MISFIRE_GRACE",
+                      "NEXT FIRE TIMES"], clock_rows, out)
     if config.listeners:
         print("", file=out)
         lrows = []

@@ -42,7 +42,7 @@ from daemonapp.configmodel import (
 from daemonapp.daemon import Daemon, OptionError
 from daemonapp.daemons._build import class_options, daemon_types, resolve_type
 from daemonapp.durations import parse_duration
-from daemonapp.options import DAEMON_OPTIONS
+from daemonapp.options import CLOCK_EXCLUDES, DAEMON_OPTIONS
 from daemonapp.state_dir import path_problems, state_dir_problems
 
 __all__ = [
@@ -59,7 +59,7 @@ __all__ = [
 SECTIONS = ("app", "listeners", "daemons", "cgi")
 #: The keys of ``app:`` and of its ``log:`` and ``locks:`` mappings.
 APP_KEYS = ("stay_alive_for", "shutdown_after", "shutdown_if_idle", "stop_timeout",
-            "time_slice", "state_dir", "log", "locks")
+            "time_slice", "state_dir", "log", "locks", "timezone")
 LOG_KEYS = ("format", "level", "file")
 LOCK_KEYS = ("url", "ttl", "wait")
 #: The keys of ``cgi:``.
@@ -132,6 +132,15 @@ def _positive_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"expected a duration above zero, got {value!r}")
     return seconds
+
+
+def _zone_name(value: object) -> str | None:
+    """An IANA zone name, checked by the daemon option's own rule."""
+    try:
+        zone: str | None = DAEMON_OPTIONS["timezone"]("timezone", value)  # type: ignore[assignment]
+    except OptionError as e:
+        raise ValueError(e.message) from None
+    return zone
 
 
 def _number(value: object) -> float:
@@ -239,6 +248,7 @@ class _Validator:
             shutdown_if_idle=get(section, "shutdown_if_idle", "app", _optional_duration, None),
             stop_timeout=get(section, "stop_timeout", "app", parse_duration, 30.0),
             time_slice=get(section, "time_slice", "app", _positive_duration, 0.010),
+            timezone=get(section, "timezone", "app", _zone_name, None),
             log=log_settings,
             locks=lock_settings,
             state_dir_line=line_of(section, "state_dir") if "state_dir" in section else 0,
@@ -367,13 +377,20 @@ class _Validator:
         """Check each Daemon attribute of a section on its own, so all errors show
         (daemonapp.options converts each value; the class builds the daemon once)."""
         ok = True
-        if not options.get("run_every") and not cls.run_every:
+        clock = options.get("schedule") is not None or cls.schedule is not None
+        if not clock and not options.get("run_every") and not cls.run_every:
             self.check.error(line, f"{prefix}.run_every",
                              'missing: expected a duration above zero, like "30s"')
             ok = False
         for key, value in options.items():
             convert = DAEMON_OPTIONS.get(key)
             if convert is None:
+                continue
+            if clock and key in CLOCK_EXCLUDES:
+                self.check.error(line_of(body, key), f"{prefix}.{key}",
+                                 f"schedule and {key} exclude each other: a clock schedule "
+                                 "replaces run_every and the idle backoff; remove one of them")
+                ok = False
                 continue
             try:
                 if key == "run_every" and not value:

@@ -62,6 +62,8 @@ class AppSettings:
     shutdown_if_idle: float | None = None
     stop_timeout: float = 30.0
     time_slice: float = 0.010
+    #: The zone of clock schedules without their own (None: the system's).
+    timezone: str | None = None
     log: LogSettings = field(default_factory=LogSettings)
     locks: LockSettings = field(default_factory=LockSettings)
     #: Where state_dir was set (0: the default ./var): run-time errors point there.
