@@ -378,6 +378,28 @@ class ClockChangeTests(SynchronousTestCase):
         self.assertEqual([t for t, _ in self.daemon.done], [epoch("2026-01-01T01:08:00+00:00")])
         self.assertEqual(self.daemon.stats["next_fire"], "2026-01-01T01:15:00+00:00")
 
+    def test_after_a_suspend_catch_up_all_and_none(self) -> None:
+        """catch_up all runs once per slept fire time; none runs none; both count them."""
+        from daemonapp.clockwatch import ClockWatch
+
+        for catch_up, runs in (("all", 4), ("none", 0)):
+            clock = clock_at("2026-01-01T00:07:00+00:00")
+            fake = FakeClocks()
+            app, _ = make_app(clock)
+            app.scheduler.watch = ClockWatch(clock.seconds, lambda f=fake: f.mono,
+                                             lambda f=fake: f.boot)
+            daemon = Ticker(["x"] * 10, name="q", schedule="*/15 * * * *", timezone="UTC",
+                            catch_up=catch_up)
+            app.add(daemon)
+            app.startService()
+            clock.advance(60)
+            clock.rightNow += 3600
+            fake.boot += 3600
+            clock.advance(0)
+            self.assertEqual(daemon.stats["misfires"], {"suspend": 4}, catch_up)
+            self.assertEqual(len(daemon.done), runs, catch_up)
+            self.successResultOf(app.stop("test"))
+
     def test_a_forward_jump_is_a_clock_jump(self) -> None:
         """The wall clock moving ahead of boot time is a clock jump, not a suspend."""
         self.clock.advance(60)
