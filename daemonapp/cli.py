@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -164,11 +165,20 @@ def _jobs(argv: list[str]) -> int:
 def fd0_is_listening() -> bool:
     """True when fd 0 is a listening socket (FCGI_LISTENSOCK_FILENO).
 
-    SO_ACCEPTCONN, not getpeername: under mod_cgid fd 0 is a *connected* socket.
+    SO_ACCEPTCONN, not getpeername: under mod_cgid fd 0 is a *connected* socket. (The
+    probe of listeners.endpoints.is_listening_socket; importing that module would load
+    the whole listeners package into every `run`, listeners or not.)
     """
-    from daemonapp.listeners.endpoints import is_listening_socket
-
-    return is_listening_socket(0)
+    try:
+        skt = socket.socket(fileno=os.dup(0))
+    except OSError:
+        return False
+    try:
+        return bool(skt.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+    finally:
+        skt.close()
 
 
 def _serve_cgi(path: str | None) -> int:
