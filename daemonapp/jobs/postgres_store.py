@@ -19,6 +19,7 @@ from daemonapp.jobs.sql_store import RECORD_COLUMNS, SQLJobStore
 
 __all__ = ["PostgresJobStore", "libpq_url"]
 
+# The namespace the store logged under before it was split in three.
 _log = Logger(namespace="daemonapp.jobs.store")
 
 

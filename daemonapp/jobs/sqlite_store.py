@@ -23,6 +23,7 @@ from daemonapp.jobs.sql_store import RECORD_COLUMNS, SQLJobStore
 
 __all__ = ["SQLITE_FILENAME", "SQLiteJobStore"]
 
+# The namespace the store logged under before it was split in three.
 _log = Logger(namespace="daemonapp.jobs.store")
 SQLITE_FILENAME = "jobs.sqlite3"
 
