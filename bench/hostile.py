@@ -394,6 +394,9 @@ class App:
                 snapshot = json.loads(done.stdout)
             except ValueError:
                 pass
+        else:  # why it failed, for the report
+            lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            snapshot = {"error": lines[-1][:200] if lines else ""}
         return done.returncode, time.monotonic() - began, snapshot
 
 
@@ -1035,11 +1038,20 @@ def run_attack(app: App, attack: Attack, key: str, args: argparse.Namespace,
         probes_ok=ok, probes=tried, probe_slowest=slowest, probe_error=error,
         after=(f"{after[0]} in {after[1]:.2f} s" if after[0] else after[2]),
         after_ok=after[0] == 200,
-        status_during=f"{during[0]} in {during[1]:.2f} s",
-        status_after=f"{status_after[0]} in {status_after[1]:.2f} s",
+        status_during=status_text(during),
+        status_after=status_text(status_after),
         status_ok=during[0] == 0 and status_after[0] == 0,
         server_connections=connections, log_lines=len(lines), app_alive=alive,
         exit_status=exit_status, stop_seconds=stop_seconds)
+
+
+def status_text(outcome: tuple[int | str, float, dict[str, Any]]) -> str:
+    """``daemonapp status`` as the report shows it: exit status, time, and why it failed."""
+    code, took, snapshot = outcome
+    text = f"{code} in {took:.2f} s"
+    if code != 0 and snapshot.get("error"):
+        text += f" ({snapshot['error']})"
+    return text
 
 
 def mark(ok: bool | None) -> str:

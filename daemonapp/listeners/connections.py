@@ -132,6 +132,16 @@ class TrackedProtocol(Protocol):
         """
         return None
 
+    def waiting_since(self, waiting: str) -> float:
+        """Reactor time the timeout for ``waiting`` counts from.
+
+        The last read by default (body and idle count silence, as nginx's
+        client_body_timeout); a protocol gives the start of the header it waits for,
+        since header_timeout bounds the whole header (nginx's client_header_timeout),
+        however slowly it trickles in.
+        """
+        return self.last_read
+
     def read_timed_out(self, waiting: str) -> None:
         """The peer was silent too long while we waited for ``waiting``: close.
 
@@ -197,8 +207,9 @@ class ListenerFactory(Factory):
         """Whether to serve a connection just accepted from ``addr`` (else it is closed)."""
         if addr is not None and not self.allowed(addr):
             self.denied += 1
-            self.log.warn("refused a connection from {peer}: not in allow_from",
-                          peer=getattr(addr, "host", str(addr)))
+            self.dispatcher.peer_log.warn(
+                "denied", "refused a connection from {peer}: not in allow_from",
+                log=self.log, peer=getattr(addr, "host", str(addr)))
             return False
         if self.full():
             self.refused += 1
@@ -319,15 +330,19 @@ class ListenerFactory(Factory):
             waiting = proto.waiting_for()
             if waiting is None:
                 continue
-            if now - proto.last_read >= timeouts[waiting]:
+            if now - proto.waiting_since(waiting) >= timeouts[waiting]:
                 self.timed_out[waiting] += 1
+                warn = limits.peer_log.warn
                 if waiting == "send":
-                    self.log.warn("closing a connection whose peer read none of its "
-                                  "answers for {timeout}s", timeout=timeouts[waiting])
+                    warn("send", "closing a connection whose peer read none of its "
+                         "answers for {timeout}s", log=self.log, timeout=timeouts[waiting])
+                elif waiting == "header":
+                    warn("header", "closing a connection whose request header took over "
+                         "{timeout}s", log=self.log, timeout=timeouts[waiting])
                 elif waiting != "idle":
-                    self.log.warn("closing a connection silent for {timeout}s while "
-                                  "waiting for a request's {waiting}",
-                                  timeout=timeouts[waiting], waiting=waiting)
+                    warn(waiting, "closing a connection silent for {timeout}s while "
+                         "waiting for a request's {waiting}", log=self.log,
+                         timeout=timeouts[waiting], waiting=waiting)
                 proto.read_timed_out(waiting)
         if self.connections:
             self._sweep_call = self.reactor.callLater(SWEEP_EVERY, self._sweep)

@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.listeners.budget import ConnectionBuffer
-from daemonapp.listeners.connections import ListenerFactory, TrackedProtocol
-from daemonapp.listeners.exchange import DONE, NEW, Exchange, Headers, cgi_head
+from daemonapp.listeners.connections import LINGER_TIMEOUT, ListenerFactory, TrackedProtocol
+from daemonapp.listeners.exchange import DONE, NEW, Exchange, Headers, cgi_head, parse_length
 from daemonapp.listeners.limits import Dispatcher
 
 log = Logger()
@@ -127,6 +127,9 @@ def end_request(request_id: int, app_status: int = 0,
 class FastCGIExchange(Exchange):
     """A FastCGI request: the params, body and response of one request id."""
 
+    #: reactor time the first byte of its BEGIN_REQUEST record arrived (header_timeout
+    #: bounds the time from there to the end of its params)
+    began_at = 0.0
 
     def __init__(self, dispatcher: Dispatcher, proto: FastCGIProtocol, rid: int,
                  keep_conn: bool) -> None:
@@ -197,7 +200,13 @@ class FastCGIProtocol(TrackedProtocol):
         self._closed = False
         self._input_pauses = 0
         self._output_paused = False
-        self._linger_rid = -1
+        #: reactor time the first byte of ``_pending`` arrived
+        self._pending_since = 0.0
+        #: requests answered before their body ended, whose body is read and dropped:
+        #: request id -> close the connection once that body has ended (no KEEP_CONN)
+        self._dropping: dict[int, bool] = {}
+        #: body bytes the peer may still send for them before the connection is closed
+        self._drop_left = 0
         self.buffer = ConnectionBuffer()
         self._out: collections.deque[tuple[FastCGIExchange, memoryview, bool]] = (
             collections.deque())
@@ -247,6 +256,16 @@ class FastCGIProtocol(TrackedProtocol):
             return "body"
         return "header" if self._pending_len else None
 
+    def waiting_since(self, waiting: str) -> float:
+        if waiting != "header":
+            return self.last_read
+        # the oldest header in progress: params not complete, else a partial record
+        since: float | None = None
+        for ex in self.requests.values():
+            if ex.param_chunks is not None and (since is None or ex.began_at < since):
+                since = ex.began_at
+        return self._pending_since if since is None else since
+
     # producer API: the transport tells us when its write buffer is full
     def pauseProducing(self) -> None:
         if self._output_paused:
@@ -292,7 +311,8 @@ class FastCGIProtocol(TrackedProtocol):
                 self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _protocol_error(self, message: str, **fields: Any) -> None:
-        log.warn("FastCGI: " + message + "; closing the connection", **fields)
+        self.dispatcher.peer_log.warn("malformed", "FastCGI: " + message
+                                      + "; closing the connection", log=log, **fields)
         self._closed = True
         self._pending = []
         self._pending_len = 0
@@ -303,7 +323,8 @@ class FastCGIProtocol(TrackedProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
-        self.last_read = self._seconds()
+        # when the data's first byte arrived (a record split over reads began earlier)
+        now = first = self.last_read = self._seconds()
         if self._pending:
             self._pending.append(data)
             self._pending_len += len(data)
@@ -312,6 +333,7 @@ class FastCGIProtocol(TrackedProtocol):
             data = b"".join(self._pending)
             self._pending = []
             self._pending_len = 0
+            first = self._pending_since
         size = len(data)
         offset = 0
         requests = self.requests
@@ -326,12 +348,22 @@ class FastCGIProtocol(TrackedProtocol):
             if end > size:
                 self._need = end - offset
                 break
+            began = first if offset == 0 else now
             offset = end
             if rtype == FCGI_STDIN:
                 ex = requests.get(rid)
                 if ex is None:
-                    if not clen and rid == self._linger_rid:
-                        self.end_linger()  # the body we waited for has ended
+                    close = self._dropping.get(rid)
+                    if close is None:
+                        continue
+                    if clen:  # the body of a request answered already: dropped (bounded)
+                        self._drop_left -= clen
+                        if self._drop_left < 0:
+                            self._drop_over("past its length or max_body_bytes")
+                            return
+                        continue
+                    self._body_dropped(rid)  # the body we waited for has ended
+                    if self._closed:
                         return
                     continue
                 if clen:
@@ -382,6 +414,7 @@ class FastCGIProtocol(TrackedProtocol):
                         return
                     continue
                 ex = FastCGIExchange(self.dispatcher, self, rid, bool(flags & FCGI_KEEP_CONN))
+                ex.began_at = began
                 if self._output_paused:
                     ex.output_paused = True
                 requests[rid] = ex
@@ -409,6 +442,7 @@ class FastCGIProtocol(TrackedProtocol):
             rest = data[offset:]
             self._pending = [rest]
             self._pending_len = len(rest)
+            self._pending_since = first if offset == 0 else now
         if ready is not None:
             params_ready = self.dispatcher.params_ready
             for ex in ready:
@@ -427,8 +461,7 @@ class FastCGIProtocol(TrackedProtocol):
         status, headers, body = self.dispatcher.overloaded()
         self.send(b"".join((record(FCGI_STDOUT, rid, cgi_head(status, headers) + body),
                             record(FCGI_STDOUT, rid), end_request(rid))))
-        if not keep_conn:
-            self._linger(rid)
+        self._drop_body(rid, not keep_conn)
 
     def _params_too_large(self, ex: FastCGIExchange) -> None:
         ex.param_chunks = None
@@ -526,17 +559,33 @@ class FastCGIProtocol(TrackedProtocol):
         requests = self.requests
         if requests.get(rid) is ex:
             del requests[rid]
-        if not ex.keep_conn or (self.factory.draining and not requests):
-            # draining: hand the web server's next request to the new process
-            if ex.body_complete or requests:
+        # draining: hand the web server's next request to the new process
+        close = not ex.keep_conn or (self.factory.draining and not requests)
+        if ex.body_complete:
+            if close:
                 self.close()
-            else:
-                self._linger(rid)
+        elif close and requests:
+            self.close()
+        else:
+            declared = parse_length(ex.params.get("CONTENT_LENGTH", ""))
+            self._drop_body(rid, close, 0 if declared is None else declared - ex.body_len)
 
-    def _linger(self, rid: int) -> None:
-        """Close once request ``rid``'s body has ended (bounded: see ``linger``)."""
-        self._linger_rid = rid
-        self.linger()
+    def _drop_body(self, rid: int, close: bool, expected: int = 0) -> None:
+        """Request ``rid`` was answered before its body ended: read and drop the rest.
+
+        Closing under the web server's writes would fail the request (Apache's
+        mod_proxy_fcgi answers its own 503 on EPIPE), so the connection is closed (without
+        KEEP_CONN) only once that body has ended, and kept (with KEEP_CONN) for the next
+        request. Bounded either way: a body still coming after LINGER_TIMEOUT, or more than
+        the ``expected`` rest of its declared length (at least max_body_bytes: a body
+        without a length may never end), closes the connection.
+        """
+        if not self._dropping:
+            self._drop_left = 0
+            if not self.lingering:
+                self.linger()
+        self._drop_left += max(self.dispatcher.max_body_bytes, expected)
+        self._dropping[rid] = close
         # the answer is out: nothing reads that body any more (but a peer that does not
         # read its answers stays paused)
         pauses = 1 if self._output_paused else 0
@@ -545,10 +594,33 @@ class FastCGIProtocol(TrackedProtocol):
             if not pauses:
                 self.transport.resumeProducing()  # type: ignore[union-attr]
 
+    def _body_dropped(self, rid: int) -> None:
+        """The body of answered request ``rid`` has ended."""
+        close = self._dropping.pop(rid)
+        if not self._dropping:
+            self.cancel_linger()
+        if close and not self.requests:  # else a request began meanwhile: its end closes
+            self._close_now()
+
+    def _drop_over(self, why: str) -> None:
+        """A body being dropped went on past its bound: close the connection."""
+        self.dispatcher.peer_log.warn(
+            "drop", "FastCGI: a request answered before its body ended kept sending it "
+            "({why}); closing the connection", log=log, why=why)
+        self._dropping = {}
+        self.cancel_linger()
+        self._close_now()
+
     def linger_over(self) -> None:
-        self._linger_rid = -1
-        if self.requests:
+        dropping, self._dropping = self._dropping, {}
+        if not dropping or (self.requests and all(dropping.values())):
             return  # a request began meanwhile: its end closes the connection
+        if any(not close for close in dropping.values()):
+            self._drop_over(f"{LINGER_TIMEOUT:g} s after the answer")
+            return
+        self._close_now()
+
+    def _close_now(self) -> None:
         if not self._closed:
             self._closed = True
             self._pending = []

@@ -21,6 +21,58 @@ from daemonapp.listeners.connections import LINGER_TIMEOUT, ListenerFactory, Net
 from daemonapp.listeners.exchange import NEW, Exchange, Headers
 from daemonapp.listeners.limits import Dispatcher
 
+#: A big whole answer is handed to twisted.web this many bytes at a time, as the client
+#: reads (the transport would otherwise join it with its headers into a copy).
+WRITE_PIECE = 65536
+
+
+@implementer(IPushProducer)
+class _PieceWriter:
+    """Writes a whole answer's body a piece at a time while the client reads, then
+    finishes the request: the transport never holds a copy of the whole answer, and a
+    client that does not read holds at most a piece or two of it."""
+
+    def __init__(self, request: server.Request, body: bytes) -> None:
+        self.request = request
+        self.view: memoryview | None = memoryview(body)
+        self.pos = 0
+        self.paused = False
+
+    def start(self) -> None:
+        request: Any = self.request
+        request.registerProducer(self, True)
+        # twisted.web does not pause a producer registered while its output is paused
+        self.paused = bool(getattr(request.channel, "_waitingForTransport", False))
+        self._write()
+
+    def _write(self) -> None:
+        request: Any = self.request
+        view = self.view
+        while view is not None and not self.paused:
+            if request._disconnected:
+                self.view = None
+                return
+            piece = view[self.pos:self.pos + WRITE_PIECE]
+            self.pos += len(piece)
+            if self.pos >= len(view):
+                self.view = None
+                request.write(piece.tobytes())
+                request.unregisterProducer()
+                if not request._disconnected and not request.finished:
+                    request.finish()
+                return
+            request.write(piece.tobytes())
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._write()
+
+    def stopProducing(self) -> None:
+        self.view = None  # the client is gone
+
 
 @implementer(IPushProducer)
 class HTTPExchange(Exchange):
@@ -44,6 +96,9 @@ class HTTPExchange(Exchange):
         if self.request._disconnected or self.request.finished:
             return
         self._start(status, headers)
+        if len(body) > WRITE_PIECE:
+            _PieceWriter(self.request, body).start()
+            return
         if body:
             self.request.write(body)
         self.request.finish()
@@ -200,6 +255,18 @@ class _Channel(http.HTTPChannel):
     connected_at = 0.0
 
     requests_seen = 0
+    #: reactor time of the last read, or of the output pause (set by the tracker too)
+    last_read = 0.0
+    #: reactor time the first byte of the request header being received arrived
+    _header_since: float | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        channel: Any = self
+        if (self._header_since is None and channel.line_mode
+                and not channel._handlingRequest):
+            self._header_since = self.site.reactor.seconds()
+        base: Any = super()
+        base.dataReceived(data)
 
     def connectionMade(self) -> None:
         base: Any = super()
@@ -218,6 +285,7 @@ class _Channel(http.HTTPChannel):
     _refused: Any = None
 
     def allHeadersReceived(self) -> None:
+        self._header_since = None
         self.requests_seen += 1
         channel: Any = self
         length = channel.length
@@ -241,9 +309,9 @@ class _Channel(http.HTTPChannel):
         dispatcher = self.site.dispatcher
         dispatcher.too_large_413 += 1
         peer = self.transport.getPeer() if self.transport is not None else None
-        dispatcher.log.warn("request body over max_body_bytes={limit} from {peer}: 413",
-                            limit=dispatcher.max_body_bytes,
-                            peer=getattr(peer, "host", "") or "unix")
+        dispatcher.peer_log.warn("413", "request body over max_body_bytes={limit} from "
+                                 "{peer}: 413", limit=dispatcher.max_body_bytes,
+                                 peer=getattr(peer, "host", "") or "unix")
         channel: Any = self
         channel.setTimeout(None)
         body = b"Request body too large\n"
@@ -287,9 +355,25 @@ class _Channel(http.HTTPChannel):
         """Whether the transport's buffer is full (the client does not read)."""
         return bool(getattr(self, "_waitingForTransport", False))
 
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: the client does not read its answers.
+
+        twisted.web pauses the request's producer but, while a request is handled (which
+        is when answers are written), keeps reading the connection, and stops its eager
+        read of pipelined requests (16 KiB) only while the output flows: a client that
+        pipelines GETs and never reads made it buffer every request line it sent
+        (600 MiB in 10 s). No byte of such a client is read until it reads.
+        """
+        base: Any = super()
+        base.pauseProducing()
+        channel: Any = self
+        channel._networkProducer.pauseProducing()
+        self.last_read = self.site.reactor.seconds()  # the send timeout counts from here
+
     def resumeProducing(self) -> None:
         base: Any = super()
-        base.resumeProducing()
+        base.resumeProducing()  # reads again unless a request is handled (then at its end)
+        self.last_read = self.site.reactor.seconds()
         ex, self.waiting = self.waiting, None
         if ex is not None and ex.state == NEW:
             self.site.dispatcher.params_ready(ex)
@@ -299,8 +383,28 @@ class _Channel(http.HTTPChannel):
         return not self.requests
 
     def waiting_for(self) -> str | None:
-        """None: twisted.web's own inactivity timeout (60 s) closes silent connections."""
+        """"send" while the client reads none of its answers, "header" while a request
+        header arrives; else None: twisted.web's own inactivity timeout (60 s) closes
+        silent connections."""
+        if self.output_paused:
+            return "send"
+        if self._header_since is not None:
+            return "header"
         return None
+
+    def waiting_since(self, waiting: str) -> float:
+        """The whole header counts for header_timeout (see TrackedProtocol)."""
+        if waiting == "header" and self._header_since is not None:
+            return self._header_since
+        return self.last_read
+
+    def read_timed_out(self, waiting: str) -> None:
+        """Cut off a client that reads nothing; close one whose header takes too long."""
+        transport: Any = self.transport
+        if waiting == "send":
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
 
     def close_if_idle(self) -> bool:
         """Close when idle; True if closed."""

@@ -63,6 +63,75 @@ IO_TICK_FOR = 0.25
 
 _JOB_PATH = re.compile(r"/jobs/([0-9]{1,18})/?")
 _PLAIN = [("Content-Type", "text/plain; charset=utf-8")]
+#: Seconds between two log lines of one kind of peer trouble (each gives the count).
+PEER_LOG_EVERY = 60.0
+
+
+class _Kind:
+    """One kind of peer trouble in a :class:`PeerLog`."""
+
+    __slots__ = ("call", "count", "fields", "log", "logged_at", "text")
+
+    def __init__(self, logged_at: float, log: Logger) -> None:
+        self.log = log  # the logger of the module the trouble was met in
+        self.logged_at = logged_at  # reactor time of its last line
+        self.count = 0  # occurrences not logged since
+        self.text = ""  # the last one's format and fields
+        self.fields: dict[str, object] = {}
+        self.call: Any = None  # the timer of the next line
+
+
+class PeerLog:
+    """Warnings a peer causes (malformed bytes, 400/413/431, timeouts): at most one line
+    a minute per kind.
+
+    The first of a kind is logged at once; those that follow within the minute are
+    counted, and one line at the end of the minute gives the count and the last one's
+    details. Two hundred garbage connections make two lines, not two hundred, and the
+    log stays readable (and the disk unfilled) under a flood.
+    """
+
+    def __init__(self, log: Logger, reactor: Any) -> None:
+        self.log = log
+        self.reactor = reactor
+        self._kinds: dict[str, _Kind] = {}
+
+    def warn(self, kind: str, text: str, log: Logger | None = None,
+             **fields: object) -> None:
+        """Log ``text`` (a twisted.logger format) now, or count it for the next line."""
+        now = self.reactor.seconds()
+        log = log or self.log
+        state = self._kinds.get(kind)
+        if state is None or (state.call is None and now - state.logged_at >= PEER_LOG_EVERY):
+            log.warn(text, **fields)
+            self._kinds[kind] = _Kind(now, log)
+            return
+        state.log = log
+        state.count += 1
+        state.text = text
+        state.fields = fields
+        if state.call is None:
+            state.call = self.reactor.callLater(state.logged_at + PEER_LOG_EVERY - now,
+                                                self._flush, kind)
+
+    def _flush(self, kind: str) -> None:
+        state = self._kinds[kind]
+        state.call = None
+        if not state.count:
+            return
+        state.logged_at = self.reactor.seconds()
+        count, state.count = state.count, 0
+        state.log.warn(state.text + " ({repeated} such in the last minute; the last one "
+                       "here)", repeated=count, **state.fields)
+
+    def stop(self) -> None:
+        """Log what is left to log and cancel the timers (the listener stopped)."""
+        for kind, state in self._kinds.items():
+            call, state.call = state.call, None
+            if call is not None and call.active():
+                call.cancel()
+            if state.count:
+                self._flush(kind)
 
 
 class Application(Protocol):
@@ -140,6 +209,8 @@ class Dispatcher:
         self.needs_full_body = app.needs_full_body if app is not None else True
         self.monitor: IActivityMonitor | None = None
         self.queue: deque[Exchange] = deque()
+        #: what peers do wrong, logged at most once a minute per kind
+        self.peer_log = PeerLog(self.log, reactor)
         # counters
         self.in_flight = 0
         self.queued = 0
@@ -250,8 +321,8 @@ class Dispatcher:
     def body_too_large(self, ex: Exchange) -> None:
         """The body went over max_body_bytes: 413, or cut the response short."""
         self.too_large_413 += 1
-        self.log.warn("request body over max_body_bytes={limit} from {peer}",
-                      limit=self.max_body_bytes, peer=ex.peer)
+        self.peer_log.warn("413", "request body over max_body_bytes={limit} from {peer}",
+                           limit=self.max_body_bytes, peer=ex.peer)
         if ex.head_sent:
             ex.abort()
             return
@@ -277,8 +348,8 @@ class Dispatcher:
     def spool_failed(self, ex: Exchange, err: OSError) -> None:
         """A body over the memory budget could not be spooled to disk: 503."""
         self.budget.spool_failed += 1
-        self.log.warn("cannot spool a request body from {peer} to disk ({error}): 503",
-                      peer=ex.peer, error=str(err))
+        self.peer_log.warn("spool", "cannot spool a request body from {peer} to disk "
+                           "({error}): 503", peer=ex.peer, error=str(err))
         if ex.head_sent:
             ex.abort()
             return
@@ -287,14 +358,16 @@ class Dispatcher:
     def bad_request(self, ex: Exchange, reason: str) -> None:
         """The request cannot be read (a length that is not ASCII digits...): 400."""
         self.bad_request_400 += 1
-        self.log.warn("bad request from {peer}: {reason}", peer=ex.peer, reason=reason)
+        self.peer_log.warn("400", "bad request from {peer}: {reason}", peer=ex.peer,
+                           reason=reason)
         ex.respond(status_line(400), _PLAIN, b"Bad Request\n")
         ex.run_cancel_hooks()
 
     def params_too_large(self, ex: Exchange) -> None:
         """The params went over max_param_bytes: 431 (the protocol closes afterwards)."""
         self.too_large_431 += 1
-        self.log.warn("request params over max_param_bytes={limit}", limit=self.max_param_bytes)
+        self.peer_log.warn("431", "request params over max_param_bytes={limit}",
+                           limit=self.max_param_bytes)
         ex.respond(status_line(431), _PLAIN, b"Request header fields too large\n")
 
     def app_failed(self, ex: Exchange) -> None:
@@ -326,7 +399,9 @@ class Dispatcher:
         self._tick = self.reactor.callLater(IO_TICK, self._io_tick)
 
     def stop_io_tick(self) -> None:
-        """Cancel the IO_TICK timer (the listener stopped)."""
+        """Cancel the IO_TICK timer and log the peer trouble not logged yet (the listener
+        stopped)."""
+        self.peer_log.stop()
         tick, self._tick = self._tick, None
         if tick is not None and tick.active():
             tick.cancel()

@@ -14,6 +14,7 @@ answer is cut short, so that the frontend answers 503 instead of a truncated 200
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -38,6 +39,8 @@ FRONTEND_PARAM = "DAEMONAPP_CGI_FRONTEND"
 #: Bytes of answer buffered for the CGI frontend (its own default limit); an answer
 #: growing past it is dropped: nothing is sent and the frontend answers 503.
 MAX_BUFFERED_ANSWER = 64 * 1024 * 1024
+#: A big answer is handed to the transport this many bytes at a time, as the peer reads.
+WRITE_PIECE = 65536
 
 
 def with_length(status: str, headers: Headers, size: int, method: str) -> Headers:
@@ -65,14 +68,21 @@ class SCGIExchange(Exchange):
     def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
         proto = self.proto
         headers = with_length(status, headers, len(body), self.params.get("REQUEST_METHOD", ""))
-        proto.send(cgi_head(status, headers) + body)
+        head = cgi_head(status, headers)
+        if len(body) > WRITE_PIECE:
+            # not joined: a big body is written (or waits for a slow peer) as the app's
+            # own bytes, never copied whole
+            proto.write(head)
+            proto.write(body)
+        else:
+            proto.write(head + body)
         proto.finish()
 
     def _emit_head(self, status: str, headers: Headers) -> None:
-        self.proto.send(cgi_head(status, headers))
+        self.proto.write(cgi_head(status, headers))
 
     def _emit_body(self, data: bytes) -> None:
-        self.proto.send(data)
+        self.proto.write(data)
 
     def _emit_end(self) -> None:
         self.proto.finish()
@@ -82,11 +92,11 @@ class SCGIExchange(Exchange):
 
     def _pause_input(self) -> None:
         self.proto.input_paused = True
-        self.proto.transport.pauseProducing()  # type: ignore[union-attr]
+        self.proto.update_reading()
 
     def _resume_input(self) -> None:
         self.proto.input_paused = False
-        self.proto.transport.resumeProducing()  # type: ignore[union-attr]
+        self.proto.update_reading()
 
 
 class FrontendSCGIExchange(SCGIExchange):
@@ -128,8 +138,11 @@ class FrontendSCGIExchange(SCGIExchange):
         status, headers = self._head
         headers = with_length(status, headers, self._size,
                               self.params.get("REQUEST_METHOD", ""))
-        self.proto.send(b"".join([cgi_head(status, headers), *answer]))
-        self.proto.finish()
+        proto = self.proto
+        proto.write(cgi_head(status, headers))
+        for piece in answer:  # the app's own bytes, not joined into a copy
+            proto.write(piece)
+        proto.finish()
 
     def _emit_abort(self) -> None:
         self._answer = None
@@ -148,6 +161,12 @@ class SCGIProtocol(TrackedProtocol):
         self.exchange: SCGIExchange | None = None
         self._remaining = 0
         self._closed = False
+        #: the transport's buffer is full: the peer does not read its answer
+        self._output_paused = False
+        #: answer bytes waiting for the peer to read (the app's own bytes, not copied)
+        self._out: collections.deque[memoryview] = collections.deque()
+        #: the answer ended while part of it still waited in ``_out``
+        self._finish_pending = False
 
     def connectionMade(self) -> None:
         self.factory.connection_opened(self)
@@ -156,6 +175,7 @@ class SCGIProtocol(TrackedProtocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
+        self._out.clear()
         self.cancel_linger()
         if self.exchange is not None:
             self.exchange.peer_gone()
@@ -168,35 +188,116 @@ class SCGIProtocol(TrackedProtocol):
         return self.exchange is None and not self._buf
 
     def waiting_for(self) -> str | None:
+        if self._output_paused and not self._closed:
+            return "send"
         if self._closed or self.input_paused or self.lingering:
             return None
         if self.exchange is None:
             return "header"  # one request per connection: silent means no header yet
         return "body" if self._remaining > 0 else None
 
+    def waiting_since(self, waiting: str) -> float:
+        if waiting == "header":
+            # one request per connection: the header is due from the accept on
+            return self.connected_at
+        return self.last_read
+
+    def update_reading(self) -> None:
+        """Read from the peer unless an app is behind reading its body or the peer is
+        behind reading its answer (what it makes us hold stays bounded)."""
+        if self._closed or self.transport is None:
+            return
+        transport: Any = self.transport
+        if self.input_paused or self._output_paused:
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
+
+    # producer API: the transport tells us when its write buffer is full
     def pauseProducing(self) -> None:
+        if self._output_paused:
+            return
+        self._output_paused = True
+        self.last_read = self.factory.reactor.seconds()  # the send timeout counts from here
+        self.update_reading()
         if self.exchange is not None:
             self.exchange.pause_output()
 
     def resumeProducing(self) -> None:
+        if not self._output_paused:
+            return
+        self._output_paused = False
+        self.last_read = self.factory.reactor.seconds()
+        self._flush_out()
+        if self._output_paused:
+            return  # paused again by what was queued
+        self.update_reading()
         if self.exchange is not None:
             self.exchange.resume_output()
+        if self._finish_pending and not self._out:
+            self._finish_pending = False
+            self.finish()
+
+    def write(self, data: bytes) -> None:
+        """Send answer bytes; while the peer does not read, they wait uncopied in ``_out``.
+
+        A big piece goes to the transport WRITE_PIECE bytes at a time while the peer
+        reads: the transport never holds a copy of a whole answer.
+        """
+        if self._closed or not data:
+            return
+        if self._output_paused or self._out:
+            self._out.append(memoryview(data))
+            return
+        if len(data) <= WRITE_PIECE:
+            self.send(data)
+            return
+        self._write_view(memoryview(data))
+
+    def _write_view(self, view: memoryview) -> bool:
+        """Write ``view`` piece by piece until the transport pauses us; queue the rest.
+
+        True when all of it went to the transport.
+        """
+        size = len(view)
+        pos = 0
+        while pos < size:
+            piece = view[pos:pos + WRITE_PIECE]
+            pos += len(piece)
+            self.send(piece.tobytes())
+            if self._closed:
+                return True
+            if self._output_paused and pos < size:
+                self._out.appendleft(view[pos:])
+                return False
+        return True
+
+    def _flush_out(self) -> None:
+        """The peer reads again: write what waits until it pauses us again."""
+        out = self._out
+        while out and not self._output_paused and not self._closed:
+            if not self._write_view(out.popleft()):
+                return
 
     def stopProducing(self) -> None:
         self._closed = True
+        self._out.clear()
 
     def finish(self) -> None:
         """The answer is out: close, once the peer has sent the whole body."""
+        if self._out:
+            self._finish_pending = True  # once the peer has read what waits
+            return
         if self._remaining > 0 and not self._closed:
-            transport: Any = self.transport
-            self.input_paused = False
-            transport.resumeProducing()  # nothing reads the body any more
+            self.input_paused = False  # nothing reads the body any more
+            self.update_reading()
             self.linger()
         else:
             self.close()
 
     def _error(self, message: str) -> None:
-        log.warn("SCGI: {message}; closing the connection", message=message)
+        self.factory.dispatcher.peer_log.warn(
+            "malformed", "SCGI: {message}; closing the connection", log=log, message=message)
         self._closed = True
         self._buf = b""
         self.close()
@@ -294,10 +395,10 @@ class SCGIProtocol(TrackedProtocol):
                 self.end_linger()
 
     def _too_large(self) -> None:
-        self._closed = True
         self._buf = b""
         self.exchange = ex = SCGIExchange(self)
         self.factory.dispatcher.params_too_large(ex)
+        self._closed = True
 
 
 class SCGIFactory(ListenerFactory):

@@ -98,12 +98,45 @@ def make_listener(reactor: Any = None, fds: FdLimits | None = None, **options: A
                           fds=fds or FdLimits(limit=1 << 16))
 
 
-def connect(listener: Any) -> tuple[Any, StringTransport]:
-    """A protocol of ``listener`` connected to a StringTransport."""
+def connect(listener: Any, transport: StringTransport | None = None) -> tuple[Any, Any]:
+    """A protocol of ``listener`` connected to a StringTransport (or ``transport``)."""
     proto = listener.factory.buildProtocol(None)
-    transport = StringTransport()
+    transport = transport if transport is not None else StringTransport()
     proto.makeConnection(transport)
     return proto, transport
+
+
+class NonReader(StringTransport):
+    """The transport of a peer that reads nothing until :meth:`drain`.
+
+    Past ``room`` bytes not read its buffer is full and it pauses its producer, as
+    Twisted's FileDescriptor does; :meth:`drain` (the peer read it all) resumes it.
+    """
+
+    room = 65536
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.read_upto = 0
+        self.full = False
+
+    def write(self, data: Any) -> None:
+        super().write(bytes(data))
+        if (not self.full and self.producer is not None
+                and len(self.value()) - self.read_upto > self.room):
+            self.full = True
+            self.producer.pauseProducing()
+
+    def unread(self) -> int:
+        """Bytes written and not read by the peer yet."""
+        return len(self.value()) - self.read_upto
+
+    def drain(self) -> None:
+        """The peer reads all that was written: the buffer empties, the producer resumes."""
+        self.read_upto = len(self.value())
+        if self.full and self.producer is not None:
+            self.full = False
+            self.producer.resumeProducing()
 
 
 class Monitor:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemonapp.listeners.fastcgi import (
@@ -365,6 +368,91 @@ class LingerTests(SynchronousTestCase):
         self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
         proto.dataReceived(record(FCGI_STDIN, 1, b"x" * 20) + record(FCGI_STDIN, 1))
         self.assertFalse(transport.disconnecting)
+
+
+class KeepConnDropTests(SynchronousTestCase):
+    """With KEEP_CONN, a body still coming after an early answer is read and dropped
+    within bounds (issue 14: 4 GiB in 10 s on 20 connections, for ever)."""
+
+    def _answered_early(self) -> tuple[Any, Any, Any]:
+        listener = make_listener(native="tests.listeners.apps:echo_native", max_body_bytes=10)
+        proto, transport = connect(listener)
+        # no CONTENT_LENGTH: the body is answered 413 once it grows past 10 bytes
+        proto.dataReceived(begin(1, keep_conn=True) + params(1, REQUEST_METHOD="POST")
+                           + record(FCGI_STDIN, 1, b"x" * 11))
+        self.assertTrue(stdout_of(transport.value()).startswith(b"Status: 413 "))
+        return listener, proto, transport
+
+    def test_an_endless_body_closes_after_max_body_bytes_more(self) -> None:
+        _listener, proto, transport = self._answered_early()
+        proto.dataReceived(record(FCGI_STDIN, 1, b"x" * 10))
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(record(FCGI_STDIN, 1, b"x"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_body_still_coming_after_linger_timeout_closes(self) -> None:
+        from daemonapp.listeners.connections import LINGER_TIMEOUT
+
+        listener, proto, transport = self._answered_early()
+        listener.reactor.advance(LINGER_TIMEOUT - 0.1)
+        proto.dataReceived(record(FCGI_STDIN, 1, b"x"))
+        self.assertFalse(transport.disconnecting)
+        listener.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_body_that_ends_keeps_the_connection_for_the_next_request(self) -> None:
+        listener, proto, transport = self._answered_early()
+        proto.dataReceived(record(FCGI_STDIN, 1, b"x" * 5) + record(FCGI_STDIN, 1))
+        listener.reactor.advance(30)  # no linger timer left (idle_timeout is 60 s)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(request(2, b"abc"))
+        self.assertTrue(stdout_of(transport.value(), 2).endswith(b"\r\n\r\nabc"))
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_declared_body_is_dropped_to_its_end(self) -> None:
+        """A 413 for a declared length over max_body_bytes: the whole declared body may
+        still come (nginx sends it) without the connection being cut."""
+        listener = make_listener(native="tests.listeners.apps:echo_native", max_body_bytes=10)
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1, keep_conn=True)
+                           + params(1, REQUEST_METHOD="POST", CONTENT_LENGTH="100"))
+        proto.dataReceived(record(FCGI_STDIN, 1, b"x" * 100) + record(FCGI_STDIN, 1))
+        self.assertFalse(transport.disconnecting)
+
+    def test_requests_past_fcgi_max_reqs_have_their_body_bounded_too(self) -> None:
+        listener = make_listener(native="tests.listeners.apps:echo_native", max_concurrent=1,
+                                 backlog=0, max_body_bytes=10)
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST")  # open, no body end
+                           + begin(2) + params(2, REQUEST_METHOD="POST"))
+        self.assertTrue(stdout_of(transport.value(), 2).startswith(b"Status: 503 "))
+        proto.dataReceived(record(FCGI_STDIN, 2, b"x" * 11))
+        self.assertTrue(transport.disconnecting)
+
+
+class PeerLogTests(SynchronousTestCase):
+    """What peers do wrong is logged at most once a minute per kind, with a count."""
+
+    def test_two_hundred_garbage_connections_make_two_lines(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, native="tests.listeners.apps:echo_native")
+        for _ in range(200):
+            proto, transport = connect(listener)
+            proto.dataReceived(b"\x02" + request(1)[1:])  # a bad version
+            self.assertTrue(transport.disconnecting)
+        lines = [e for e in events if "FastCGI:" in str(e.get("log_format"))]
+        self.assertEqual(len(lines), 1)
+        clock.advance(60)
+        lines = [e for e in events if "FastCGI:" in str(e.get("log_format"))]
+        self.assertEqual(len(lines), 2)
+        self.assertEqual(lines[1]["repeated"], 199)
+        self.assertEqual(lines[1]["version"], 2)
+        clock.advance(120)  # nothing more to say: no line, no timer
+        self.assertEqual(len([e for e in events if "FastCGI:" in str(e.get("log_format"))]), 2)
+        self.assertEqual([c for c in clock.getDelayedCalls() if "_flush" in str(c)], [])
 
 
 class FlowControlTests(SynchronousTestCase):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.listeners.helpers import make_listener
+from tests.listeners import apps
+from tests.listeners.helpers import NonReader, connect, make_listener
 
 
 def _serve(data: bytes, peer: object = None, **options: object) -> StringTransport:
@@ -96,3 +99,52 @@ class HTTPTests(SynchronousTestCase):
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body)).value()
         self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
         self.assertTrue(out.endswith(b"\r\n\r\n" + body))
+
+
+class NeverReadTests(SynchronousTestCase):
+    """A client that pipelines GETs and reads none of its answers (issue 14: +594 MiB)."""
+
+    def _channel(self) -> tuple[Any, NonReader]:
+        listener = make_listener(MemoryReactorClock(), protocol="http",
+                                 native="tests.listeners.apps:big_native")
+        peer = IPv4Address("TCP", "127.0.0.1", 5555)
+        channel = listener.factory.buildProtocol(peer)
+        transport = NonReader(peerAddress=peer)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_no_byte_is_read_while_the_client_reads_no_answer(self) -> None:
+        """Once the transport's buffer is full the connection is no longer read (twisted.web
+        kept reading while a request was handled and buffered every pipelined GET)."""
+        channel, transport = self._channel()
+        channel.dataReceived(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n" * 3)
+        self.assertTrue(transport.full)
+        self.assertEqual(transport.producerState, "paused")
+
+    def test_a_big_answer_is_written_a_piece_at_a_time(self) -> None:
+        """The 1 MiB answer waits as the app's bytes: the transport holds a piece or two;
+        the client reading, every answer arrives whole and in order."""
+        channel, transport = self._channel()
+        channel.dataReceived(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n" * 2)
+        self.assertLess(transport.unread(), 200_000)
+        for _ in range(100):
+            transport.drain()
+        out = transport.value()
+        self.assertEqual(out.count(b"HTTP/1.1 200 OK\r\n"), 2)
+        self.assertEqual(len(out.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1 200")[0]),
+                         1024 * 1024)
+        self.assertTrue(out.endswith(apps.BIG[-100:]))
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_a_client_that_never_reads_is_cut_off_after_send_timeout(self) -> None:
+        """send_timeout (nginx's) applies to HTTP too: twisted.web's own timeout is off
+        while a request is handled, so the connection stayed open for ever."""
+        listener = make_listener(MemoryReactorClock(), protocol="http",
+                                 native="tests.listeners.apps:big_native", send_timeout="5s")
+        channel, transport = connect(listener, NonReader())
+        channel.dataReceived(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        listener.reactor.pump([1.0] * 4)
+        self.assertFalse(transport.disconnected)
+        listener.reactor.pump([1.0] * 2)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)

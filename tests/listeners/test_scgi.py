@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemonapp import cgi_frontend
 from daemonapp.listeners import scgi
-from tests.listeners.helpers import connect, make_listener
+from tests.listeners import apps
+from tests.listeners.helpers import NonReader, connect, make_listener
 
 
 def scgi_request(body: bytes = b"", **headers: str) -> bytes:
@@ -186,3 +187,43 @@ class FrontendTests(SynchronousTestCase):
         self.assertEqual(head, b"Status: 200 OK\r\nContent-Type: text/plain\r\n"
                                b"Content-Length: %d" % len(body))
         self.assertTrue(body.startswith(b"REQUEST_METHOD=GET\n"))
+
+
+class NeverReadTests(SynchronousTestCase):
+    """A peer that reads none of its answer (issue 14: +79 MiB for 20 such peers)."""
+
+    def _answered(self) -> tuple[Any, NonReader]:
+        listener = make_listener(protocol="scgi", native="tests.listeners.apps:big_native")
+        proto, transport = connect(listener, NonReader())
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET"))
+        return proto, transport
+
+    def test_a_big_answer_waits_uncopied_and_the_peer_is_not_read(self) -> None:
+        """The 1 MiB answer goes out a piece at a time: paused after the first pieces, the
+        rest waits as the app's own bytes and the peer is read no more."""
+        proto, transport = self._answered()
+        self.assertLess(transport.unread(), 200_000)
+        self.assertIs(proto._out[0].obj, apps.BIG)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertFalse(transport.disconnecting)
+
+    def test_the_whole_answer_arrives_once_read_then_the_connection_closes(self) -> None:
+        _proto, transport = self._answered()
+        for _ in range(40):
+            transport.drain()
+        head, body = transport.value().split(b"\r\n\r\n", 1)
+        self.assertIn(b"Content-Length: 1048576", head)
+        self.assertEqual(body, apps.BIG)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_peer_that_never_reads_is_cut_off_after_send_timeout(self) -> None:
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, protocol="scgi", native="tests.listeners.apps:big_native",
+                                 send_timeout="5s")
+        proto, transport = connect(listener, NonReader())
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET"))
+        clock.pump([1.0] * 4)
+        self.assertFalse(transport.disconnected)
+        clock.pump([1.0] * 2)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)
