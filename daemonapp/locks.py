@@ -376,9 +376,10 @@ class PostgresLease(_Highlander):
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._lost = False
-        # Held until then unless renewed: ttl/2 after the last renewal began, well
-        # before a successor may take over (ttl after it), so the holder stops first.
-        self._held_until = 0.0
+        # When the last renewal (or the acquire) began: the database's row expires ttl
+        # after it at the latest, and renewals that keep failing give up at ttl/2, well
+        # before a successor may take over (DESIGN §5).
+        self._renewed_at = 0.0
 
     def _connect(self) -> Any:
         import psycopg
@@ -425,7 +426,7 @@ class PostgresLease(_Highlander):
             return False
         self.token = int(rows[0][0])
         self._lost = False
-        self._held_until = started + self.ttl / 2
+        self._renewed_at = started
         self._stop = threading.Event()
         self._renewer = threading.Thread(
             target=self._renew_loop, args=(self.token, self._stop),
@@ -442,14 +443,16 @@ class PostgresLease(_Highlander):
             try:
                 rows = self._execute(_RENEW_SQL, self._params(token))
             except Exception as e:
-                if time.monotonic() >= self._held_until:
+                if time.monotonic() >= self._renewed_at + self.ttl / 2:
                     self._lose(stop, f"no renewal for ttl/2 ({self.ttl / 2:g}s): {e}")
                     return
                 if not failing:  # one line per outage, not one per retry
-                    _logger.warning("highlander %s: lease renewal failed, retrying every "
-                                    "second for up to %gs: %s", self.name, self.ttl / 2, e)
+                    _logger.warning("highlander %s: lease renewal failed, retrying for up "
+                                    "to %gs: %s", self.name, self.ttl / 2, e)
                 failing = True
-                wait = min(interval, 1.0)  # retry sooner: the lease is running out
+                # Retry soon (a dropped connection just needs a new one), several times
+                # before ttl/2 runs out.
+                wait = min(interval / 4, 1.0)
                 continue
             wait = interval
             if stop.is_set():
@@ -460,7 +463,7 @@ class PostgresLease(_Highlander):
             if failing:
                 _logger.warning("highlander %s: lease renewed again", self.name)
                 failing = False
-            self._held_until = started + self.ttl / 2
+            self._renewed_at = started
 
     def _lose(self, stop: threading.Event, why: str) -> None:
         if not stop.is_set():
@@ -471,7 +474,7 @@ class PostgresLease(_Highlander):
     def still_held(self) -> bool:
         """False once the lease is lost: renewal found the row taken, or the lease ran out."""
         return (self._held and not self._lost
-                and time.monotonic() < self._held_until)
+                and time.monotonic() < self._renewed_at + self.ttl)
 
     def _release_held(self) -> None:
         self._stop.set()
