@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from daemonapp import schedule_cli
 from daemonapp._version import __version__
 from daemonapp.assembly import Assembly, write_sidecar
 from daemonapp.checkreport import print_check
@@ -329,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="print Prometheus text metrics (for a textfile collector)")
     commands.add_parser("jobs", help="submit, show, list, retry, cancel jobs "
                                      "(daemonapp jobs --help)", add_help=False)
+    schedule_cli.add_parser(commands)
     return parser
 
 
@@ -348,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _printing(_check, args)
     if args.command == "status":
         return _printing(_status, args)
+    if args.command == "schedule":
+        return _printing(schedule_cli.run, args)
     parser.print_help()
     return EXIT_CONFIG
 

@@ -37,3 +37,15 @@ def test_bad_zone_and_bad_from(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Nowhere/Land" in capsys.readouterr().err
     assert main(["@daily", "--from", "tomorrow"]) == 2
     assert "--from" in capsys.readouterr().err
+
+
+def test_through_the_daemonapp_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`daemonapp schedule` is the same command."""
+    from daemonapp.cli import main as daemonapp
+
+    assert daemonapp(["schedule", "0 9 * * 1-5", "--timezone", "UTC", "--from",
+                      "2026-01-02T10:00", "--count", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "2026-01-05T09:00:00+00:00", "2026-01-06T09:00:00+00:00"]
+    assert daemonapp(["schedule", "0 9 * * 8"]) == 2
+    assert "day of week field '8'" in capsys.readouterr().err
