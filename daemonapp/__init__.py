@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from daemonapp.app import DaemonApp
-    from daemonapp.daemon import Daemon
+    from daemonapp.daemon import Daemon, OptionError, SeedDaemon
     from daemonapp.durations import parse_duration, parse_size
     from daemonapp.interfaces import (
         IActivityMonitor,
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
         IListener,
         ILockBackend,
         ILockProvider,
+        ISchedule,
         IScheduler,
+        LockUnavailable,
     )
     from daemonapp.locks import HighlanderBusy, highlander
 del TYPE_CHECKING  # not part of the facade
@@ -44,6 +46,10 @@ _LAZY = {
     "ILockBackend": "daemonapp.interfaces",
     "ILockProvider": "daemonapp.interfaces",
     "IScheduler": "daemonapp.interfaces",
+    "ISchedule": "daemonapp.interfaces",
+    "LockUnavailable": "daemonapp.interfaces",
+    "OptionError": "daemonapp.daemon",
+    "SeedDaemon": "daemonapp.daemon",
     "highlander": "daemonapp.locks",
     "HighlanderBusy": "daemonapp.locks",
 }
@@ -59,7 +65,11 @@ __all__ = [
     "IListener",
     "ILockBackend",
     "ILockProvider",
+    "ISchedule",
     "IScheduler",
+    "LockUnavailable",
+    "OptionError",
+    "SeedDaemon",
     "__version__",
     "highlander",
     "parse_duration",

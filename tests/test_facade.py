@@ -15,9 +15,16 @@ def test_all_names() -> None:
     """__all__ lists exactly the supported public names."""
     assert sorted(daemonapp.__all__) == sorted([
         "Daemon", "DaemonApp", "HighlanderBusy", "IActivityMonitor", "IAsyncLock", "IDaemon",
-        "IJobStore", "IListener", "ILockBackend", "ILockProvider", "IScheduler", "__version__",
-        "highlander", "parse_duration", "parse_size",
+        "IJobStore", "IListener", "ILockBackend", "ILockProvider", "ISchedule", "IScheduler",
+        "LockUnavailable", "OptionError", "SeedDaemon", "__version__", "highlander",
+        "parse_duration", "parse_size",
     ])
+
+
+def test_every_name_resolves() -> None:
+    """Every name of __all__ can be imported from the package."""
+    for name in daemonapp.__all__:
+        assert getattr(daemonapp, name) is not None, name
 
 
 def test_core_names_resolve() -> None:
