@@ -20,7 +20,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from daemonapp.crontimes import CronTimes, load_zone
+from daemonapp.crontimes import load_zone, shared_times
 from daemonapp.interfaces import ISchedule
 
 __all__ = [
@@ -149,7 +149,7 @@ class ClockSchedule:
         app = daemon.app
         zone_name = daemon.timezone or getattr(app, "timezone", None)
         self.zone = load_zone(zone_name)
-        self.times = CronTimes(daemon.schedule, self.zone)
+        self.times = shared_times(daemon.schedule, self.zone)
         self.daemon = daemon
         self.grace: float = daemon.misfire_grace
         self.catch_up: str = daemon.catch_up

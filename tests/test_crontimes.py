@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from daemonapp.crontimes import CronTimes, load_zone
+from daemonapp.crontimes import CronTimes, load_zone, shared_times
 
 
 def fire_times(expression: str, zone: str, start: str, count: int) -> list[str]:
@@ -104,3 +104,13 @@ def test_between_lists_the_missed_times() -> None:
     start = datetime.fromisoformat("2026-01-01T00:15:00+00:00").timestamp()
     end = datetime.fromisoformat("2026-01-01T01:00:00+00:00").timestamp()
     assert [t - start for t in times.between(start, end)] == [900.0, 1800.0, 2700.0]
+
+
+def test_shared_times_one_instance_per_expression_and_zone() -> None:
+    """shared_times gives one CronTimes per (expression, zone); bad input still raises."""
+    berlin = shared_times("*/5 * * * *", load_zone("Europe/Berlin"))
+    assert shared_times("*/5 * * * *", load_zone("Europe/Berlin")) is berlin
+    assert shared_times("*/5 * * * *", load_zone("UTC")) is not berlin
+    assert shared_times("0 * * * *", load_zone("Europe/Berlin")) is not berlin
+    with pytest.raises(ValueError, match="hour field"):
+        shared_times("0 25 * * *", load_zone("UTC"))
