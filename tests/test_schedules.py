@@ -10,6 +10,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import daemonapp.crontimes
+import daemonapp.schedules
 from daemonapp.interfaces import ISchedule
 from daemonapp.schedules import FAILED, IDLE, LOCKED_OUT, WORKED, YIELDED, BackoffSchedule
 from daemonapp.testing import FakeDaemon, PendingDaemon, make_app
@@ -262,6 +263,32 @@ class ClockScheduleTests(SynchronousTestCase):
                            epoch("2031-03-04T00:45:00+00:00"))})
         # The first fire time, then the one after each of the three: 4 walks (200 unshared).
         self.assertLessEqual(Counting.made, 4)
+        self.successResultOf(app.stop("test"))
+
+    def test_daemons_on_one_schedule_format_its_next_fire_once(self) -> None:
+        """50 daemons on one schedule format each next fire time once for stats, not 50 times."""
+        from datetime import datetime
+
+        made = []
+
+        class Counting(datetime):
+            @classmethod
+            def fromtimestamp(cls, t: float, tz: Any = None) -> Any:
+                made.append(t)
+                return datetime.fromtimestamp(t, tz)
+
+        self.patch(daemonapp.schedules, "datetime", Counting)
+        app, clock = self.make("2032-05-06T00:07:00+00:00")
+        daemons = [Ticker(["x"] * 5, name=f"q{i}", schedule="*/15 * * * *", timezone="UTC")
+                   for i in range(50)]
+        for daemon in daemons:
+            app.add(daemon)
+        app.startService()
+        advance_to(clock, "2032-05-06T00:50:00+00:00")
+        self.assertEqual({d.stats["next_fire"] for d in daemons}, {"2032-05-06T01:00:00+00:00"})
+        self.assertEqual(sum(d.stats["runs"] for d in daemons), 150)
+        # 00:15, 00:30, 00:45, 01:00: each formatted once (200 without the cache).
+        self.assertEqual(len(made), 4)
         self.successResultOf(app.stop("test"))
 
     def test_idle_exit_counts_the_next_fire_time(self) -> None:
