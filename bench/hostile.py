@@ -68,6 +68,7 @@ CONTROL = (
 BIG_ANSWER = 4 << 20
 PROBE_EVERY = 0.5
 #: longer than the default queue_timeout (10 s): a request kept waiting gets its 503
+#: (``--probe-timeout``: a short run need not wait for it where probes are not judged)
 PROBE_TIMEOUT = 12.0
 STATUS_TIMEOUT = 10.0
 #: the app is SIGKILLed when its RSS passes this (the machine must survive the bench)
@@ -1093,6 +1094,9 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=2.0,
                         help="seconds after each attack before the checks")
     parser.add_argument("--nofile", type=int, default=256, help="the app's fd limit")
+    parser.add_argument("--probe-timeout", type=float, default=12.0,
+                        help="seconds a normal request may take (default: past the "
+                        "default queue_timeout, so a queued request gets its 503)")
     parser.add_argument("--slow-conns", type=int, default=100)
     parser.add_argument("--slow-every", type=float, default=2.0)
     parser.add_argument("--body-conns", type=int, default=20)
@@ -1108,6 +1112,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
+    global PROBE_TIMEOUT
+    PROBE_TIMEOUT = args.probe_timeout
 
     wanted = [a.strip() for a in args.attack.split(",")] if args.attack != "all" else [
         a.name for a in ATTACKS]

@@ -370,6 +370,28 @@ class LingerTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
 
+class UnknownTypeFloodTests(SynchronousTestCase):
+    def test_unknown_type_records_are_answered_with_one_write_per_read(self) -> None:
+        """8-byte records of an unknown type (a never-reading peer's flood): each gets its
+        UNKNOWN_TYPE answer, all of a read in one write (a write call each cost 1.4 s of
+        reactor for 20 such peers)."""
+        listener = make_listener(native="tests.listeners.apps:hello_native")
+        proto, transport = connect(listener)
+        writes: list[bytes] = []
+        real_write = transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            real_write(data)
+
+        transport.write = write  # type: ignore[method-assign]
+        proto.dataReceived(record(20, 0) * 8192)
+        self.assertEqual(len(writes), 1)
+        records = parse_records(transport.value())
+        self.assertEqual(len(records), 8192)
+        self.assertEqual(set(records), {(FCGI_UNKNOWN_TYPE, 0, bytes([20]) + bytes(7))})
+
+
 class KeepConnDropTests(SynchronousTestCase):
     """With KEEP_CONN, a body still coming after an early answer is read and dropped
     within bounds (issue 14: 4 GiB in 10 s on 20 connections, for ever)."""

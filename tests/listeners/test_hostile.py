@@ -1,22 +1,24 @@
 """bench/hostile.py, short: hostile peers against a real `daemonapp run`, per listener.
 
-Two seconds per attack, smaller swarms than the full run. Asserted here are the goals
-the listeners meet today (issue 14's acceptance, DESIGN §4 "Bounded by default"):
+Two seconds per attack, smaller swarms than the full run (but 20 never-reading peers,
+as in the full run: fewer would stay under the bound even without the fix). Asserted
+here is every goal the listeners meet today (issue 14's acceptance, DESIGN §4 "Bounded
+by default"):
 
 - every attack: the daemon keeps its schedule (no gap between runs over run_every +
-  0.25 s), a normal request is answered once the attackers are gone, and SIGTERM
-  ends the app with exit status 0;
-- slow headers and garbage: RSS stays within the documented bound (connections x
-  max_param_bytes), normal requests and `daemonapp status` are answered during the
-  attack;
-- endless bodies on FastCGI and HTTP (they end in a 413) and SCGI clients that never
-  read: normal requests and status answered during the attack.
+  0.25 s, plus the machine's own lateness), a normal request is answered once the
+  attackers are gone, and SIGTERM ends the app with exit status 0;
+- every attack: peak RSS within the documented bound (the listener's memory budget,
+  max_listener_buffer_bytes, + 8 MiB);
+- every attack: `daemonapp status` answers during and after it (at the connection cap
+  too);
+- normal requests answered during every attack but three.
 
-Not asserted, because the listeners do not meet them yet (see bench/README.md):
-RSS of endless bodies and multiplexed greed (a request waiting for a thread buffers
-its whole body), clients that never read on FastCGI and HTTP (answers pile up in
-memory, the daemon falls behind), requests and status during fd exhaustion (no
-connection cap), requests during SCGI endless bodies (every thread blocked in read).
+Not asserted, because they cannot or do not hold (see bench/README.md): requests during
+fd exhaustion (past max_connections a connection is accepted and closed: that is the
+cap), during FastCGI multiplexed greed and SCGI endless bodies (each request of the
+attack holds a WSGI thread reading its body; the pool's 10 threads are all taken and a
+normal request waits in the backlog for its 503).
 """
 
 from __future__ import annotations
@@ -33,26 +35,44 @@ pytestmark = pytest.mark.integration
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "hostile.py"
 
-#: attack -> (RSS within the documented bound, requests and status answered during it),
-#: per listener; the daemon's schedule, the answer after and the exit status are
-#: asserted for every attack listed
-GOALS: dict[str, dict[str, tuple[bool, bool]]] = {
-    "fastcgi": {"slow-headers": (True, True), "garbage": (True, True),
-                "endless-body": (False, True), "fd-exhaustion": (False, False)},
-    "scgi": {"slow-headers": (True, True), "garbage": (True, True),
-             "never-read": (False, True), "endless-body": (False, False),
-             "fd-exhaustion": (False, False)},
-    "http": {"slow-headers": (True, True), "garbage": (True, True),
-             "endless-body": (False, True), "fd-exhaustion": (False, False)},
+#: attack -> (RSS within the documented bound, requests answered during it, status
+#: answered during and after it), per listener; the daemon's schedule, the answer after
+#: the attack and the exit status are asserted for every attack listed
+GOALS: dict[str, dict[str, tuple[bool, bool, bool]]] = {
+    "fastcgi": {"slow-headers": (True, True, True), "endless-body": (True, True, True),
+                "mpx-greed": (True, False, True), "never-read": (True, True, True),
+                "fd-exhaustion": (True, False, True), "garbage": (True, True, True)},
+    "scgi": {"slow-headers": (True, True, True), "endless-body": (True, False, True),
+             "never-read": (True, True, True), "fd-exhaustion": (True, False, True),
+             "garbage": (True, True, True)},
+    "http": {"slow-headers": (True, True, True), "endless-body": (True, True, True),
+             "never-read": (True, True, True), "fd-exhaustion": (True, False, True),
+             "garbage": (True, True, True)},
 }
 
+#: one bench run per group, so that the suite's two workers share the ~100 s evenly
+GROUPS = [
+    ("fastcgi", ("slow-headers", "endless-body", "mpx-greed")),
+    ("fastcgi", ("never-read", "fd-exhaustion", "garbage")),
+    ("scgi", ("slow-headers", "endless-body", "never-read")),
+    ("scgi", ("fd-exhaustion", "garbage")),
+    ("http", ("slow-headers", "endless-body", "never-read")),
+    ("http", ("fd-exhaustion", "garbage")),
+]
 
-def _run(listener: str) -> list[dict[str, Any]]:
+
+def test_the_groups_cover_the_goals() -> None:
+    for listener, attacks in GOALS.items():
+        grouped = [a for name, group in GROUPS if name == listener for a in group]
+        assert sorted(grouped) == sorted(attacks), listener
+
+
+def _run(listener: str, attacks: tuple[str, ...]) -> list[dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--listener", listener, "--json",
-         "--attack", ",".join(GOALS[listener]), "--seconds", "2", "--settle", "1",
-         "--slow-conns", "50", "--body-conns", "8", "--read-conns", "8",
-         "--garbage-conns", "100", "--fd-conns", "400"],
+         "--attack", ",".join(attacks), "--seconds", "2", "--settle", "0.5",
+         "--probe-timeout", "3", "--slow-conns", "50", "--body-conns", "8",
+         "--read-conns", "20", "--garbage-conns", "100", "--fd-conns", "400"],
         capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])["results"]
@@ -60,12 +80,13 @@ def _run(listener: str) -> list[dict[str, Any]]:
     return results
 
 
-@pytest.mark.parametrize("listener", ["fastcgi", "scgi", "http"])
-def test_hostile_peers_short_run(listener: str) -> None:
+@pytest.mark.parametrize(("listener", "attacks"), GROUPS,
+                         ids=[f"{name}-{group[0]}" for name, group in GROUPS])
+def test_hostile_peers_short_run(listener: str, attacks: tuple[str, ...]) -> None:
     """Under each attack the daemon keeps its schedule and the app recovers and stops
     cleanly; the goals listed in GOALS for this listener hold too."""
-    results = _run(listener)
-    assert sorted(r["attack"] for r in results) == sorted(GOALS[listener])
+    results = _run(listener, attacks)
+    assert sorted(r["attack"] for r in results) == sorted(attacks)
     for r in results:
         where = f"{listener} / {r['attack']}: {r}"
         assert r["app_alive"], where
@@ -73,10 +94,11 @@ def test_hostile_peers_short_run(listener: str) -> None:
         assert r["gap_ok"], where
         assert r["after_ok"], where
         assert r["exit_status"] == 0, where
-        rss, answered = GOALS[listener][r["attack"]]
+        rss, answered, status = GOALS[listener][r["attack"]]
         if rss:
             assert r["rss_ok"] is True, where
         if answered:
             assert r["probes"] >= 2, where
             assert r["probes_ok"] == r["probes"], where
+        if status:
             assert r["status_ok"], where
