@@ -83,9 +83,15 @@ class TrackedProtocol(Protocol):
         transport: Any = self.transport
         if transport is None:
             return
+        if self.closing_since is None:
+            self.closing_since = self.factory.reactor.seconds()
         if getattr(transport, "producer", None) is self:
             transport.unregisterProducer()
         transport.loseConnection()
+
+    #: reactor time of :meth:`close`: a connection still open send_timeout later has a
+    #: peer that does not read the end of its answer (Twisted would wait for ever)
+    closing_since: float | None = None
 
     #: the timer of a linger (see :meth:`linger`), None when not lingering
     _linger_call: Any = None
@@ -326,7 +332,17 @@ class ListenerFactory(Factory):
                     "idle": limits.idle_timeout, "send": limits.send_timeout}
         for proto in list(self.connections):
             if getattr(proto.transport, "disconnecting", True):
-                continue  # closing already
+                # closing already, once the peer has read the rest of its answer
+                since = getattr(proto, "closing_since", None)
+                if since is not None and now - since >= limits.send_timeout:
+                    self.timed_out["send"] += 1
+                    limits.peer_log.warn(
+                        "send", "closing a connection whose peer read none of its answers "
+                        "for {timeout}s", log=self.log, timeout=limits.send_timeout)
+                    proto.closing_since = None
+                    transport: Any = proto.transport
+                    transport.abortConnection()
+                continue
             waiting = proto.waiting_for()
             if waiting is None:
                 continue

@@ -227,3 +227,21 @@ class NeverReadTests(SynchronousTestCase):
         clock.pump([1.0] * 2)
         self.assertTrue(transport.disconnected)
         self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)
+
+    def test_a_peer_that_never_reads_the_end_of_its_answer_is_cut_off(self) -> None:
+        """The whole answer handed to the transport, the connection closing: Twisted would
+        wait for ever for the peer to read the rest; after send_timeout it is aborted."""
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, protocol="scgi", native="tests.listeners.apps:big_native",
+                                 send_timeout="5s")
+        proto, transport = connect(listener, NonReader())
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET"))
+        while not transport.disconnecting:
+            transport.drain()  # the peer reads all but the last piece
+        clock.pump([1.0] * 4)
+        self.assertFalse(transport.disconnected)
+        clock.pump([1.0] * 2)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)
+        clock.pump([1.0] * 3)
+        self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)
