@@ -396,7 +396,8 @@ class Stats:
     def as_dict(self) -> dict[str, Any]:
         out = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()
                if k not in ("examples", "tracebacks")}
-        out["examples"] = {k: v[:4096].hex() for k, v in self.examples.items()}
+        # whole (a YAML input is at most ~1.1 MB): fuzz.py writes them out as reproducers
+        out["examples"] = {k: v[:2 << 20].hex() for k, v in self.examples.items()}
         out["example_sizes"] = {k: len(v) for k, v in self.examples.items()}
         out["tracebacks"] = dict(self.tracebacks)
         return out
