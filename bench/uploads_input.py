@@ -53,7 +53,7 @@ def main() -> int:
     class AsIs(base):  # type: ignore[misc]
         """The listener's class, counting the reader's wake-ups."""
 
-        def _wait(self, ready: Callable[[], bool]) -> None:
+        def _wait(self, ready: Callable[[], bool], *need: float) -> None:
             cond = self._cond
             original = cond.wait
 
@@ -63,7 +63,7 @@ def main() -> int:
 
             cond.wait = wait
             try:
-                base._wait(self, ready)
+                base._wait(self, ready, *need)  # a need since the wake-up fix
             finally:
                 del cond.wait
 
