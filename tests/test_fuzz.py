@@ -18,7 +18,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+    sys.path.append(str(BENCH))  # last: bench/'s scripts must shadow no module
 
 import _fuzzlib as fz  # noqa: E402  (bench/ is not a package)
 
