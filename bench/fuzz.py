@@ -164,7 +164,8 @@ def _atheris_child(args: argparse.Namespace, fz: Any, target: str) -> int:
             out = atheris.Mutate(data, max_size)
         return out[:max_size]
 
-    seeds = Path(tempfile.mkdtemp(prefix=f"daemonapp-fuzz-{target}-"))
+    seeds = Path(args.result).parent / f"seeds-{target}"  # in --out: nothing left in /tmp
+    seeds.mkdir(exist_ok=True)
     rng = random.Random(args.seed)
     for index in range(64):
         (seeds / f"seed{index}").write_bytes(generate(rng))
