@@ -71,6 +71,10 @@ class LineSequence(list[Any]):
         self.lines: list[int] = []
 
 
+#: The longest integer read (int() refuses past 4,300 digits; no setting needs 100).
+MAX_INT_DIGITS = 100
+
+
 class _Bounds(yaml.MarkedYAMLError):
     """A bound of this module was crossed at ``problem_mark``."""
 
@@ -116,6 +120,19 @@ class _BoundedComposer(Composer):
 
 class _Constructor(SafeConstructor):
     """yaml.safe_load's constructor, building LineMapping and LineSequence."""
+
+    def construct_yaml_int(self, node: Any) -> int:
+        # int() refuses more than 4,300 digits (ValueError): a config error at its line.
+        text = str(node.value).replace("_", "")
+        if len(text) > MAX_INT_DIGITS:
+            raise _Bounds(None, None, f"a number of {len(text):,} digits; at most "
+                          f"{MAX_INT_DIGITS} are read", node.start_mark)
+        value: int = super().construct_yaml_int(node)
+        return value
+
+
+_Constructor.add_constructor(  # type: ignore[type-var]  # yaml-stubs: the class itself
+    "tag:yaml.org,2002:int", _Constructor.construct_yaml_int)
 
 
 class _Loader(_BoundedComposer, Reader, Scanner, Parser, _Constructor, Resolver):

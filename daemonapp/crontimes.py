@@ -50,8 +50,9 @@ def load_zone(name: str | None) -> tzinfo:
         return system_zone()
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}: use an IANA name like "
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise ValueError(f"unknown time zone {shown!r}: use an IANA name like "
                          "'Europe/Berlin' or 'UTC'") from None
 
 
@@ -61,7 +62,7 @@ def system_zone() -> tzinfo:
     if name:
         try:
             return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             pass
     try:
         target = os.path.realpath("/etc/localtime")

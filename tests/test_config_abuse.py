@@ -185,3 +185,38 @@ def test_aliased_value_is_cut_in_messages(tmp_path: Path) -> None:
     assert unknown.startswith(f"{path}:1: anchors: unknown section")
     assert argv.startswith(f"{path}:10: daemons.d.argv: ")
     assert len(argv) < len(path) + 600
+
+
+# Found by bench/fuzz.py (its YAML target): each was a traceback before.
+
+
+def test_an_integer_of_thousands_of_digits_is_a_config_error(tmp_path: Path) -> None:
+    """A 5,000-digit number is reported at its line, not as int()'s ValueError."""
+    path = tmp_path / "daemons.yaml"
+    path.write_text("app:\n  stop_timeout: " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert caught.value.messages == [
+        f"{path}:2: a number of 5,000 digits; at most 100 are read"]
+
+
+def test_a_zone_name_too_long_for_a_file_is_a_config_error(tmp_path: Path) -> None:
+    """app.timezone of 300 characters is an unknown zone (zoneinfo raised OSError)."""
+    path = tmp_path / "daemons.yaml"
+    path.write_text("app:\n  timezone: " + "x" * 300 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    (message,) = caught.value.messages
+    assert message.startswith(f"{path}:2: app.timezone: unknown time zone 'xxxx")
+
+
+def test_a_huge_command_line_is_refused_at_once(tmp_path: Path) -> None:
+    """A 600 KB argv string is refused before shlex splits it (quadratic: seconds)."""
+    path = tmp_path / "daemons.yaml"
+    path.write_text("daemons:\n  d:\n    type: command\n    run_every: 1h\n    argv: "
+                    + "x" * 600_000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert caught.value.messages == [
+        f"{path}:5: daemons.d.argv: a command line of 600,000 characters; at most 131,072 "
+        "(the kernel's limit for one argument)"]

@@ -65,7 +65,15 @@ class CommandFailed(Exception):
     """The program exited non-zero, was killed by a signal, or ran out of time."""
 
 
+#: Linux's limit on one argument (MAX_ARG_STRLEN): a longer command line cannot run, and
+#: shlex takes quadratic time to split one (600 KB: 7 s).
+MAX_ARGV_TEXT = 128 * 1024
+
+
 def _argv_option(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) and len(value) > MAX_ARGV_TEXT:
+        raise OptionError("argv", f"a command line of {len(value):,} characters; at most "
+                                  f"{MAX_ARGV_TEXT:,} (the kernel's limit for one argument)")
     if isinstance(value, str):
         try:
             argv = shlex.split(value)
