@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Callable
 
-from daemonapp.crontimes import CronTimes, load_zone
+from daemonapp.crontimes import load_zone, shared_times
 from daemonapp.durations import parse_duration
 
 __all__ = ["CATCH_UP", "CLOCK_EXCLUDES", "DAEMON_OPTIONS", "OptionError"]
@@ -21,6 +21,7 @@ CATCH_UP = ("none", "once", "all")
 #: The backoff options a clock schedule replaces: setting both is an error.
 CLOCK_EXCLUDES = ("run_every", "increase_idle_by", "multiply_idle_by", "maximum_idle")
 
+_UTC = load_zone("UTC")
 _LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
@@ -95,7 +96,7 @@ def _schedule(key: str, value: object) -> str | None:
     if not isinstance(value, str):
         raise OptionError(key, f"expected a cron expression like \"30 2 * * *\", got {value!r}")
     try:
-        CronTimes(value, load_zone("UTC"))
+        shared_times(value, _UTC)  # checked once per expression, shared after
     except ValueError as e:
         raise OptionError(key, str(e)) from None
     return value
