@@ -128,6 +128,8 @@ class TrackedProtocol(Protocol):
 
     #: reactor time of the last bytes read (set by the protocol's dataReceived)
     last_read = 0.0
+    #: bytes in the transport's write buffer at the sweep's last look
+    unsent_seen: int | None = None
 
     def waiting_for(self) -> str | None:
         """What the connection waits for from its peer: "header", "body", "idle", "send"
@@ -166,6 +168,21 @@ class TrackedProtocol(Protocol):
             self.close()
             return True
         return False
+
+
+def _sent_some(proto: TrackedProtocol) -> bool:
+    """Whether the transport's write buffer shrank since the last look: the peer reads.
+
+    Twisted resumes a paused producer only once its buffer is empty: a peer reading a
+    full buffer slowly would otherwise look like one that reads nothing.
+    """
+    transport: Any = proto.transport
+    data = getattr(transport, "dataBuffer", None)
+    if not isinstance(data, bytes | memoryview | bytearray):
+        return False
+    unsent = len(data) - transport.offset + transport._tempDataLen
+    seen, proto.unsent_seen = proto.unsent_seen, unsent
+    return seen is not None and unsent < seen
 
 
 class ListenerFactory(Factory):
@@ -334,6 +351,8 @@ class ListenerFactory(Factory):
             if getattr(proto.transport, "disconnecting", True):
                 # closing already, once the peer has read the rest of its answer
                 since = getattr(proto, "closing_since", None)
+                if since is not None and _sent_some(proto):
+                    since = proto.closing_since = now  # it reads, however slowly
                 if since is not None and now - since >= limits.send_timeout:
                     self.timed_out["send"] += 1
                     limits.peer_log.warn(
@@ -345,6 +364,10 @@ class ListenerFactory(Factory):
                 continue
             waiting = proto.waiting_for()
             if waiting is None:
+                continue
+            if waiting == "send" and _sent_some(proto):
+                proto.last_read = now  # it reads, however slowly (nginx's send_timeout
+                # bounds the time between two writes, not the whole answer)
                 continue
             if now - proto.waiting_since(waiting) >= timeouts[waiting]:
                 self.timed_out[waiting] += 1

@@ -257,6 +257,8 @@ class _Channel(http.HTTPChannel):
     requests_seen = 0
     #: reactor time of the last read, or of the output pause (set by the tracker too)
     last_read = 0.0
+    #: bytes in the transport's write buffer at the sweep's last look
+    unsent_seen: int | None = None
     #: reactor time the first byte of the request header being received arrived
     _header_since: float | None = None
 

@@ -245,3 +245,26 @@ class NeverReadTests(SynchronousTestCase):
         self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)
         clock.pump([1.0] * 3)
         self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)
+
+    def test_a_slow_reader_is_not_cut_off(self) -> None:
+        """send_timeout bounds the time between two reads by the peer (nginx's), not the
+        whole answer: a peer emptying the transport's buffer slowly is kept; once it stops,
+        it is cut off send_timeout later."""
+        clock = MemoryReactorClock()
+        listener = make_listener(clock, protocol="scgi", native="tests.listeners.apps:big_native",
+                                 send_timeout="60s")
+        transport = NonReader()
+        # Twisted's write-buffer fields, read by the sweep (the buffer Twisted empties)
+        transport.dataBuffer = b"x" * 100_000  # type: ignore[attr-defined]
+        transport.offset = 0  # type: ignore[attr-defined]
+        transport._tempDataLen = 0  # type: ignore[attr-defined]
+        proto, transport = connect(listener, transport)
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET"))
+        for _ in range(8):  # 1 KB every 30 s for 240 s
+            clock.pump([1.0] * 30)
+            transport.offset += 1000
+        self.assertFalse(transport.disconnected)
+        clock.pump([1.0] * 59)
+        self.assertFalse(transport.disconnected)
+        clock.pump([1.0] * 3)
+        self.assertTrue(transport.disconnected)
