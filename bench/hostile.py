@@ -760,16 +760,21 @@ def _never_read(swarm: Swarm, target: Listener, args: argparse.Namespace,
 
 def _fd_exhaustion(swarm: Swarm, target: Listener, args: argparse.Namespace,
                    until: float) -> Callable[[], None]:
-    """Opens connections (up to --fd-conns, 200 per tick) and holds them open."""
+    """Opens connections (up to --fd-conns, 200 per tick) and holds them open.
+
+    HTTP connections send the header of a chunked POST and no body: twisted.web opens a
+    temporary file for such a body at once, a second descriptor per connection.
+    """
     state = {"opened": 0}
     silent: Callable[[float], bytes | None] = lambda now: None  # noqa: E731
+    chunked = http_head("POST", "/drain", "Transfer-Encoding: chunked\r\n", close=False)
 
     def tick() -> None:
         for _ in range(200):
             if state["opened"] >= args.fd_conns:
                 return
             state["opened"] += 1
-            swarm.open(target, silent)
+            swarm.open(target, once(chunked) if target.protocol == "http" else silent)
 
     tick()
     return tick

@@ -139,14 +139,17 @@ class BodyBudget:
 class Spool:
     """A request body on disk: written on the reactor, then read by the application."""
 
-    def __init__(self, budget: BodyBudget, adopt: IO[bytes] | None = None) -> None:
-        """A new spool file, or ``adopt`` an open one (twisted.web's temporary file)."""
+    def __init__(self, budget: BodyBudget, adopt: IO[bytes] | None = None,
+                 counted: bool = False) -> None:
+        """A new spool file, or ``adopt`` an open one (twisted.web's temporary file;
+        ``counted`` when it is in ``FdLimits.spools`` already)."""
         self._budget = budget
         if adopt is None:
             self.file: IO[bytes] | None = budget.open_spool()
         else:
             self.file = adopt
-            budget.fds.spools += 1
+            if not counted:
+                budget.fds.spools += 1
 
     def write(self, data: bytes) -> None:
         """Append body bytes (raises OSError: the disk is full...)."""

@@ -24,6 +24,8 @@ from daemonapp.listeners.limits import Dispatcher
 #: A big whole answer is handed to twisted.web this many bytes at a time, as the client
 #: reads (the transport would otherwise join it with its headers into a copy).
 WRITE_PIECE = 65536
+#: twisted.web keeps a body shorter than this in memory, else in a temporary file
+TWISTED_MEMORY_BODY = 100_000
 
 
 @implementer(IPushProducer)
@@ -170,10 +172,46 @@ def _environ(request: server.Request, body_len: int) -> dict[str, str]:
 
 
 class _Request(server.Request):
-    """Bounds the body by max_body_bytes while twisted.web receives it."""
+    """Bounds the body by max_body_bytes while twisted.web receives it, and counts its
+    temporary file among the process's spool files."""
 
     too_large = False
     received = 0
+    #: the fd limits the body's temporary file is counted in (None: not counted)
+    _spool_fds: FdLimits | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        base: Any = super()
+        base.gotLength(length)
+        if not isinstance(self.content, io.BytesIO):
+            # twisted.web's temporary file for a chunked body or one of 100 KB and more:
+            # one descriptor each, from the headers on (123 chunked POSTs that sent no
+            # body filled a 256-fd table: the daemons' open() and the status socket
+            # failed). _Channel.allHeadersReceived refuses one past max_spools.
+            channel: _Channel = self.channel  # type: ignore[assignment]
+            fds = channel.site.dispatcher.budget.fds
+            fds.spools += 1
+            self._spool_fds = fds
+
+    def adopt_spool(self) -> bool:
+        """Hand the body's file over to a Spool: whether it was counted here."""
+        counted = self._spool_fds is not None
+        self._spool_fds = None
+        return counted
+
+    def drop_spool(self) -> None:
+        """The body's file is of no more use: close it, count it out."""
+        fds, self._spool_fds = self._spool_fds, None
+        if fds is not None:
+            fds.spools -= 1
+            content: Any = self.content
+            if content is not None:
+                content.close()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.drop_spool()
+        base: Any = super()
+        base.connectionLost(reason)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         base: Any = super()
@@ -192,6 +230,7 @@ class _Request(server.Request):
             # a chunked body grew past the bound (a Content-Length over it never
             # gets here: see _Channel.allHeadersReceived)
             self.too_large = True
+            self.drop_spool()
             self.content = io.BytesIO()
             channel.refuse_body()
             return
@@ -225,7 +264,10 @@ class _Root(resource.Resource):
             # unlinked): the app reads it from there instead of from memory
             size = content.seek(0, io.SEEK_END)
             if size:
-                ex.spool = Spool(dispatcher.budget, adopt=content)
+                ex.spool = Spool(dispatcher.budget, adopt=content,
+                                 counted=req.adopt_spool())
+            else:
+                req.drop_spool()
         ex.params = _environ(request, size)
         ex.body_len = size
         ex.body_complete = True
@@ -291,35 +333,55 @@ class _Channel(http.HTTPChannel):
         self.requests_seen += 1
         channel: Any = self
         length = channel.length
-        if length is not None and length > self.site.dispatcher.max_body_bytes:
+        dispatcher = self.site.dispatcher
+        if length is not None and length > dispatcher.max_body_bytes:
             # answered at once, before any 100 Continue: reading a body we refuse
             # would take as long as the client cares to send
             self.refuse_body()
             return
+        fds = dispatcher.budget.fds
+        if (length is None or length >= TWISTED_MEMORY_BODY) and fds.spools >= fds.max_spools:
+            # no descriptor to spare for the body's file (half the fd reserve is taken
+            # by spools): 503 at once, as for a body the listener cannot spool
+            self.refuse_body(503)
+            return
         base: Any = super()
         base.allHeadersReceived()
 
-    def refuse_body(self) -> None:
-        """Answer 413 at once, then drop what the client still sends (bounded) and close.
+    def refuse_body(self, code: int = 413) -> None:
+        """Answer 413 (or 503) at once, then drop what the client still sends (bounded)
+        and close.
 
         Closing while the client still writes would reset the connection, and the
-        client might never read the 413: the write side is shut after the answer
+        client might never read the answer: the write side is shut after the answer
         and the rest is read and dropped for at most LINGER_TIMEOUT.
         """
         if self._refused is not None:
             return
         dispatcher = self.site.dispatcher
-        dispatcher.too_large_413 += 1
         peer = self.transport.getPeer() if self.transport is not None else None
-        dispatcher.peer_log.warn("413", "request body over max_body_bytes={limit} from "
-                                 "{peer}: 413", limit=dispatcher.max_body_bytes,
-                                 peer=getattr(peer, "host", "") or "unix")
+        peer_text = getattr(peer, "host", "") or "unix"
+        if code == 503:
+            dispatcher.rejected_503 += 1
+            dispatcher.budget.spool_failed += 1
+            dispatcher.peer_log.warn(
+                "spool", "no file descriptor to spare for a request body from {peer} "
+                "({spools} spool files open): 503", peer=peer_text,
+                spools=dispatcher.budget.fds.spools)
+            head = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
+                    + dispatcher.retry_after.encode() + b"\r\n")
+            body = b"Service Unavailable\n"
+        else:
+            dispatcher.too_large_413 += 1
+            dispatcher.peer_log.warn("413", "request body over max_body_bytes={limit} from "
+                                     "{peer}: 413", limit=dispatcher.max_body_bytes,
+                                     peer=peer_text)
+            head = b"HTTP/1.1 413 Content Too Large\r\n"
+            body = b"Request body too large\n"
         channel: Any = self
         channel.setTimeout(None)
-        body = b"Request body too large\n"
         transport: Any = self.transport
-        transport.write(b"HTTP/1.1 413 Content Too Large\r\n"
-                        b"Content-Type: text/plain; charset=utf-8\r\n"
+        transport.write(head + b"Content-Type: text/plain; charset=utf-8\r\n"
                         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
                         % (len(body), body))
         half_close = getattr(transport, "loseWriteConnection", None)
@@ -332,6 +394,7 @@ class _Channel(http.HTTPChannel):
         if self.requests:
             request: Any = self.requests[-1]
             request.too_large = True
+            request.drop_spool()
             request.content = io.BytesIO()
         # what twisted.web itself does to drop what follows a last request
         channel.dataReceived = channel.lineReceived = channel.rawDataReceived = _drop

@@ -8,6 +8,7 @@ from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from daemonapp.listeners.budget import FdLimits
 from tests.listeners import apps
 from tests.listeners.helpers import NonReader, connect, make_listener
 
@@ -148,3 +149,50 @@ class NeverReadTests(SynchronousTestCase):
         listener.reactor.pump([1.0] * 2)
         self.assertTrue(transport.disconnected)
         self.assertEqual(listener.snapshot()["timed_out"]["send"], 1)
+
+
+class BodyFileTests(SynchronousTestCase):
+    """twisted.web's temporary file for a chunked (or 100 KB+) body is one descriptor
+    from the headers on: counted among the spool files, refused past max_spools."""
+
+    def _channel(self, listener: Any) -> tuple[Any, StringTransport]:
+        peer = IPv4Address("TCP", "127.0.0.1", 5555)
+        channel = listener.factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_body_files_are_counted_and_refused_past_max_spools(self) -> None:
+        """123 chunked POSTs that sent no body filled a 256-fd table (the daemons' open()
+        and the status socket failed); now the one past max_spools gets a 503."""
+        fds = FdLimits(limit=200)  # reserve 50: 25 spool files at most
+        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
+                                 native="tests.listeners.apps:echo_native")
+        chunked = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        channels = []
+        for _ in range(25):
+            channel, transport = self._channel(listener)
+            channel.dataReceived(chunked)
+            self.assertEqual(transport.value(), b"")
+            channels.append(channel)
+        self.assertEqual(fds.spools, 25)
+        _channel, transport = self._channel(listener)
+        _channel.dataReceived(chunked)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertEqual(listener.snapshot()["spool_failed"], 1)
+        channels[0].connectionLost(None)  # its file is closed and counted out
+        self.assertEqual(fds.spools, 24)
+        channel, transport = self._channel(listener)
+        channel.dataReceived(chunked + b"3\r\nabc\r\n0\r\n\r\n")
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nabc"))
+        self.assertEqual(fds.spools, 24)  # answered: the file is gone with the request
+
+    def test_an_empty_chunked_body_gives_its_file_back(self) -> None:
+        fds = FdLimits(limit=200)
+        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
+                                 native="tests.listeners.apps:echo_native")
+        channel, transport = self._channel(listener)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertEqual(fds.spools, 0)
