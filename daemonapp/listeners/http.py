@@ -266,6 +266,9 @@ class _Root(resource.Resource):
             if size:
                 ex.spool = Spool(dispatcher.budget, adopt=content,
                                  counted=req.adopt_spool())
+                # the spool owns the file now: twisted.web would close it when the
+                # client leaves, under an app still reading it ("read of closed file")
+                req.content = None
             else:
                 req.drop_spool()
         ex.params = _environ(request, size)

@@ -323,3 +323,24 @@ def _validated() -> Any:
 
 #: ``_read_body`` wrapped in wsgiref.validate.validator (PEP 3333 checks on every call).
 conformance_wsgi = _validated()
+
+
+#: what gated_reading_wsgi's read of its body gave: its length, or the exception's name
+READ_OUTCOME: list[str] = []
+READ_DONE = threading.Event()
+
+
+def gated_reading_wsgi(environ: dict[str, Any],
+                       start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Waits for GATE, then reads its whole body and notes how that went."""
+    READ_DONE.clear()
+    try:
+        GATE.wait(10)
+        try:
+            READ_OUTCOME.append(str(len(environ["wsgi.input"].read())))
+        except Exception as err:
+            READ_OUTCOME.append(type(err).__name__)
+        start_response("200 OK", [])
+        return [b"read"]
+    finally:
+        READ_DONE.set()
