@@ -172,6 +172,15 @@ class Spool:
 
     _handed = False
 
+    def read_all(self) -> bytes:
+        """The whole file, read on the reactor (it stays the spool's: :meth:`close`
+        closes it)."""
+        spool = self.file
+        assert spool is not None
+        spool.flush()
+        spool.seek(0)
+        return spool.read()
+
     def close(self) -> None:
         """The request ended: close and so delete the file (unless an app reads it)."""
         spool, self.file = self.file, None

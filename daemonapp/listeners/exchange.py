@@ -322,7 +322,7 @@ class Exchange:
     def body_bytes(self) -> bytes:
         """The whole body (only once complete), read back from disk when spooled."""
         if self.spool is not None:
-            return self.spool.reader().read()
+            return self.spool.read_all()
         body = self.body
         if not body:
             return b""

@@ -411,6 +411,8 @@ class _WSGICall:
         self.app = owner.app
         self.exchange = exchange
         self.environ = environ
+        #: the body as given (apps and middleware may replace environ["wsgi.input"])
+        self._input = environ.get("wsgi.input")
         self.threaded = threaded
         self.post: Callable[..., Any] = owner.poster.post if threaded else _call_now
 
@@ -487,7 +489,21 @@ class _WSGICall:
             stream.fail("the request ended")
 
     def run(self) -> None:
-        """Call the app and send what it returns."""
+        """Call the app and send what it returns; then close its body's file, if any."""
+        try:
+            self._run()
+        finally:
+            stream = self._input
+            if stream is not None and not isinstance(stream, StreamingInput | io.BytesIO):
+                # a spooled body handed to the app (Spool.reader): the app is done with
+                # it, and only it may close it (a thread may read after the request
+                # ended: a 504, the client gone)
+                try:
+                    stream.close()
+                except Exception:
+                    log.failure("closing a request body file failed")
+
+    def _run(self) -> None:
         exchange = self.exchange
         try:
             result = self.app(self.environ, self.start_response)
