@@ -241,6 +241,17 @@ class ClockScheduleTests(SynchronousTestCase):
         self.assertTrue(all(0 <= o < 300 + 5 for o in offsets), offsets)
         self.successResultOf(app.stop("test"))
 
+    def fifty_until(self, start: str, until: str) -> tuple[Any, list[Ticker]]:
+        """50 daemons on one */15 schedule in UTC, run from ``start`` to ``until``."""
+        app, clock = self.make(start)
+        daemons = [Ticker(["x"] * 5, name=f"q{i}", schedule="*/15 * * * *", timezone="UTC")
+                   for i in range(50)]
+        for daemon in daemons:
+            app.add(daemon)
+        app.startService()
+        advance_to(clock, until)
+        return app, daemons
+
     def test_daemons_on_one_schedule_share_its_fire_times(self) -> None:
         """50 daemons on one expression and zone walk croniter once per fire time, not 50 times."""
         class Counting(croniter):
@@ -251,13 +262,7 @@ class ClockScheduleTests(SynchronousTestCase):
                 super().__init__(*args, **kw)
 
         self.patch(daemonapp.crontimes, "croniter", Counting)
-        app, clock = self.make("2031-03-04T00:07:00+00:00")
-        daemons = [Ticker(["x"] * 5, name=f"q{i}", schedule="*/15 * * * *", timezone="UTC")
-                   for i in range(50)]
-        for daemon in daemons:
-            app.add(daemon)
-        app.startService()
-        advance_to(clock, "2031-03-04T00:50:00+00:00")
+        app, daemons = self.fifty_until("2031-03-04T00:07:00+00:00", "2031-03-04T00:50:00+00:00")
         self.assertEqual({tuple(t for t, _ in d.done) for d in daemons},
                          {(epoch("2031-03-04T00:15:00+00:00"), epoch("2031-03-04T00:30:00+00:00"),
                            epoch("2031-03-04T00:45:00+00:00"))})
@@ -278,13 +283,7 @@ class ClockScheduleTests(SynchronousTestCase):
                 return datetime.fromtimestamp(t, tz)
 
         self.patch(daemonapp.schedules, "datetime", Counting)
-        app, clock = self.make("2032-05-06T00:07:00+00:00")
-        daemons = [Ticker(["x"] * 5, name=f"q{i}", schedule="*/15 * * * *", timezone="UTC")
-                   for i in range(50)]
-        for daemon in daemons:
-            app.add(daemon)
-        app.startService()
-        advance_to(clock, "2032-05-06T00:50:00+00:00")
+        app, daemons = self.fifty_until("2032-05-06T00:07:00+00:00", "2032-05-06T00:50:00+00:00")
         self.assertEqual({d.stats["next_fire"] for d in daemons}, {"2032-05-06T01:00:00+00:00"})
         self.assertEqual(sum(d.stats["runs"] for d in daemons), 150)
         # 00:15, 00:30, 00:45, 01:00: each formatted once (200 without the cache).
@@ -397,21 +396,27 @@ class FakeClocks:
         self.boot = 1000.0
 
 
+def watched_app(catch_up: str) -> tuple[Any, Any, FakeClocks, Ticker]:
+    """A started app at 00:07 whose ClockWatch reads fake clocks, with a */15 daemon."""
+    from daemonapp.clockwatch import ClockWatch
+
+    clock = clock_at("2026-01-01T00:07:00+00:00")
+    fake = FakeClocks()
+    app, _ = make_app(clock)
+    app.scheduler.watch = ClockWatch(clock.seconds, lambda: fake.mono, lambda: fake.boot)
+    daemon = Ticker(["x"] * 10, name="q", schedule="*/15 * * * *", timezone="UTC",
+                    catch_up=catch_up)
+    app.add(daemon)
+    app.startService()
+    return app, clock, fake, daemon
+
+
 class ClockChangeTests(SynchronousTestCase):
     """Suspends and clock jumps, told apart by comparing the wall clock with monotonic
     and boot time (DESIGN §8), through the real scheduler."""
 
     def setUp(self) -> None:
-        from daemonapp.clockwatch import ClockWatch
-
-        self.clock = clock_at("2026-01-01T00:07:00+00:00")
-        self.fake = FakeClocks()
-        self.app, _ = make_app(self.clock)
-        self.app.scheduler.watch = ClockWatch(self.clock.seconds, lambda: self.fake.mono,
-                                              lambda: self.fake.boot)
-        self.daemon = Ticker(["x"] * 10, name="q", schedule="*/15 * * * *", timezone="UTC")
-        self.app.add(self.daemon)
-        self.app.startService()
+        self.app, self.clock, self.fake, self.daemon = watched_app("once")
 
     def tearDown(self) -> None:
         self.successResultOf(self.app.stop("test"))
@@ -433,18 +438,8 @@ class ClockChangeTests(SynchronousTestCase):
 
     def test_after_a_suspend_catch_up_all_and_none(self) -> None:
         """catch_up all runs once per slept fire time; none runs none; both count them."""
-        from daemonapp.clockwatch import ClockWatch
-
         for catch_up, runs in (("all", 4), ("none", 0)):
-            clock = clock_at("2026-01-01T00:07:00+00:00")
-            fake = FakeClocks()
-            app, _ = make_app(clock)
-            app.scheduler.watch = ClockWatch(clock.seconds, lambda f=fake: f.mono,
-                                             lambda f=fake: f.boot)
-            daemon = Ticker(["x"] * 10, name="q", schedule="*/15 * * * *", timezone="UTC",
-                            catch_up=catch_up)
-            app.add(daemon)
-            app.startService()
+            app, clock, fake, daemon = watched_app(catch_up)
             clock.advance(60)
             clock.rightNow += 3600
             fake.boot += 3600
