@@ -182,7 +182,7 @@ class ClockSchedule:
             if last < now:
                 missed = self.times.between(last, now)
                 if missed:
-                    self._missed(missed, "downtime", now, self.catch_up)
+                    self._missed(missed, ["downtime"] * len(missed), now, self.catch_up)
         return self._arm(now)
 
     def next_delay(self, outcome: str, now: float) -> float:
@@ -194,7 +194,7 @@ class ClockSchedule:
         if served is not None and served < now and not self._pending:  # else none passed
             passed = self.times.between(served, now)
             if passed:
-                self._missed(passed, "overrun", now, "once")
+                self._missed(passed, ["overrun"] * len(passed), now, "once")
         return self._arm(now)
 
     def _clock_changed(self, events: list[tuple[str, float, float]], now: float) -> None:
@@ -210,9 +210,7 @@ class ClockSchedule:
         missed = self.times.between(fire - 0.001, now)
         if not missed:
             return
-        for reason in {_reason(t, events) for t in missed}:
-            self._missed([t for t in missed if _reason(t, events) == reason], reason, now,
-                         self.catch_up)
+        self._missed(missed, [_reason(t, events) for t in missed], now, self.catch_up)
         if daemon.app is not None:
             daemon.app.reschedule(daemon, self._arm(now))
 
@@ -225,9 +223,14 @@ class ClockSchedule:
 
     # ----------------------------------------------------------------------
 
-    def _missed(self, times: list[float], reason: str, now: float, catch_up: str) -> None:
-        """Count missed fire times and queue those to make up (within the grace)."""
-        self.misfires[reason] = self.misfires.get(reason, 0) + len(times)
+    def _missed(self, times: list[float], reasons: list[str], now: float,
+                catch_up: str) -> None:
+        """Count missed fire times (``reasons[i]`` is why ``times[i]`` was missed) and
+        queue those to make up within the grace: catch_up applies to all of them at
+        once, whatever their reasons (once: one run, not one per reason)."""
+        for why in reasons:
+            self.misfires[why] = self.misfires.get(why, 0) + 1
+        reason = ", ".join(sorted(set(reasons)))
         recent = [t for t in times if now - t <= self.grace]
         stale = len(times) - len(recent)
         name = self.daemon.name

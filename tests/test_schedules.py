@@ -448,6 +448,15 @@ class ClockChangeTests(SynchronousTestCase):
             self.assertEqual(len(daemon.done), runs, catch_up)
             self.successResultOf(app.stop("test"))
 
+    def test_a_suspend_and_a_jump_at_once_make_up_one_run(self) -> None:
+        """Misses of two reasons in one wake-up are counted by reason; once is one run."""
+        self.clock.advance(60)
+        self.clock.rightNow += 5400  # 00:08 -> 01:38 on the wall ...
+        self.fake.boot += 3600  # ... of which one hour asleep, and half an hour jumped
+        self.clock.advance(0)
+        self.assertEqual(self.daemon.stats["misfires"], {"suspend": 4, "clock_jump": 2})
+        self.assertEqual(len(self.daemon.done), 1)
+
     def test_a_forward_jump_is_a_clock_jump(self) -> None:
         """The wall clock moving ahead of boot time is a clock jump, not a suspend."""
         self.clock.advance(60)
