@@ -42,7 +42,7 @@ from daemonapp.configmodel import (
 from daemonapp.daemon import Daemon, OptionError
 from daemonapp.daemons._build import class_options, daemon_types, resolve_type
 from daemonapp.durations import parse_duration
-from daemonapp.options import CLOCK_EXCLUDES, DAEMON_OPTIONS
+from daemonapp.options import CLOCK_EXCLUDES, DAEMON_OPTIONS, clock_conflict
 from daemonapp.state_dir import path_problems, state_dir_problems
 
 __all__ = [
@@ -388,8 +388,7 @@ class _Validator:
                 continue
             if clock and key in CLOCK_EXCLUDES:
                 self.check.error(line_of(body, key), f"{prefix}.{key}",
-                                 f"schedule and {key} exclude each other: a clock schedule "
-                                 "replaces run_every and the idle backoff; remove one of them")
+                                 clock_conflict(key).message)
                 ok = False
                 continue
             try:

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.interfaces import IAsyncLock, IDaemon, ISchedule, IScheduler, LockUnavailable
-from daemonapp.options import CLOCK_EXCLUDES, DAEMON_OPTIONS, OptionError
+from daemonapp.options import CLOCK_EXCLUDES, DAEMON_OPTIONS, OptionError, clock_conflict
 from daemonapp.schedules import (
     FAILED,
     IDLE,
@@ -209,9 +209,7 @@ class Daemon:
         if clock:
             both = [key for key in CLOCK_EXCLUDES if key in attributes]
             if both:
-                raise OptionError(both[0], f"schedule and {both[0]} exclude each other: a "
-                                           "clock schedule replaces run_every and the idle "
-                                           "backoff; remove one of them")
+                raise clock_conflict(both[0])
         if self.maximum_idle is None:
             self.maximum_idle = default_maximum_idle(
                 self.run_every, self.increase_idle_by, self.multiply_idle_by)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from daemonapp.crontimes import load_zone, shared_times
 from daemonapp.durations import parse_duration
 
-__all__ = ["CATCH_UP", "CLOCK_EXCLUDES", "DAEMON_OPTIONS", "OptionError"]
+__all__ = ["CATCH_UP", "CLOCK_EXCLUDES", "DAEMON_OPTIONS", "OptionError", "clock_conflict"]
 
 #: The catch_up choices of a clock schedule (DESIGN §8).
 CATCH_UP = ("none", "once", "all")
@@ -88,6 +88,12 @@ def _lock_name(key: str, value: object) -> str | None:
         raise OptionError(
             key, f"expected a lock name of letters, digits, '.', '_' and '-', got {value!r}")
     return value
+
+
+def clock_conflict(key: str) -> OptionError:
+    """The error for ``key`` (one of CLOCK_EXCLUDES) set beside a schedule (DESIGN §8)."""
+    return OptionError(key, f"schedule and {key} exclude each other: a clock schedule "
+                            "replaces run_every and the idle backoff; remove one of them")
 
 
 def _schedule(key: str, value: object) -> str | None:
