@@ -17,6 +17,12 @@ if TYPE_CHECKING:
 
     from daemonapp.app import DaemonApp
     from daemonapp.daemon import Daemon, OptionError, SeedDaemon
+    from daemonapp.daemons._build import (
+        UnknownOptionError,
+        build_daemon,
+        class_options,
+        resolve_type,
+    )
     from daemonapp.durations import parse_duration, parse_size
     from daemonapp.interfaces import (
         IActivityMonitor,
@@ -50,6 +56,10 @@ _LAZY = {
     "LockUnavailable": "daemonapp.interfaces",
     "OptionError": "daemonapp.daemon",
     "SeedDaemon": "daemonapp.daemon",
+    "UnknownOptionError": "daemonapp.daemons._build",
+    "build_daemon": "daemonapp.daemons._build",
+    "class_options": "daemonapp.daemons._build",
+    "resolve_type": "daemonapp.daemons._build",
     "highlander": "daemonapp.locks",
     "HighlanderBusy": "daemonapp.locks",
 }
@@ -70,10 +80,14 @@ __all__ = [
     "LockUnavailable",
     "OptionError",
     "SeedDaemon",
+    "UnknownOptionError",
     "__version__",
+    "build_daemon",
+    "class_options",
     "highlander",
     "parse_duration",
     "parse_size",
+    "resolve_type",
 ]
 
 

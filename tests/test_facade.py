@@ -16,8 +16,9 @@ def test_all_names() -> None:
     assert sorted(daemonapp.__all__) == sorted([
         "Daemon", "DaemonApp", "HighlanderBusy", "IActivityMonitor", "IAsyncLock", "IDaemon",
         "IJobStore", "IListener", "ILockBackend", "ILockProvider", "ISchedule", "IScheduler",
-        "LockUnavailable", "OptionError", "SeedDaemon", "__version__", "highlander",
-        "parse_duration", "parse_size",
+        "LockUnavailable", "OptionError", "SeedDaemon", "UnknownOptionError", "__version__",
+        "build_daemon", "class_options", "highlander", "parse_duration", "parse_size",
+        "resolve_type",
     ])
 
 
@@ -34,6 +35,16 @@ def test_core_names_resolve() -> None:
 
     assert daemonapp.Daemon is Daemon
     assert daemonapp.DaemonApp is DaemonApp
+
+
+def test_build_helpers_resolve() -> None:
+    """The helpers docs/daemons.md sends seed authors to come from the facade."""
+    from daemonapp.daemons import _build
+
+    assert daemonapp.build_daemon is _build.build_daemon
+    assert daemonapp.resolve_type is _build.resolve_type
+    assert daemonapp.class_options is _build.class_options
+    assert daemonapp.UnknownOptionError is _build.UnknownOptionError
 
 
 def test_unknown_name() -> None:
