@@ -67,10 +67,6 @@ class DaemonApp(MultiService):
         timezone: str | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.stay_alive_for = _optional_seconds("stay_alive_for", stay_alive_for)
-        self.shutdown_after = _optional_seconds("shutdown_after", shutdown_after)
-        self.shutdown_if_idle = _optional_seconds("shutdown_if_idle", shutdown_if_idle)
-        self.stop_timeout = parse_duration(stop_timeout)
         self.time_slice = parse_duration(time_slice)
         self.lock_wait = parse_duration(lock_wait)
         if reactor is None:
@@ -110,9 +106,11 @@ class DaemonApp(MultiService):
                                else None)
         #: The lifetime: deadlines, idle exit, graceful stop, signals, exit status.
         self.lifetime = Lifetime(
-            reactor, scheduler, stay_alive_for=self.stay_alive_for,
-            shutdown_after=self.shutdown_after, shutdown_if_idle=self.shutdown_if_idle,
-            stop_timeout=self.stop_timeout, stop_reactor=stop_reactor,
+            reactor, scheduler,
+            stay_alive_for=_optional_seconds("stay_alive_for", stay_alive_for),
+            shutdown_after=_optional_seconds("shutdown_after", shutdown_after),
+            shutdown_if_idle=_optional_seconds("shutdown_if_idle", shutdown_if_idle),
+            stop_timeout=parse_duration(stop_timeout), stop_reactor=stop_reactor,
             handle_signals=handle_signals, shut_down=self._shut_down,
             force_down=self._force_down, is_running=lambda: bool(self.running))
         lifetime = self.lifetime
@@ -181,6 +179,45 @@ class DaemonApp(MultiService):
     def when_ended(self) -> Deferred[int]:
         """A Deferred that fires with the exit status once the app has ended."""
         return self.lifetime.when_ended()
+
+    # The lifetime settings are the Lifetime's own (one source): set on the app before
+    # start, they apply at start, like the constructor's keywords.
+
+    @property
+    def stay_alive_for(self) -> float | None:
+        """Soft deadline: the least the app lives, in seconds (None: none)."""
+        return self.lifetime.stay_alive_for
+
+    @stay_alive_for.setter
+    def stay_alive_for(self, value: float | str | None) -> None:
+        self.lifetime.stay_alive_for = _optional_seconds("stay_alive_for", value)
+
+    @property
+    def shutdown_after(self) -> float | None:
+        """Hard deadline: the most the app lives, in seconds (None: none)."""
+        return self.lifetime.shutdown_after
+
+    @shutdown_after.setter
+    def shutdown_after(self, value: float | str | None) -> None:
+        self.lifetime.shutdown_after = _optional_seconds("shutdown_after", value)
+
+    @property
+    def shutdown_if_idle(self) -> float | None:
+        """Idle exit threshold in seconds, after the soft deadline (None: no idle exit)."""
+        return self.lifetime.shutdown_if_idle
+
+    @shutdown_if_idle.setter
+    def shutdown_if_idle(self, value: float | str | None) -> None:
+        self.lifetime.shutdown_if_idle = _optional_seconds("shutdown_if_idle", value)
+
+    @property
+    def stop_timeout(self) -> float:
+        """How long a graceful stop waits for what is in flight, in seconds."""
+        return self.lifetime.stop_timeout
+
+    @stop_timeout.setter
+    def stop_timeout(self, value: float | str) -> None:
+        self.lifetime.stop_timeout = parse_duration(value)
 
     @property
     def exit_status(self) -> int | None:

@@ -284,6 +284,44 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(app.when_ended()), 0)
 
 
+class LifetimeSettingTests(SynchronousTestCase):
+    def test_settings_set_after_construction_apply_at_start(self) -> None:
+        """Lifetime settings set on the app before start are the ones the app lives by."""
+        app, clock = make_app()
+        app.stay_alive_for = "50s"
+        app.shutdown_if_idle = 10
+        app.shutdown_after = "2m"
+        app.stop_timeout = "5s"
+        self.assertEqual((app.stay_alive_for, app.shutdown_if_idle, app.shutdown_after,
+                          app.stop_timeout), (50.0, 10.0, 120.0, 5.0))
+        app.startService()
+        ended = app.when_ended()
+        clock.advance(49)
+        self.assertNoResult(ended)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(ended), 0)
+        self.assertEqual(app.stop_reason, "idle: nothing due within 10 s")
+
+    def test_hard_deadline_set_after_construction(self) -> None:
+        """shutdown_after set before start arms the hard deadline."""
+        app, clock = make_app()
+        app.add(FakeDaemon(run_every=1))
+        app.shutdown_after = 30
+        app.startService()
+        ended = app.when_ended()
+        clock.advance(30)
+        self.assertEqual(self.successResultOf(ended), 0)
+        self.assertEqual(app.stop_reason, "hard deadline (shutdown_after)")
+
+    def test_bad_setting_is_refused(self) -> None:
+        """A setting that is no duration is a ValueError naming it, and changes nothing."""
+        app, _ = make_app(shutdown_if_idle=10)
+        with self.assertRaises(ValueError) as caught:
+            app.shutdown_if_idle = "soon"
+        self.assertIn("shutdown_if_idle", str(caught.exception))
+        self.assertEqual(app.shutdown_if_idle, 10.0)
+
+
 class StopTests(SynchronousTestCase):
     def test_graceful_stop_finishes_current_item(self) -> None:
         """A graceful stop lets the run in flight end after its current item."""
