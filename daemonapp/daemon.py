@@ -224,6 +224,8 @@ class Daemon:
             "last_run_at": None,
             "next_run_at": None,
             "current_delay": None,
+            "last_duration": None,  # seconds of the last run
+            "run_seconds": 0.0,  # seconds of all runs (the duration summary's sum)
         }
         self.app: IScheduler | None = None
         self._active = False
@@ -576,6 +578,9 @@ class Daemon:
         stats["last_outcome"] = outcome
         stats["last_run_at"] = self._run_started
         stats["current_delay"] = delay
+        duration = now - self._run_started
+        stats["last_duration"] = duration
+        stats["run_seconds"] += duration
         self._hand_back(app, now, delay)
         return ENDED
 

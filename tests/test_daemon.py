@@ -110,7 +110,7 @@ class AttributeTests(SynchronousTestCase):
         """stats holds the documented keys."""
         self.assertEqual(set(FakeDaemon().stats),
                          {"runs", "items", "failures", "last_outcome", "last_run_at",
-                          "next_run_at", "current_delay"})
+                          "next_run_at", "current_delay", "last_duration", "run_seconds"})
 
     def test_start_without_app(self) -> None:
         """start() outside an app says how to add the daemon."""
@@ -204,6 +204,17 @@ class OutcomeTests(SynchronousTestCase):
         self.assertEqual(d.stats["next_run_at"], 35.0)
         self.clock.advance(30)
         self.assertEqual(d.get_work_calls, [0.0, 5.0, 35.0])
+
+    def test_run_durations(self) -> None:
+        """stats keeps the last run's duration and the sum of all runs' durations."""
+        d = self.start(PendingDaemon(["a", "b"], run_every=30))
+        self.clock.advance(5)
+        d.pending.pop().callback(None)
+        self.clock.advance(2)
+        d.pending.pop().callback(None)
+        self.assertEqual((d.stats["last_duration"], d.stats["run_seconds"]), (7.0, 7.0))
+        self.clock.advance(30)  # an idle run, on a clock that stands still
+        self.assertEqual((d.stats["last_duration"], d.stats["run_seconds"]), (0.0, 7.0))
 
     def test_yielded_max_items(self) -> None:
         """Reaching max_items ends the run as yielded, with no extra get_work."""
