@@ -17,6 +17,7 @@ Errors a user can fix are ConfigError (``FILE:LINE: key: message``), as for vali
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -93,8 +94,14 @@ class Assembly:
                     "endpoint (or fd:0) means the listening socket a web server passes as "
                     "fd 0, and fd 0 is not one; give an endpoint like "
                     '"unix:./run/app.sock"'])
-            specs.append(replace(spec, options={**spec.options, "endpoint": "fd:0"})
-                         if wants_fd0 else spec)
+            if wants_fd0:
+                # a copy keeps check_listener's ListenerOptions: built as they are
+                options = copy.copy(spec.options)
+                assert isinstance(options, dict)
+                options["endpoint"] = "fd:0"
+                specs.append(replace(spec, options=options))
+            else:
+                specs.append(spec)
         return tuple(specs)
 
     def _state_dir(self) -> str:
@@ -181,7 +188,7 @@ class Assembly:
         messages = []
         for spec in specs:
             try:
-                listener = build(dict(spec.options), reactor=app.reactor,
+                listener = build(spec.options, reactor=app.reactor,
                                  base_dir=config.base_dir, state_dir=config.app.state_dir,
                                  jobs_status=jobs_status)
             except OptionError as e:

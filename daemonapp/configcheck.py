@@ -3,9 +3,9 @@
 `load_config` reads the file (daemonapp.configfile keeps each key's line and source
 text) and turns it into a Config (daemonapp.configmodel), collecting each error as
 ``FILE:LINE: dotted.key: what is wrong and what is expected``. Values are checked by
-the rules' owners (daemonapp.options for Daemon attributes, LISTENER_OPTIONS for
-listener keys, daemonapp.durations); a daemon is built once, by its class, to check
-its own parameters. Nothing is written.
+the rules' owners (daemonapp.options for Daemon attributes, daemonapp.listeners'
+check_listener for listener items, daemonapp.durations); a daemon is built once, by
+its class, to check its own parameters; a listener is not built. Nothing is written.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ LOG_KEYS = ("format", "level", "file")
 LOCK_KEYS = ("url", "ttl", "wait")
 #: The keys of ``cgi:``.
 CGI_KEYS = ("min_load", "max_load", "start_timeout", "lock_timeout", "listener")
-#: Listener protocols (DESIGN §4).
+#: Listener protocols (DESIGN §4), for config's API; daemonapp.listeners checks them.
 PROTOCOLS = ("fastcgi", "scgi", "http")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -415,6 +415,8 @@ class _Validator:
     # ---------------------------------------------------------- listeners
 
     def listeners(self, raw: object, line: int) -> tuple[ListenerSpec, ...]:
+        """Each item checked by the listeners' own check_listener; the fd 0 rule across
+        items is the file's."""
         check = self.check
         if raw is None:
             return ()
@@ -422,8 +424,7 @@ class _Validator:
             check.error(line, "listeners", f"expected a list of listener items, got {raw!r}")
             return ()
         try:
-            converters: dict[str, Callable[[Any], Any]] = dict(
-                listeners_module().LISTENER_OPTIONS)
+            check_listener = listeners_module().check_listener
         except ListenersUnavailable as e:
             check.error(line, "listeners", str(e))
             return ()
@@ -436,78 +437,35 @@ class _Validator:
             if body is None:
                 continue
             item_line = start_line(body) or lines[index]
-            options: dict[str, Any] = {}
-            ok = True
-            protocol = body.get("protocol")
-            if "protocol" not in body:
-                check.error(item_line, f"{prefix}.protocol",
-                            f"missing: expected one of {', '.join(PROTOCOLS)}")
-                ok = False
-            elif protocol not in PROTOCOLS:
-                check.error(line_of(body, "protocol"), f"{prefix}.protocol",
-                            f"expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-                ok = False
-            for key in body:
-                dotted = f"{prefix}.{key}"
-                value = raw_value(body, key)
-                if key not in converters:
-                    check.error(line_of(body, key), dotted,
-                                f"unknown listener option{suggest(key, converters)}; "
-                                f"expected one of {', '.join(sorted(converters))}")
-                    ok = False
-                    continue
-                try:
-                    options[key] = converters[key](value)
-                except (ValueError, TypeError) as e:
-                    check.error(line_of(body, key), dotted, str(e))
-                    ok = False
-            if not ok:
+            key_lines = {str(key): line_of(body, key) for key in body}
+            options, errors = check_listener({key: raw_value(body, key) for key in body},
+                                             base_dir=self.base_dir)
+            for error in errors:
+                check.error(key_lines.get(error.key, item_line), f"{prefix}.{error.key}",
+                            error.message)
+            if errors:
                 continue
             endpoint = options.get("endpoint")
-            on_fd0 = str(endpoint) == "fd:0" or (protocol == "fastcgi" and endpoint is None)
-            if on_fd0:
+            if str(endpoint) == "fd:0" or (options["protocol"] == "fastcgi" and endpoint is None):
                 inherited.append(index)
                 if len(inherited) > 1:
                     check.error(line_of(body, "endpoint"), f"{prefix}.endpoint",
                                 "only one listener may serve the inherited fd 0 "
                                 "(a fastcgi item with no endpoint, or endpoint: fd:0)")
                     continue
-            elif endpoint is None:
-                check.error(item_line, f"{prefix}.endpoint",
-                            'missing: expected a Twisted endpoint like '
-                            '"unix:./run/app.sock" or "tcp:8080:interface=127.0.0.1"')
-                continue
-            key_lines = {str(key): line_of(body, key) for key in body}
             specs.append(ListenerSpec(index=index, options=options, line=item_line,
                                       key_lines=key_lines))
         return tuple(specs)
 
-    def try_listeners(self, listeners: tuple[ListenerSpec, ...],
-                      daemons: tuple[DaemonSpec, ...], state_dir: str) -> None:
-        """Build each listener once, unstarted, on a Clock: imports and cross-key rules
-        (wsgi or native, jobs needs a dispatcher) are checked before anything starts."""
-        try:
-            build = listeners_module().build_listener
-        except ListenersUnavailable:
-            return  # reported by listeners() already
-        from twisted.internet.task import Clock
-
+    def listener_jobs(self, listeners: tuple[ListenerSpec, ...],
+                      daemons: tuple[DaemonSpec, ...]) -> None:
+        """``jobs: true`` needs a job dispatcher among the daemons (the file's rule)."""
         has_jobs = any(callable(getattr(spec.cls, "job_status", None)) for spec in daemons)
         for spec in listeners:
-            prefix = f"listeners[{spec.index}]"
             if spec.options.get("jobs") and not has_jobs:
-                self.check.error(spec.key_lines.get("jobs", spec.line), f"{prefix}.jobs",
+                self.check.error(spec.key_lines.get("jobs", spec.line),
+                                 f"listeners[{spec.index}].jobs",
                                  "jobs: true needs a job_dispatcher daemon in daemons:")
-                continue
-            try:
-                build(dict(spec.options), reactor=Clock(), base_dir=self.base_dir,
-                      state_dir=state_dir, jobs_status=no_job_status)
-            except OptionError as e:
-                self.check.error(spec.key_lines.get(e.key, spec.line), f"{prefix}.{e.key}",
-                                 e.message)
-            except Exception as e:
-                self.check.error(spec.line, prefix, f"cannot build this listener: "
-                                 f"{type(e).__name__}: {e}")
 
     # -------------------------------------------------------------- paths
 
@@ -583,10 +541,6 @@ class _Validator:
         )
 
 
-def no_job_status(job_id: int) -> Any:
-    return None
-
-
 def listeners_module() -> Any:
     """daemonapp.listeners, imported when a config has listeners.
 
@@ -638,7 +592,7 @@ def load_config(path: str | os.PathLike[str], *, check_state_dir: bool = False,
     app = validator.app(root.get("app"), line_of(root, "app"))
     listeners = validator.listeners(root.get("listeners"), line_of(root, "listeners"))
     daemons = validator.daemons(root.get("daemons"), line_of(root, "daemons"))
-    validator.try_listeners(listeners, daemons, app.state_dir)
+    validator.listener_jobs(listeners, daemons)
     cgi = validator.cgi(root.get("cgi"), line_of(root, "cgi"), listeners)
     validator.paths(app, line_of(root, "app") or 1, listeners, check_state_dir, owners)
     if checker.messages:

@@ -8,12 +8,12 @@ message show.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from daemonapp.configfile import LineMapping, LineSequence
+from daemonapp.options import suggest
 
 __all__ = [
     "MAX_MESSAGE",
@@ -105,11 +105,6 @@ def clip(text: str, limit: int = 0) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text):,} characters in all)"
-
-
-def suggest(key: object, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(key), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Checker:

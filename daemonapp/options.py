@@ -7,14 +7,16 @@ that config turns into ``FILE:LINE: key: message``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from daemonapp.crontimes import load_zone, shared_times
 from daemonapp.durations import parse_duration
 
-__all__ = ["CATCH_UP", "CLOCK_EXCLUDES", "DAEMON_OPTIONS", "OptionError", "clock_conflict"]
+__all__ = ["CATCH_UP", "CLOCK_EXCLUDES", "DAEMON_OPTIONS", "OptionError", "clock_conflict",
+           "suggest"]
 
 #: The catch_up choices of a clock schedule (DESIGN §8).
 CATCH_UP = ("none", "once", "all")
@@ -32,6 +34,12 @@ class OptionError(ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+
+
+def suggest(key: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for an unknown key close to one of ``choices``; else ""."""
+    close = difflib.get_close_matches(str(key), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 

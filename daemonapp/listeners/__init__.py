@@ -1,8 +1,9 @@
 """Listeners: FastCGI, SCGI and HTTP on the app's reactor, serving WSGI or native handlers.
 
-The config helper uses two names from here: :data:`LISTENER_OPTIONS` (every allowed key
-of a listener item and its converter) and :func:`build_listener` (an IListener from
-one item). See docs/listeners.md.
+The config check and the assembly use three names from here: :data:`LISTENER_OPTIONS`
+(every allowed key of a listener item and its converter), :func:`check_listener` (an
+item's options checked and converted, once, with every error) and :func:`build_listener`
+(an IListener from one item). See docs/listeners.md.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import importlib
 import ipaddress
 import os
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
@@ -40,12 +41,17 @@ from daemonapp.listeners.native import NativeApp, Request
 from daemonapp.listeners.service import Listener
 from daemonapp.listeners.wsgi import WSGIApp
 
+if TYPE_CHECKING:
+    from daemonapp.options import OptionError
+
 __all__ = [
     "LISTENER_OPTIONS",
     "PROTOCOLS",
     "Listener",
+    "ListenerOptions",
     "Request",
     "build_listener",
+    "check_listener",
 ]
 
 log = Logger()
@@ -203,10 +209,82 @@ LISTENER_OPTIONS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _option_error(key: str, message: str) -> ValueError:
-    from daemonapp.daemon import OptionError
+def _option_error(key: str, message: str) -> OptionError:
+    from daemonapp.options import OptionError
 
     return OptionError(key, message)
+
+
+class ListenerOptions(dict[str, Any]):
+    """A listener item's options as :func:`check_listener` left them: each value converted,
+    only the keys given (an absent key means the default). :func:`build_listener` takes
+    them as they are, without converting them again."""
+
+
+def check_listener(options: Mapping[Any, Any], *,
+                   base_dir: str = ".") -> tuple[ListenerOptions, list[OptionError]]:
+    """Check and convert one listener item's options, once: the values and every error.
+
+    Each key goes through its :data:`LISTENER_OPTIONS` converter (None included: an
+    empty YAML value is an error unless the key is optional); ``protocol`` is required.
+    When every key is right, the rules between keys follow (an endpoint unless fastcgi,
+    wsgi or native but not both, something to serve, the endpoint against ``base_dir``
+    and ``mode``, FCGI_WEB_SERVER_ADDRS, the application's import), up to the first that
+    fails. Errors are OptionErrors naming the key; nothing is built.
+    """
+    values = ListenerOptions()
+    errors: list[OptionError] = []
+    if "protocol" not in options:
+        errors.append(_option_error("protocol",
+                                    f"missing: expected one of {', '.join(PROTOCOLS)}"))
+    for key, raw in options.items():
+        converter = LISTENER_OPTIONS.get(key) if isinstance(key, str) else None
+        if converter is None:
+            from daemonapp.options import suggest
+
+            errors.append(_option_error(
+                str(key), f"unknown listener option{suggest(key, LISTENER_OPTIONS)}; "
+                          f"expected one of {', '.join(sorted(LISTENER_OPTIONS))}"))
+            continue
+        try:
+            values[key] = converter(raw)
+        except (ValueError, TypeError) as err:
+            errors.append(_option_error(key, str(err)))
+    if not errors:
+        error = _cross_key_error(values, base_dir)
+        if error is not None:
+            errors.append(error)
+    return values, errors
+
+
+def _cross_key_error(values: ListenerOptions, base_dir: str) -> OptionError | None:
+    """The first rule between the keys of converted ``values`` that fails, or None."""
+    protocol = values["protocol"]
+    endpoint = values.get("endpoint")
+    if endpoint is None and protocol != "fastcgi":
+        return _option_error("endpoint", 'missing: expected a Twisted endpoint like '
+                                         '"unix:./run/app.sock" or '
+                                         '"tcp:8080:interface=127.0.0.1"')
+    if "wsgi" in values and "native" in values:
+        return _option_error("native", "a listener serves either wsgi or native, not both")
+    if not ("wsgi" in values or "native" in values or values.get("jobs")):
+        return _option_error("protocol", "a listener needs wsgi: module:callable, "
+                                         "native: module:callable or jobs: true")
+    from daemonapp.options import OptionError
+
+    try:
+        parse_endpoint(endpoint, base_dir=base_dir, mode=values.get("mode"))
+    except ValueError as err:
+        return _option_error("endpoint", str(err))
+    try:
+        if values.get("allow_from") is None and protocol == "fastcgi":
+            _web_server_addrs()
+        for key in ("wsgi", "native"):
+            if key in values:
+                import_target(key, values[key])
+    except OptionError as err:
+        return err
+    return None
 
 
 def import_target(key: str, target: str) -> Any:
@@ -226,46 +304,34 @@ def import_target(key: str, target: str) -> Any:
     return found
 
 
-def build_listener(options: dict[str, Any], *, reactor: Any, base_dir: str,
+def build_listener(options: Mapping[str, Any], *, reactor: Any, base_dir: str,
                    state_dir: str | None = None,
                    jobs_status: JobsStatus | None = None,
                    fds: FdLimits | None = None) -> IListener:
     """Build the listener one config item describes (not started yet).
 
-    ``options`` uses the keys of :data:`LISTENER_OPTIONS` (raw or already converted;
-    None means the default).
+    ``options``: the :class:`ListenerOptions` of :func:`check_listener`, used as they
+    are, or raw values with the keys of :data:`LISTENER_OPTIONS`, checked here (None
+    means the default; ``protocol`` defaults to fastcgi).
     Relative unix socket paths are resolved against ``base_dir``. ``jobs_status`` is
     what ``jobs: true`` serves at ``/jobs/<id>``. ``fds`` is the process's fd limits
-    (tests pass their own). Raises OptionError(key, message).
+    (tests pass their own). Raises OptionError(key, message), the first error found.
     """
-    values: dict[str, Any] = {}
-    for key, raw in options.items():
-        converter = LISTENER_OPTIONS.get(key)
-        if converter is None:
-            raise _option_error(key, "unknown listener option; expected one of "
-                                     + ", ".join(LISTENER_OPTIONS))
-        if raw is None:
-            continue  # an empty YAML value: the default
-        try:
-            values[key] = converter(raw)
-        except ValueError as err:
-            raise _option_error(key, str(err)) from err
-    protocol = values.get("protocol", "fastcgi")
-    if "wsgi" in values and "native" in values:
-        raise _option_error("native", "a listener serves either wsgi or native, not both")
+    if isinstance(options, ListenerOptions):
+        values = options
+    else:
+        given = {key: raw for key, raw in options.items() if raw is not None}
+        values, errors = check_listener({"protocol": "fastcgi", **given}, base_dir=base_dir)
+        if errors:
+            raise errors[0]
+    protocol = values["protocol"]
     jobs = values.get("jobs", False)
-    if not ("wsgi" in values or "native" in values or jobs):
-        raise _option_error("protocol", "a listener needs wsgi: module:callable, "
-                                        "native: module:callable or jobs: true")
     if jobs and jobs_status is None:
         raise _option_error("jobs", "jobs: true needs a job dispatcher in the same app")
-    endpoint_text = values.get("endpoint")
-    if endpoint_text is None and protocol != "fastcgi":
-        raise _option_error("endpoint", f"a {protocol} listener needs an endpoint, "
-                                        f'like "unix:/run/myapp/{protocol}.sock"')
     try:
-        endpoint = parse_endpoint(endpoint_text, base_dir=base_dir, mode=values.get("mode"))
-    except ValueError as err:
+        endpoint = parse_endpoint(values.get("endpoint"), base_dir=base_dir,
+                                  mode=values.get("mode"))
+    except ValueError as err:  # checked already, unless base_dir differs
         raise _option_error("endpoint", str(err)) from err
     if endpoint.path is not None and state_dir is not None:
         private = os.path.realpath(os.path.join(base_dir, state_dir))
