@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
@@ -16,6 +19,8 @@ from zope.interface.verify import verifyObject
 from daemonapp import Daemon, IDaemon
 from daemonapp.daemon import OptionError, default_maximum_idle, idle_delays, next_idle_delay
 from daemonapp.testing import FakeDaemon, ImmediateThreadPool, PendingDaemon, make_app
+from tests._apps import GetWorkFails, advance_to, fired, idle_run_delays, start_app
+from tests._processes import run_script
 
 
 def delays_of(daemon: Daemon, clock: Any, runs: int) -> list[float]:
@@ -548,3 +553,374 @@ def test_reserved_internal_names() -> None:
 
             def _end(self, outcome: str) -> int:
                 return 0
+
+
+# ------------------------------------------------- DESIGN §1's exact rules, from outside
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    """Every log event published during the test."""
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        yield seen
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+
+
+def test_idle_delays_written_out() -> None:
+    """run_every 30, increase_idle_by 10 gives idle delays 40, 50, 60, 60 (default cap 60)."""
+    d = FakeDaemon(run_every=30, increase_idle_by=10)
+    _, clock = start_app(d)
+    clock.advance(0)
+    assert d.stats["current_delay"] == 40
+    assert [40.0, *idle_run_delays(d, clock, 3)] == [40, 50, 60, 60]
+    assert d.maximum_idle == 60
+
+
+def test_multiply_idle_default_cap() -> None:
+    """multiply_idle_by 2 caps at 8 x run_every: run_every 10 gives 20, 40, 80, 80."""
+    d = FakeDaemon(run_every=10, multiply_idle_by=2)
+    _, clock = start_app(d)
+    clock.advance(0)
+    assert [d.stats["current_delay"], *idle_run_delays(d, clock, 3)] == [20, 40, 80, 80]
+
+
+def test_multiply_and_increase() -> None:
+    """d1 = run_every x mult + inc, dk = dk-1 x mult + inc, capped: 10, x2, +5 -> 25, 55, 80."""
+    d = FakeDaemon(run_every=10, multiply_idle_by=2, increase_idle_by=5)
+    _, clock = start_app(d)
+    clock.advance(0)
+    assert [d.stats["current_delay"], *idle_run_delays(d, clock, 2)] == [25, 55, 80]
+
+
+def test_durations_accept_strings() -> None:
+    """Duration attributes accept "10s", "5m", "1h30m"."""
+    d = FakeDaemon(run_every="5m", increase_idle_by="10s", maximum_idle="1h30m")
+    assert (d.run_every, d.increase_idle_by, d.maximum_idle) == (300, 10, 5400)
+
+
+def test_delay_counts_from_end_of_run() -> None:
+    """With run_every 30, a 5 s run that worked is followed by a run 35 s after it began."""
+    d = PendingDaemon(["a"], run_every=30)
+    _, clock = start_app(d)
+    clock.advance(0)
+    assert d.done == [(0, "a")]
+    clock.advance(5)
+    d.pending[0].callback(None)
+    assert d.stats["last_outcome"] == "worked"
+    assert d.stats["next_run_at"] == 35
+    d.jobs.append("b")
+    advance_to(clock, 34.9)
+    assert len(d.done) == 1
+    advance_to(clock, 35)
+    assert d.done[1] == (35, "b")
+
+
+def test_first_run_at_start_delay() -> None:
+    """The first run is start_delay after the app starts."""
+    d = FakeDaemon(["a"], run_every=30, start_delay=7)
+    _, clock = start_app(d)
+    advance_to(clock, 6.9)
+    assert d.get_work_calls == []
+    advance_to(clock, 7)
+    assert d.get_work_calls[0] == 7
+
+
+def test_first_run_after_add_on_running_app() -> None:
+    """A daemon added to a running app first runs start_delay after add()."""
+    app, clock = make_app()
+    app.startService()
+    clock.advance(100)
+    d = FakeDaemon(["a"], run_every=30, start_delay=4)
+    app.add(d)
+    advance_to(clock, 103.9)
+    assert d.get_work_calls == []
+    advance_to(clock, 104)
+    assert d.get_work_calls == [104, 104]
+
+
+def test_max_items_yielded_stats() -> None:
+    """max_items ends the run as yielded (delay 0) with no extra get_work call."""
+
+    class Watch(FakeDaemon):
+        outcomes: list[tuple[str, float, int]]
+
+        def get_work(self) -> Any:
+            if self.stats["runs"] and not self.outcomes:
+                self.outcomes.append((self.stats["last_outcome"], self.stats["current_delay"],
+                                      len(self.get_work_calls)))
+            return super().get_work()
+
+    d = Watch(["a", "b", "c"], run_every=30, max_items=2)
+    d.outcomes = []
+    _, clock = start_app(d)
+    clock.advance(0)
+    assert d.outcomes == [("yielded", 0, 2)]
+    assert [job for _, job in d.done] == ["a", "b", "c"]
+    assert d.stats["last_outcome"] == "worked"
+    assert d.stats["runs"] == 2
+
+
+def test_max_seconds_budget() -> None:
+    """max_seconds compares reactor.seconds() with the run's start after each do_work."""
+    d = PendingDaemon(["a", "b", "c", "d"], run_every=30, max_seconds=5)
+    _, clock = start_app(d)
+    clock.advance(0)
+    clock.advance(3)
+    d.pending[0].callback(None)  # 3 s: under budget, go on
+    assert len(d.get_work_calls) == 2
+    clock.advance(3)
+    d.pending[1].callback(None)  # 6 s >= 5: yielded, no extra get_work in this run
+    assert d.stats["last_outcome"] == "yielded"
+    assert d.stats["items"] == 2
+    assert d.stats["runs"] == 1
+
+
+def test_yielded_resets_idle_streak() -> None:
+    """A yielded run did work, so the idle streak starts again: 40, then 40 again."""
+    d = FakeDaemon(run_every=30, increase_idle_by=10, max_items=1)
+    _, clock = start_app(d)
+    clock.advance(0)
+    assert d.stats["current_delay"] == 40
+    advance_to(clock, 40)
+    assert d.stats["current_delay"] == 50
+    d.jobs.append("a")
+    advance_to(clock, 90)  # runs a -> yielded; due at once; then idle
+    assert [job for _, job in d.done] == ["a"]
+    assert d.stats["last_outcome"] == "idle"
+    assert d.stats["current_delay"] == 40
+
+
+def test_failed_continues_idle_streak() -> None:
+    """A failed run continues the idle streak exactly as an idle run: 40, 50, 60."""
+    d = GetWorkFails(run_every=30, increase_idle_by=10)
+    _, clock = start_app(d)
+    clock.advance(0)  # idle -> 40
+    d.jobs.append(RuntimeError("boom"))
+    advance_to(clock, 40)  # get_work raises -> failed -> 50
+    assert d.stats["last_outcome"] == "failed"
+    assert d.stats["current_delay"] == 50
+    advance_to(clock, 90)  # idle -> 60
+    assert d.stats["current_delay"] == 60
+    assert d.stats["failures"] == 1
+
+
+def test_worked_resets_to_run_every() -> None:
+    """A worked run's next delay is run_every, and the idle streak resets."""
+    d = FakeDaemon(run_every=30, increase_idle_by=10)
+    _, clock = start_app(d)
+    clock.advance(0)
+    advance_to(clock, 40)
+    d.jobs.append("x")
+    advance_to(clock, 90)
+    assert d.stats["last_outcome"] == "worked"
+    assert d.stats["current_delay"] == 30
+    advance_to(clock, 120)
+    assert d.stats["current_delay"] == 40
+
+
+def test_stats_keys_and_values() -> None:
+    """stats holds runs, items, failures, last_outcome, last_run_at, next_run_at, current_delay."""
+    d = PendingDaemon(["a", "b"], run_every=30)
+    _, clock = start_app(d)
+    clock.advance(0)
+    assert d.get_work_calls[0] == 0
+    clock.advance(10)
+    d.pending[0].callback(None)
+    clock.advance(2)
+    d.pending[1].callback(None)
+    assert d.stats == {
+        "runs": 1,
+        "items": 2,
+        "failures": 0,
+        "last_outcome": "worked",
+        "last_run_at": 0,
+        "next_run_at": 42,
+        "current_delay": 30,
+    }
+
+
+def test_jitter_range() -> None:
+    """Jitter multiplies the capped delay by a factor in [1 - j, 1 + j], never a yield."""
+    d = FakeDaemon(["x"] * 200, run_every=100, jitter=0.1, max_items=1)
+    _, clock = start_app(d)
+    clock.advance(0)
+    d.jobs.clear()
+    delays = []
+    for _ in range(50):
+        advance_to(clock, d.stats["next_run_at"])
+        delays.append(d.stats["current_delay"])
+    assert all(90 <= x <= 110 for x in delays)
+    assert len(set(delays)) > 1
+
+
+def test_jitter_never_on_start_delay_or_yield() -> None:
+    """start_delay is exact and a yielded run is due at once, even with jitter."""
+    d = FakeDaemon(["a", "b"], run_every=100, jitter=0.5, start_delay=10, max_items=1)
+    _, clock = start_app(d)
+    assert d.stats["next_run_at"] == 10
+    advance_to(clock, 10)
+    assert [t for t, _ in d.done] == [10, 10]
+
+
+def test_unknown_keyword_is_type_error_naming_it() -> None:
+    """Daemon(**kw) rejects an unknown key with a TypeError that names it."""
+    with pytest.raises(TypeError, match="frobnicate"):
+        FakeDaemon(run_every=1, frobnicate=3)
+
+
+def test_subclass_parameters_and_name_accepted() -> None:
+    """name, table attributes and the subclass's own __init__ parameters are accepted."""
+    d = FakeDaemon(["j"], name="n", run_every=1, increase_idle_by=2, multiply_idle_by=1.5,
+                 maximum_idle=9, priority=3, max_items=4, max_seconds=5, jitter=0.1,
+                 in_thread=False, lock=None, start_delay=6)
+    assert d.name == "n"
+    assert (d.priority, d.max_items, d.max_seconds, d.start_delay) == (3, 4, 5, 6)
+    assert FakeDaemon(run_every=1).name == "FakeDaemon"
+
+
+def test_failure_log_fields(events: list[dict[str, Any]]) -> None:
+    """A failure is logged with fields daemon, phase, job (repr) and the failure."""
+
+    class Breaks(FakeDaemon):
+        def do_work(self, job: Any) -> Any:
+            raise ValueError("bad job")
+
+    d = Breaks([("k", 1)], name="breaker", run_every=30)
+    app, clock = start_app(d)
+    clock.advance(0)
+    failures = [e for e in events if "log_failure" in e and e.get("daemon") == "breaker"]
+    assert len(failures) == 1
+    event = failures[0]
+    assert event["phase"] == "do_work"
+    assert event["job"] == "('k', 1)"
+    assert event["log_failure"].check(ValueError)
+    assert d.stats["failures"] == 1
+    assert app.running
+
+
+def test_failure_in_get_work_phase(events: list[dict[str, Any]]) -> None:
+    """get_work raising is logged with phase "get_work"."""
+    d = GetWorkFails([KeyError("x")], name="gw", run_every=30)
+    _, clock = start_app(d)
+    clock.advance(0)
+    failures = [e for e in events if "log_failure" in e and e.get("daemon") == "gw"]
+    assert [e["phase"] for e in failures] == ["get_work"]
+
+
+def test_failed_deferred_counts_as_failed(events: list[dict[str, Any]]) -> None:
+    """A hook whose Deferred fails makes a failed run."""
+    d = PendingDaemon(["a"], name="slow", run_every=30)
+    _, clock = start_app(d)
+    clock.advance(0)
+    d.pending[0].errback(RuntimeError("later"))
+    assert d.stats["last_outcome"] == "failed"
+    assert d.stats["current_delay"] == 30  # idle delay: run_every + 0
+
+
+def test_async_def_hooks() -> None:
+    """async def hooks work (via Deferred.fromCoroutine)."""
+
+    class Coro(Daemon):
+        run_every = 30
+
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.left = ["a", "b"]
+            self.done: list[str] = []
+
+        async def get_work(self) -> Any:
+            return self.left.pop(0) if self.left else None
+
+        async def do_work(self, job: Any) -> Any:
+            self.done.append(job)
+
+    d = Coro()
+    _, clock = start_app(d)
+    clock.advance(0)
+    assert d.done == ["a", "b"]
+    assert d.stats["last_outcome"] == "worked"
+
+
+def test_daemon_never_overlaps_and_others_go_on() -> None:
+    """A run in progress does not block other daemons, and a daemon never overlaps itself."""
+    slow = PendingDaemon(["a"], name="slow", run_every=1)
+    fast = FakeDaemon(["x"], name="fast", run_every=1, increase_idle_by=0)
+    _, clock = start_app(slow, fast)
+    clock.advance(0)
+    advance_to(clock, 10)
+    assert len(slow.get_work_calls) == 1
+    assert len(fast.get_work_calls) > 5
+
+
+def test_in_thread_uses_injected_pool() -> None:
+    """in_thread hooks run through DaemonApp(threadpool=...)."""
+    pool = ImmediateThreadPool()
+    d = FakeDaemon(["a"], run_every=30, in_thread=True)
+    _, clock = start_app(d, threadpool=pool)
+    clock.advance(0)
+    assert pool.calls >= 1
+    assert [job for _, job in d.done] == ["a"]
+
+
+def test_stop_waits_for_run_in_progress() -> None:
+    """daemon.stop() returns a Deferred that fires once the run in progress has ended."""
+    d = PendingDaemon(["a", "b"], run_every=30)
+    _, clock = start_app(d)
+    clock.advance(0)
+    stopped = d.stop()
+    assert not fired(stopped)
+    d.pending[0].callback(None)
+    assert fired(stopped)
+    assert [job for _, job in d.done] == ["a"]
+
+
+def test_attribute_defaults() -> None:
+    """The attribute defaults of DESIGN §1's table."""
+
+    class Minimal(Daemon):
+        run_every = 10
+
+    d = Minimal()
+    assert (d.increase_idle_by, d.multiply_idle_by, d.priority, d.max_items, d.max_seconds,
+            d.jitter, d.in_thread, d.lock, d.start_delay) == (0, 1.0, 0, None, None, 0, False,
+                                                              None, 0)
+    assert d.maximum_idle == 10
+    assert d.stats["runs"] == 0
+
+
+@pytest.mark.parametrize("value", [None, 0, -5])
+def test_run_every_required_positive(value: Any) -> None:
+    """run_every is required and above zero."""
+
+    class NoRunEvery(Daemon):
+        pass
+
+    with pytest.raises((TypeError, ValueError)):
+        if value is None:
+            NoRunEvery()
+        else:
+            NoRunEvery(run_every=value)
+
+
+@pytest.mark.integration
+def test_in_thread_runs_in_pool_thread(tmp_path: Path) -> None:
+    """On a real reactor in_thread hooks run outside the reactor thread."""
+    result = run_script(tmp_path, (
+        "import sys, threading\n"
+        "from daemonapp import Daemon, DaemonApp\n"
+        "seen = []\n"
+        "class D(Daemon):\n"
+        "    run_every = 0.05\n"
+        "    in_thread = True\n"
+        "    def get_work(self):\n"
+        "        seen.append(threading.current_thread() is threading.main_thread())\n"
+        "app = DaemonApp(shutdown_after=0.3)\n"
+        "app.add(D())\n"
+        "status = app.run()\n"
+        "print(seen[0] if seen else 'none', status)\n"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "0"]
+
