@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.application.service import IService
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -13,6 +15,8 @@ from zope.interface.verify import verifyObject
 from daemonapp import DaemonApp, IActivityMonitor, IScheduler
 from daemonapp.daemon import SeedDaemon
 from daemonapp.testing import FakeDaemon, PendingDaemon, make_app, run_until_idle
+from tests._apps import advance_to, fired, result_of, start_app
+from tests._processes import run_script
 
 
 class Recorder(FakeDaemon):
@@ -696,3 +700,56 @@ class TwoStepBindTests(SynchronousTestCase):
             app.startService()
         self.assertEqual(trace, ["prepare a", "prepare b", "abandon a", "abandon b"])
         self.assertFalse(app.running)
+
+
+# ------------------------------------------- DESIGN §2's rules, from outside
+
+
+def test_app_accepts_duration_strings() -> None:
+    """DaemonApp takes durations as strings: stay_alive_for="15m", shutdown_after="30m"."""
+    app, clock = start_app(FakeDaemon(run_every="10m"),
+                           stay_alive_for="15m", shutdown_after="30m", shutdown_if_idle="1m")
+    ended = app.when_ended()
+    advance_to(clock, 15 * 60 - 1)
+    assert not fired(ended)
+    advance_to(clock, 30 * 60)
+    assert result_of(ended) == 0
+
+
+def test_testing_helpers() -> None:
+    """daemonapp.testing ships FakeDaemon and run_until_idle(app, clock)."""
+    app, clock = make_app()
+    fake = FakeDaemon(["a", "b"], run_every=10)
+    app.add(fake)
+    run_until_idle(app, clock, horizon=5)
+    assert [job for _, job in fake.done] == ["a", "b"]
+
+
+@pytest.mark.integration
+def test_app_run_returns_exit_status(tmp_path: Path) -> None:
+    """app.run() returns the exit status and the process ends at its hard deadline."""
+    result = run_script(tmp_path, (
+        "import sys\n"
+        "from daemonapp import Daemon, DaemonApp\n"
+        "class D(Daemon):\n"
+        "    run_every = 0.05\n"
+        "    def get_work(self):\n"
+        "        return None\n"
+        "app = DaemonApp(shutdown_after=0.3)\n"
+        "app.add(D())\n"
+        "sys.exit(10 + app.run())\n"))
+    assert result.returncode == 10, result.stderr
+
+
+@pytest.mark.integration
+def test_app_run_signal_exit_zero(tmp_path: Path) -> None:
+    """SIGTERM is a planned stop: app.run() returns 0."""
+    result = run_script(tmp_path, (
+        "import os, signal, sys\n"
+        "from daemonapp import DaemonApp\n"
+        "from twisted.internet import reactor\n"
+        "app = DaemonApp()\n"
+        # Once the reactor runs (the app's handlers are in), not after a guessed time.
+        "reactor.callWhenRunning(reactor.callLater, 0, os.kill, os.getpid(), signal.SIGTERM)\n"
+        "sys.exit(10 + app.run())\n"))
+    assert result.returncode == 10, result.stderr
