@@ -18,25 +18,25 @@ import string
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zope.interface import implementer
 
 from daemonapp._lock_interfaces import ILockBackend, LockUnavailable
 
-if TYPE_CHECKING:
-    from daemonapp.lock_provider import AsyncLock, LockProvider, OutageLog
-
+# AsyncLock, LockProvider and OutageLog come from daemonapp.lock_provider through
+# __getattr__ below (PEP 562): no import of it here, not even for type checkers, since
+# it imports this module (no cycle in the package; tests/test_import_cycles.py).
 __all__ = [
     "BUSY_STATUS",
     "RETRY_AFTER",
     "WITH_TIMEOUT",
-    "AsyncLock",
+    "AsyncLock",  # noqa: F822
     "FlockLock",
     "HighlanderBusy",
-    "LockProvider",
+    "LockProvider",  # noqa: F822
     "LockUnavailable",
-    "OutageLog",
+    "OutageLog",  # noqa: F822
     "PostgresLease",
     "default_holder",
     "default_state_dir",
@@ -521,7 +521,7 @@ def highlander(name: str, *, state_dir: str | os.PathLike[str] | None = None,
 _ADAPTER = frozenset({"AsyncLock", "LockProvider", "OutageLog"})
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     if name not in _ADAPTER:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from daemonapp import lock_provider

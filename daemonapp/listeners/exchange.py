@@ -2,19 +2,20 @@
 
 FastCGI, SCGI and HTTP each subclass :class:`Exchange` with the few ``_emit_*`` methods
 that put a response on their wire; the dispatcher (limits) and the applications (WSGI,
-native, jobs) only ever talk to an Exchange. Everything here runs on the reactor thread.
+native, jobs) only ever talk to an Exchange. An Exchange talks back to its owner (the
+dispatcher) through :class:`ExchangeOwner` only, so this module imports nothing of
+limits. Everything here runs on the reactor thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from daemonapp.listeners.budget import ConnectionBuffer, Spool
+from twisted.logger import Logger
 
-if TYPE_CHECKING:
-    from daemonapp.listeners.limits import Dispatcher
+from daemonapp.listeners.budget import BodyBudget, ConnectionBuffer, Spool
 
 Headers = list[tuple[str, str]]
 
@@ -69,6 +70,31 @@ def cgi_head(status: str, headers: Headers) -> bytes:
     return "".join(parts).encode("latin-1")
 
 
+class ExchangeOwner(Protocol):
+    """What an Exchange needs of the dispatcher that owns it (limits.Dispatcher is one)."""
+
+    log: Logger
+    #: the request body limit, checked as the body arrives
+    max_body_bytes: int
+    #: the listener's memory budget for request bodies
+    budget: BodyBudget
+
+    def finished(self, ex: Exchange, *, cancelled: bool = False) -> None:
+        """``ex`` ended (answered, aborted or cancelled): release what it held."""
+
+    def body_ended(self, ex: Exchange) -> None:
+        """The body of ``ex`` is complete."""
+
+    def body_too_large(self, ex: Exchange) -> None:
+        """The body went over max_body_bytes."""
+
+    def spool_failed(self, ex: Exchange, err: OSError) -> None:
+        """A body over the memory budget could not be spooled to disk."""
+
+    def app_failed(self, ex: Exchange) -> None:
+        """The application failed (already logged)."""
+
+
 class Exchange:
     """A request and its response, as the dispatcher and the applications see it.
 
@@ -101,7 +127,8 @@ class Exchange:
     #: the body on disk once it went over the budget
     spool: Spool | None = None
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: ExchangeOwner) -> None:
+        #: the owner (a limits.Dispatcher), seen through ExchangeOwner only
         self.dispatcher = dispatcher
         self.params: dict[str, str] = {}
         self.body: list[bytes] = []
@@ -228,6 +255,14 @@ class Exchange:
         self._emit_abort()
         self.dispatcher.finished(self)
         self.run_cancel_hooks()
+
+    def app_failed(self) -> None:
+        """The application failed (already logged): 500, or the response cut short.
+
+        How a handler (WSGI, native) reports its failure, on the reactor thread; counted
+        as an error even once the request ended.
+        """
+        self.dispatcher.app_failed(self)
 
     def peer_gone(self) -> None:
         """The peer went away or aborted the request: stop the application, send nothing."""

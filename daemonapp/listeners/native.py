@@ -173,4 +173,4 @@ class NativeApp:
     def _failed(self, exchange: Exchange, failure: Failure) -> None:
         log.failure("native handler failed for {method} {path}", failure,
                     method=exchange.params.get("REQUEST_METHOD", ""), path=exchange.route_path)
-        exchange.dispatcher.app_failed(exchange)
+        exchange.app_failed()

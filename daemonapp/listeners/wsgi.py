@@ -551,7 +551,7 @@ class _WSGICall:
                     method=self.environ.get("REQUEST_METHOD", ""),
                     path=self.environ.get("PATH_INFO", ""))
         self.aborted = True
-        self.post(self.exchange.dispatcher.app_failed, self.exchange)
+        self.post(self.exchange.app_failed)
 
 
 def _call_now(function: Callable[..., Any], *args: Any) -> None:
