@@ -115,7 +115,8 @@ class AttributeTests(SynchronousTestCase):
         """stats holds the documented keys."""
         self.assertEqual(set(FakeDaemon().stats),
                          {"runs", "items", "failures", "last_outcome", "last_run_at",
-                          "next_run_at", "current_delay", "last_duration", "run_seconds"})
+                          "next_run_at", "current_delay", "last_duration", "run_seconds",
+                          "consecutive_failures", "in_alert", "last_success_at", "outcomes"})
 
     def test_start_without_app(self) -> None:
         """start() outside an app says how to add the daemon."""
@@ -722,7 +723,8 @@ def test_worked_resets_to_run_every() -> None:
 
 
 def test_stats_keys_and_values() -> None:
-    """stats holds runs, items, failures, last_outcome, last_run_at, next_run_at, current_delay."""
+    """stats holds runs, items, failures, last_outcome, last_run_at, next_run_at, current_delay,
+    last_duration and run_seconds."""
     d = PendingDaemon(["a", "b"], run_every=30)
     _, clock = start_app(d)
     clock.advance(0)
@@ -739,6 +741,8 @@ def test_stats_keys_and_values() -> None:
         "last_run_at": 0,
         "next_run_at": 42,
         "current_delay": 30,
+        "last_duration": 12,
+        "run_seconds": 12,
     }
 
 
