@@ -7,12 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemonapp.locks import AsyncLock, OutageLog
+from daemonapp.locks import AsyncLock, OutageLog, highlander
 from daemonapp.testing import FakeDaemon, PendingDaemon, make_app
+from tests._apps import advance_to, fired, result_of, start_app
 
 
 class DaemonLockTests(SynchronousTestCase):
@@ -186,3 +188,139 @@ class LockOutageTests(SynchronousTestCase):
         self.assertEqual(d.stats["last_outcome"], "locked-out")
         self.assertEqual([job for _, job in d.done], ["a"])
         self.assertEqual(self.lines("lost lock"), 1)
+
+
+# ----------------------------------- DESIGN §5's rules for a daemon's lock, from outside
+
+
+def test_locked_out_run(tmp_path: Path) -> None:
+    """A run whose lock is held elsewhere is locked-out and backs off like idle."""
+    other = highlander("nightly", state_dir=tmp_path)
+    assert other.acquire(timeout=0)
+    try:
+        d = FakeDaemon(["a"], run_every=30, increase_idle_by=10, lock="nightly")
+        app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
+        clock.advance(0)
+        assert d.stats["last_outcome"] == "locked-out"
+        assert d.stats["current_delay"] == 40
+        assert d.done == []
+    finally:
+        other.release()
+    advance_to(clock, 40)
+    assert [job for _, job in d.done] == ["a"]
+    # Released between runs: someone else can take it now.
+    assert other.acquire(timeout=0)
+    other.release()
+    result_of(app.stopService())
+
+
+def test_lock_yield_pause(tmp_path: Path) -> None:
+    """After a yielded run a daemon holding a lock lets 50 ms pass before the next run."""
+    d = FakeDaemon(["a", "b"], run_every=30, max_items=1, lock="turns")
+    app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
+    clock.advance(0)
+    assert [job for _, job in d.done] == ["a"]
+    assert d.stats["last_outcome"] == "yielded"
+    assert d.stats["next_run_at"] == pytest.approx(0.05)
+    advance_to(clock, 0.05)
+    assert [job for _, job in d.done] == ["a", "b"]
+    result_of(app.stopService())
+
+
+def test_graceful_stop_releases_lock(tmp_path: Path) -> None:
+    """A graceful stop finishes the run in flight and releases its lock."""
+    d = PendingDaemon(["a", "b"], run_every=30, lock="held")
+    app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
+    clock.advance(0)
+    other = highlander("held", state_dir=tmp_path)
+    assert other.acquire(timeout=0) is False
+    stopped = app.stopService()
+    d.pending[0].callback(None)
+    assert fired(stopped)
+    assert other.acquire(timeout=0) is True
+    other.release()
+
+
+def test_lock_held_for_whole_run_only(tmp_path: Path) -> None:
+    """A daemon's lock is held from before the first get_work until after the last hook."""
+    seen: list[tuple[str, bool]] = []
+    probe = highlander("whole", state_dir=tmp_path)
+
+    def free() -> bool:
+        if probe.acquire(timeout=0):
+            probe.release()
+            return True
+        return False
+
+    class Probe(FakeDaemon):
+        def get_work(self) -> Any:
+            seen.append(("get_work", free()))
+            return super().get_work()
+
+        def do_work(self, job: Any) -> Any:
+            seen.append(("do_work", free()))
+            return super().do_work(job)
+
+    _, clock = start_app(Probe(["a"], run_every=30, lock="whole"),
+                         state_dir=str(tmp_path), lock_wait=0)
+    clock.advance(0)
+    assert seen == [("get_work", False), ("do_work", False), ("get_work", False)]
+    assert free()
+
+
+def test_two_daemons_same_lock_exclude(tmp_path: Path) -> None:
+    """Two daemons of one app with the same lock exclude each other."""
+    a = PendingDaemon(["a"], name="a", run_every=30, lock="same")
+    b = FakeDaemon(["b"], name="b", run_every=30, lock="same", increase_idle_by=10)
+    _, clock = start_app(a, b, state_dir=str(tmp_path), lock_wait=0)
+    clock.advance(0)
+    assert b.stats["last_outcome"] == "locked-out"
+    assert b.done == []
+    a.pending[0].callback(None)
+    advance_to(clock, 40)
+    assert [job for _, job in b.done] == ["b"]
+
+
+def test_lock_wait_without_blocking(tmp_path: Path) -> None:
+    """The daemon waits up to lock wait for its lock on the clock, then runs."""
+    other = highlander("waited", state_dir=tmp_path)
+    assert other.acquire(timeout=0)
+    d = FakeDaemon(["a"], run_every=30, lock="waited")
+    _, clock = start_app(d, state_dir=str(tmp_path), lock_wait=10)
+    clock.advance(0)
+    advance_to(clock, 3)
+    assert d.done == []
+    other.release()
+    advance_to(clock, 3.5)
+    assert len(d.done) == 1
+    assert 3 <= d.done[0][0] <= 3.5
+
+
+def test_lock_wait_runs_out_locked_out(tmp_path: Path) -> None:
+    """After waiting lock wait in vain, the run is locked-out."""
+    other = highlander("never", state_dir=tmp_path)
+    assert other.acquire(timeout=0)
+    try:
+        d = FakeDaemon(["a"], run_every=30, lock="never")
+        _, clock = start_app(d, state_dir=str(tmp_path), lock_wait=10)
+        advance_to(clock, 9.9)
+        assert d.stats["runs"] == 0
+        advance_to(clock, 10.1)
+        assert d.stats["last_outcome"] == "locked-out"
+    finally:
+        other.release()
+
+
+def test_one_timer_while_daemons_wait_for_locks(tmp_path: Path) -> None:
+    """Daemons waiting for a lock held elsewhere do not arm a timer each."""
+    other = highlander("contended", state_dir=tmp_path)
+    assert other.acquire(timeout=0)
+    try:
+        daemons = [FakeDaemon(["a"], name=f"w{i}", run_every=30, lock="contended")
+                   for i in range(5)]
+        _, clock = start_app(*daemons, state_dir=str(tmp_path), lock_wait=10)
+        clock.advance(0)
+        clock.advance(1)
+        assert len(clock.getDelayedCalls()) <= 1
+    finally:
+        other.release()

@@ -6,9 +6,7 @@ Each test reads like a hidden acceptance test would: it uses the public facade, 
 
 from __future__ import annotations
 
-import fcntl
 import json
-import logging
 import os
 import stat
 import subprocess
@@ -117,11 +115,6 @@ def idle_run_delays(daemon: Daemon, clock: Clock, count: int) -> list[float]:
         advance_to(clock, nxt)
         delays.append(daemon.stats["current_delay"])
     return delays
-
-
-def two_locks(name: str, **where: Any) -> tuple[Any, Any]:
-    """Two holders of the lock ``name`` (highlander(name, **where) twice)."""
-    return highlander(name, **where), highlander(name, **where)
 
 
 @pytest.fixture
@@ -281,40 +274,6 @@ def test_facade_names() -> None:
     assert {"Daemon", "DaemonApp"} <= set(daemonapp.__all__)
 
 
-def test_locked_out_run(tmp_path: Path) -> None:
-    """A run whose lock is held elsewhere is locked-out and backs off like idle."""
-    other = highlander("nightly", state_dir=tmp_path)
-    assert other.acquire(timeout=0)
-    try:
-        d = Scripted(["a"], run_every=30, increase_idle_by=10, lock="nightly")
-        app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
-        clock.advance(0)
-        assert d.stats["last_outcome"] == "locked-out"
-        assert d.stats["current_delay"] == 40
-        assert d.done == []
-    finally:
-        other.release()
-    advance_to(clock, 40)
-    assert [job for _, job in d.done] == ["a"]
-    # Released between runs: someone else can take it now.
-    assert other.acquire(timeout=0)
-    other.release()
-    result_of(app.stopService())
-
-
-def test_lock_yield_pause(tmp_path: Path) -> None:
-    """After a yielded run a daemon holding a lock lets 50 ms pass before the next run."""
-    d = Scripted(["a", "b"], run_every=30, max_items=1, lock="turns")
-    app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
-    clock.advance(0)
-    assert [job for _, job in d.done] == ["a"]
-    assert d.stats["last_outcome"] == "yielded"
-    assert d.stats["next_run_at"] == pytest.approx(0.05)
-    advance_to(clock, 0.05)
-    assert [job for _, job in d.done] == ["a", "b"]
-    result_of(app.stopService())
-
-
 # =================================================================== §2 DaemonApp
 
 
@@ -439,133 +398,11 @@ def test_status_command_without_app(tmp_path: Path) -> None:
 # ================================================================= §5 highlander
 
 
-def test_highlander_acquire_timeout_zero(tmp_path: Path) -> None:
-    """acquire(timeout=0) is one try: False at once while another holder has the lock."""
-    a, b = two_locks("report", state_dir=tmp_path)
-    assert a.acquire(timeout=0) is True
-    started = time.monotonic()
-    assert b.acquire(timeout=0) is False
-    assert time.monotonic() - started < 1
-    a.release()
-    assert b.acquire(timeout=0) is True
-    b.release()
-
-
-def test_highlander_reusable_and_token_increases(tmp_path: Path) -> None:
-    """A lock is reusable after release and its token strictly increases per name."""
-    a, b = two_locks("tok", state_dir=tmp_path)
-    tokens = []
-    for lock in (a, b, a, a, b):
-        assert lock.acquire(timeout=0)
-        assert isinstance(lock.token, int)
-        tokens.append(lock.token)
-        lock.release()
-    assert tokens == sorted(set(tokens))
-    assert len(tokens) == 5
-
-
-def test_highlander_with_statement(tmp_path: Path) -> None:
-    """`with lock:` holds the lock inside the block and releases it after."""
-    a, b = two_locks("w", state_dir=tmp_path)
-    with a:
-        assert b.acquire(timeout=0) is False
-    assert b.acquire(timeout=0) is True
-    b.release()
-    assert issubclass(HighlanderBusy, Exception)
-
-
-def test_flock_file_path_and_modes(tmp_path: Path) -> None:
-    """The flock file is state_dir/locks/NAME.lock, dirs 0700, never unlinked."""
-    state = tmp_path / "state"
-    lock = highlander("nightly.report_1", state_dir=state)
-    assert lock.acquire(timeout=0)
-    path = state / "locks" / "nightly.report_1.lock"
-    assert path.is_file()
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    assert stat.S_IMODE((state / "locks").stat().st_mode) == 0o700
-    lock.release()
-    assert path.is_file()
-
-
-def test_flock_symlink_refused(tmp_path: Path) -> None:
-    """A symlink at the lock file's path is never followed: an error naming the path."""
-    (tmp_path / "locks").mkdir(mode=0o700)
-    target = tmp_path / "elsewhere"
-    link = tmp_path / "locks" / "evil.lock"
-    link.symlink_to(target)
-    lock = highlander("evil", state_dir=tmp_path)
-    with pytest.raises(OSError, match=r"evil\.lock"):
-        lock.acquire(timeout=0)
-    assert not target.exists()
-
-
-def test_anyones_flock_excludes(tmp_path: Path) -> None:
-    """flock on the lock file by anyone else excludes holders."""
-    lock = highlander("shared", state_dir=tmp_path)
-    assert lock.acquire(timeout=0)
-    lock.release()
-    fd = os.open(tmp_path / "locks" / "shared.lock", os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        assert lock.acquire(timeout=0) is False
-    finally:
-        os.close(fd)
-    assert lock.acquire(timeout=0)
-    lock.release()
-
-
-@pytest.mark.parametrize("name", ["", "-x", ".hidden", "a/b", "a b", "../x", "é"])
-def test_bad_lock_names_refused(tmp_path: Path, name: str) -> None:
-    """Names must match [A-Za-z0-9][A-Za-z0-9._-]*."""
-    with pytest.raises(ValueError):
-        highlander(name, state_dir=tmp_path)
-
-
 def test_bad_lock_name_in_yaml(tmp_path: Path) -> None:
     """A bad lock name in YAML is a config error naming the key."""
     result = check_config(tmp_path, CLEANUP_TMP_DAEMON + "    lock: 'bad name'\n")
     assert result.returncode == 2
     assert "d.yaml:7: daemons.c.lock: " in result.stderr
-
-
-def test_cgi_acquire_busy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """cgi_acquire returns 503 + Retry-After: 30 + text/plain and logs "highlander abort"."""
-    holder, waiter = two_locks("cgi", state_dir=tmp_path)
-    assert holder.acquire(timeout=0)
-    try:
-        with caplog.at_level(logging.INFO):
-            answer = waiter.cgi_acquire({"REMOTE_ADDR": "192.0.2.7"}, retries=1, delay=0.01)
-    finally:
-        holder.release()
-    assert answer is not None
-    status, headers, body = answer
-    assert str(status).startswith("503")
-    header_map = {k.lower(): v for k, v in headers}
-    assert header_map["retry-after"] == "30"
-    assert header_map["content-type"].startswith("text/plain")
-    assert isinstance(body, bytes)
-    messages = [r.getMessage() for r in caplog.records]
-    assert any("highlander abort" in m and "192.0.2.7" in m for m in messages)
-
-
-def test_cgi_acquire_prefers_remote_host(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """cgi_acquire logs REMOTE_HOST when it is set."""
-    holder, waiter = two_locks("cgi2", state_dir=tmp_path)
-    assert holder.acquire(timeout=0)
-    try:
-        with caplog.at_level(logging.INFO):
-            waiter.cgi_acquire({"REMOTE_HOST": "client.example", "REMOTE_ADDR": "192.0.2.7"},
-                               retries=0, delay=0)
-    finally:
-        holder.release()
-    assert any("client.example" in r.getMessage() for r in caplog.records)
-
-
-def test_cgi_acquire_free(tmp_path: Path) -> None:
-    """cgi_acquire returns None once held."""
-    lock = highlander("cgi3", state_dir=tmp_path)
-    assert lock.cgi_acquire({}) is None
-    lock.release()
 
 
 @pytest.mark.integration
@@ -576,16 +413,6 @@ def test_cgi_frontend_imports_no_twisted() -> None:
     result = run([str(PYTHON), "-c", code], cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-
-
-@pytest.mark.integration
-def test_locks_highlander_imports_no_twisted() -> None:
-    """The CGI path of highlander locks imports no Twisted."""
-    code = ("import sys\nfrom daemonapp.locks import highlander\n"
-            "print('twisted' in sys.modules)\n")
-    result = run([str(PYTHON), "-c", code], cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
 
 
 def test_daemonapp_cgi_is_plain_script() -> None:
@@ -886,90 +713,6 @@ def test_jobs_cli_with_config(tmp_path: Path) -> None:
 # ====================================================================== more §1/§2
 
 
-def test_graceful_stop_releases_lock(tmp_path: Path) -> None:
-    """A graceful stop finishes the run in flight and releases its lock."""
-    d = Slow(["a", "b"], run_every=30, lock="held")
-    app, clock = start_app(d, state_dir=str(tmp_path), lock_wait=0)
-    clock.advance(0)
-    other = highlander("held", state_dir=tmp_path)
-    assert other.acquire(timeout=0) is False
-    stopped = app.stopService()
-    d.pending[0].callback(None)
-    assert fired(stopped)
-    assert other.acquire(timeout=0) is True
-    other.release()
-
-
-def test_lock_held_for_whole_run_only(tmp_path: Path) -> None:
-    """A daemon's lock is held from before the first get_work until after the last hook."""
-    seen: list[tuple[str, bool]] = []
-    probe = highlander("whole", state_dir=tmp_path)
-
-    def free() -> bool:
-        if probe.acquire(timeout=0):
-            probe.release()
-            return True
-        return False
-
-    class Probe(Scripted):
-        def get_work(self) -> Any:
-            seen.append(("get_work", free()))
-            return super().get_work()
-
-        def do_work(self, job: Any) -> Any:
-            seen.append(("do_work", free()))
-            return super().do_work(job)
-
-    _, clock = start_app(Probe(["a"], run_every=30, lock="whole"),
-                         state_dir=str(tmp_path), lock_wait=0)
-    clock.advance(0)
-    assert seen == [("get_work", False), ("do_work", False), ("get_work", False)]
-    assert free()
-
-
-def test_two_daemons_same_lock_exclude(tmp_path: Path) -> None:
-    """Two daemons of one app with the same lock exclude each other."""
-    a = Slow(["a"], name="a", run_every=30, lock="same")
-    b = Scripted(["b"], name="b", run_every=30, lock="same", increase_idle_by=10)
-    _, clock = start_app(a, b, state_dir=str(tmp_path), lock_wait=0)
-    clock.advance(0)
-    assert b.stats["last_outcome"] == "locked-out"
-    assert b.done == []
-    a.pending[0].callback(None)
-    advance_to(clock, 40)
-    assert [job for _, job in b.done] == ["b"]
-
-
-def test_lock_wait_without_blocking(tmp_path: Path) -> None:
-    """The daemon waits up to lock wait for its lock on the clock, then runs."""
-    other = highlander("waited", state_dir=tmp_path)
-    assert other.acquire(timeout=0)
-    d = Scripted(["a"], run_every=30, lock="waited")
-    _, clock = start_app(d, state_dir=str(tmp_path), lock_wait=10)
-    clock.advance(0)
-    advance_to(clock, 3)
-    assert d.done == []
-    other.release()
-    advance_to(clock, 3.5)
-    assert len(d.done) == 1
-    assert 3 <= d.done[0][0] <= 3.5
-
-
-def test_lock_wait_runs_out_locked_out(tmp_path: Path) -> None:
-    """After waiting lock wait in vain, the run is locked-out."""
-    other = highlander("never", state_dir=tmp_path)
-    assert other.acquire(timeout=0)
-    try:
-        d = Scripted(["a"], run_every=30, lock="never")
-        _, clock = start_app(d, state_dir=str(tmp_path), lock_wait=10)
-        advance_to(clock, 9.9)
-        assert d.stats["runs"] == 0
-        advance_to(clock, 10.1)
-        assert d.stats["last_outcome"] == "locked-out"
-    finally:
-        other.release()
-
-
 # =================================================================== §2 signals
 
 
@@ -1261,44 +1004,6 @@ def free_port() -> int:
 # =================================================================== more §5
 
 
-def test_acquire_timeout_waits_then_false(tmp_path: Path) -> None:
-    """acquire(timeout=0.3) on a held lock returns False after about 0.3 s."""
-    a, b = two_locks("t", state_dir=tmp_path)
-    assert a.acquire(timeout=0)
-    try:
-        started = time.monotonic()
-        assert b.acquire(timeout=0.3) is False
-        assert 0.25 <= time.monotonic() - started < 3
-    finally:
-        a.release()
-
-
-@pytest.mark.integration
-def test_with_waits_10s_then_highlander_busy(tmp_path: Path) -> None:
-    """`with lock:` waits 10 s, then raises HighlanderBusy."""
-    a, b = two_locks("busy", state_dir=tmp_path)
-    assert a.acquire(timeout=0)
-    try:
-        started = time.monotonic()
-        with pytest.raises(HighlanderBusy), b:
-            pass
-        assert 9.5 <= time.monotonic() - started < 15
-    finally:
-        a.release()
-
-
-def test_lock_token_survives_new_objects(tmp_path: Path) -> None:
-    """The token strictly increases per name across new lock objects (persisted)."""
-    first = highlander("persist", state_dir=tmp_path)
-    assert first.acquire(timeout=0)
-    t1 = first.token
-    first.release()
-    second = highlander("persist", state_dir=tmp_path)
-    assert second.acquire(timeout=0)
-    assert second.token is not None and t1 is not None and second.token > t1
-    second.release()
-
-
 # ============================================================ §6 end to end (real app)
 
 
@@ -1561,57 +1266,6 @@ def test_e2e_children_die_with_sigkilled_app(tmp_path: Path) -> None:
 # ===================================================================== §5 leases
 
 
-@pytest.mark.postgres
-def test_lease_token_and_exclusion(pg_url: str) -> None:
-    """url selects the lease backend: one holder at a time, tokens strictly increase."""
-    a, b = two_locks("pg-lock", url=pg_url, ttl=30)
-    try:
-        assert a.acquire(timeout=0)
-        t1 = a.token
-        assert b.acquire(timeout=0) is False
-        assert a.still_held()
-        a.release()
-        assert b.acquire(timeout=0)
-        assert isinstance(t1, int) and isinstance(b.token, int) and b.token > t1
-        b.release()
-        assert a.acquire(timeout=0)
-        assert a.token is not None and a.token > b.token
-        a.release()
-    finally:
-        a.close()
-        b.close()
-
-
-@pytest.mark.postgres
-@pytest.mark.integration
-def test_lease_takeover_after_ttl(pg_url: str, tmp_path: Path) -> None:
-    """A successor takes over no sooner than ttl after the dead holder's last renewal."""
-    import signal
-
-    body = ("import sys, time\nfrom daemonapp.locks import highlander\n"
-            f"lock = highlander('dead', url={pg_url!r}, ttl=2)\n"
-            "assert lock.acquire(timeout=5)\n"
-            "open('held', 'w').write(str(lock.token))\n"
-            "time.sleep(600)\n")
-    proc = start_script(tmp_path, body)
-    successor = highlander("dead", url=pg_url, ttl=2)
-    try:
-        assert wait_for((tmp_path / "held").exists, timeout=20)
-        dead_token = int((tmp_path / "held").read_text())
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        killed_at = time.monotonic()
-        assert successor.acquire(timeout=10)
-        # Renewed every ttl/3: the last renewal was at most ~ttl/3 before the kill.
-        assert time.monotonic() - killed_at >= 2 * 2 / 3 - 0.2
-        assert successor.token is not None and successor.token > dead_token
-        assert successor.still_held()
-        successor.release()
-    finally:
-        stop_process(proc)
-        successor.close()
-
-
 # ============================================================ §4/§5 CGI entry points
 
 
@@ -1728,27 +1382,6 @@ def test_run_as_plain_cgi_writes_nothing(tmp_path: Path) -> None:
 
 
 # ======================================================================== signatures
-
-
-def test_highlander_signature() -> None:
-    """highlander(name, *, state_dir=None, url=None, ttl=30, holder=None)."""
-    import inspect
-
-    params = inspect.signature(highlander).parameters
-    assert list(params) == ["name", "state_dir", "url", "ttl", "holder"]
-    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY
-               for p in ("state_dir", "url", "ttl", "holder"))
-    assert (params["state_dir"].default, params["url"].default, params["ttl"].default,
-            params["holder"].default) == (None, None, 30, None)
-
-
-def test_cgi_acquire_signature(tmp_path: Path) -> None:
-    """cgi_acquire(environ, retries=10, delay=1)."""
-    import inspect
-
-    params = inspect.signature(highlander("sig", state_dir=tmp_path).cgi_acquire).parameters
-    assert list(params) == ["environ", "retries", "delay"]
-    assert (params["retries"].default, params["delay"].default) == (10, 1)
 
 
 def test_store_submit_signature(store: Any) -> None:
@@ -1994,67 +1627,6 @@ def test_store_concurrent_claims_unique(store: Any, request: pytest.FixtureReque
     assert sorted(got) == sorted(ids)
 
 
-@pytest.mark.postgres
-def test_lease_renewed_while_plain_script_holds(pg_url: str) -> None:
-    """A plain holder keeps its lease past ttl (renewed by a thread every ttl/3)."""
-    a, b = two_locks("renew", url=pg_url, ttl=1)
-    try:
-        assert a.acquire(timeout=0)
-        deadline = time.monotonic() + 2.5
-        while time.monotonic() < deadline:
-            assert b.acquire(timeout=0) is False
-            time.sleep(0.1)
-        assert a.still_held()
-        a.release()
-    finally:
-        a.close()
-        b.close()
-
-
-@pytest.mark.postgres
-@pytest.mark.integration
-def test_lease_zombie_cannot_touch_successor(pg_url: str, tmp_path: Path) -> None:
-    """A frozen holder that wakes after a takeover learns it lost; its release leaves the
-    successor's lease alone."""
-    import signal
-
-    body = ("import time\nfrom daemonapp.locks import highlander\n"
-            f"lock = highlander('zombie', url={pg_url!r}, ttl=1)\n"
-            "assert lock.acquire(timeout=5)\n"
-            "open('held', 'w').write(str(lock.token))\n"
-            "import os\n"
-            "while not os.path.exists('go'):\n"
-            "    time.sleep(0.05)\n"
-            "held = lock.still_held()\n"
-            "try:\n"
-            "    lock.release()\n"
-            "except Exception as e:\n"
-            "    pass\n"
-            "open('result', 'w').write(str(held))\n")
-    proc = start_script(tmp_path, body)
-    successor = highlander("zombie", url=pg_url, ttl=1)
-    try:
-        assert wait_for((tmp_path / "held").exists, timeout=20)
-        proc.send_signal(signal.SIGSTOP)
-        assert successor.acquire(timeout=10)
-        proc.send_signal(signal.SIGCONT)
-        (tmp_path / "go").write_text("")
-        assert wait_for((tmp_path / "result").exists, timeout=10)
-        assert (tmp_path / "result").read_text() == "False"
-        assert successor.still_held()
-        other = highlander("zombie", url=pg_url, ttl=1)
-        try:
-            assert other.acquire(timeout=0) is False
-        finally:
-            other.close()
-        successor.release()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-        stop_process(proc)
-        successor.close()
-
-
 # ==================================================================== bundled daemons
 
 
@@ -2106,47 +1678,7 @@ def test_command_daemon_runs_every_n_seconds_with_timeout(tmp_path: Path) -> Non
     assert not pid_alive(pid)
 
 
-def test_one_timer_while_daemons_wait_for_locks(tmp_path: Path) -> None:
-    """Daemons waiting for a lock held elsewhere do not arm a timer each."""
-    other = highlander("contended", state_dir=tmp_path)
-    assert other.acquire(timeout=0)
-    try:
-        daemons = [Scripted(["a"], name=f"w{i}", run_every=30, lock="contended")
-                   for i in range(5)]
-        _, clock = start_app(*daemons, state_dir=str(tmp_path), lock_wait=10)
-        clock.advance(0)
-        clock.advance(1)
-        assert len(clock.getDelayedCalls()) <= 1
-    finally:
-        other.release()
-
-
 # ============================================================ §5/§6 with PostgreSQL
-
-
-@pytest.mark.postgres
-@pytest.mark.integration
-def test_app_locks_url_excludes_across_hosts(pg_url: str, tmp_path: Path) -> None:
-    """With app.locks.url a daemon's lock is a PostgreSQL lease: held elsewhere, no run."""
-    body = ("app:\n  state_dir: ./var\n  shutdown_after: 1.5s\n"
-            f"  locks: {{url: '{pg_url}', ttl: 30s, wait: 0.1s}}\n"
-            "daemons:\n  tick:\n    type: command\n    run_every: 0.2s\n    lock: shared-tick\n"
-            "    argv: [/bin/sh, -c, 'echo x >> ticks']\n")
-    cfg = write(tmp_path / "d.yaml", body)
-    elsewhere = highlander("shared-tick", url=pg_url, ttl=30)
-    try:
-        assert elsewhere.acquire(timeout=0)
-        held = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
-                   env={"PYTHONPATH": str(ROOT)})
-        assert held.returncode == 0, held.stdout + held.stderr
-        assert not (tmp_path / "ticks").exists()
-        elsewhere.release()
-        free = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
-                   env={"PYTHONPATH": str(ROOT)})
-        assert free.returncode == 0, free.stdout + free.stderr
-        assert (tmp_path / "ticks").exists()
-    finally:
-        elsewhere.close()
 
 
 @pytest.mark.postgres

@@ -3,7 +3,9 @@ adapter: tests/test_lock_provider.py)."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import signal
 import stat
@@ -12,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from zope.interface.verify import verifyObject
@@ -23,6 +26,7 @@ from daemonapp.locks import (
     highlander,
     validate_lock_name,
 )
+from tests._processes import PYTHON, run_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -442,3 +446,202 @@ def test_cgi_acquire_database_down_is_a_503(caplog: pytest.LogCaptureFixture) ->
         answer = lock.cgi_acquire({"REMOTE_ADDR": "192.0.2.9"}, retries=0)
     assert answer is not None and answer[0] == "503 Service Unavailable"
     assert "highlander abort" in caplog.text
+
+
+# ------------------------------------------------ DESIGN §5's exact rules, from outside
+
+
+def two_locks(name: str, **where: Any) -> tuple[Any, Any]:
+    """Two holders of the lock ``name`` (highlander(name, **where) twice)."""
+    return highlander(name, **where), highlander(name, **where)
+
+
+def test_highlander_acquire_timeout_zero(tmp_path: Path) -> None:
+    """acquire(timeout=0) is one try: False at once while another holder has the lock."""
+    a, b = two_locks("report", state_dir=tmp_path)
+    assert a.acquire(timeout=0) is True
+    started = time.monotonic()
+    assert b.acquire(timeout=0) is False
+    assert time.monotonic() - started < 1
+    a.release()
+    assert b.acquire(timeout=0) is True
+    b.release()
+
+
+def test_highlander_reusable_and_token_increases(tmp_path: Path) -> None:
+    """A lock is reusable after release and its token strictly increases per name."""
+    a, b = two_locks("tok", state_dir=tmp_path)
+    tokens = []
+    for lock in (a, b, a, a, b):
+        assert lock.acquire(timeout=0)
+        assert isinstance(lock.token, int)
+        tokens.append(lock.token)
+        lock.release()
+    assert tokens == sorted(set(tokens))
+    assert len(tokens) == 5
+
+
+def test_highlander_with_statement(tmp_path: Path) -> None:
+    """`with lock:` holds the lock inside the block and releases it after."""
+    a, b = two_locks("w", state_dir=tmp_path)
+    with a:
+        assert b.acquire(timeout=0) is False
+    assert b.acquire(timeout=0) is True
+    b.release()
+    assert issubclass(HighlanderBusy, Exception)
+
+
+def test_flock_file_path_and_modes(tmp_path: Path) -> None:
+    """The flock file is state_dir/locks/NAME.lock, dirs 0700, never unlinked."""
+    state = tmp_path / "state"
+    lock = highlander("nightly.report_1", state_dir=state)
+    assert lock.acquire(timeout=0)
+    path = state / "locks" / "nightly.report_1.lock"
+    assert path.is_file()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "locks").stat().st_mode) == 0o700
+    lock.release()
+    assert path.is_file()
+
+
+def test_flock_symlink_refused(tmp_path: Path) -> None:
+    """A symlink at the lock file's path is never followed: an error naming the path."""
+    (tmp_path / "locks").mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    link = tmp_path / "locks" / "evil.lock"
+    link.symlink_to(target)
+    lock = highlander("evil", state_dir=tmp_path)
+    with pytest.raises(OSError, match=r"evil\.lock"):
+        lock.acquire(timeout=0)
+    assert not target.exists()
+
+
+def test_anyones_flock_excludes(tmp_path: Path) -> None:
+    """flock on the lock file by anyone else excludes holders."""
+    lock = highlander("shared", state_dir=tmp_path)
+    assert lock.acquire(timeout=0)
+    lock.release()
+    fd = os.open(tmp_path / "locks" / "shared.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert lock.acquire(timeout=0) is False
+    finally:
+        os.close(fd)
+    assert lock.acquire(timeout=0)
+    lock.release()
+
+
+@pytest.mark.parametrize("name", ["", "-x", ".hidden", "a/b", "a b", "../x", "é"])
+def test_bad_lock_names_refused(tmp_path: Path, name: str) -> None:
+    """Names must match [A-Za-z0-9][A-Za-z0-9._-]*."""
+    with pytest.raises(ValueError):
+        highlander(name, state_dir=tmp_path)
+
+
+def test_cgi_acquire_busy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """cgi_acquire returns 503 + Retry-After: 30 + text/plain and logs "highlander abort"."""
+    holder, waiter = two_locks("cgi", state_dir=tmp_path)
+    assert holder.acquire(timeout=0)
+    try:
+        with caplog.at_level(logging.INFO):
+            answer = waiter.cgi_acquire({"REMOTE_ADDR": "192.0.2.7"}, retries=1, delay=0.01)
+    finally:
+        holder.release()
+    assert answer is not None
+    status, headers, body = answer
+    assert str(status).startswith("503")
+    header_map = {k.lower(): v for k, v in headers}
+    assert header_map["retry-after"] == "30"
+    assert header_map["content-type"].startswith("text/plain")
+    assert isinstance(body, bytes)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("highlander abort" in m and "192.0.2.7" in m for m in messages)
+
+
+def test_cgi_acquire_prefers_remote_host(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """cgi_acquire logs REMOTE_HOST when it is set."""
+    holder, waiter = two_locks("cgi2", state_dir=tmp_path)
+    assert holder.acquire(timeout=0)
+    try:
+        with caplog.at_level(logging.INFO):
+            waiter.cgi_acquire({"REMOTE_HOST": "client.example", "REMOTE_ADDR": "192.0.2.7"},
+                               retries=0, delay=0)
+    finally:
+        holder.release()
+    assert any("client.example" in r.getMessage() for r in caplog.records)
+
+
+def test_cgi_acquire_free(tmp_path: Path) -> None:
+    """cgi_acquire returns None once held."""
+    lock = highlander("cgi3", state_dir=tmp_path)
+    assert lock.cgi_acquire({}) is None
+    lock.release()
+
+
+@pytest.mark.integration
+def test_locks_highlander_imports_no_twisted() -> None:
+    """The CGI path of highlander locks imports no Twisted."""
+    code = ("import sys\nfrom daemonapp.locks import highlander\n"
+            "print('twisted' in sys.modules)\n")
+    result = run_process([str(PYTHON), "-c", code], cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_highlander_signature() -> None:
+    """highlander(name, *, state_dir=None, url=None, ttl=30, holder=None)."""
+    import inspect
+
+    params = inspect.signature(highlander).parameters
+    assert list(params) == ["name", "state_dir", "url", "ttl", "holder"]
+    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY
+               for p in ("state_dir", "url", "ttl", "holder"))
+    assert (params["state_dir"].default, params["url"].default, params["ttl"].default,
+            params["holder"].default) == (None, None, 30, None)
+
+
+def test_cgi_acquire_signature(tmp_path: Path) -> None:
+    """cgi_acquire(environ, retries=10, delay=1)."""
+    import inspect
+
+    params = inspect.signature(highlander("sig", state_dir=tmp_path).cgi_acquire).parameters
+    assert list(params) == ["environ", "retries", "delay"]
+    assert (params["retries"].default, params["delay"].default) == (10, 1)
+
+
+def test_acquire_timeout_waits_then_false(tmp_path: Path) -> None:
+    """acquire(timeout=0.3) on a held lock returns False after about 0.3 s."""
+    a, b = two_locks("t", state_dir=tmp_path)
+    assert a.acquire(timeout=0)
+    try:
+        started = time.monotonic()
+        assert b.acquire(timeout=0.3) is False
+        assert 0.25 <= time.monotonic() - started < 3
+    finally:
+        a.release()
+
+
+@pytest.mark.integration
+def test_with_waits_10s_then_highlander_busy(tmp_path: Path) -> None:
+    """`with lock:` waits 10 s, then raises HighlanderBusy."""
+    a, b = two_locks("busy", state_dir=tmp_path)
+    assert a.acquire(timeout=0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HighlanderBusy), b:
+            pass
+        assert 9.5 <= time.monotonic() - started < 15
+    finally:
+        a.release()
+
+
+def test_lock_token_survives_new_objects(tmp_path: Path) -> None:
+    """The token strictly increases per name across new lock objects (persisted)."""
+    first = highlander("persist", state_dir=tmp_path)
+    assert first.acquire(timeout=0)
+    t1 = first.token
+    first.release()
+    second = highlander("persist", state_dir=tmp_path)
+    assert second.acquire(timeout=0)
+    assert second.token is not None and t1 is not None and second.token > t1
+    second.release()

@@ -27,6 +27,16 @@ from zope.interface.verify import verifyObject
 from daemonapp.interfaces import ILockBackend
 from daemonapp.locks import LockProvider, PostgresLease, highlander
 from tests._env import unavailable
+from tests._processes import (
+    DAEMONAPP,
+    ROOT,
+    run_process,
+    start_script,
+    stop_process,
+    wait_until,
+    write_file,
+)
+from tests.test_locks import two_locks
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -408,3 +418,145 @@ def test_fault_script_short_run_outage_is_quiet_and_exclusive() -> None:
     assert "overlapping runs: 0" in result.stdout
     per_outage = float(result.stdout.split("lock log lines per outage per app: ")[1].split()[0])
     assert per_outage <= 5, result.stdout
+
+
+# ------------------------------------------------ DESIGN §5's exact rules, from outside
+
+
+@pytest.fixture
+def pg_url(db: Database) -> str:
+    """The URL of the test's throwaway schema."""
+    return db.url
+
+
+@pytest.mark.postgres
+def test_lease_token_and_exclusion(pg_url: str) -> None:
+    """url selects the lease backend: one holder at a time, tokens strictly increase."""
+    a, b = two_locks("pg-lock", url=pg_url, ttl=30)
+    try:
+        assert a.acquire(timeout=0)
+        t1 = a.token
+        assert b.acquire(timeout=0) is False
+        assert a.still_held()
+        a.release()
+        assert b.acquire(timeout=0)
+        assert isinstance(t1, int) and isinstance(b.token, int) and b.token > t1
+        b.release()
+        assert a.acquire(timeout=0)
+        assert a.token is not None and a.token > b.token
+        a.release()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_lease_takeover_after_ttl(pg_url: str, tmp_path: Path) -> None:
+    """A successor takes over no sooner than ttl after the dead holder's last renewal."""
+    body = ("import sys, time\nfrom daemonapp.locks import highlander\n"
+            f"lock = highlander('dead', url={pg_url!r}, ttl=2)\n"
+            "assert lock.acquire(timeout=5)\n"
+            "open('held', 'w').write(str(lock.token))\n"
+            "time.sleep(600)\n")
+    proc = start_script(tmp_path, body)
+    successor = highlander("dead", url=pg_url, ttl=2)
+    try:
+        assert wait_until((tmp_path / "held").exists, timeout=20)
+        dead_token = int((tmp_path / "held").read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        killed_at = time.monotonic()
+        assert successor.acquire(timeout=10)
+        # Renewed every ttl/3: the last renewal was at most ~ttl/3 before the kill.
+        assert time.monotonic() - killed_at >= 2 * 2 / 3 - 0.2
+        assert successor.token is not None and successor.token > dead_token
+        assert successor.still_held()
+        successor.release()
+    finally:
+        stop_process(proc)
+        successor.close()
+
+
+@pytest.mark.postgres
+def test_lease_renewed_while_plain_script_holds(pg_url: str) -> None:
+    """A plain holder keeps its lease past ttl (renewed by a thread every ttl/3)."""
+    a, b = two_locks("renew", url=pg_url, ttl=1)
+    try:
+        assert a.acquire(timeout=0)
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            assert b.acquire(timeout=0) is False
+            time.sleep(0.1)
+        assert a.still_held()
+        a.release()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_lease_zombie_cannot_touch_successor(pg_url: str, tmp_path: Path) -> None:
+    """A frozen holder that wakes after a takeover learns it lost; its release leaves the
+    successor's lease alone."""
+    body = ("import time\nfrom daemonapp.locks import highlander\n"
+            f"lock = highlander('zombie', url={pg_url!r}, ttl=1)\n"
+            "assert lock.acquire(timeout=5)\n"
+            "open('held', 'w').write(str(lock.token))\n"
+            "import os\n"
+            "while not os.path.exists('go'):\n"
+            "    time.sleep(0.05)\n"
+            "held = lock.still_held()\n"
+            "try:\n"
+            "    lock.release()\n"
+            "except Exception as e:\n"
+            "    pass\n"
+            "open('result', 'w').write(str(held))\n")
+    proc = start_script(tmp_path, body)
+    successor = highlander("zombie", url=pg_url, ttl=1)
+    try:
+        assert wait_until((tmp_path / "held").exists, timeout=20)
+        proc.send_signal(signal.SIGSTOP)
+        assert successor.acquire(timeout=10)
+        proc.send_signal(signal.SIGCONT)
+        (tmp_path / "go").write_text("")
+        assert wait_until((tmp_path / "result").exists, timeout=10)
+        assert (tmp_path / "result").read_text() == "False"
+        assert successor.still_held()
+        other = highlander("zombie", url=pg_url, ttl=1)
+        try:
+            assert other.acquire(timeout=0) is False
+        finally:
+            other.close()
+        successor.release()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        stop_process(proc)
+        successor.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_app_locks_url_excludes_across_hosts(pg_url: str, tmp_path: Path) -> None:
+    """With app.locks.url a daemon's lock is a PostgreSQL lease: held elsewhere, no run."""
+    body = ("app:\n  state_dir: ./var\n  shutdown_after: 1.5s\n"
+            f"  locks: {{url: '{pg_url}', ttl: 30s, wait: 0.1s}}\n"
+            "daemons:\n  tick:\n    type: command\n    run_every: 0.2s\n    lock: shared-tick\n"
+            "    argv: [/bin/sh, -c, 'echo x >> ticks']\n")
+    cfg = write_file(tmp_path / "d.yaml", body)
+    elsewhere = highlander("shared-tick", url=pg_url, ttl=30)
+    try:
+        assert elsewhere.acquire(timeout=0)
+        held = run_process([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
+                           env={"PYTHONPATH": str(ROOT)})
+        assert held.returncode == 0, held.stdout + held.stderr
+        assert not (tmp_path / "ticks").exists()
+        elsewhere.release()
+        free = run_process([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
+                           env={"PYTHONPATH": str(ROOT)})
+        assert free.returncode == 0, free.stdout + free.stderr
+        assert (tmp_path / "ticks").exists()
+    finally:
+        elsewhere.close()
