@@ -277,6 +277,12 @@ class Daemon:
         """True while a run is in progress."""
         return self._in_run
 
+    @property
+    def schedule_policy(self) -> ISchedule | None:
+        """The ISchedule picking this daemon's due times (`make_schedule()`'s, made at
+        its first start; None before): the scheduler tells it of pauses and triggers."""
+        return self._schedule
+
     def start(self) -> None:
         """Make the first run due start_delay from now."""
         if self.app is None:

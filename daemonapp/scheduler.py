@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.python.failure import Failure
@@ -21,15 +22,38 @@ from twisted.python.failure import Failure
 from daemonapp.clockwatch import ClockWatch
 from daemonapp.daemon import ENDED, READY, Daemon
 
-__all__ = ["Scheduler", "Slot"]
+__all__ = ["MANUAL", "Pause", "Scheduler", "Slot"]
 
 _INF = float("inf")
 
+#: ``Slot.trigger`` of a run an operator asked for (``daemonapp trigger``).
+MANUAL = "manual"
+
+# Bits of ``Slot.control``: what an operator's command asked of a daemon beyond its
+# schedule, looked at once when a run ends.
+_PAUSED = 1  # start no run (daemonapp pause)
+_TRIGGER_AFTER_RUN = 2  # a trigger came during the run in flight: run once more after it
+_MANUAL_RUN = 4  # the run in flight (or the one queued) is a manual one
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A pause of a daemon (``daemonapp pause``): epoch seconds, and why."""
+
+    since: float
+    until: float | None = None
+    reason: str | None = None
+
 
 class Slot:
-    """The scheduler's record of one started daemon."""
+    """The scheduler's record of one started daemon.
 
-    __slots__ = ("daemon", "due", "in_run", "lateness", "seq")
+    ``trigger`` says why the run in flight (or the one queued) starts: MANUAL for an
+    operator's trigger, else None (the schedule's own choice; a run history may name
+    it). It is reset when the run ends (`Scheduler.run_ended`).
+    """
+
+    __slots__ = ("control", "daemon", "due", "in_run", "lateness", "seq", "trigger")
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -37,6 +61,8 @@ class Slot:
         self.seq = -1  # the live heap/ready entry's sequence; -1: none (stopped)
         self.in_run = False
         self.lateness = 0.0  # start - due time of the last run
+        self.trigger: str | None = None
+        self.control = 0  # _PAUSED | _TRIGGER_AFTER_RUN | _MANUAL_RUN
 
 
 class Scheduler:
@@ -70,6 +96,9 @@ class Scheduler:
         self._timer_at = _INF
         self._yield_call: Any = None
         self._in_slice = False
+        #: Paused daemons by name: a daemon started under that name (a restart, a
+        #: reload's replacement, a seed's child) starts paused too.
+        self._pauses: dict[str, Pause] = {}
 
     # ----------------------------------------------------------- from daemons
 
@@ -79,6 +108,11 @@ class Scheduler:
         if slot is None:
             slot = self._slots[daemon] = Slot(daemon)
         daemon.stats["next_run_at"] = self.seconds() + delay
+        if self._pauses and daemon.name in self._pauses:
+            slot.control |= _PAUSED
+            self._hold(slot, delay)
+            _policy_call(daemon, "paused", self._pauses[daemon.name].since)
+            return
         self._schedule(slot, delay)
 
     def daemon_stopped(self, daemon: Daemon) -> None:
@@ -93,7 +127,9 @@ class Scheduler:
         slot = self._slots.get(daemon)
         if slot is not None:
             slot.in_run = False
-            if delay is not None:
+            if slot.control:
+                self._controlled_end(slot, delay)
+            elif delay is not None:
                 self._schedule(slot, delay)
         if self.idle_hook is not None:
             self.idle_hook()
@@ -116,7 +152,130 @@ class Scheduler:
         if slot is None or slot.in_run:
             return
         daemon.stats["next_run_at"] = self.seconds() + delay
+        if slot.control & _PAUSED:
+            self._hold(slot, delay)
+            return
         self._schedule(slot, delay)
+
+    # ------------------------------------------------------ operators' commands
+
+    def trigger(self, daemon: Daemon) -> str:
+        """Run ``daemon`` now, as a manual run (``daemonapp trigger``); its lock applies.
+
+        Returns "queued" (it runs within one time slice), "after-run" (a run is in
+        flight: once more right after it; triggers during one run merge) or "merged"
+        (a run was due at once anyway; it becomes the manual one). A paused daemon runs
+        once and stays paused. ValueError when the daemon has not started.
+        """
+        slot = self._slots.get(daemon)
+        if slot is None or (slot.seq < 0 and not slot.in_run):
+            raise ValueError(f"daemon {daemon.name!r} is not started")
+        if slot.in_run:
+            merged = bool(slot.control & _TRIGGER_AFTER_RUN)
+            slot.control |= _TRIGGER_AFTER_RUN
+            return "merged" if merged else "after-run"
+        now = self.seconds()
+        if slot.control & _MANUAL_RUN or (not slot.control & _PAUSED and slot.due <= now):
+            slot.trigger = MANUAL
+            slot.control |= _MANUAL_RUN
+            return "merged"
+        self._queue_manual(slot, now)
+        return "queued"
+
+    def _queue_manual(self, slot: Slot, now: float) -> None:
+        slot.trigger = MANUAL
+        slot.control |= _MANUAL_RUN
+        _policy_call(slot.daemon, "triggered", now)
+        slot.daemon.stats["next_run_at"] = now
+        self._schedule(slot, 0.0)
+
+    def pause(self, name: str, pause: Pause) -> None:
+        """Start no run of the daemon ``name`` until `resume` (a run in flight finishes).
+
+        Kept by name: a daemon started later under that name starts paused. Pausing a
+        paused daemon only replaces the record (until, reason).
+        """
+        was = self._pauses.get(name)
+        self._pauses[name] = pause
+        if was is not None:
+            return
+        now = self.seconds()
+        for slot in list(self._slots.values()):
+            if slot.daemon.name != name:
+                continue
+            slot.control |= _PAUSED
+            if slot.seq >= 0 and not slot.in_run and not slot.control & _MANUAL_RUN:
+                self._hold(slot, slot.due - now)  # (a manual run queued still goes)
+            _policy_call(slot.daemon, "paused", now)
+        self._rearm()
+
+    def resume(self, name: str) -> Pause | None:
+        """End the pause of the daemon ``name``; returns it (None: it was not paused).
+
+        A daemon waiting for its next run asks its schedule when that is now (a clock
+        schedule makes up the fire times the pause skipped, as catch_up says); a
+        schedule without an opinion (the idle backoff) runs at once.
+        """
+        pause = self._pauses.pop(name, None)
+        if pause is None:
+            return None
+        now = self.seconds()
+        for slot in list(self._slots.values()):
+            if slot.daemon.name != name or not slot.control & _PAUSED:
+                continue
+            slot.control &= ~_PAUSED
+            if slot.in_run:
+                _policy_call(slot.daemon, "resumed", now)  # the run's end schedules it
+                continue
+            if slot.seq < 0:
+                continue
+            delay = _policy_call(slot.daemon, "resumed", now, default=0.0)
+            if delay is None:
+                delay = max(0.0, slot.due - now)
+            slot.daemon.stats["next_run_at"] = now + delay
+            self._schedule(slot, delay)
+        return pause
+
+    def pause_of(self, name: str) -> Pause | None:
+        """The pause of the daemon ``name`` (None: not paused)."""
+        return self._pauses.get(name) if self._pauses else None
+
+    def pauses(self) -> dict[str, Pause]:
+        """Every pause, by daemon name (a copy)."""
+        return dict(self._pauses)
+
+    def trigger_of(self, daemon: Daemon) -> str | None:
+        """``Slot.trigger`` of the daemon's run in flight (or queued): MANUAL or None."""
+        slot = self._slots.get(daemon)
+        return slot.trigger if slot is not None else None
+
+    def _hold(self, slot: Slot, delay: float) -> None:
+        """Keep a paused daemon's next due time without queueing it: its heap and
+        ready entries are stale from now on."""
+        slot.due = self.seconds() + delay
+        slot.seq = next(self._seq)
+
+    def _controlled_end(self, slot: Slot, delay: float | None) -> None:
+        """A run ended on a daemon an operator paused or triggered."""
+        control = slot.control
+        if control & _MANUAL_RUN:
+            slot.trigger = None
+            control &= ~_MANUAL_RUN
+        slot.control = control & ~_TRIGGER_AFTER_RUN
+        if delay is None:
+            return
+        if control & _TRIGGER_AFTER_RUN:
+            if delay <= 0:
+                # It goes on at once anyway (a yield): that run is the manual one.
+                slot.trigger = MANUAL
+                slot.control |= _MANUAL_RUN
+                self._schedule(slot, delay)
+            else:
+                self._queue_manual(slot, self.seconds())
+        elif control & _PAUSED:
+            self._hold(slot, delay)
+        else:
+            self._schedule(slot, delay)
 
     def watch_clock(self, watcher: Callable[[list[tuple[str, float, float]], float], None],
                     max_sleep: float) -> None:
@@ -293,3 +452,12 @@ class Scheduler:
         self._rearm()
         if not ready and self.idle_hook is not None:
             self.idle_hook()
+
+
+def _policy_call(daemon: Daemon, hook: str, now: float, default: Any = None) -> Any:
+    """Tell the daemon's schedule about a pause, a resume or a manual run, when it
+    cares (optional ISchedule hooks ``paused``, ``resumed``, ``triggered``)."""
+    method = getattr(daemon.schedule_policy, hook, None)
+    if method is None:
+        return default
+    return method(now)

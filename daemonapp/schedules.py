@@ -166,6 +166,8 @@ class ClockSchedule:
         self.misfires: dict[str, int] = {}
         self._pending: deque[float] = deque()  # fire times to make up, at once
         self._watching = False
+        self._paused_at: float | None = None  # paused (daemonapp pause) since then
+        self._manual_at: float | None = None  # the run in flight is a manual one (trigger)
         stats = daemon.stats
         stats["schedule"] = daemon.schedule
         stats["next_fire"] = None
@@ -188,6 +190,8 @@ class ClockSchedule:
     def next_delay(self, outcome: str, now: float) -> float:
         if outcome == YIELDED:
             return 0.0
+        if self._manual_at is not None:
+            return self._manual_run_ended(now)
         served = self.serving
         if served is not None and self.state is not None:
             self.state.record(self.daemon.name, served)
@@ -205,14 +209,59 @@ class ClockSchedule:
         """
         daemon = self.daemon
         fire = self.next_fire
-        if daemon.running or fire is None or fire > now or self._pending:
-            return
+        if daemon.running or fire is None or fire > now or self._pending \
+                or self._paused_at is not None:
+            return  # (a pause counts what it skipped when it ends)
         missed = self.times.between(fire - 0.001, now)
         if not missed:
             return
         self._missed(missed, [_reason(t, events) for t in missed], now, self.catch_up)
         if daemon.app is not None:
             daemon.app.reschedule(daemon, self._arm(now))
+
+    # An operator's commands (the scheduler calls these optional ISchedule hooks).
+
+    def triggered(self, now: float) -> None:
+        """The next run is a manual one (daemonapp trigger): it serves no fire time."""
+        self._manual_at = now
+
+    def _manual_run_ended(self, now: float) -> float:
+        asked, self._manual_at = self._manual_at, None
+        fire = self.serving  # what the daemon waited for: this run did not serve it
+        if fire is None or asked is None:
+            return self._arm(now)
+        if fire != self.next_fire or self._pending or fire < asked:
+            return 0.0  # a make-up was owed before the trigger: it runs now
+        if fire > now or self._paused_at is not None:
+            return max(0.0, fire - now)  # still the next run (a pause counts at its end)
+        passed = self.times.between(fire - 0.001, now)
+        self._missed(passed, ["overrun"] * len(passed), now, "once")
+        return self._arm(now)
+
+    def paused(self, since: float) -> None:
+        """The daemon is paused (daemonapp pause) since ``since``: it runs no fire time."""
+        self._paused_at = since
+
+    def resumed(self, now: float) -> float | None:
+        """The pause ended: the fire times it skipped are misfires ("paused"), made up as
+        catch_up says. The delay to the next run; None keeps the one planned."""
+        since, self._paused_at = self._paused_at, None
+        fire = self.serving
+        if fire is None or self.daemon.running:
+            return None  # a run in flight counts what passed when it ends (overrun)
+        if fire != self.next_fire or self._pending:
+            # A make-up was owed when the pause began: it runs now, and the fire times
+            # after the last one owed that passed meanwhile are paused misfires.
+            start = max([fire, *self._pending, *([since] if since is not None else [])])
+            missed = self.times.between(start, now)
+            if missed:
+                self._missed(missed, ["paused"] * len(missed), now, self.catch_up)
+            return 0.0
+        if fire > now:
+            return None
+        missed = self.times.between(fire - 0.001, now)
+        self._missed(missed, ["paused"] * len(missed), now, self.catch_up)
+        return self._arm(now)
 
     def close(self) -> None:
         """The daemon stopped: stop watching the clock for it."""
