@@ -163,6 +163,10 @@ class DaemonApp(MultiService):
         """Call ``hook`` on SIGHUP (logrotate)."""
         self.lifetime.reopen_hooks.append(hook)
 
+    def on_stopping(self, hook: Callable[[str], Any]) -> None:
+        """Call ``hook(reason)`` when a graceful stop begins (before anything stops)."""
+        self.lifetime.stopping_hooks.append(hook)
+
     def lock_for(self, name: str) -> IAsyncLock:
         """A lock handle for a daemon's ``lock:`` (flock in state_dir by default)."""
         return self._lock_provider().lock_for(name)

@@ -156,6 +156,11 @@ class Assembly:
                 status_socket = status_socket_path(settings.state_dir, os.getpid())
             path = status_socket or status_socket_path(settings.state_dir)
             StatusService(app, path).setServiceParent(app)  # type: ignore[no-untyped-call]
+        from daemonapp.systemd import SystemdNotifier
+
+        notifier = SystemdNotifier.from_environ(app)
+        if notifier is not None and not spawned:  # a web server's child is not the unit
+            notifier.setServiceParent(app)  # type: ignore[no-untyped-call]
         if spawned:
             # The web server SIGKILLs a few seconds after its SIGTERM: job children are
             # killed at once and their jobs go back to pending with their attempt given

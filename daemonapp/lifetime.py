@@ -64,6 +64,8 @@ class Lifetime:
         #: Activity in flight by kind ("request", "job"): counted for idle exit.
         self.activity: dict[str, int] = {}
         self.reopen_hooks: list[Callable[[], Any]] = []
+        #: Called with the reason when a graceful stop begins (systemd's STOPPING=1).
+        self.stopping_hooks: list[Callable[[str], Any]] = []
         self.stopping = False
         self.ended = False
         self._last_request_end: float | None = None
@@ -188,6 +190,11 @@ class Lifetime:
         self.stop_reason = reason
         self.exit_status = status
         log.info("daemonapp stopping: {reason}", reason=reason)
+        for hook in self.stopping_hooks:
+            try:
+                hook(reason)
+            except Exception:
+                log.failure("error in a stopping hook")
         for timer in (self._soft_timer, self._hard_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
