@@ -84,12 +84,17 @@ def _duration(seconds: float) -> str:
 def status_line(app: DaemonApp) -> str:
     """A one-line summary of ``app`` for ``STATUS=`` (what ``systemctl status`` shows).
 
-    ``3 daemons, 1 run in flight, 0 requests in flight, next run in 12s``; while a
-    graceful stop drains it starts with ``stopping (REASON):``.
+    ``3 daemons, 1 run in flight, 0 requests in flight, next run in 12s``
+    (``3 daemons (1 paused), ...`` while an operator paused some); while a graceful
+    stop drains it starts with ``stopping (REASON):``.
     """
     scheduler = app.scheduler
     activity = app.lifetime.activity
-    parts = [_plural(len(app.daemons), "daemon"),
+    daemons = _plural(len(app.daemons), "daemon")
+    paused = sum(1 for name in scheduler.pauses() if name in app.daemons)
+    if paused:
+        daemons += f" ({paused} paused)"
+    parts = [daemons,
              _plural(scheduler.runs_in_flight, "run") + " in flight",
              _plural(activity.get("request", 0), "request") + " in flight"]
     parts += [_plural(count, kind) + " in flight"
@@ -258,8 +263,8 @@ class SystemdNotifier(Service):
     def reloaded(self) -> None:
         """The reload is over (applied or refused): READY=1 with a fresh STATUS=."""
         self._reloads = max(0, self._reloads - 1)
-        if self._reloads:
-            return  # another reload is still under way: READY=1 after the last one
+        if self._reloads or self.app.lifetime.stopping:
+            return  # READY=1 after the last reload under way; none once stopping
         line = self._last_status = status_line(self.app)
         self.send("READY=1", f"STATUS={line}")
 

@@ -316,6 +316,18 @@ class NotifierTests(SynchronousTestCase):
         self.assertEqual(self.listener.messages(), [
             "STATUS=1 daemon, 1 run in flight, 2 requests in flight\n"])
 
+    def test_status_counts_paused_daemons(self) -> None:
+        """Daemons an operator paused are counted in the summary."""
+        from daemonapp.scheduler import Pause
+
+        app, _ = make_app()
+        app.add(FakeDaemon(name="a", run_every=7200, start_delay=7200))
+        app.add(FakeDaemon(name="b", run_every=7200, start_delay=7200))
+        app.startService()
+        app.scheduler.pause("b", Pause(since=0.0))
+        self.assertEqual(status_line(app), "2 daemons (1 paused), 0 runs in flight, "
+                                           "0 requests in flight, next run in 2h")
+
     def test_status_line_while_stopping(self) -> None:
         """While a stop drains, the summary says so and why."""
         app, clock = make_app()
@@ -377,6 +389,18 @@ class NotifierTests(SynchronousTestCase):
                          ["RELOADING=1", "RELOADING=1"])
         notifier.reloaded()
         self.assertEqual([m.splitlines()[0] for m in self.listener.messages()], ["READY=1"])
+
+    def test_no_ready_after_a_reload_once_stopping(self) -> None:
+        """A stop that began during a reload: no READY=1 after STOPPING=1."""
+        app, clock = make_app()
+        notifier = self.notifier(app)
+        app.startService()
+        clock.advance(0)
+        notifier.reloading()
+        app.stop("signal SIGTERM")
+        self.listener.messages()
+        notifier.reloaded()
+        self.assertEqual(self.listener.messages(), [])
 
     def test_sighup_is_a_reload_for_systemd(self) -> None:
         """SIGHUP: RELOADING=1, then READY=1 once the logs are reopened."""
