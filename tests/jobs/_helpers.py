@@ -128,3 +128,14 @@ class PipeNotifier:
             if fd >= 0:
                 os.close(fd)
         self.read_end = self.write_end = -1
+
+
+def stored_job(state_dir: Path, job_id: int) -> Any:
+    """The record of ``job_id`` in the SQLite store under ``state_dir``, read by a new store."""
+    from daemonapp.jobs import open_store
+
+    own = open_store(str(state_dir))
+    try:
+        return own.get(job_id)
+    finally:
+        own.close()

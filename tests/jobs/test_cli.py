@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from daemonapp.config import load_config
 from daemonapp.jobs import open_store
 from daemonapp.jobs.cli import StoreNotFound, main, store_from_config
+from tests._processes import DAEMONAPP, run_process, write_file
+from tests.jobs._helpers import stored_job
 
 
 @pytest.fixture
@@ -192,3 +195,67 @@ def test_postgres_store(pg_url: str, capsys: Any) -> None:
     job_id = int(capsys.readouterr().out)
     assert main(["--store", pg_url, "show", str(job_id)]) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "pending"
+
+
+# ------------------------------------ the `daemonapp jobs` command, in a child process
+
+
+def jobs_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_process([str(DAEMONAPP), "jobs", "--store", str(tmp_path / "state"), *args],
+                       cwd=tmp_path)
+
+
+@pytest.mark.integration
+def test_jobs_cli_submit_show(tmp_path: Path) -> None:
+    """`daemonapp jobs submit` prints the id, `show ID` prints JSON; no app needed."""
+    sub = jobs_cli(tmp_path, "submit", "email", '{"to": "x"}')
+    assert sub.returncode == 0, sub.stderr
+    job_id = int(sub.stdout.strip())
+    again = jobs_cli(tmp_path, "submit", "email", '{"to": "y"}', "--unique-key", "K")
+    again2 = jobs_cli(tmp_path, "submit", "email", '{"to": "z"}', "--unique-key", "K")
+    assert again.stdout.strip() == again2.stdout.strip()
+    shown = jobs_cli(tmp_path, "show", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["id"] == job_id
+    assert data["state"] == "pending"
+    assert data["kind"] == "email"
+    assert "error" in data
+
+
+@pytest.mark.integration
+def test_jobs_cli_list_cancel_retry(tmp_path: Path) -> None:
+    """`daemonapp jobs list | cancel ID | retry ID` work against the store."""
+    job_id = int(jobs_cli(tmp_path, "submit", "k", "{}").stdout.strip())
+    listed = jobs_cli(tmp_path, "list")
+    assert listed.returncode == 0
+    assert str(job_id) in listed.stdout
+    cancelled = jobs_cli(tmp_path, "cancel", str(job_id))
+    assert cancelled.returncode == 0, cancelled.stderr
+    retried = jobs_cli(tmp_path, "retry", str(job_id))
+    assert retried.returncode == 0, retried.stderr
+    data = json.loads(jobs_cli(tmp_path, "show", str(job_id)).stdout)
+    assert data["state"] == "pending"
+
+
+@pytest.mark.integration
+def test_jobs_cli_with_config(tmp_path: Path) -> None:
+    """`daemonapp jobs -c CONFIG submit` uses the job_dispatcher's store (state_dir by default)."""
+    cfg = write_file(tmp_path / "etc" / "d.yaml",
+                     "app:\n  state_dir: ./var\ndaemons:\n  jobs:\n    type: job_dispatcher\n"
+                     "    run_every: 1s\n")
+    sub = run_process([str(DAEMONAPP), "jobs", "-c", str(cfg), "submit", "k", "{}"], cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    job_id = int(sub.stdout.strip())
+    assert stored_job(tmp_path / "etc" / "var", job_id).state == "pending"
+
+
+@pytest.mark.integration
+def test_jobs_cli_reads_daemonapp_config(tmp_path: Path) -> None:
+    """`daemonapp jobs` without -c uses DAEMONAPP_CONFIG."""
+    cfg = write_file(tmp_path / "d.yaml", "app:\n  state_dir: ./var\ndaemons:\n  jobs:\n"
+                     "    type: job_dispatcher\n    run_every: 1s\n")
+    sub = run_process([str(DAEMONAPP), "jobs", "submit", "k", "{}"], cwd=tmp_path,
+                      env={"DAEMONAPP_CONFIG": str(cfg)})
+    assert sub.returncode == 0, sub.stderr
+    assert int(sub.stdout.strip()) >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import daemonapp.jobs
 from tests.jobs._helpers import ROOT
@@ -58,3 +59,16 @@ def test_job_kind_taken_twice() -> None:
         @daemonapp.jobs.job("facade-test-kind")
         def second(payload: dict[str, object]) -> None:
             return None
+
+
+def test_job_decorator_and_current_job() -> None:
+    """`@job("kind")` returns a usable function; current_job() is callable; progress exists."""
+    from daemonapp.jobs import current_job, job, progress
+
+    @job("design-rules-test-kind")
+    def handler(payload: dict[str, Any]) -> int:
+        return int(payload["n"]) + 1
+
+    assert handler({"n": 1}) == 2
+    assert callable(progress)
+    current_job()  # outside a job: must not crash

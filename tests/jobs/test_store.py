@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -573,3 +574,236 @@ def test_sqlite_real_full_disk_clears_when_space_returns(tiny_disk: Any) -> None
         assert os.path.getsize(tiny_disk / "state" / "jobs.sqlite3-wal") < 512 * 1024
     finally:
         store.close()
+
+
+# ------------------------------------------------ DESIGN §6's exact rules, from outside
+
+
+def test_store_submit_claim_complete(store: Any) -> None:
+    """submit -> pending; claim -> running with token and attempt 1; complete -> done."""
+    job_id = store.submit("email", {"to": "a@example.org"})
+    assert store.get(job_id).state == "pending"
+    job = store.claim("h1", lease=30)
+    expected = (job_id, "email", {"to": "a@example.org"}, 1)
+    assert (job.id, job.kind, job.payload, job.attempt) == expected
+    assert isinstance(job.token, int)
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("running", 1)
+    assert store.claim("h2", lease=30) is None
+    store.complete(job_id, job.token)
+    rec = store.get(job_id)
+    assert rec.state == "done"
+    for field in ("state", "attempts", "error", "percent", "message"):
+        assert hasattr(rec, field)
+
+
+def test_store_stale_token(store: Any) -> None:
+    """A call with a stale token raises daemonapp.jobs.StaleLease."""
+    job_id = store.submit("k", {})
+    job = store.claim("h", lease=30)
+    with pytest.raises(StaleLease):
+        store.complete(job_id, job.token + 1000)
+    with pytest.raises(StaleLease):
+        store.heartbeat(job_id, job.token + 1000)
+    store.complete(job_id, job.token)
+    with pytest.raises(StaleLease):
+        store.complete(job_id, job.token)
+
+
+def test_store_cancel_refuses_late_completion(store: Any) -> None:
+    """Cancel writes the store; a late completion is refused with StaleLease."""
+    job_id = store.submit("k", {})
+    job = store.claim("h", lease=30)
+    store.cancel(job_id)
+    assert store.get(job_id).state == "cancelled"
+    with pytest.raises(StaleLease):
+        store.complete(job_id, job.token)
+
+
+def test_store_unique_key(store: Any) -> None:
+    """unique_key dedupes while pending or running, not after."""
+    a = store.submit("k", {"n": 1}, unique_key="u")
+    assert store.submit("k", {"n": 2}, unique_key="u") == a
+    job = store.claim("h", lease=30)
+    assert store.submit("k", {"n": 3}, unique_key="u") == a
+    store.complete(a, job.token)
+    assert store.submit("k", {"n": 4}, unique_key="u") != a
+
+
+def test_store_payload_must_be_object(store: Any) -> None:
+    """Payloads are JSON objects."""
+    with pytest.raises((ValueError, TypeError)):
+        store.submit("k", [1, 2])
+
+
+def test_store_payload_size_capped(store: Any) -> None:
+    """Payloads are size-capped."""
+    with pytest.raises((ValueError, TypeError)):
+        store.submit("k", {"x": "a" * (64 * 1024 * 1024)})
+
+
+def test_store_tokens_increase(store: Any) -> None:
+    """Every claim hands out a larger fencing token."""
+    for n in range(3):
+        store.submit("k", {"n": n})
+    tokens = [store.claim("h", lease=30).token for _ in range(3)]
+    assert tokens == sorted(set(tokens))
+
+
+def test_store_priority_and_run_after(store: Any) -> None:
+    """Higher priority is claimed first; run_after in the future is not claimed yet."""
+    low = store.submit("k", {}, priority=0)
+    high = store.submit("k", {}, priority=5)
+    store.submit("k", {}, run_after=time.time() + 3600)
+    assert store.claim("h", lease=30).id == high
+    assert store.claim("h", lease=30).id == low
+    assert store.claim("h", lease=30) is None
+
+
+def wait_claim(store: Any, holder: str, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.claim(holder, lease=30)
+        if job is not None:
+            return job
+        time.sleep(0.02)
+    return None
+
+
+def test_store_lost_lease_spends_attempt(store: Any) -> None:
+    """A job whose lease expired is claimed again; attempts counts claims."""
+    job_id = store.submit("k", {})
+    first = store.claim("dead", lease=0.05)
+    again = wait_claim(store, "alive")
+    assert again is not None
+    assert again.id == job_id
+    assert again.attempt == 2
+    assert again.token > first.token
+    assert store.get(job_id).attempts == 2
+
+
+def test_store_lost_leases_exhaust_budget(store: Any) -> None:
+    """max_attempts (default 3) includes the first run: three lost leases and the job fails."""
+    job_id = store.submit("k", {})
+    for _ in range(3):
+        assert store.claim("dead", lease=0.05) is not None or wait_claim(store, "dead")
+        time.sleep(0.06)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and store.get(job_id).state != "failed":
+        assert store.claim("late", lease=30) is None
+        time.sleep(0.02)
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("failed", 3)
+
+
+def test_store_fail_spends_one_attempt_of_three(store: Any) -> None:
+    """fail() spends one attempt; the job is failed after its third attempt only."""
+    job_id = store.submit("k", {})
+    for attempt in (1, 2, 3):
+        job = wait_claim(store, "h", timeout=2)
+        assert job is not None and job.attempt == attempt
+        store.fail(job_id, job.token, f"boom {attempt}")
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("failed", 3)
+    assert "boom 3" in rec.error
+
+
+def test_store_fail_then_retry_fresh_budget(store: Any) -> None:
+    """retry makes a failed job pending with a fresh budget."""
+    job_id = store.submit("k", {})
+    for _ in range(3):
+        job = wait_claim(store, "h", timeout=2)
+        assert job is not None
+        store.fail(job_id, job.token, "Traceback: boom")
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("failed", 3)
+    assert "boom" in rec.error
+    store.retry(job_id)
+    rec = store.get(job_id)
+    assert (rec.state, rec.attempts) == ("pending", 0)
+    assert store.claim("h", lease=30).attempt == 1
+
+
+def test_store_get_unknown(store: Any) -> None:
+    """get of an unknown id gives None (no record)."""
+    assert store.get(999_999) is None
+
+
+def test_store_reopen_persists(tmp_path: Path) -> None:
+    """open_store(state_dir) keeps one SQLite file inside; a new store sees the jobs."""
+    state = tmp_path / "state"
+    a = open_store(str(state))
+    job_id = a.submit("k", {"x": 1})
+    a.close()
+    files = [p for p in state.iterdir() if not p.name.endswith(("-wal", "-shm"))]
+    assert len(files) == 1
+    b = open_store(str(state))
+    try:
+        assert b.get(job_id).state == "pending"
+    finally:
+        b.close()
+
+
+def test_store_submit_signature(store: Any) -> None:
+    """submit(kind, payload, unique_key=None, priority=0, run_after=None)."""
+    import inspect
+
+    params = list(inspect.signature(store.submit).parameters.values())
+    assert [p.name for p in params[:5]] == ["kind", "payload", "unique_key", "priority",
+                                            "run_after"]
+    assert [p.default for p in params[2:5]] == [None, 0, None]
+
+
+def test_store_zombie_refused(store: Any) -> None:
+    """After a lost lease and a new claim, the old holder's calls raise StaleLease."""
+    job_id = store.submit("k", {})
+    old = store.claim("zombie", lease=0.05)
+    new = wait_claim(store, "fresh")
+    assert new is not None and new.id == job_id
+    with pytest.raises(StaleLease):
+        store.heartbeat(job_id, old.token)
+    with pytest.raises(StaleLease):
+        store.complete(job_id, old.token)
+    with pytest.raises(StaleLease):
+        store.fail(job_id, old.token, "late")
+    store.complete(job_id, new.token)
+    assert store.get(job_id).state == "done"
+
+
+def test_store_cancel_pending(store: Any) -> None:
+    """A cancelled pending job is never claimed."""
+    job_id = store.submit("k", {})
+    store.cancel(job_id)
+    assert store.get(job_id).state == "cancelled"
+    assert store.claim("h", lease=30) is None
+
+
+def test_store_concurrent_claims_unique(store: Any, request: pytest.FixtureRequest) -> None:
+    """Claims from several store connections at once never hand out one job twice."""
+    import threading
+
+    target = str(store.path).rsplit("/", 1)[0] if hasattr(store, "path") else None
+    if target is None:
+        target = request.getfixturevalue("pg_url")
+    ids = {store.submit("k", {"n": n}) for n in range(30)}
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        own = open_store(target)
+        try:
+            while True:
+                job = own.claim(f"w{n}", lease=30)
+                if job is None:
+                    return
+                with lock:
+                    got.append(job.id)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(got) == sorted(ids)
