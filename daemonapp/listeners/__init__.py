@@ -187,6 +187,7 @@ LISTENER_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "native": _target,
     "jobs": _bool,
     "threads": _int(0),
+    "request_buffering": _bool,
     "max_concurrent": _int(1, optional=True),
     "backlog": _int(0),
     "queue_timeout": _duration(),
@@ -342,7 +343,8 @@ def build_listener(options: Mapping[str, Any], *, reactor: Any, base_dir: str,
     threads = values.get("threads", 10)
     app: NativeApp | WSGIApp | None = None
     if "wsgi" in values:
-        app = WSGIApp(import_target("wsgi", values["wsgi"]), reactor=reactor, threads=threads)
+        app = WSGIApp(import_target("wsgi", values["wsgi"]), reactor=reactor, threads=threads,
+                      request_buffering=values.get("request_buffering", True))
     elif "native" in values:
         app = NativeApp(import_target("native", values["native"]))
     max_concurrent = values.get("max_concurrent")

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daemonapp.listeners.budget import ConnectionBuffer
 from daemonapp.listeners.connections import ListenerFactory, TrackedProtocol
 from daemonapp.listeners.exchange import (
     Exchange,
@@ -64,6 +65,9 @@ class SCGIExchange(Exchange):
     def __init__(self, proto: SCGIProtocol) -> None:
         super().__init__(proto.factory.dispatcher)
         self.proto = proto
+        # the connection's share of the body budget (max_buffer_bytes): without it only
+        # the listener's bounded an SCGI body, and 20 bodies that never end held 32 MiB
+        self.buffer = ConnectionBuffer()
 
     def _emit_whole(self, status: str, headers: Headers, body: bytes) -> None:
         proto = self.proto

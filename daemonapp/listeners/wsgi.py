@@ -561,11 +561,17 @@ def _call_now(function: Callable[..., Any], *args: Any) -> None:
 class WSGIApp:
     """Runs a WSGI application for each exchange, in a bounded pool or on the loop."""
 
-    def __init__(self, app: WSGIApplication, *, reactor: Any, threads: int = 10) -> None:
+    def __init__(self, app: WSGIApplication, *, reactor: Any, threads: int = 10,
+                 request_buffering: bool = True) -> None:
         self.app = app
         self.reactor = reactor
         self.threads = threads
-        self.needs_full_body = threads == 0
+        # With request buffering (the default, as nginx's), a request takes a thread only
+        # once its whole body is in (memory within the budget, past it a spool file): a
+        # body that trickles or never ends holds no thread, so it cannot starve the
+        # pool. Without it, the app's thread reads the body as it arrives.
+        self.request_buffering = request_buffering
+        self.needs_full_body = threads == 0 or request_buffering
         self.pool = WorkerPool(threads) if threads > 0 else None
         self.poster = CallPoster(reactor)
         # what every environ starts from; the request's params override it

@@ -55,6 +55,24 @@ class BodyBudgetTests(SynchronousTestCase):
                          b"a" * 800 + b"b" * 800 + b"c" * 1400)
         self.assertEqual((budget.used, budget.fds.spools), (0, 0))
 
+    def test_an_scgi_body_over_the_connection_budget_is_spooled(self) -> None:
+        """An SCGI connection's body counts against max_buffer_bytes too, not only
+        against the listener's budget (20 endless bodies held 32 MiB)."""
+        from tests.listeners.test_scgi import scgi_request
+
+        listener = make_listener(protocol="scgi", native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=1000)
+        proto, transport = connect(listener)
+        data = scgi_request(b"a" * 3000, REQUEST_METHOD="POST")
+        proto.dataReceived(data[:-2200])
+        budget = listener.dispatcher.budget
+        self.assertEqual((budget.used, budget.spooled), (800, 0))
+        proto.dataReceived(data[-2200:-1400])
+        self.assertEqual((budget.used, budget.spooled), (0, 1))
+        proto.dataReceived(data[-1400:])
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"a" * 3000))
+        self.assertEqual((budget.used, budget.fds.spools), (0, 0))
+
     def test_the_listener_budget_is_shared_by_its_connections(self) -> None:
         """Each connection under max_buffer_bytes, together over
         max_listener_buffer_bytes: the body that does not fit is spooled."""

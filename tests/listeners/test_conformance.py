@@ -261,7 +261,7 @@ def test_drain_after_a_timeout_with_unread_body(tmp_path: Any) -> None:
     apps.GATE = release
     live = LiveListener(str(tmp_path), protocol="fastcgi",
                         wsgi="tests.listeners.apps:gated_wsgi", threads=2,
-                        request_timeout="0.5s")
+                        request_timeout="0.5s", request_buffering=False)
     sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
     try:
         params = nginx_params("POST", "/slow", length=2_000_000)

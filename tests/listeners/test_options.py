@@ -16,9 +16,10 @@ APP = "tests.listeners.apps:hello_native"
 def test_every_documented_key_has_a_converter() -> None:
     """LISTENER_OPTIONS has exactly the listener item keys."""
     assert sorted(LISTENER_OPTIONS) == sorted([
-        "protocol", "endpoint", "wsgi", "native", "jobs", "threads", "max_concurrent",
-        "backlog", "queue_timeout", "max_param_bytes", "max_body_bytes", "request_timeout",
-        "max_requests", "max_requests_jitter", "allow_from", "script_name", "socket_group",
+        "protocol", "endpoint", "wsgi", "native", "jobs", "threads", "request_buffering",
+        "max_concurrent", "backlog", "queue_timeout", "max_param_bytes", "max_body_bytes",
+        "request_timeout", "max_requests", "max_requests_jitter", "allow_from", "script_name",
+        "socket_group",
         "mode", "header_timeout", "body_timeout", "idle_timeout", "send_timeout",
         "max_buffer_bytes", "max_listener_buffer_bytes", "max_connections"])
 
@@ -129,7 +130,8 @@ def test_check_listener_reports_every_key_at_once() -> None:
                    "max_body_bytes, max_buffer_bytes, max_concurrent, max_connections, "
                    "max_listener_buffer_bytes, max_param_bytes, max_requests, "
                    "max_requests_jitter, mode, native, protocol, queue_timeout, "
-                   "request_timeout, script_name, send_timeout, socket_group, threads, wsgi"),
+                   "request_buffering, request_timeout, script_name, send_timeout, "
+                   "socket_group, threads, wsgi"),
         ("queue_timeout", 'expected a duration like "30s", "5m" or "1h30m", got \'soon\''),
     ]
     assert values == {"protocol": "scgi", "endpoint": "unix:a.sock"}

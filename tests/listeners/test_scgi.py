@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from daemonapp import cgi_frontend
 from daemonapp.listeners import scgi
 from tests.listeners import apps
-from tests.listeners.helpers import NonReader, connect, make_listener
+from tests.listeners.helpers import NonReader, ThreadReactor, connect, make_listener
 
 
 def scgi_request(body: bytes = b"", **headers: str) -> bytes:
@@ -268,3 +268,22 @@ class NeverReadTests(SynchronousTestCase):
         self.assertFalse(transport.disconnected)
         clock.pump([1.0] * 3)
         self.assertTrue(transport.disconnected)
+
+
+class BufferedBodyTests(SynchronousTestCase):
+    def test_a_body_still_arriving_holds_no_thread(self) -> None:
+        """A body one byte short of its CONTENT_LENGTH holds no WSGI thread (request
+        buffering): a normal request on another connection is answered meanwhile."""
+        reactor = ThreadReactor()
+        listener = make_listener(reactor, protocol="scgi", threads=1,
+                                 wsgi="tests.listeners.apps:hello_wsgi")
+        self.addCleanup(listener.app.stop)
+        for _ in range(3):  # more endless bodies than threads
+            greedy, _transport = connect(listener)
+            greedy.dataReceived(scgi_request(b"x" * 1000, REQUEST_METHOD="POST")
+                                .replace(b"CONTENT_LENGTH\x001000", b"CONTENT_LENGTH\x001001"))
+        self.assertEqual((listener.in_flight, listener.dispatcher.queued), (0, 0))
+        proto, transport = connect(listener)
+        proto.dataReceived(scgi_request(REQUEST_METHOD="GET"))
+        reactor.run_posted(lambda: transport.disconnecting)
+        self.assertTrue(transport.value().endswith(b"Hello, world!\n"))

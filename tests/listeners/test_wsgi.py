@@ -122,8 +122,8 @@ class ThreadedTests(SynchronousTestCase):
         self.reactor = ThreadReactor()
 
     def _listener(self, app: str, **options: object) -> object:
-        listener = make_listener(self.reactor, wsgi=f"tests.listeners.apps:{app}",
-                                 threads=2, **options)
+        options.setdefault("threads", 2)
+        listener = make_listener(self.reactor, wsgi=f"tests.listeners.apps:{app}", **options)
         self.addCleanup(listener.app.stop)
         return listener
 
@@ -138,8 +138,9 @@ class ThreadedTests(SynchronousTestCase):
                          b"Content-Length: 14\r\n\r\nHello, world!\n")
 
     def test_streaming_input(self) -> None:
-        """The app starts before the body is complete and reads it as it arrives."""
-        listener = self._listener("echo_wsgi")
+        """Without request buffering, the app starts before the body is complete and
+        reads it as it arrives."""
+        listener = self._listener("echo_wsgi", request_buffering=False)
         proto, transport = connect(listener)
         proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST", PATH_INFO="/e")
                            + record(FCGI_STDIN, 1, b"first-"))
@@ -148,9 +149,35 @@ class ThreadedTests(SynchronousTestCase):
         self.reactor.run_posted(lambda: listener.in_flight == 0)
         self.assertTrue(stdout_of(transport.value()).endswith(b"\r\n\r\nfirst-second"))
 
+    def test_a_body_still_arriving_holds_no_thread(self) -> None:
+        """With request buffering (the default) a request takes a thread only once its
+        body is complete: bodies that never end leave the pool to normal requests."""
+        listener = self._listener("echo_wsgi", threads=1)
+        greedy, _ = connect(listener)
+        for rid in (1, 2, 3):  # more endless bodies than threads
+            greedy.dataReceived(begin(rid) + params(rid, REQUEST_METHOD="POST",
+                                                    CONTENT_LENGTH="1000000")
+                                + record(FCGI_STDIN, rid, b"x" * 1000))
+        self.assertEqual((listener.in_flight, listener.dispatcher.queued), (0, 0))
+        proto, transport = connect(listener)
+        proto.dataReceived(request(1, PATH_INFO="/normal"))
+        self.reactor.run_posted(lambda: b"X-Path: /normal" in stdout_of(transport.value()))
+        self.assertEqual(listener.in_flight, 0)
+
+    def test_a_buffered_body_reaches_the_app_whole(self) -> None:
+        """A body that arrived in pieces is read whole by the app once it is complete."""
+        listener = self._listener("echo_wsgi")
+        proto, transport = connect(listener)
+        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST", PATH_INFO="/e")
+                           + record(FCGI_STDIN, 1, b"first-"))
+        self.assertEqual(listener.in_flight, 0)
+        proto.dataReceived(record(FCGI_STDIN, 1, b"second") + record(FCGI_STDIN, 1))
+        self.reactor.run_posted(lambda: listener.in_flight == 0 and transport.value() != b"")
+        self.assertTrue(stdout_of(transport.value()).endswith(b"\r\n\r\nfirst-second"))
+
     def test_streamed_answer_held_until_the_body_ends(self) -> None:
         """A streamed answer begun before the body ended is sent once the body is complete."""
-        listener = self._listener("early_wsgi")
+        listener = self._listener("early_wsgi", request_buffering=False)
         proto, transport = connect(listener)
         proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST")
                            + record(FCGI_STDIN, 1, b"body"))
@@ -215,7 +242,7 @@ class ThreadedTests(SynchronousTestCase):
         release = threading.Event()
         self.addCleanup(release.set)
         apps.GATE = release
-        listener = self._listener("gated_wsgi", request_timeout="1s")
+        listener = self._listener("gated_wsgi", request_timeout="1s", request_buffering=False)
         proto, transport = connect(listener)
         proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST", PATH_INFO="/",
                                              CONTENT_LENGTH="2000000"))
