@@ -19,8 +19,10 @@ from zope.interface import implementer
 from daemonapp.crontimes import load_zone
 from daemonapp.daemon import Daemon
 from daemonapp.durations import parse_duration
+from daemonapp.health import HealthCheck, expected_interval
 from daemonapp.interfaces import (
     IActivityMonitor,
+    IAppHealth,
     IAsyncLock,
     IListener,
     ILockProvider,
@@ -44,7 +46,7 @@ def _optional_seconds(name: str, value: object) -> float | None:
         raise ValueError(f"{name}: {e}") from None
 
 
-@implementer(IScheduler, IActivityMonitor)
+@implementer(IScheduler, IActivityMonitor, IAppHealth)
 class DaemonApp(MultiService):
     """Runs daemons and listeners on one reactor and owns the process lifetime."""
 
@@ -117,6 +119,9 @@ class DaemonApp(MultiService):
         # IActivityMonitor: listeners and job runners report their work in flight.
         self.begin = lifetime.begin
         self.end = lifetime.end
+        #: What GET /healthz serves; its loop-lag probe runs while a listener has
+        #: health: true.
+        self.health_check = HealthCheck(self)
         self._stop_hooks: list[Callable[[], Any]] = []
 
     # ------------------------------------------------------------ the public API
@@ -263,6 +268,8 @@ class DaemonApp(MultiService):
         log.info("daemonapp starting: {count} daemons, {listeners} listeners",
                  count=len(self.daemons), listeners=len(self.listeners))
         self.lifetime.start()
+        if any(listener.health for listener in self.listeners):
+            self.health_check.probe.start()
         for daemon in list(self.daemons.values()):
             daemon.start()
         self.lifetime.start_soft_deadline()
@@ -314,14 +321,32 @@ class DaemonApp(MultiService):
         """What a graceful stop does to the app's parts; fires when it is over.
 
         Listeners drain and daemons finish their run in flight, then the stop hooks
-        run and the locks are released, then the services stop.
+        run and the locks are released, then the services stop. A listener with
+        ``health: true`` keeps accepting until the rest has drained, answering 503
+        (DESIGN §10: load balancers see the stop), and drains last.
         """
+        last = [listener for listener in self.listeners if listener.health]
+        for listener in last:
+            listener.refuse_new()
         work: list[Deferred[Any]] = [maybeDeferred(listener.drain)
-                                     for listener in self.listeners]
+                                     for listener in self.listeners if not listener.health]
         work += [daemon.stop() for daemon in list(self.daemons.values())]
         d = DeferredList(work, consumeErrors=True)
+        if last:
+            d.addCallback(self._drain_last, last)
         d.addCallback(self._daemons_stopped)
         return d
+
+    def _drain_last(self, results: list[Any], last: list[IListener]) -> Deferred[Any]:
+        """The rest has drained: drain the health listeners, then stop the probe."""
+        drained = DeferredList([maybeDeferred(listener.drain) for listener in last],
+                               consumeErrors=True)
+
+        def done(more: list[Any]) -> list[Any]:
+            self.health_check.probe.stop()
+            return results + more
+
+        return drained.addCallback(done)
 
     def _daemons_stopped(self, results: object) -> Deferred[Any]:
         for ok, value in results:  # type: ignore[attr-defined]
@@ -343,9 +368,20 @@ class DaemonApp(MultiService):
         return maybeDeferred(super().stopService) if self.running else succeed(None)
 
     def _force_down(self) -> None:
+        self.health_check.probe.stop()
         MultiService.stopService(self)  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------------ status
+
+    def health_report(self) -> tuple[bool, dict[str, Any]]:
+        """What GET /healthz serves: (healthy, the JSON body with the reasons)."""
+        return self.health_check.report()
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text of ``snapshot()`` (what GET /metrics serves)."""
+        from daemonapp.metrics import render_metrics
+
+        return render_metrics(self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able picture of the app for `daemonapp status`."""
@@ -364,6 +400,7 @@ class DaemonApp(MultiService):
                 "priority": daemon.priority,
                 "running": daemon.running,
                 "lateness": self.scheduler.lateness(daemon),
+                "expected_interval": expected_interval(daemon, self),
             }
             entry.update(daemon.stats)
             daemons.append(entry)
@@ -376,6 +413,8 @@ class DaemonApp(MultiService):
             "stop_reason": self.stop_reason,
             "in_flight": dict(self._activity),
             "max_lateness": self.max_lateness,
+            "loop_lag": (self.health_check.probe.lag() if self.health_check.probe.running
+                         else None),
             "daemons": daemons,
             "listeners": [listener.snapshot() for listener in self.listeners],
         }

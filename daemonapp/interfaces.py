@@ -17,7 +17,7 @@ from zope.interface import Attribute, Interface
 from daemonapp._lock_interfaces import IAsyncLock, ILockBackend, ILockProvider, LockUnavailable
 
 __all__ = [
-    "IActivityMonitor", "IAsyncLock", "IDaemon", "IJobStore", "IListener",
+    "IActivityMonitor", "IAppHealth", "IAsyncLock", "IDaemon", "IJobStore", "IListener",
     "ILockBackend", "ILockProvider", "ISchedule", "IScheduler", "LockUnavailable",
 ]
 
@@ -126,17 +126,36 @@ class IActivityMonitor(Interface):
         """A listener reached max_requests: start a graceful stop (exit status 0)."""
 
 
+class IAppHealth(Interface):
+    """What a listener's ``GET /healthz`` and ``GET /metrics`` ask the app (DESIGN §10).
+
+    The app provides it along with IActivityMonitor; listeners never import the app.
+    """
+
+    def health_report() -> tuple[bool, dict[str, object]]:
+        """(healthy, a JSON-able body: ``status``, ``reasons``, ...), cheap to ask."""
+
+    def metrics_text() -> bytes:
+        """The Prometheus text of the app's status (as ``daemonapp status --metrics``)."""
+
+
 class IListener(IService):
     """A network listener (FastCGI, SCGI, HTTP) served on the app's reactor."""
 
     protocol_name = Attribute("str: 'fastcgi', 'scgi' or 'http'")
     in_flight = Attribute("int: requests being answered now")
+    health = Attribute("bool: serves GET /healthz, and keeps accepting while the app "
+                       "drains (then drains last)")
 
     def set_activity_monitor(monitor: IActivityMonitor) -> None:
         """Report requests to ``monitor`` (the app calls this in add_listener)."""
 
     def drain() -> object:
         """Stop accepting, answer what is in flight; a Deferred fires when done."""
+
+    def refuse_new() -> None:
+        """A graceful stop began, this listener keeps accepting until ``drain()``: new
+        requests get 503 + Retry-After, /healthz 503."""
 
     def snapshot() -> dict[str, object]:
         """A JSON-able status of this listener for ``daemonapp status``."""

@@ -53,6 +53,15 @@ class _SnapshotCollector:
         up = GaugeMetricFamily("daemonapp_up", "1 while the app runs, 0 while it stops",
                                value=1.0 if snap.get("state") == "running" else 0.0)
         yield up
+        if snap.get("started_at") is not None:
+            yield GaugeMetricFamily("daemonapp_start_time_seconds",
+                                    "When the app started, in seconds since the epoch",
+                                    value=float(snap["started_at"]))
+        if snap.get("loop_lag") is not None:
+            yield GaugeMetricFamily("daemonapp_loop_lag_seconds",
+                                    "Lateness of the loop-lag probe's timer (only while a "
+                                    "listener has health: true)",
+                                    value=float(snap["loop_lag"]))
         yield GaugeMetricFamily("daemonapp_uptime_seconds", "Seconds since the app started",
                                 value=float(snap.get("uptime") or 0.0))
         yield GaugeMetricFamily("daemonapp_max_lateness_seconds",
@@ -81,9 +90,11 @@ class _SnapshotCollector:
         yield lateness
         yield delay
         yield outcome
+        yield from _supervision(daemons)
         misfires = CounterMetricFamily(
             "daemonapp_daemon_misfires", "Fire times of a clock schedule missed, by reason "
-            "(overrun, downtime), made up or not", labels=["daemon", "reason"])
+            "(overrun, downtime, suspend, clock_jump, paused), made up or not",
+            labels=["daemon", "reason"])
         for d in daemons:
             for reason, count in sorted((d.get("misfires") or {}).items()):
                 misfires.add_metric([str(d["name"]), str(reason)], float(count))
@@ -125,6 +136,62 @@ class _SnapshotCollector:
             for state, count in sorted(by_state.items()):
                 jobs_family.add_metric([str(state)], float(count))
             yield jobs_family
+
+
+def _supervision(daemons: list[Mapping[str, Any]]) -> Iterator[Any]:
+    """Per daemon: runs by outcome, the last success, the failure streak and its alert,
+    run durations, the expected interval between runs, and the pause (DESIGN §10).
+
+    Keys a daemon's entry lacks (an app without supervision) give no sample, or 0.
+    """
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        SummaryMetricFamily,
+    )
+
+    by_outcome = CounterMetricFamily("daemonapp_daemon_runs_by_outcome",
+                                     "Runs of the daemon by outcome (worked, yielded, idle, "
+                                     "failed, locked-out, timed-out)",
+                                     labels=["daemon", "outcome"])
+    success = GaugeMetricFamily("daemonapp_daemon_last_success_timestamp_seconds",
+                                "When the daemon's last run that did work (worked or "
+                                "yielded) ended, in seconds since the epoch",
+                                labels=["daemon"])
+    streak = GaugeMetricFamily("daemonapp_daemon_consecutive_failures",
+                               "Failed or timed-out runs in a row, up to the last run",
+                               labels=["daemon"])
+    in_alert = GaugeMetricFamily("daemonapp_daemon_in_alert",
+                                 "1 while the daemon is in alert (alert_after reached, no "
+                                 "recovery yet)", labels=["daemon"])
+    duration = SummaryMetricFamily("daemonapp_daemon_run_duration_seconds",
+                                   "Duration of the daemon's runs (sum and count)",
+                                   labels=["daemon"])
+    last_duration = GaugeMetricFamily("daemonapp_daemon_last_run_duration_seconds",
+                                      "Duration of the daemon's last run", labels=["daemon"])
+    interval = GaugeMetricFamily("daemonapp_daemon_expected_interval_seconds",
+                                 "The longest a healthy daemon waits between two runs now "
+                                 "(maximum_idle with its jitter; a clock schedule's gap "
+                                 "between its last and next fire times)", labels=["daemon"])
+    paused = GaugeMetricFamily("daemonapp_daemon_paused", "1 while the daemon is paused",
+                               labels=["daemon"])
+    for d in daemons:
+        label = [str(d["name"])]
+        for outcome, count in sorted((d.get("outcomes") or {}).items()):
+            by_outcome.add_metric([*label, str(outcome)], float(count))
+        if d.get("last_success_at") is not None:
+            success.add_metric(label, float(d["last_success_at"]))
+        streak.add_metric(label, float(d.get("consecutive_failures") or 0))
+        in_alert.add_metric(label, 1.0 if d.get("in_alert") else 0.0)
+        duration.add_metric(label, count_value=int(d.get("runs") or 0),
+                            sum_value=float(d.get("run_seconds") or 0.0))
+        if d.get("last_duration") is not None:
+            last_duration.add_metric(label, float(d["last_duration"]))
+        if d.get("expected_interval") is not None:
+            interval.add_metric(label, float(d["expected_interval"]))
+        paused.add_metric(label, 1.0 if d.get("paused") else 0.0)
+    yield from (by_outcome, success, streak, in_alert, duration, last_duration, interval,
+                paused)
 
 
 def _listener_label(listener: Mapping[str, Any], index: int) -> str:

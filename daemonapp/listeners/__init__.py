@@ -186,6 +186,8 @@ LISTENER_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "wsgi": _target,
     "native": _target,
     "jobs": _bool,
+    "health": _bool,
+    "metrics": _bool,
     "threads": _int(0),
     "request_buffering": _bool,
     "max_concurrent": _int(1, optional=True),
@@ -268,9 +270,17 @@ def _cross_key_error(values: ListenerOptions, base_dir: str) -> OptionError | No
                                          '"tcp:8080:interface=127.0.0.1"')
     if "wsgi" in values and "native" in values:
         return _option_error("native", "a listener serves either wsgi or native, not both")
-    if not ("wsgi" in values or "native" in values or values.get("jobs")):
+    if not ("wsgi" in values or "native" in values or values.get("jobs")
+            or values.get("health") or values.get("metrics")):
         return _option_error("protocol", "a listener needs wsgi: module:callable, "
-                                         "native: module:callable or jobs: true")
+                                         "native: module:callable, jobs: true, health: true "
+                                         "or metrics: true")
+    if values.get("metrics"):
+        try:
+            importlib.import_module("prometheus_client")
+        except ImportError:
+            return _option_error("metrics", "metrics: true needs prometheus_client: "
+                                            "pip install 'daemonapp[metrics]'")
     from daemonapp.options import OptionError
 
     try:
@@ -371,6 +381,8 @@ def build_listener(options: Mapping[str, Any], *, reactor: Any, base_dir: str,
                                              DEFAULT_MAX_LISTENER_BUFFER_BYTES),
         fds=fds,
         jobs_status=jobs_status if jobs else None,
+        health=values.get("health", False),
+        metrics=values.get("metrics", False),
     )
     allow_from = values.get("allow_from")
     if allow_from is None and protocol == "fastcgi":

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daemonapp.interfaces import IActivityMonitor
+from daemonapp.interfaces import IActivityMonitor, IAppHealth
 from daemonapp.listeners.budget import (
     DEFAULT_MAX_BUFFER_BYTES,
     DEFAULT_MAX_LISTENER_BUFFER_BYTES,
@@ -37,6 +37,9 @@ from daemonapp.listeners.exchange import (
     parse_length,
     status_line,
 )
+
+#: The Prometheus text exposition format (daemonapp.metrics's, without its import).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Exchange state between "params complete" and "admitted": waiting for the whole body.
 WAITING = 4
@@ -63,6 +66,9 @@ IO_TICK_FOR = 0.25
 
 _JOB_PATH = re.compile(r"/jobs/([0-9]{1,18})/?")
 _PLAIN = [("Content-Type", "text/plain; charset=utf-8")]
+#: The paths ``health: true`` and ``metrics: true`` serve (DESIGN §10).
+HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 #: Seconds between two log lines of one kind of peer trouble (each gives the count).
 PEER_LOG_EVERY = 60.0
 
@@ -173,6 +179,8 @@ class Dispatcher:
         max_listener_buffer_bytes: int = DEFAULT_MAX_LISTENER_BUFFER_BYTES,
         fds: FdLimits | None = None,
         jobs_status: JobsStatus | None = None,
+        health: bool = False,
+        metrics: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         self.app = app
@@ -206,6 +214,15 @@ class Dispatcher:
             script_name = script_name.rstrip("/")
         self.script_name = script_name
         self.jobs_status = jobs_status
+        #: GET /healthz and GET /metrics, answered before admission (DESIGN §10)
+        self.health = health
+        self.metrics = metrics
+        self._serves_app_status = health or metrics
+        #: what /healthz and /metrics ask (the app, through IAppHealth)
+        self.health_source: IAppHealth | None = None
+        #: a graceful stop began while this listener keeps accepting (health: true):
+        #: new requests are answered 503 + Retry-After, /healthz 503
+        self.refusing = False
         self.needs_full_body = app.needs_full_body if app is not None else True
         self.monitor: IActivityMonitor | None = None
         self.queue: deque[Exchange] = deque()
@@ -224,6 +241,8 @@ class Dispatcher:
         self.too_large_413 = 0
         self.too_large_431 = 0
         self.bad_request_400 = 0
+        self.health_checks = 0
+        self.scrapes = 0
         self._idle_waiters: list[Deferred[None]] = []
         self._tick: Any = None
         self._tick_requests = 0
@@ -252,6 +271,8 @@ class Dispatcher:
             ex.route_path = path
         else:
             ex.route_path = params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", "")
+        if self._serves_app_status and self._serve_app_status(ex):
+            return
         self.requests += 1
         self.active += 1
         ex.state = WAITING
@@ -268,6 +289,9 @@ class Dispatcher:
                           limit=limit)
             if monitor is not None:
                 monitor.request_limit_reached(f"max_requests ({limit}) reached")
+        if self.refusing:
+            self._reject(ex)
+            return
         length = params.get("CONTENT_LENGTH")
         if length:
             size = parse_length(length)
@@ -510,6 +534,73 @@ class Dispatcher:
 
         deferred.addCallbacks(found, failed)
 
+    # -- /healthz and /metrics -------------------------------------------------------
+
+    def _serve_app_status(self, ex: Exchange) -> bool:
+        """Answer /healthz or /metrics at once, on the loop (True), or leave ``ex`` alone.
+
+        Neither is a request of the app: not counted in ``requests``, not activity for
+        idle exit or max_requests (a load balancer polling every second would keep the
+        app alive for ever), never queued behind the app's requests.
+        """
+        path = ex.route_path
+        if path == HEALTH_PATH and self.health:
+            self.health_checks += 1
+            if self._method_allowed(ex):
+                self._serve_health(ex)
+            return True
+        if path == METRICS_PATH and self.metrics:
+            self.scrapes += 1
+            if self._method_allowed(ex):
+                self._serve_metrics(ex)
+            return True
+        return False
+
+    @staticmethod
+    def _method_allowed(ex: Exchange) -> bool:
+        if ex.params.get("REQUEST_METHOD", "GET") in ("GET", "HEAD"):
+            return True
+        ex.respond(status_line(405), [*_PLAIN, ("Allow", "GET, HEAD")],
+                   b"Method Not Allowed\n")
+        return False
+
+    def _serve_health(self, ex: Exchange) -> None:
+        source = self.health_source
+        healthy: bool
+        body: dict[str, object]
+        if source is None:
+            healthy, body = False, {"status": "unavailable", "reasons": ["not started"]}
+        else:
+            try:
+                healthy, body = source.health_report()
+            except Exception:
+                self.log.failure("the health check failed")
+                healthy, body = False, {"status": "unavailable",
+                                        "reasons": ["the health check failed"]}
+        if healthy and self.refusing:  # stopping: the app says so too, but be sure
+            healthy = False
+            body = {**body, "status": "unavailable", "reasons": ["stopping"]}
+        data = json.dumps(body, default=str, sort_keys=True).encode() + b"\n"
+        ex.respond("200 OK" if healthy else status_line(503),
+                   [("Content-Type", "application/json"),
+                    ("Content-Length", str(len(data))),
+                    ("Cache-Control", "no-store")], data)
+
+    def _serve_metrics(self, ex: Exchange) -> None:
+        source = self.health_source
+        try:
+            if source is None:
+                raise RuntimeError("no app to read metrics from")
+            data = source.metrics_text()
+        except Exception:
+            self.log.failure("rendering the metrics failed")
+            self.errors_500 += 1
+            ex.respond(status_line(500), _PLAIN, b"Internal Server Error\n")
+            return
+        ex.respond("200 OK", [("Content-Type", METRICS_CONTENT_TYPE),
+                              ("Content-Length", str(len(data))),
+                              ("Cache-Control", "no-store")], data)
+
     # -- status -----------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, object]:
@@ -526,6 +617,8 @@ class Dispatcher:
             "too_large_413": self.too_large_413,
             "too_large_431": self.too_large_431,
             "bad_request_400": self.bad_request_400,
+            "health_checks": self.health_checks,
+            "scrapes": self.scrapes,
             "buffered_bytes": self.budget.used,
             "spooled": self.budget.spooled,
             "spool_failed": self.budget.spool_failed,

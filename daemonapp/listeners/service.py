@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemonapp.interfaces import IActivityMonitor, IListener
+from daemonapp.interfaces import IActivityMonitor, IAppHealth, IListener
 from daemonapp.listeners.endpoints import EndpointSpec, Prepared, prepare
 from daemonapp.listeners.limits import Dispatcher
 
@@ -64,9 +64,23 @@ class Listener(service.Service):
         """Requests being answered now."""
         return self.dispatcher.in_flight
 
+    @property
+    def health(self) -> bool:
+        """True when it serves GET /healthz (``health: true``)."""
+        return self.dispatcher.health
+
     def set_activity_monitor(self, monitor: IActivityMonitor) -> None:
-        """Report requests to ``monitor``."""
+        """Report requests to ``monitor``; /healthz and /metrics ask it (an app providing
+        IAppHealth)."""
         self.dispatcher.monitor = monitor
+        self.dispatcher.health_source = IAppHealth(monitor, None)
+
+    def refuse_new(self) -> None:
+        """Keep accepting, but answer new requests 503 + Retry-After (/healthz: 503)."""
+        if not self.dispatcher.refusing:
+            self.dispatcher.refusing = True
+            self.log.info("listener {name}: a stop began; accepting until the app has "
+                          "drained, new requests answered 503", name=self.name)
 
     def prepare(self) -> None:
         """Bind without taking over any path yet (unix at PATH.new; ports for real).
@@ -216,6 +230,7 @@ class Listener(service.Service):
             "path": self.endpoint.path,
             "listening": self.port is not None,
             "draining": self.draining,
+            "refusing": self.dispatcher.refusing,
             "connections": len(self.factory.connections),
             "connections_total": getattr(self.factory, "connections_total", 0),
             "denied": getattr(self.factory, "denied", 0),

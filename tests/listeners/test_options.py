@@ -16,7 +16,8 @@ APP = "tests.listeners.apps:hello_native"
 def test_every_documented_key_has_a_converter() -> None:
     """LISTENER_OPTIONS has exactly the listener item keys."""
     assert sorted(LISTENER_OPTIONS) == sorted([
-        "protocol", "endpoint", "wsgi", "native", "jobs", "threads", "request_buffering",
+        "protocol", "endpoint", "wsgi", "native", "jobs", "health", "metrics", "threads",
+        "request_buffering",
         "max_concurrent", "backlog", "queue_timeout", "max_param_bytes", "max_body_bytes",
         "request_timeout", "max_requests", "max_requests_jitter", "allow_from", "script_name",
         "socket_group",
@@ -126,10 +127,10 @@ def test_check_listener_reports_every_key_at_once() -> None:
     assert [(error.key, error.message) for error in errors] == [
         ("threads", "expected a whole number of at least 0, got -1"),
         ("colour", "unknown listener option; expected one of allow_from, backlog, "
-                   "body_timeout, endpoint, header_timeout, idle_timeout, jobs, "
+                   "body_timeout, endpoint, header_timeout, health, idle_timeout, jobs, "
                    "max_body_bytes, max_buffer_bytes, max_concurrent, max_connections, "
                    "max_listener_buffer_bytes, max_param_bytes, max_requests, "
-                   "max_requests_jitter, mode, native, protocol, queue_timeout, "
+                   "max_requests_jitter, metrics, mode, native, protocol, queue_timeout, "
                    "request_buffering, request_timeout, script_name, send_timeout, "
                    "socket_group, threads, wsgi"),
         ("queue_timeout", 'expected a duration like "30s", "5m" or "1h30m", got \'soon\''),
@@ -161,7 +162,8 @@ def test_check_listener_converts_and_imports_without_building() -> None:
     ({"protocol": "http", "endpoint": "tcp:0", "native": APP, "wsgi": APP}, "native",
      "a listener serves either wsgi or native, not both"),
     ({"protocol": "http", "endpoint": "tcp:0"}, "protocol",
-     "a listener needs wsgi: module:callable, native: module:callable or jobs: true"),
+     "a listener needs wsgi: module:callable, native: module:callable, jobs: true, "
+     "health: true or metrics: true"),
     ({"protocol": "http", "endpoint": "unix:", "native": APP}, "endpoint",
      "expected \"unix:PATH\", got 'unix:'"),
     ({"protocol": "http", "endpoint": "tcp:0", "native": "no_such_module_xyz:app"}, "native",
