@@ -213,6 +213,25 @@ def running(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
 # ------------------------------------------------------------------ config files
 
 
+# Two daemons with one error each: line 6 (a bad duration) and line 14 (an unknown key).
+BAD_CONFIG = """\
+app:
+  state_dir: ./var
+daemons:
+  collective:
+    type: file_cleanup
+    run_every: soon
+    directory: ./sessions
+    remove_older_than: 1h
+  other:
+    type: file_cleanup
+    run_every: 5m
+    directory: ./sessions
+    remove_older_than: 1h
+    no_such_key: 3
+"""
+
+
 # One file_cleanup daemon (six lines): a test appends the key it is about as line 7.
 CLEANUP_TMP_DAEMON = ("daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
                       "    directory: /tmp\n    remove_older_than: 1h\n")
@@ -234,6 +253,18 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     leaked = os.environ.get("HTTP_X_SECRET", "-")
     return [("hello %s env=%s" % (environ.get("QUERY_STRING", ""), leaked)).encode()]
+"""
+
+
+# A WSGI app that shows HTTP_X_SECRET from its environ and which HTTP_* reached os.environ.
+HTTPOXY_WSGI = """\
+import os
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    seen = [k for k in ("HTTP_PROXY", "HTTP_X_SECRET") if k in os.environ]
+    return [("header=%s os.environ=%s" % (environ.get("HTTP_X_SECRET"), ",".join(seen) or "-"))
+            .encode()]
 """
 
 

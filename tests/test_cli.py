@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -22,6 +23,23 @@ import pytest
 from daemonapp import __version__
 from daemonapp.cli import main
 from daemonapp.config import load_config
+from tests._processes import (
+    HTTPOXY_WSGI,
+    cgi_setup,
+    child_env,
+    popen_run,
+    run_cgi,
+    run_process,
+    running,
+    signal_and_wait,
+    stop_process,
+    wait_catching,
+    wait_ready,
+    wait_until,
+    write_cleanup_app,
+    write_file,
+    write_scgi_app,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DAEMONAPP = str(Path(sys.executable).parent / "daemonapp")
@@ -562,3 +580,72 @@ def test_sighup_reopens_the_log_file(short_tmp: Path) -> None:
     assert "daemonapp stopping" not in rotated
     record = json.loads(fresh.split("\n")[0].strip("\x1e"))
     assert "log_format" in record
+
+
+# --------------------------------------- DESIGN §3/§4's `run` rules, from outside
+
+
+@pytest.mark.integration
+def test_run_sigusr1_drains_exit_0(tmp_path: Path) -> None:
+    """In `daemonapp run`, SIGUSR1 drains and exits 0 (web servers' stop signal)."""
+    cfg = write_scgi_app(tmp_path)
+    with running(popen_run(tmp_path, cfg)) as proc:
+        assert wait_ready(proc, tmp_path / "run" / "app.sock")
+        assert wait_catching(proc, signal.SIGUSR1)  # `run` installs it once the reactor runs
+        assert signal_and_wait(proc, signal.SIGUSR1, timeout=15)
+        assert proc.returncode == 0
+
+
+@pytest.mark.integration
+def test_run_as_plain_cgi_writes_nothing(tmp_path: Path) -> None:
+    """`daemonapp run` started as plain CGI answers one request, exits, writes no state_dir."""
+    cgi_setup(tmp_path)
+    result = run_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Status: 200")
+    assert "hello x=1" in result.stdout
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.integration
+def test_run_as_plain_cgi_scrubs_http_env(tmp_path: Path) -> None:
+    """`daemonapp run` as plain CGI keeps HTTP_* out of os.environ (httpoxy)."""
+    cgi_setup(tmp_path)
+    write_file(tmp_path / "cgiwsgi.py", HTTPOXY_WSGI)
+    result = run_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")],
+                     HTTP_PROXY="http://evil.example:1")
+    assert result.stdout.startswith("Status: 200"), result.stdout + result.stderr
+    assert "header=s3cret os.environ=-" in result.stdout
+
+
+@pytest.mark.integration
+def test_status_command_without_app(tmp_path: Path) -> None:
+    """`daemonapp status STATE_DIR` with no app running says so and exits non-zero."""
+    result = run_process([str(DAEMONAPP), "status", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr
+
+
+@pytest.mark.integration
+def test_daemonapp_run_sigterm_exits_0_and_status_answers(tmp_path: Path) -> None:
+    """`daemonapp status STATE_DIR` shows a running app's daemons; SIGTERM exits 0."""
+    write_cleanup_app(tmp_path, name="sweeper")
+    proc = subprocess.Popen([str(DAEMONAPP), "run", "d.yaml"], cwd=tmp_path, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        status: list[subprocess.CompletedProcess[str]] = []
+
+        def answered() -> bool:
+            result = run_process([str(DAEMONAPP), "status", str(tmp_path / "var")], cwd=tmp_path)
+            status[:] = [result]
+            return result.returncode == 0 or proc.poll() is not None
+
+        assert wait_until(answered)
+        assert status[0].returncode == 0, status[0].stderr
+        assert "sweeper" in status[0].stdout
+        state = tmp_path / "var"
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
+        assert proc.returncode == 0
+    finally:
+        stop_process(proc)

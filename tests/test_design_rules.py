@@ -369,31 +369,6 @@ def test_relative_state_dir_is_relative_to_file(tmp_path: Path) -> None:
     assert not (elsewhere / "var").exists()
 
 
-@pytest.mark.integration
-def test_twistd_config_error_usage_status(tmp_path: Path) -> None:
-    """Under twistd a config error prints the same FILE:LINE: key text, usage-error status."""
-    write(tmp_path / "d.yaml", BAD_CONFIG)
-    result = run([str(TWISTD), "-n", "daemonapp", "-c", "d.yaml"], cwd=tmp_path)
-    assert result.returncode != 0
-    assert "d.yaml:6: daemons.collective.run_every: " in result.stdout + result.stderr
-
-
-@pytest.mark.integration
-def test_twistd_exits_by_itself_at_deadline(tmp_path: Path) -> None:
-    """`twistd -n daemonapp -c FILE` exits 0 by itself at its hard deadline."""
-    write_cleanup_app(tmp_path, app="  shutdown_after: 0.5s\n")
-    result = run([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"], cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.mark.integration
-def test_status_command_without_app(tmp_path: Path) -> None:
-    """`daemonapp status STATE_DIR` with no app running says so and exits non-zero."""
-    result = run([str(DAEMONAPP), "status", str(tmp_path)], cwd=tmp_path)
-    assert result.returncode != 0
-    assert result.stderr
-
-
 # ================================================================= §5 highlander
 
 
@@ -434,138 +409,7 @@ def test_daemonapp_cgi_is_plain_script() -> None:
 # =================================================================== §2 signals
 
 
-HUNG_APP = """\
-import sys
-from twisted.internet.defer import Deferred
-from daemonapp import Daemon, DaemonApp
-
-class Hung(Daemon):
-    run_every = 10
-    def get_work(self):
-        open("started", "w").close()
-        return Deferred()  # never fires
-
-app = DaemonApp(stop_timeout={stop_timeout})
-app.add(Hung())
-sys.exit(10 + app.run())
-"""
-
-
 # An app whose daemon touches ./started on each run (every 50 ms); it exits 10 + status.
-TICKING_APP = """\
-import sys
-from daemonapp import Daemon, DaemonApp
-class D(Daemon):
-    run_every = 0.05
-    def get_work(self):
-        open('started', 'w').close()
-app = DaemonApp()
-app.add(D())
-sys.exit(10 + app.run())
-"""
-
-
-@pytest.mark.integration
-def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
-    """A second SIGTERM stops at once (abandoned work: exit status 1)."""
-    import signal
-
-    with running(start_script(tmp_path, HUNG_APP.format(stop_timeout=60))) as proc:
-        assert wait_started(tmp_path)
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert proc.poll() is None
-        assert signal_and_wait(proc, signal.SIGTERM, timeout=10)
-        assert proc.returncode == 11
-
-
-@pytest.mark.integration
-def test_stop_timeout_abandons_with_status_1(tmp_path: Path) -> None:
-    """After stop_timeout the app abandons what is left and exits 1."""
-    import signal
-
-    with running(start_script(tmp_path, HUNG_APP.format(stop_timeout=0.5))) as proc:
-        assert wait_started(tmp_path)
-        assert signal_and_wait(proc, signal.SIGTERM, timeout=10)
-        assert proc.returncode == 11
-
-
-@pytest.mark.integration
-def test_hung_thread_exits_after_stop_timeout(tmp_path: Path) -> None:
-    """A hung in_thread hook does not block exit: after stop_timeout the process exits 1."""
-    import signal
-
-    body = (
-        "import sys, threading\n"
-        "from daemonapp import Daemon, DaemonApp\n"
-        "class Hung(Daemon):\n"
-        "    run_every = 10\n"
-        "    in_thread = True\n"
-        "    def get_work(self):\n"
-        "        open('started', 'w').close()\n"
-        "        threading.Event().wait()\n"
-        "app = DaemonApp(stop_timeout=0.5)\n"
-        "app.add(Hung())\n"
-        "sys.exit(10 + app.run())\n")
-    with running(start_script(tmp_path, body)) as proc:
-        assert wait_started(tmp_path)
-        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
-        assert proc.returncode in (1, 11)
-
-
-@pytest.mark.integration
-def test_sighup_does_not_kill(tmp_path: Path) -> None:
-    """SIGHUP reopens logs and the process keeps running; SIGTERM then exits 0."""
-    import signal
-
-    with running(start_script(tmp_path, TICKING_APP)) as proc:
-        assert wait_started(tmp_path)
-        proc.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
-        assert proc.poll() is None
-        assert signal_and_wait(proc, signal.SIGTERM, timeout=10)
-        assert proc.returncode == 10
-
-
-@pytest.mark.integration
-def test_twistd_sigterm_exits_0(tmp_path: Path) -> None:
-    """Under twistd a SIGTERM is a planned stop: exit 0, not 143."""
-    import signal
-
-    write_cleanup_app(tmp_path)
-    with running(popen_twistd(tmp_path)) as proc:
-        assert wait_ready(proc, tmp_path / "var" / "status.sock")
-        assert proc.poll() is None
-        time.sleep(0.5)
-        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
-        assert proc.returncode == 0
-
-
-@pytest.mark.integration
-def test_daemonapp_run_sigterm_exits_0_and_status_answers(tmp_path: Path) -> None:
-    """`daemonapp status STATE_DIR` shows a running app's daemons; SIGTERM exits 0."""
-    import signal
-
-    write_cleanup_app(tmp_path, name="sweeper")
-    proc = subprocess.Popen([str(DAEMONAPP), "run", "d.yaml"], cwd=tmp_path, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        status: list[subprocess.CompletedProcess[str]] = []
-
-        def answered() -> bool:
-            result = run([str(DAEMONAPP), "status", str(tmp_path / "var")], cwd=tmp_path)
-            status[:] = [result]
-            return result.returncode == 0 or proc.poll() is not None
-
-        assert wait_for(answered)
-        assert status[0].returncode == 0, status[0].stderr
-        assert "sweeper" in status[0].stdout
-        state = tmp_path / "var"
-        assert stat.S_IMODE(state.stat().st_mode) == 0o700
-        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
-        assert proc.returncode == 0
-    finally:
-        stop_process(proc)
 
 
 # ====================================================================== more §3
@@ -844,17 +688,6 @@ def test_cgi_frontend_starts_daemon_with_clean_env(tmp_path: Path) -> None:
         kill_spawned(tmp_path)
 
 
-@pytest.mark.integration
-def test_run_as_plain_cgi_writes_nothing(tmp_path: Path) -> None:
-    """`daemonapp run` started as plain CGI answers one request, exits, writes no state_dir."""
-    cgi_setup(tmp_path)
-    result = run_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")])
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Status: 200")
-    assert "hello x=1" in result.stdout
-    assert not (tmp_path / "var").exists()
-
-
 # ======================================================================== signatures
 
 
@@ -925,19 +758,6 @@ def test_relative_paths_for_listener_and_daemon(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_run_sigusr1_drains_exit_0(tmp_path: Path) -> None:
-    """In `daemonapp run`, SIGUSR1 drains and exits 0 (web servers' stop signal)."""
-    import signal
-
-    cfg = write_scgi_app(tmp_path)
-    with running(popen_run(tmp_path, cfg)) as proc:
-        assert wait_ready(proc, tmp_path / "run" / "app.sock")
-        time.sleep(0.3)
-        assert signal_and_wait(proc, signal.SIGUSR1, timeout=15)
-        assert proc.returncode == 0
-
-
-@pytest.mark.integration
 def test_max_requests_graceful_stop_exit_0(tmp_path: Path) -> None:
     """max_requests reached: graceful stop, exit status 0."""
     import urllib.request
@@ -967,48 +787,6 @@ def test_max_requests_graceful_stop_exit_0(tmp_path: Path) -> None:
         except OSError:
             pass
         assert wait_for(lambda: proc.poll() is not None, timeout=15)
-        assert proc.returncode == 0
-
-
-@pytest.mark.integration
-def test_second_run_takes_over(tmp_path: Path) -> None:
-    """A second `daemonapp run` of the same config takes over; the old one exits 0."""
-    import signal
-
-    cfg = write_scgi_app(tmp_path)
-    sock = tmp_path / "run" / "app.sock"
-    old = popen_run(tmp_path, cfg)
-    new: subprocess.Popen[str] | None = None
-    try:
-        assert wait_ready(old, sock)
-        assert old.poll() is None
-        time.sleep(0.3)
-        new = popen_run(tmp_path, cfg)
-        assert wait_for(lambda: old.poll() is not None, timeout=20)
-        assert old.returncode == 0
-        assert new.poll() is None
-        assert sock.exists()
-        assert signal_and_wait(new, signal.SIGTERM, timeout=15)
-        assert new.returncode == 0
-    finally:
-        stop_process(old)
-        if new is not None:
-            stop_process(new)
-
-
-@pytest.mark.integration
-def test_twistd_sighup_survives(tmp_path: Path) -> None:
-    """Under twistd a SIGHUP does not kill the process."""
-    import signal
-
-    write_cleanup_app(tmp_path)
-    with running(popen_twistd(tmp_path)) as proc:
-        assert wait_ready(proc, tmp_path / "var" / "status.sock")
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
-        assert proc.poll() is None
-        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
         assert proc.returncode == 0
 
 
@@ -1421,17 +1199,6 @@ def test_cgi_frontend_in_process_scrubs_http_env(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_run_as_plain_cgi_scrubs_http_env(tmp_path: Path) -> None:
-    """`daemonapp run` as plain CGI keeps HTTP_* out of os.environ (httpoxy)."""
-    cgi_setup(tmp_path)
-    write(tmp_path / "cgiwsgi.py", HTTPOXY_WSGI)
-    result = run_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")],
-                     HTTP_PROXY="http://evil.example:1")
-    assert result.stdout.startswith("Status: 200"), result.stdout + result.stderr
-    assert "header=s3cret os.environ=-" in result.stdout
-
-
-@pytest.mark.integration
 def test_fd0_fastcgi_spawned_by_web_server(tmp_path: Path) -> None:
     """With a listening socket on fd 0, `daemonapp run` (config from DAEMONAPP_CONFIG) serves
     FastCGI on it; SIGTERM drains and exits 0; the web server's socket path is kept."""
@@ -1457,17 +1224,6 @@ def test_fd0_fastcgi_spawned_by_web_server(tmp_path: Path) -> None:
         assert path.exists()
     finally:
         stop_process(proc)
-
-
-@pytest.mark.integration
-def test_sigint_is_planned_stop(tmp_path: Path) -> None:
-    """SIGINT is a planned stop: exit status 0."""
-    import signal
-
-    with running(start_script(tmp_path, TICKING_APP)) as proc:
-        assert wait_started(tmp_path)
-        assert signal_and_wait(proc, signal.SIGINT, timeout=10)
-        assert proc.returncode == 10
 
 
 CRASHING_WSGI = """\

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,6 +13,15 @@ from pathlib import Path
 import pytest
 
 from daemonapp.pidfiles import PidEntries
+from tests._processes import (
+    popen_run,
+    signal_and_wait,
+    stop_process,
+    wait_catching,
+    wait_ready,
+    wait_until,
+    write_scgi_app,
+)
 
 
 def test_pid_entries_ignore_dead_processes(tmp_path: Path) -> None:
@@ -66,3 +76,30 @@ def test_pid_entries_of_spawned_processes_are_never_taken_over(
     mine.write(spawned=True)
     entry = json.loads((tmp_path / "pids" / f"{os.getpid()}.json").read_text())
     assert (entry["pid"], entry["spawned"]) == (os.getpid(), True)
+
+
+# ----------------------------------------------- a takeover through `daemonapp run`
+
+
+@pytest.mark.integration
+def test_second_run_takes_over(tmp_path: Path) -> None:
+    """A second `daemonapp run` of the same config takes over; the old one exits 0."""
+    cfg = write_scgi_app(tmp_path)
+    sock = tmp_path / "run" / "app.sock"
+    old = popen_run(tmp_path, cfg)
+    new: subprocess.Popen[str] | None = None
+    try:
+        assert wait_ready(old, sock)
+        assert old.poll() is None
+        assert wait_catching(old, signal.SIGHUP)  # its handlers are in: a SIGTERM drains it
+        new = popen_run(tmp_path, cfg)
+        assert wait_until(lambda: old.poll() is not None, timeout=20)
+        assert old.returncode == 0
+        assert new.poll() is None
+        assert sock.exists()
+        assert signal_and_wait(new, signal.SIGTERM, timeout=15)
+        assert new.returncode == 0
+    finally:
+        stop_process(old)
+        if new is not None:
+            stop_process(new)

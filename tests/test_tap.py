@@ -17,6 +17,19 @@ from twisted.python import usage
 
 from daemonapp.app import DaemonApp
 from daemonapp.tap import Options, makeService
+from tests._processes import (
+    BAD_CONFIG,
+    log_shows,
+    popen_twistd,
+    run_process,
+    running,
+    signal_and_wait,
+    wait_catching,
+    wait_ready,
+    wait_until,
+    write_cleanup_app,
+    write_file,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -270,3 +283,50 @@ def test_twistd_uid_gets_the_state_dir() -> None:
         assert (directory / "var" / "locks").stat().st_uid == nobody.pw_uid
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# ------------------------------------------- DESIGN §3's twistd rules, from outside
+
+
+@pytest.mark.integration
+def test_twistd_config_error_usage_status(tmp_path: Path) -> None:
+    """Under twistd a config error prints the same FILE:LINE: key text, usage-error status."""
+    write_file(tmp_path / "d.yaml", BAD_CONFIG)
+    result = run_process([str(TWISTD), "-n", "daemonapp", "-c", "d.yaml"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "d.yaml:6: daemons.collective.run_every: " in result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_twistd_exits_by_itself_at_deadline(tmp_path: Path) -> None:
+    """`twistd -n daemonapp -c FILE` exits 0 by itself at its hard deadline."""
+    write_cleanup_app(tmp_path, app="  shutdown_after: 0.5s\n")
+    result = run_process([str(TWISTD), "-n", "--pidfile=", "daemonapp", "-c", "d.yaml"],
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_twistd_sigterm_exits_0(tmp_path: Path) -> None:
+    """Under twistd a SIGTERM is a planned stop: exit 0, not 143."""
+    write_cleanup_app(tmp_path)
+    with running(popen_twistd(tmp_path)) as proc:
+        assert wait_ready(proc, tmp_path / "var" / "status.sock")
+        assert proc.poll() is None
+        assert wait_catching(proc, signal.SIGHUP)  # the app's handlers are in
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
+        assert proc.returncode == 0
+
+
+@pytest.mark.integration
+def test_twistd_sighup_survives(tmp_path: Path) -> None:
+    """Under twistd a SIGHUP does not kill the process."""
+    write_cleanup_app(tmp_path)
+    with running(popen_twistd(tmp_path)) as proc:
+        assert wait_ready(proc, tmp_path / "var" / "status.sock")
+        assert wait_catching(proc, signal.SIGHUP)  # the app's handlers are in
+        proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: log_shows(tmp_path / "twistd.log", "SIGHUP: reopening log files"))
+        assert proc.poll() is None
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=15)
+        assert proc.returncode == 0
