@@ -3,11 +3,13 @@ see them: refused alike with FILE:LINE: key (DESIGN §3, §4), never chmodded th
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,16 @@ from twisted.python import usage
 from daemonapp.cli import main
 from daemonapp.config import ConfigError, build_app, load_config
 from daemonapp.tap import Options
+from tests._processes import (
+    CGI_WSGI,
+    DAEMONAPP,
+    child_env,
+    run_process,
+    stop_process,
+    wait_ready,
+    wait_until,
+    write_file,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,3 +204,58 @@ def test_check_and_run_agree_on_a_missing_log_directory(short_tmp: Path) -> None
     assert checked.stderr.splitlines()[0] == expected
     assert ran.stderr.splitlines()[0] == expected
     assert not (short_tmp / "logs").exists()
+
+
+# ------------------------------ relative paths through `daemonapp run`, from elsewhere
+
+
+@pytest.mark.integration
+def test_relative_state_dir_is_relative_to_file(tmp_path: Path) -> None:
+    """Relative paths are relative to the file's directory, not the working directory."""
+    cfg = write_file(tmp_path / "etc" / "d.yaml",
+                     "app:\n  state_dir: ./var\n  shutdown_after: 0.5s\n"
+                     "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+                     "    directory: ./sessions\n    remove_older_than: 1h\n")
+    (tmp_path / "etc" / "sessions").mkdir()
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    result = run_process([str(DAEMONAPP), "run", str(cfg)], cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    state = tmp_path / "etc" / "var"
+    assert state.is_dir()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert not (elsewhere / "var").exists()
+
+
+@pytest.mark.integration
+def test_relative_paths_for_listener_and_daemon(tmp_path: Path) -> None:
+    """A unix endpoint and a daemon directory are relative to the file; socket mode 0660."""
+    etc = tmp_path / "etc"
+    write_file(etc / "cgiwsgi.py", CGI_WSGI)
+    sessions = etc / "sessions"
+    sessions.mkdir()
+    old = sessions / "old"
+    old.write_text("x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    cfg = write_file(etc / "d.yaml",
+                     "app:\n  state_dir: ./var\n"
+                     "listeners:\n  - protocol: scgi\n    endpoint: unix:./sock/app.sock\n"
+                     "    wsgi: cgiwsgi:application\n"
+                     "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+                     "    directory: ./sessions\n    remove_older_than: 1h\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=elsewhere,
+                            env=child_env(etc), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        sock = etc / "sock" / "app.sock"
+        assert wait_ready(proc, sock)
+        assert proc.poll() is None
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+        assert stat.S_IMODE((etc / "sock").stat().st_mode) == 0o750
+        assert wait_until(lambda: not old.exists(), timeout=10)
+        assert not (elsewhere / "sock").exists()
+    finally:
+        stop_process(proc)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -279,104 +278,10 @@ def test_facade_names() -> None:
 # ==================================================================== §3 config / CLI
 
 
-BAD_CONFIG = """\
-app:
-  state_dir: ./var
-daemons:
-  collective:
-    type: file_cleanup
-    run_every: soon
-    directory: ./sessions
-    remove_older_than: 1h
-  other:
-    type: file_cleanup
-    run_every: 5m
-    directory: ./sessions
-    remove_older_than: 1h
-    no_such_key: 3
-"""
-
-
 # One file_cleanup daemon (six lines): a test appends the key it is about as line 7.
-CLEANUP_TMP_DAEMON = ("daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-                      "    directory: /tmp\n    remove_older_than: 1h\n")
-
-
-@pytest.mark.integration
-def test_check_reports_every_error_with_file_line_key(tmp_path: Path) -> None:
-    """`daemonapp check` prints FILE:LINE: dotted.key: ... for every error and exits 2."""
-    cfg = write(tmp_path / "etc" / "daemons.yaml", BAD_CONFIG)
-    result = run([str(DAEMONAPP), "check", "etc/daemons.yaml"], cwd=tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.splitlines() + result.stdout.splitlines()
-    prefix = "etc/daemons.yaml:6: daemons.collective.run_every: "
-    first = [x for x in lines if x.startswith(prefix)]
-    assert first and "expected a duration" in first[0] and "'soon'" in first[0]
-    assert any(x.startswith("etc/daemons.yaml:14: daemons.other.no_such_key: ") for x in lines)
-    assert not (cfg.parent / "var").exists()
-
-
-@pytest.mark.integration
-def test_run_config_error_exit_2_nothing_started(tmp_path: Path) -> None:
-    """`daemonapp run` with a bad file exits 2 and starts nothing."""
-    write(tmp_path / "d.yaml", BAD_CONFIG)
-    result = run([str(DAEMONAPP), "run", "d.yaml"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "d.yaml:6: daemons.collective.run_every: " in result.stderr
-    assert not (tmp_path / "var").exists()
-
-
-@pytest.mark.integration
-def test_check_good_file_exit_0_writes_nothing(tmp_path: Path) -> None:
-    """`daemonapp check` of a good file exits 0 and writes nothing in state_dir."""
-    good = BAD_CONFIG.replace("soon", "5m").replace("    no_such_key: 3\n", "")
-    result = check_config(tmp_path, good)
-    assert result.returncode == 0, result.stderr
-    assert not (tmp_path / "var").exists()
-
-
-@pytest.mark.integration
-def test_yaml_unknown_daemon_key_is_error_naming_it(tmp_path: Path) -> None:
-    """A daemon key unknown to Daemon and its class is an error naming the dotted key."""
-    result = check_config(tmp_path, CLEANUP_TMP_DAEMON + "    wat: 1\n")
-    assert result.returncode == 2
-    assert "d.yaml:7: daemons.c.wat: " in result.stderr
-
-
-@pytest.mark.integration
-def test_yaml_unknown_top_level_key(tmp_path: Path) -> None:
-    """Top-level keys are app, listeners, daemons, cgi: another one is an error."""
-    result = check_config(tmp_path, "app: {}\nlisteners: []\ncgi: {}\nbogus: 1\n")
-    assert result.returncode == 2
-    assert "d.yaml:4: bogus: " in result.stderr
-
-
-@pytest.mark.integration
-def test_relative_state_dir_is_relative_to_file(tmp_path: Path) -> None:
-    """Relative paths are relative to the file's directory, not the working directory."""
-    cfg = write(tmp_path / "etc" / "d.yaml",
-                "app:\n  state_dir: ./var\n  shutdown_after: 0.5s\n"
-                "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-                "    directory: ./sessions\n    remove_older_than: 1h\n")
-    (tmp_path / "etc" / "sessions").mkdir()
-    elsewhere = tmp_path / "cwd"
-    elsewhere.mkdir()
-    result = run([str(DAEMONAPP), "run", str(cfg)], cwd=elsewhere)
-    assert result.returncode == 0, result.stderr
-    state = tmp_path / "etc" / "var"
-    assert state.is_dir()
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    assert not (elsewhere / "var").exists()
 
 
 # ================================================================= §5 highlander
-
-
-def test_bad_lock_name_in_yaml(tmp_path: Path) -> None:
-    """A bad lock name in YAML is a config error naming the key."""
-    result = check_config(tmp_path, CLEANUP_TMP_DAEMON + "    lock: 'bad name'\n")
-    assert result.returncode == 2
-    assert "d.yaml:7: daemons.c.lock: " in result.stderr
 
 
 @pytest.mark.integration
@@ -413,145 +318,6 @@ def test_daemonapp_cgi_is_plain_script() -> None:
 
 
 # ====================================================================== more §3
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize(("key", "text"), [("run_every", "on"), ("maximum_idle", "off"),
-                                           ("jitter", "0660")])
-def test_yaml_error_keeps_source_text(tmp_path: Path, key: str, text: str) -> None:
-    """Messages quote the scalar's source text (YAML 1.1 `on` is shown as on, not True)."""
-    lines = ["daemons:", "  c:", "    type: file_cleanup", "    directory: /tmp",
-             "    remove_older_than: 1h"]
-    if key != "run_every":
-        lines.append("    run_every: 5m")
-    lines.append(f"    {key}: {text}")
-    result = check_config(tmp_path, "\n".join(lines) + "\n")
-    assert result.returncode == 2
-    prefix = f"d.yaml:{len(lines)}: daemons.c.{key}: "
-    found = [x for x in result.stderr.splitlines() if x.startswith(prefix)]
-    assert found, result.stderr
-    assert found[0].rsplit("got ", 1)[1].strip("'\"") == text
-
-
-@pytest.mark.integration
-def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
-    """A YAML syntax error names the file and line and exits 2."""
-    result = check_config(tmp_path, "app:\n  state_dir: ./var\ndaemons: [unclosed\n")
-    assert result.returncode == 2
-    assert "d.yaml:" in result.stderr
-
-
-@pytest.mark.integration
-def test_missing_file_exit_2(tmp_path: Path) -> None:
-    """A missing config file is a config error: exit 2."""
-    result = run([str(DAEMONAPP), "check", "nope.yaml"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "nope.yaml" in result.stderr
-
-
-FULL_CONFIG = """\
-app:
-  stay_alive_for: 15m
-  shutdown_after: 30m
-  shutdown_if_idle: 1m
-  state_dir: ./var
-  log: {{format: text, level: info}}
-  locks: {{wait: 10s, ttl: 30s}}
-listeners:
-  - protocol: scgi
-    endpoint: unix:./run/app.sock:mode=0660
-    wsgi: wsgiapp:application
-    threads: 4
-    max_concurrent: 8
-    backlog: 16
-    queue_timeout: 5s
-    max_param_bytes: 65536
-    max_body_bytes: 1048576
-    request_timeout: 30s
-    max_requests: 1000
-    max_requests_jitter: 100
-    script_name: /app
-  - protocol: http
-    endpoint: tcp:{port}:interface=127.0.0.1
-    native: wsgiapp:native
-    jobs: true
-    allow_from: [127.0.0.1]
-cgi:
-  min_load: 0.5
-  max_load: 8
-  start_timeout: 10s
-  lock_timeout: 5s
-daemons:
-  mail-queues:
-    type: dir_queue_manager
-    run_every: 5m
-    base_directory: ./queues
-    queue: {{type: dir_queue, run_every: 10s}}
-  session-cleanup:
-    type: file_cleanup
-    run_every: 5m
-    directory: ./sessions
-    remove_older_than: 1h
-  collective:
-    type: wsgiapp:Replicator
-    run_every: 30s
-    increase_idle_by: 10s
-    multiply_idle_by: 1.5
-    maximum_idle: 2m
-    priority: 2
-    max_items: 10
-    max_seconds: 5s
-    jitter: 0.1
-    in_thread: false
-    lock: collective
-    start_delay: 1s
-    record_count: 10
-  tick:
-    type: command
-    run_every: 1m
-    argv: [/bin/true]
-  jobs:
-    type: job_dispatcher
-    run_every: 1s
-    max_children: 2
-    max_attempts: 3
-    timeout: 1m
-    kill_grace: 5s
-    lease: 30s
-    retry_delay: 10s
-    retry_max_delay: 1h
-    memory_limit: 512MiB
-    progress_persist_hz: 2
-"""
-
-WSGI_MODULE = """\
-from daemonapp import Daemon
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-
-def native(request):
-    return b"ok"
-
-class Replicator(Daemon):
-    run_every = 30
-    def __init__(self, record_count=1, **kw):
-        super().__init__(**kw)
-        self.record_count = record_count
-"""
-
-
-@pytest.mark.integration
-def test_check_accepts_every_documented_key(tmp_path: Path) -> None:
-    """`daemonapp check` accepts every key DESIGN documents (app, listeners, cgi, daemons)."""
-    write(tmp_path / "wsgiapp.py", WSGI_MODULE)
-    for d in ("queues", "sessions", "run"):
-        (tmp_path / d).mkdir()
-    result = check_config(tmp_path, FULL_CONFIG.format(port=free_port()),
-                          PYTHONPATH=f"{ROOT}:{tmp_path}")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert not (tmp_path / "var").exists()
 
 
 def free_port() -> int:
@@ -691,67 +457,7 @@ def test_cgi_frontend_starts_daemon_with_clean_env(tmp_path: Path) -> None:
 # ======================================================================== signatures
 
 
-@pytest.mark.integration
-def test_every_config_error_at_once_across_sections(tmp_path: Path) -> None:
-    """Errors in app, listeners and daemons are all reported in one go, exit 2."""
-    result = check_config(tmp_path,
-                          "app:\n  shutdown_after: soon\n"
-                          "listeners:\n  - protocol: gopher\n    endpoint: tcp:0\n"
-                          "daemons:\n  x:\n    type: no.such.module:Nope\n    run_every: 5m\n")
-    assert result.returncode == 2
-    err = result.stderr
-    assert "d.yaml:2: app.shutdown_after: " in err
-    assert "d.yaml:4: " in err and "protocol" in err
-    assert "d.yaml:8: daemons.x.type: " in err
-
-
-@pytest.mark.integration
-def test_two_fd0_fastcgi_items_refused(tmp_path: Path) -> None:
-    """At most one fastcgi item may use the inherited fd 0 (no endpoint or fd:0)."""
-    write(tmp_path / "app.py", CGI_WSGI)
-    result = check_config(tmp_path,
-                          "listeners:\n  - protocol: fastcgi\n    wsgi: app:application\n"
-                          "  - protocol: fastcgi\n    endpoint: fd:0\n    wsgi: app:application\n",
-                          PYTHONPATH=f"{ROOT}:{tmp_path}")
-    assert result.returncode == 2
-    assert "d.yaml:" in result.stderr
-
-
 # ================================================================ a few more rules
-
-
-@pytest.mark.integration
-def test_relative_paths_for_listener_and_daemon(tmp_path: Path) -> None:
-    """A unix endpoint and a daemon directory are relative to the file; socket mode 0660."""
-    etc = tmp_path / "etc"
-    write(etc / "cgiwsgi.py", CGI_WSGI)
-    sessions = etc / "sessions"
-    sessions.mkdir()
-    old = sessions / "old"
-    old.write_text("x")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
-    cfg = write(etc / "d.yaml",
-                "app:\n  state_dir: ./var\n"
-                "listeners:\n  - protocol: scgi\n    endpoint: unix:./sock/app.sock\n"
-                "    wsgi: cgiwsgi:application\n"
-                "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
-                "    directory: ./sessions\n    remove_older_than: 1h\n")
-    elsewhere = tmp_path / "cwd"
-    elsewhere.mkdir()
-    proc = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=elsewhere,
-                            env=child_env(etc), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        sock = etc / "sock" / "app.sock"
-        assert wait_ready(proc, sock)
-        assert proc.poll() is None
-        assert stat.S_ISSOCK(sock.stat().st_mode)
-        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
-        assert stat.S_IMODE((etc / "sock").stat().st_mode) == 0o750
-        assert wait_for(lambda: not old.exists(), timeout=10)
-        assert not (elsewhere / "sock").exists()
-    finally:
-        stop_process(proc)
 
 
 # ============================================================ process lifetime (CLI)
@@ -866,19 +572,6 @@ def test_dir_queue_manager_one_child_per_subdirectory(tmp_path: Path) -> None:
 
         assert wait_for(children)
         assert sorted(names) == ["mail-queues", "mail-queues/alpha", "mail-queues/beta"]
-
-
-@pytest.mark.integration
-def test_json_log_lines(tmp_path: Path) -> None:
-    """app.log.format json writes one JSON object per line."""
-    cfg = write_cleanup_app(tmp_path, app="  shutdown_after: 0.5s\n"
-                                          "  log: {format: json, level: info}\n")
-    result = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stderr
-    lines = [x for x in (result.stdout + result.stderr).splitlines() if x.strip()]
-    assert lines
-    for line in lines:
-        assert isinstance(json.loads(line), dict)
 
 
 # ===================================================================== §4 FastCGI wire
@@ -1255,30 +948,6 @@ def test_cgi_frontend_daemon_crash_is_503_not_truncated_200(tmp_path: Path) -> N
         assert "partial" not in crashed.stdout
     finally:
         kill_spawned(tmp_path)
-
-
-@pytest.mark.integration
-def test_existing_state_dir_made_private_or_refused(tmp_path: Path) -> None:
-    """`daemonapp run` never runs with a state_dir open to others: it fixes it or refuses."""
-    state = tmp_path / "var"
-    state.mkdir()
-    state.chmod(0o755)
-    cfg = write(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n  shutdown_after: 0.3s\n")
-    result = run([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path)
-    mode = stat.S_IMODE(state.stat().st_mode)
-    refused = result.returncode == 2 and str(state) in result.stderr
-    assert refused or (result.returncode == 0 and mode == 0o700), (result.returncode, oct(mode))
-
-
-@pytest.mark.integration
-def test_unix_endpoint_explicit_mode(tmp_path: Path) -> None:
-    """A unix endpoint's mode= is applied to the socket (0600 here), and it is not 0666."""
-    cfg = write_scgi_app(tmp_path, "unix:./run/app.sock:mode=0600")
-    with running(popen_run(tmp_path, cfg)) as proc:
-        sock = tmp_path / "run" / "app.sock"
-        assert wait_ready(proc, sock)
-        assert proc.poll() is None
-        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
 
 
 @pytest.mark.integration

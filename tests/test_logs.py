@@ -13,6 +13,7 @@ import pytest
 from twisted.logger import Logger, LogLevel, LogPublisher
 
 from daemonapp.logs import LogTarget, StdlibForwarder, make_observer
+from tests._processes import DAEMONAPP, ROOT, run_process, write_cleanup_app
 
 
 def event(text: str, level: LogLevel = LogLevel.info, **fields: Any) -> dict[str, Any]:
@@ -81,3 +82,17 @@ def test_stdlib_records_are_forwarded() -> None:
     assert forwarded["log_level"] == LogLevel.warn
     assert (forwarded["logger"], forwarded["text"]) == \
         ("daemonapp.locks", "highlander abort from 10.0.0.1")
+
+
+@pytest.mark.integration
+def test_json_log_lines(tmp_path: Path) -> None:
+    """app.log.format json writes one JSON object per line."""
+    cfg = write_cleanup_app(tmp_path, app="  shutdown_after: 0.5s\n"
+                                          "  log: {format: json, level: info}\n")
+    result = run_process([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
+                         env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    lines = [x for x in (result.stdout + result.stderr).splitlines() if x.strip()]
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict)

@@ -17,6 +17,7 @@ from daemonapp.state_dir import (
     path_problems,
     state_dir_problems,
 )
+from tests._processes import DAEMONAPP, run_process, write_file
 
 
 def mode_of(path: Path) -> int:
@@ -155,3 +156,16 @@ def test_private_subdir_refuses_a_symlink(tmp_path: Path) -> None:
         ensure_private_subdir(str(state), "pids")
     assert ensure_private_subdir(str(state), "locks") == str(state / "locks")
     assert mode_of(state / "locks") == 0o700
+
+
+@pytest.mark.integration
+def test_existing_state_dir_made_private_or_refused(tmp_path: Path) -> None:
+    """`daemonapp run` never runs with a state_dir open to others: it fixes it or refuses."""
+    state = tmp_path / "var"
+    state.mkdir()
+    state.chmod(0o755)
+    cfg = write_file(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n  shutdown_after: 0.3s\n")
+    result = run_process([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path)
+    mode = stat.S_IMODE(state.stat().st_mode)
+    refused = result.returncode == 2 and str(state) in result.stderr
+    assert refused or (result.returncode == 0 and mode == 0o700), (result.returncode, oct(mode))

@@ -19,6 +19,7 @@ from daemonapp.listeners.endpoints import (
     parse_endpoint,
     parse_mode,
 )
+from tests._processes import popen_run, running, wait_ready, write_scgi_app
 
 
 def _factory() -> Factory:
@@ -145,3 +146,14 @@ def test_connected_socket_is_not_listening() -> None:
     finally:
         left.close()
         right.close()
+
+
+@pytest.mark.integration
+def test_unix_endpoint_explicit_mode(tmp_path: Path) -> None:
+    """A unix endpoint's mode= is applied to the socket (0600 here), and it is not 0666."""
+    cfg = write_scgi_app(tmp_path, "unix:./run/app.sock:mode=0600")
+    with running(popen_run(tmp_path, cfg)) as proc:
+        sock = tmp_path / "run" / "app.sock"
+        assert wait_ready(proc, sock)
+        assert proc.poll() is None
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
