@@ -403,6 +403,11 @@ class DaemonApp(MultiService):
                 "expected_interval": expected_interval(daemon, self),
             }
             entry.update(daemon.stats)
+            pause = self.scheduler.pause_of(daemon.name)  # daemonapp pause (DESIGN §9)
+            entry["paused"] = pause is not None
+            entry["paused_since"] = pause.since if pause is not None else None
+            entry["paused_until"] = pause.until if pause is not None else None
+            entry["paused_reason"] = pause.reason if pause is not None else None
             daemons.append(entry)
         snap: dict[str, Any] = {
             "pid": os.getpid(),

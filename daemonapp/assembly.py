@@ -148,6 +148,12 @@ class Assembly:
             app.add(spec())
         if status_server is None:
             status_server = hasattr(app.reactor, "adoptStreamPort")
+        controller = None
+        if not spawned:  # a web server's children share state_dir: none takes commands
+            from daemonapp.control import Controller
+
+            controller = Controller(app, config, owners=self.owners)
+            controller.setServiceParent(app)  # type: ignore[no-untyped-call]
         if status_server:
             from daemonapp.status import StatusService, status_socket_path
 
@@ -155,7 +161,7 @@ class Assembly:
                 # Siblings spawned by the web server share state_dir: a socket each.
                 status_socket = status_socket_path(settings.state_dir, os.getpid())
             path = status_socket or status_socket_path(settings.state_dir)
-            StatusService(app, path).setServiceParent(app)  # type: ignore[no-untyped-call]
+            StatusService(app, path, controller).setServiceParent(app)  # type: ignore[no-untyped-call]
         from daemonapp.systemd import SystemdNotifier
 
         notifier = SystemdNotifier.from_environ(app)

@@ -1,4 +1,4 @@
-"""The ``daemonapp`` command: run, check, status and jobs.
+"""The ``daemonapp`` command: run, check, status, jobs, and commands to a running app.
 
 ``daemonapp run FILE`` is the same app as ``twistd -n daemonapp -c FILE``, plus
 what only a plain command can do: zero-downtime takeover of the previous process
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from daemonapp import schedule_cli
+from daemonapp import control_cli, schedule_cli
 from daemonapp._version import __version__
 from daemonapp.assembly import Assembly, write_sidecar
 from daemonapp.checkreport import print_check
@@ -254,6 +254,12 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
             print(message, file=sys.stderr)
         return EXIT_CONFIG
     app.on_reopen_logs(target.reopen)
+    from daemonapp.control import controller_of
+
+    controller = controller_of(app)
+    if controller is not None:  # daemonapp reload applies app.log at once
+        controller.reconfigure_log = lambda settings: target.reconfigure(
+            format=settings.format, level=settings.level, file=settings.file)
 
     def on_usr1(signum: int, frame: object) -> None:
         reactor.callFromThread(app.stop, "signal SIGUSR1", 0)
@@ -331,6 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("jobs", help="submit, show, list, retry, cancel jobs "
                                      "(daemonapp jobs --help)", add_help=False)
     schedule_cli.add_parser(commands)
+    control_cli.add_parsers(commands)
     return parser
 
 
@@ -352,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _printing(_status, args)
     if args.command == "schedule":
         return _printing(schedule_cli.run, args)
+    if args.command in control_cli.COMMANDS:
+        return _printing(control_cli.run, args)
     parser.print_help()
     return EXIT_CONFIG
 

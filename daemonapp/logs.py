@@ -49,6 +49,8 @@ class LogTarget:
         self._stream = stream if stream is not None else sys.stderr
         self._owned: IO[str] | None = None
         self._observer: ILogObserver = self._open()
+        #: The level filter in front of this target (`make_observer` sets it).
+        self.level_filter: LogLevelFilterPredicate | None = None
 
     def _open(self) -> ILogObserver:
         stream = self._stream
@@ -67,6 +69,21 @@ class LogTarget:
         self._observer = self._open()
         if old is not None:
             old.close()
+
+    def reconfigure(self, *, format: str, level: str, file: str | None) -> None:
+        """Apply new settings at once (``daemonapp reload``): a file that cannot be
+        opened raises OSError and leaves the old settings in place."""
+        if level not in _LEVELS:
+            raise ValueError(f"expected a log level of {', '.join(_LEVELS)}, got {level!r}")
+        if format != self.format or file != self.file:
+            fresh = LogTarget(format=format, file=file, stream=self._stream)
+            old = self._owned
+            self.format, self.file = format, file
+            self._observer, self._owned = fresh._observer, fresh._owned
+            if old is not None:
+                old.close()
+        if self.level_filter is not None:
+            self.level_filter.setLogLevelForNamespace("", _LEVELS[level])
 
     def close(self) -> None:
         if self._owned is not None:
@@ -108,6 +125,7 @@ def make_observer(*, format: str = "text", level: str = "info", file: str | None
         raise ValueError(f"expected a log level of {', '.join(_LEVELS)}, got {level!r}")
     target = LogTarget(format=format, file=file, stream=stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+    target.level_filter = predicate
     return FilteringLogObserver(target, [predicate]), target
 
 

@@ -1,7 +1,9 @@
 """The status socket of a running app (state_dir/status.sock) and its client.
 
-Each connection gets ``app.snapshot()`` as one line of JSON, then the server
-closes it. ``daemonapp status`` reads it and prints a table.
+A client asks for the status with ``{"v": 1, "command": "status"}`` (or sends
+nothing, and gets it after a short grace) and gets ``app.snapshot()`` as one line of
+JSON, then the server closes it; the same socket takes an operator's commands
+(daemonapp.control has the protocol). ``daemonapp status`` reads it and prints a table.
 """
 
 from __future__ import annotations
@@ -10,15 +12,12 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from daemonapp.unixsocket import PreparedUnix
 
@@ -36,6 +35,8 @@ log = Logger()
 STATUS_SOCKET = "status.sock"
 #: The most a client reads from a status socket.
 MAX_STATUS_BYTES = 16 * 1024 * 1024
+#: The request for the status (daemonapp.control's protocol, version 1).
+STATUS_REQUEST = b'{"v": 1, "command": "status"}\n'
 
 
 #: The listener snapshot keys `daemonapp status` shows, with their column titles.
@@ -82,65 +83,26 @@ def spawned_status_sockets(state_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-#: Seconds a status client has to read its answer; one that never reads is cut off, so
-#: it holds neither a connection nor the snapshot's bytes for longer.
-STATUS_WRITE_TIMEOUT = 10.0
-
-
-class _StatusProtocol(Protocol):
-    _deadline: Any = None
-
-    def connectionMade(self) -> None:
-        factory = self.factory
-        assert isinstance(factory, _StatusFactory)
-        try:
-            snapshot = factory.snapshot()
-            data = json.dumps(snapshot, default=repr).encode() + b"\n"
-        except Exception:
-            log.failure("status snapshot failed")
-            data = json.dumps({"error": "snapshot failed"}).encode() + b"\n"
-        assert self.transport is not None
-        self.transport.write(data)
-        self.transport.loseConnection()
-        if factory.reactor is not None:
-            self._deadline = factory.reactor.callLater(STATUS_WRITE_TIMEOUT, self._cut_off)
-
-    def dataReceived(self, data: bytes) -> None:
-        pass  # nothing is read from a status client: garbage changes nothing
-
-    def _cut_off(self) -> None:
-        self._deadline = None
-        transport: Any = self.transport  # an ITCPTransport: it can abort
-        transport.abortConnection()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-
-
-class _StatusFactory(Factory):
-    protocol = _StatusProtocol
-    noisy = False
-
-    def __init__(self, snapshot: Callable[[], dict[str, Any]], reactor: Any = None) -> None:
-        self.snapshot = snapshot
-        self.reactor = reactor
+#: Connections the kernel queues before the app accepts them: a burst of clients
+#: (a monitoring loop, a script commanding many daemons) waits, none is refused.
+STATUS_BACKLOG = 128
 
 
 class StatusService(Service):
-    """Serves ``app.snapshot()`` as JSON on a Unix socket (mode 0600)."""
+    """Serves ``app.snapshot()`` as JSON on a Unix socket (mode 0600), and the commands
+    of ``controller`` (a daemonapp.control.Controller; None: no commands)."""
 
-    def __init__(self, app: Any, path: str) -> None:
+    def __init__(self, app: Any, path: str, controller: Any = None) -> None:
         self.app = app
         self.path = path
+        self.controller = controller
         self._port: Any = None  # an OwnedUNIXPort (Twisted's ports are untyped)
         self._prepared: PreparedUnix | None = None
 
     def prepare(self) -> None:
         """Bind ``path.new`` (the app prepares every socket before it takes any over)."""
         if self._prepared is None:
-            self._prepared = PreparedUnix(self.path, 0o600, 16)
+            self._prepared = PreparedUnix(self.path, 0o600, STATUS_BACKLOG)
 
     def abandon(self) -> None:
         """Undo `prepare`: a failed start leaves the running app's status socket alone."""
@@ -154,7 +116,9 @@ class StatusService(Service):
             self.prepare()
             prepared, self._prepared = self._prepared, None
             assert prepared is not None
-            factory = _StatusFactory(self.app.snapshot, self.app.reactor)
+            from daemonapp.control import ControlFactory
+
+            factory = ControlFactory(self.app.snapshot, self.app.reactor, self.controller)
             self._port = prepared.commit(factory, self.app.reactor)
         except Exception:
             log.failure("status socket {path} unavailable", path=self.path)
@@ -183,11 +147,22 @@ def fetch_status(path: str, *, timeout: float = 5.0) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as skt:
         skt.settimeout(timeout)
         skt.connect(path)
+        # Asked for at once: a client that says nothing gets it only after a grace. (An
+        # app older than the request closes without reading it: what it sent counts.)
+        try:
+            skt.sendall(STATUS_REQUEST)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         chunks: list[bytes] = []
         size = 0
         while True:
             skt.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = skt.recv(65536)
+            try:
+                chunk = skt.recv(65536)
+            except ConnectionResetError:
+                if not chunks:
+                    raise
+                break
             if not chunk:
                 break
             size += len(chunk)
@@ -236,6 +211,20 @@ def _utc(text: object) -> str:
         return "-"
 
 
+def _paused(entry: dict[str, Any], now: object) -> str:
+    """A daemon's pause in a few words: "-", "yes", "12m00s left", with its reason."""
+    if not entry.get("paused"):
+        return "-"
+    until = entry.get("paused_until")
+    text = "yes"
+    if isinstance(until, int | float) and isinstance(now, int | float):
+        text = _seconds(max(0.0, until - now)) + " left"
+    reason = entry.get("paused_reason")
+    if isinstance(reason, str) and reason:
+        text += f" ({reason[:40]}{'...' if len(reason) > 40 else ''})"
+    return text
+
+
 def format_status(snapshot: dict[str, Any]) -> str:
     """A human-readable table of a snapshot: the app, its daemons, listeners, jobs."""
     now = snapshot.get("now")
@@ -251,6 +240,8 @@ def format_status(snapshot: dict[str, Any]) -> str:
         next_run = entry.get("next_run_at")
         if entry.get("running"):
             when = "running"
+        elif entry.get("paused"):
+            when = "paused"
         elif isinstance(next_run, int | float) and isinstance(now, int | float):
             when = "in " + _seconds(next_run - now)
         else:
@@ -259,10 +250,10 @@ def format_status(snapshot: dict[str, Any]) -> str:
             str(entry.get("name")), str(entry.get("type", "-")).rsplit(":", 1)[-1],
             str(entry.get("last_outcome") or "-"), str(entry.get("runs", 0)),
             str(entry.get("items", 0)), str(entry.get("failures", 0)),
-            _seconds(entry.get("current_delay")), when,
+            _seconds(entry.get("current_delay")), when, _paused(entry, now),
         ])
-    lines += _table(["NAME", "TYPE", "LAST", "RUNS", "ITEMS", "FAILURES", "DELAY", "NEXT RUN"],
-                    rows)
+    lines += _table(["NAME", "TYPE", "LAST", "RUNS", "ITEMS", "FAILURES", "DELAY", "NEXT RUN",
+                     "PAUSED"], rows)
     clocked = [entry for entry in daemons if entry.get("schedule")]
     if clocked:
         lines.append("")

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from daemonapp.control import REQUEST_GRACE, ControlFactory
 from daemonapp.status import (
     StatusService,
-    _StatusFactory,
     fetch_status,
     format_status,
     status_socket_path,
@@ -60,12 +60,33 @@ def test_socket_path_is_in_state_dir() -> None:
     assert status_socket_path("/srv/app/var") == "/srv/app/var/status.sock"
 
 
+def _factory(snapshot: Any, clock: Any = None) -> ControlFactory:
+    from twisted.internet.task import Clock
+
+    return ControlFactory(snapshot, clock if clock is not None else Clock())
+
+
 def test_protocol_writes_the_snapshot_and_closes() -> None:
-    """A connection gets the snapshot as one JSON line, then the server closes it."""
-    protocol = _StatusFactory(lambda: {"pid": 1, "daemons": []}).buildProtocol(None)
+    """A status request gets the snapshot as one JSON line, then the server closes it."""
+    protocol = _factory(lambda: {"pid": 1, "daemons": []}).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
+    protocol.dataReceived(b'{"v": 1, "command": "status"}\n')
     assert transport.value() == b'{"pid": 1, "daemons": []}\n'
+    assert transport.disconnecting
+
+
+def test_a_silent_client_gets_the_snapshot_after_the_grace() -> None:
+    """A client that sends nothing (as before commands existed) still gets the status."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    protocol = _factory(lambda: {"pid": 1}, clock).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.value() == b""
+    clock.advance(REQUEST_GRACE)
+    assert transport.value() == b'{"pid": 1}\n'
     assert transport.disconnecting
 
 
@@ -74,10 +95,11 @@ def test_a_client_that_never_reads_is_cut_off() -> None:
     from twisted.internet.task import Clock
 
     clock = Clock()
-    protocol = _StatusFactory(lambda: {"pid": 1}, clock).buildProtocol(None)
+    protocol = _factory(lambda: {"pid": 1}, clock).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    protocol.dataReceived(b"\x00garbage" * 1000)
+    protocol.dataReceived(b"\x00garbage" * 1000 + b"\n")
+    assert json.loads(transport.value())["refused"] == "bad_request"
     clock.advance(9.9)
     assert not transport.disconnected
     clock.advance(0.1)
@@ -91,15 +113,16 @@ def test_a_failing_snapshot_answers_an_error() -> None:
     def broken() -> dict[str, Any]:
         raise RuntimeError("boom")
 
-    protocol = _StatusFactory(broken).buildProtocol(None)
+    protocol = _factory(broken).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
+    protocol.dataReceived(b'{"command": "status"}\n')
     assert json.loads(transport.value()) == {"error": "snapshot failed"}
 
 
 def _status_port(path: str) -> Any:
     """The status socket's port, bound as StatusService binds it."""
-    return PreparedUnix(path, 0o600, 16).commit(_StatusFactory(dict), MemoryReactorClock())
+    return PreparedUnix(path, 0o600, 16).commit(_factory(dict), MemoryReactorClock())
 
 
 def test_port_binds_a_private_socket(short_dir: str) -> None:
@@ -150,6 +173,7 @@ def serve_once(path: str, payload: bytes) -> threading.Thread:
 
     def run() -> None:
         conn, _ = server.accept()
+        assert conn.recv(1024) == b'{"v": 1, "command": "status"}\n'
         conn.sendall(payload)
         conn.close()
         server.close()
@@ -188,14 +212,22 @@ def test_format_status_table() -> None:
         "pid 4242  state running  uptime 1m40s",
         "",
         "daemons (2)",
-        "NAME        TYPE         LAST  RUNS  ITEMS  FAILURES  DELAY  NEXT RUN",
-        "collective  Replicator   idle  12    30     1         40s    in 30s",
-        "cleanup     FileCleanup  -     1     0      0         -      running",
+        "NAME        TYPE         LAST  RUNS  ITEMS  FAILURES  DELAY  NEXT RUN  PAUSED",
+        "collective  Replicator   idle  12    30     1         40s    in 30s    -",
+        "cleanup     FileCleanup  -     1     0      0         -      running   -",
         "",
         "listeners (1)",
         "NAME                   LISTENING  IN_FLIGHT  REQUESTS  503",
         "scgi:unix:/run/a.sock  True       2          10        1",
     ])
+
+
+def test_format_status_shows_pauses() -> None:
+    """A paused daemon shows "paused" as its next run, and the time left and reason."""
+    paused = {**SNAPSHOT["daemons"][0], "paused": True, "paused_since": 900.0,
+              "paused_until": 1600.0, "paused_reason": "migration"}
+    text = format_status({**SNAPSHOT, "daemons": [paused]})
+    assert "40s    paused    10m00s left (migration)" in text
 
 
 def test_format_status_shows_jobs_when_present() -> None:

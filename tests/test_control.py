@@ -1,0 +1,317 @@
+"""daemonapp.control on a task.Clock: the protocol of the status socket, and the
+Controller's commands (trigger, pause, resume, reload) and the pauses it keeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from daemonapp.config import build_app, load_config
+from daemonapp.control import (
+    MAX_REQUEST_BYTES,
+    REQUEST_GRACE,
+    REQUEST_TIMEOUT,
+    ControlFactory,
+    Controller,
+    PauseStore,
+    Peer,
+    controller_of,
+)
+from daemonapp.scheduler import Pause
+
+ME = Peer(pid=4242, uid=os.geteuid(), gid=0)
+STRANGER = Peer(pid=4343, uid=os.geteuid() + 12345, gid=0)
+
+
+class _Handle:
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        return struct.pack("3i", self.peer.pid, self.peer.uid, self.peer.gid)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        raise BlockingIOError
+
+
+class PeerTransport(StringTransport):
+    """A StringTransport whose socket says who the peer is (SO_PEERCRED)."""
+
+    def __init__(self, peer: Peer) -> None:
+        super().__init__()
+        self.handle = _Handle(peer)
+        self.aborted = False
+
+    def getHandle(self) -> Any:
+        return self.handle
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.loseConnection()
+
+
+class FakeController:
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, Any], Peer]] = []
+
+    def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        self.requests.append((request, peer))
+        return {"v": 1, "ok": True, "echo": request}
+
+
+class ProtocolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.controller = FakeController()
+        self.factory = ControlFactory(lambda: {"pid": 1}, self.clock,
+                                      self.controller)  # type: ignore[arg-type]
+
+    def connect(self, peer: Peer = ME) -> tuple[Any, PeerTransport]:
+        protocol = self.factory.buildProtocol(None)
+        transport = PeerTransport(peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def answer(self, transport: PeerTransport) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(transport.value())
+        self.assertTrue(transport.disconnecting)
+        return value
+
+    def test_a_command_line_reaches_the_controller_with_the_peer(self) -> None:
+        """One request line in, the controller's reply out as one line, then close."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b'{"v": 1, "command": "trigger",')
+        protocol.dataReceived(b' "daemon": "x"}\n')
+        self.assertEqual(self.answer(transport)["echo"],
+                         {"v": 1, "command": "trigger", "daemon": "x"})
+        self.assertEqual(self.controller.requests[0][1], ME)
+
+    def test_garbage_is_a_bad_request(self) -> None:
+        """A line that is not a JSON object is answered with an error, nothing else."""
+        for line in (b"\xff\xfe garbage\n", b"[1, 2]\n", b'{"command": "rm -rf"}\n',
+                     b'{"v": 2, "command": "status"}\n'):
+            protocol, transport = self.connect()
+            protocol.dataReceived(line)
+            self.assertEqual(self.answer(transport)["refused"], "bad_request")
+        self.assertEqual(self.controller.requests, [])
+
+    def test_an_overlong_line_is_refused_before_its_end(self) -> None:
+        """A request without a newline within MAX_REQUEST_BYTES is refused at once."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"x" * (MAX_REQUEST_BYTES + 10))
+        self.assertIn("longer than", self.answer(transport)["error"])
+
+    def test_a_slow_request_times_out(self) -> None:
+        """A partial line gets the rest of REQUEST_TIMEOUT, then an error; then it is cut off."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b'{"command": ')
+        self.clock.advance(REQUEST_GRACE)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(REQUEST_TIMEOUT - REQUEST_GRACE)
+        self.assertIn("no complete request line", self.answer(transport)["error"])
+        self.clock.advance(10)
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.factory.clients, 0)
+
+    def test_status_is_answered_without_the_controller(self) -> None:
+        """Reading the status is no command: the snapshot, for any peer."""
+        protocol, transport = self.connect(STRANGER)
+        protocol.dataReceived(b'{"v": 1, "command": "status"}\n')
+        self.assertEqual(self.answer(transport), {"pid": 1})
+        self.assertEqual(self.controller.requests, [])
+
+    def test_a_socket_without_controller_takes_no_commands(self) -> None:
+        """A process spawned by a web server answers commands with a refusal."""
+        self.factory.controller = None
+        protocol, transport = self.connect()
+        protocol.dataReceived(b'{"command": "reload"}\n')
+        self.assertEqual(self.answer(transport)["refused"], "unavailable")
+
+
+def write_config(directory: Path, daemons: str, extra: str = "") -> str:
+    path = directory / "app.yaml"
+    path.write_text(f"app:\n  state_dir: ./var\n{extra}daemons:\n{daemons}")
+    return str(path)
+
+
+TWO = """\
+  a:
+    type: daemonapp.testing:FakeDaemon
+    run_every: 10s
+  b:
+    type: daemonapp.testing:FakeDaemon
+    run_every: 20s
+"""
+
+
+class ControllerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        import shutil
+        import tempfile
+
+        # Short: a unix socket path in state_dir must fit in 107 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="dctl"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+
+    def build(self, daemons: str = TWO, extra: str = "") -> tuple[Any, Controller]:
+        path = write_config(self.dir, daemons, extra)
+        app = build_app(load_config(path, check_state_dir=True), clock=self.clock,
+                        status_server=False, handle_signals=False, stop_reactor=False)
+        controller = controller_of(app)
+        assert controller is not None
+        app.startService()
+        self.addCleanup(lambda: app.stop("test"))
+        return app, controller
+
+    def command(self, controller: Controller, command: str, peer: Peer = ME,
+                **fields: Any) -> dict[str, Any]:
+        return controller.handle({"v": 1, "command": command, **fields}, peer)
+
+    def test_another_uid_is_refused_and_nothing_happens(self) -> None:
+        """Only the app's own uid or root may command it."""
+        app, controller = self.build()
+        reply = self.command(controller, "pause", STRANGER, daemon="a")
+        self.assertEqual(reply["refused"], "not_permitted")
+        self.assertIsNone(app.scheduler.pause_of("a"))
+
+    def test_unknown_daemon(self) -> None:
+        """A name the app does not run is refused, with the names it does."""
+        _, controller = self.build()
+        reply = self.command(controller, "trigger", daemon="nope")
+        self.assertEqual(reply["refused"], "unknown_daemon")
+        self.assertIn("daemons: a, b", reply["error"])
+
+    def test_pause_is_kept_in_state_dir_and_shown_in_the_snapshot(self) -> None:
+        """A pause is written to state_dir/pauses.json and the snapshot shows it."""
+        app, controller = self.build()
+        now = self.clock.seconds()
+        reply = self.command(controller, "pause", daemon="a", reason="migration",
+                             **{"for": 3600})
+        self.assertTrue(reply["ok"])
+        store = PauseStore(str(self.dir / "var"))
+        self.assertEqual(store.load(), {"a": Pause(since=now, until=now + 3600,
+                                                   reason="migration")})
+        entry = next(d for d in app.snapshot()["daemons"] if d["name"] == "a")
+        self.assertEqual((entry["paused"], entry["paused_since"], entry["paused_until"],
+                          entry["paused_reason"]), (True, now, now + 3600, "migration"))
+        other = next(d for d in app.snapshot()["daemons"] if d["name"] == "b")
+        self.assertEqual(other["paused"], False)
+
+    def test_pause_for_ends_by_itself(self) -> None:
+        """--for: the pause ends when its time is up, and the file forgets it."""
+        app, controller = self.build()
+        self.command(controller, "pause", daemon="a", **{"for": 60})
+        runs = app.daemons["a"].stats["runs"]
+        self.clock.advance(59)
+        self.assertEqual(app.daemons["a"].stats["runs"], runs)
+        self.clock.advance(1)
+        self.clock.advance(0)
+        self.assertIsNone(app.scheduler.pause_of("a"))
+        self.assertEqual(app.daemons["a"].stats["runs"], runs + 1)
+        self.assertEqual(PauseStore(str(self.dir / "var")).load(), {})
+
+    def test_pauses_survive_a_restart(self) -> None:
+        """A new app on the same state_dir starts the daemon paused."""
+        app, controller = self.build()
+        self.command(controller, "pause", daemon="b", reason="disk full")
+        self.successResultOf(app.stop("test"))
+        app2, _ = self.build()
+        self.clock.advance(0)
+        self.assertEqual(app2.daemons["b"].stats["runs"], 0)
+        self.assertEqual(app2.scheduler.pause_of("b").reason, "disk full")
+
+    def test_resume_of_a_daemon_not_paused_says_so(self) -> None:
+        """resume on a running daemon succeeds and says it was not paused."""
+        _, controller = self.build()
+        reply = self.command(controller, "resume", daemon="a")
+        self.assertEqual((reply["ok"], reply["was_paused"]), (True, False))
+
+    def test_bad_for_is_a_bad_request(self) -> None:
+        """--for must be a positive number of seconds."""
+        _, controller = self.build()
+        for value in (0, -5, "1h", True, float("inf")):
+            reply = self.command(controller, "pause", daemon="a", **{"for": value})
+            self.assertEqual(reply["refused"], "bad_request", value)
+
+    def test_reload_applies_the_difference(self) -> None:
+        """Unchanged daemons keep their instance and stats; changed ones are replaced,
+        new ones added, removed ones stopped; listener/app keys are named, not applied."""
+        app, controller = self.build()
+        self.clock.advance(0)
+        kept = app.daemons["a"]
+        write_config(self.dir, """\
+  a:
+    type: daemonapp.testing:FakeDaemon
+    run_every: 10s
+  c:
+    type: daemonapp.testing:FakeDaemon
+    run_every: 5s
+""".replace("  a:", "  # moved down a line\n  a:"), extra="  stop_timeout: 5s\n")
+        reply = self.command(controller, "reload")
+        self.assertEqual({key: reply[key] for key in ("added", "removed", "replaced",
+                                                      "unchanged", "needs_restart")},
+                         {"added": ["c"], "removed": ["b"], "replaced": [], "unchanged": ["a"],
+                          "needs_restart": ["app.stop_timeout"]})
+        self.assertIs(app.daemons["a"], kept)
+        self.assertEqual(sorted(app.daemons), ["a", "c"])
+        self.assertEqual(app.stop_timeout, 30.0)
+
+    def test_reload_replaces_a_changed_daemon_after_its_run(self) -> None:
+        """A changed daemon in a run is replaced once the run has ended."""
+        app, controller = self.build(TWO.replace("daemonapp.testing:FakeDaemon\n    run_every: 20s",
+                                                 "daemonapp.testing:PendingDaemon\n"
+                                                 "    run_every: 20s\n    jobs: [1]"))
+        self.clock.advance(0)
+        old = app.daemons["b"]
+        self.assertTrue(old.running)
+        write_config(self.dir, TWO)
+        reply = self.command(controller, "reload")
+        self.assertEqual(reply["replaced"], ["b"])
+        self.assertIs(app.daemons["b"], old)  # still finishing its run
+        old.pending[0].callback(None)
+        self.assertIsNot(app.daemons["b"], old)
+        self.assertEqual(type(app.daemons["b"]).__name__, "FakeDaemon")
+
+    def test_an_invalid_file_changes_nothing(self) -> None:
+        """Every error of an invalid file is in the reply; the daemons stay as they were."""
+        app, controller = self.build()
+        before = dict(app.daemons)
+        write_config(self.dir, TWO.replace("10s", "soon").replace("20s", "never"))
+        reply = self.command(controller, "reload")
+        self.assertEqual(reply["refused"], "invalid_config")
+        self.assertEqual(len(reply["errors"]), 2)
+        self.assertIn("daemons.a.run_every", reply["errors"][0])
+        self.assertEqual(app.daemons, before)
+        self.flushLoggedErrors()
+
+    def test_reload_hooks_run_around_a_reload_even_an_invalid_one(self) -> None:
+        """on_reload's begin and end run around each reload (systemd's RELOADING/READY)."""
+        _, controller = self.build()
+        calls: list[str] = []
+        controller.on_reload(lambda: calls.append("begin"), lambda: calls.append("end"))
+        self.command(controller, "reload")
+        write_config(self.dir, "  a: 1\n")
+        self.command(controller, "reload")
+        self.assertEqual(calls, ["begin", "end", "begin", "end"])
+
+    def test_an_app_without_a_file_cannot_reload(self) -> None:
+        """A Python-built app (no YAML file) refuses reload."""
+        from daemonapp.testing import make_app
+
+        app, _ = make_app(self.clock)
+        controller = Controller(app)
+        controller.setServiceParent(app)
+        app.startService()
+        self.assertEqual(self.command(controller, "reload")["refused"], "unavailable")
+        self.successResultOf(app.stop("test"))
