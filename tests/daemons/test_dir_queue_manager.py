@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from daemonapp.daemon import Daemon, OptionError
 from daemonapp.daemons._build import UnknownOptionError
 from daemonapp.daemons.dir_queue import DirQueue, enqueue
 from daemonapp.daemons.dir_queue_manager import DirQueueManager
+from tests._processes import DAEMONAPP, popen_run, run_process, running, wait_until, write_file
 
 
 class Collector(DirQueue):
@@ -228,3 +230,27 @@ def test_construction_has_no_side_effects(tmp_path: Path) -> None:
     """Building a manager (as `daemonapp check` does) creates nothing."""
     manager(tmp_path / "base", create=["a"])
     assert not os.path.exists(tmp_path / "base")
+
+
+@pytest.mark.integration
+def test_dir_queue_manager_one_child_per_subdirectory(tmp_path: Path) -> None:
+    """dir_queue_manager runs one child daemon per subdirectory of base_directory."""
+    for name in ("alpha", "beta"):
+        (tmp_path / "queues" / name).mkdir(parents=True)
+    cfg = write_file(tmp_path / "d.yaml",
+                     "app:\n  state_dir: ./var\n"
+                     "daemons:\n  mail-queues:\n    type: dir_queue_manager\n    run_every: 5m\n"
+                     "    base_directory: ./queues\n    queue: {type: dir_queue, run_every: 10s}\n")
+    with running(popen_run(tmp_path, cfg)) as proc:
+        names: list[str] = []
+
+        def children() -> bool:
+            result = run_process([str(DAEMONAPP), "status", "--json", str(tmp_path / "var")],
+                                 cwd=tmp_path)
+            if result.returncode != 0:
+                return proc.poll() is not None
+            names[:] = [d["name"] for d in json.loads(result.stdout)["daemons"]]
+            return len(names) >= 3
+
+        assert wait_until(children)
+        assert sorted(names) == ["mail-queues", "mail-queues/alpha", "mail-queues/beta"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from daemonapp.app import DaemonApp
 from daemonapp.daemon import OptionError
 from daemonapp.daemons.file_cleanup import FileCleanup
 from daemonapp.testing import ImmediateThreadPool, make_app
+from tests._processes import DAEMONAPP, ROOT, run_process, write_file
 from tests.daemons._helpers import age_link, failures, write
 
 HOUR = 3600.0
@@ -271,3 +273,31 @@ def test_unknown_option_is_a_type_error(tmp_path: Path) -> None:
 def test_durations_are_parsed(tmp_path: Path) -> None:
     """remove_older_than accepts duration strings."""
     assert cleanup(tmp_path, remove_older_than="1h30m").remove_older_than == 5400.0
+
+
+@pytest.mark.integration
+def test_file_cleanup_never_follows_symlinks_out(tmp_path: Path) -> None:
+    """file_cleanup removes old files but never follows a symlink out of its directory."""
+    base = tmp_path / "sessions"
+    (base / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    old = time.time() - 7200
+    for path in (base / "old", base / "sub" / "old2", outside / "precious"):
+        path.write_text("x")
+        os.utime(path, (old, old))
+    fresh = base / "fresh"
+    fresh.write_text("x")
+    (base / "link-dir").symlink_to(outside)
+    (base / "link-file").symlink_to(outside / "precious")
+    cfg = write_file(tmp_path / "d.yaml",
+                     "app:\n  state_dir: ./var\n  shutdown_after: 1s\n"
+                     "daemons:\n  c:\n    type: file_cleanup\n    run_every: 5m\n"
+                     "    directory: ./sessions\n    remove_older_than: 1h\n    recursive: true\n")
+    result = run_process([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
+                         env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert not (base / "old").exists()
+    assert not (base / "sub" / "old2").exists()
+    assert fresh.exists()
+    assert (outside / "precious").exists()
