@@ -62,6 +62,12 @@ def preemptions() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
+def sleeps() -> int:
+    """Voluntary context switches of this process so far: how often it slept (a reactor
+    wake-up from epoll is one)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
 def rss_bytes() -> int:
     """Resident set size of this process now (Linux /proc; 0 elsewhere)."""
     try:
