@@ -268,11 +268,25 @@ class SystemdNotifier(Service):
         line = self._last_status = status_line(self.app)
         self.send("READY=1", f"STATUS={line}")
 
+    def _follow_reloads(self) -> None:
+        """Frame each reload with RELOADING=1 and READY=1.
+
+        An app started from a YAML file reloads it (SIGHUP, `daemonapp reload`) through
+        its Controller, the one place a reload begins and ends. Any other app only
+        reopens its logs on SIGHUP: that is its reload (Type=notify-reload sends SIGHUP
+        and waits for both messages).
+        """
+        from daemonapp.control import controller_of
+
+        controller = controller_of(self.app)
+        if controller is not None and controller.config is not None:
+            controller.on_reload(self.reloading, self.reloaded)
+        else:
+            self.app.on_reopen_logs(self._on_sighup)
+
     def _on_sighup(self) -> None:
-        # Type=notify-reload sends SIGHUP and waits for RELOADING=1 then READY=1; the
-        # log files are reopened between the two.
         self.reloading()
-        self.reactor.callLater(0, self.reloaded)
+        self.reactor.callLater(0, self.reloaded)  # once the other hooks reopened the logs
 
     def stopping(self, reason: str) -> None:
         """A graceful stop begins: STOPPING=1, then EXTEND_TIMEOUT_USEC= while it drains."""
@@ -349,7 +363,7 @@ class SystemdNotifier(Service):
         if not self._hooked:
             self._hooked = True
             self.app.on_stopping(self.stopping)
-            self.app.on_reopen_logs(self._on_sighup)
+            self._follow_reloads()
         interval = self.watchdog_interval
         if interval is not None:
             self._start_watchdog(interval)

@@ -15,6 +15,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from twisted.application.service import IService
@@ -71,6 +72,13 @@ def listener() -> Iterator[Listener]:
     bound = Listener()
     yield bound
     bound.close()
+
+
+ONE_DAEMON = """\
+app: {state_dir: ./var}
+daemons:
+  a: {type: "daemonapp.testing:FakeDaemon", run_every: 7200, start_delay: 7200}
+"""
 
 
 def fields(message: str) -> dict[str, str]:
@@ -413,6 +421,31 @@ class NotifierTests(SynchronousTestCase):
         self.assertEqual([m.splitlines()[0] for m in self.listener.messages()], ["RELOADING=1"])
         clock.advance(0)
         self.assertEqual([m.splitlines()[0] for m in self.listener.messages()], ["READY=1"])
+
+    def test_a_reload_of_the_yaml_file_is_framed_once(self) -> None:
+        """An app of a YAML file reloads it on SIGHUP: one RELOADING=1, then one READY=1
+        whose STATUS= counts the new file's daemons."""
+        from daemonapp.config import build_app, load_config
+
+        directory = Path(self.listener.directory)
+        path = directory / "app.yaml"
+        path.write_text(ONE_DAEMON)
+        app = build_app(load_config(str(path), check_state_dir=True), clock=Clock(),
+                        status_server=False, handle_signals=False, stop_reactor=False)
+        clock = app.reactor
+        self.notifier(app)
+        app.startService()
+        self.addCleanup(app.stop, "test")
+        clock.advance(0)
+        self.listener.messages()
+        path.write_text(ONE_DAEMON + '  b: {type: "daemonapp.testing:FakeDaemon", '
+                        "run_every: 7200}\n")
+        app.lifetime.handle_signal(signal.SIGHUP)
+        clock.advance(0)
+        reloading, ready = self.listener.messages()
+        self.assertEqual(fields(reloading)["RELOADING"], "1")
+        self.assertEqual(fields(ready)["READY"], "1")
+        self.assertTrue(fields(ready)["STATUS"].startswith("2 daemons, "))
 
     def test_watchdog_pings_every_half_watchdog_usec(self) -> None:
         """WATCHDOG_USEC=2 s: WATCHDOG=1 at start, then every second."""

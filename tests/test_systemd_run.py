@@ -276,14 +276,19 @@ def test_no_pings_when_watchdog_pid_is_another_process(short_tmp: Path,
     assert status == 0, out
 
 
+HELLO = '      hello: {type: "daemonapp.examples.hello:Hello"}\n'
+
+
 @pytest.mark.integration
 def test_sighup_sends_reloading_then_ready(short_tmp: Path, systemd: Systemd) -> None:
-    """SIGHUP (Type=notify-reload's reload signal): RELOADING=1 with MONOTONIC_USEC of
-    the moment it began, then READY=1."""
-    path = write_config(short_tmp, LISTENING_YAML.replace("DIR", str(short_tmp)))
+    """SIGHUP (Type=notify-reload's reload signal) reloads the file: RELOADING=1 with
+    MONOTONIC_USEC of the moment it began, then READY=1 once the new daemon runs."""
+    text = LISTENING_YAML.replace("DIR", str(short_tmp))
+    path = write_config(short_tmp, text)
     process = run(short_tmp, systemd, path)
     try:
         systemd.wait_for("READY")
+        write_config(short_tmp, text + HELLO)
         sent = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         process.send_signal(signal.SIGHUP)
         reloading = systemd.wait_for("RELOADING")
@@ -294,6 +299,42 @@ def test_sighup_sends_reloading_then_ready(short_tmp: Path, systemd: Systemd) ->
     assert reloading["RELOADING"] == "1"
     assert sent <= int(reloading["MONOTONIC_USEC"]) <= received
     assert ready["READY"] == "1"
+    assert ready["STATUS"].startswith("2 daemons, ")
+    assert status == 0, out
+
+
+def reload_command(directory: Path, path: str) -> subprocess.CompletedProcess[bytes]:
+    environ = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(directory)]))
+    environ.pop("NOTIFY_SOCKET", None)
+    return subprocess.run([str(BIN / "daemonapp"), "reload", "--app", path], env=environ,
+                          capture_output=True, timeout=WAIT, check=False)
+
+
+@pytest.mark.integration
+def test_daemonapp_reload_is_framed_even_when_refused(short_tmp: Path,
+                                                      systemd: Systemd) -> None:
+    """`daemonapp reload` (ExecReload= of a Type=notify unit): RELOADING=1 and READY=1
+    around it, for a valid file (exit 0) and an invalid one (exit 1, nothing changed),
+    so systemd never waits for a READY=1 that does not come."""
+    text = LISTENING_YAML.replace("DIR", str(short_tmp))
+    path = write_config(short_tmp, text)
+    process = run(short_tmp, systemd, path)
+    try:
+        systemd.wait_for("READY")
+        write_config(short_tmp, text + HELLO)
+        valid = reload_command(short_tmp, path)
+        systemd.wait_for("RELOADING")
+        after_valid = systemd.wait_for("READY")
+        write_config(short_tmp, text + "      broken: {type: nosuch}\n")
+        invalid = reload_command(short_tmp, path)
+        systemd.wait_for("RELOADING")
+        after_invalid = systemd.wait_for("READY")
+    finally:
+        status, out = stop(process)
+    assert valid.returncode == 0, valid.stderr
+    assert after_valid["STATUS"].startswith("2 daemons, ")
+    assert invalid.returncode == 1, invalid.stdout + invalid.stderr
+    assert after_invalid["STATUS"].startswith("2 daemons, ")
     assert status == 0, out
 
 
