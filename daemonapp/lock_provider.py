@@ -22,11 +22,14 @@ from zope.interface import implementer
 
 from daemonapp._lock_interfaces import IAsyncLock, ILockProvider, LockUnavailable
 from daemonapp.locks import FlockLock, PostgresLease, default_state_dir, highlander
+from daemonapp.ratelog import Episode, RateLog
 
 __all__ = ["AsyncLock", "LockProvider", "OutageLog"]
 
 # The namespace lock problems were always logged under, on both sides of the split.
 _log = Logger(namespace="daemonapp.locks")
+#: The one kind of trouble an OutageLog counts: its backend does not answer.
+_BACKEND = "backend"
 
 
 class OutageLog:
@@ -40,43 +43,51 @@ class OutageLog:
 
     def __init__(self, clock: Any, repeat: float = 60.0) -> None:
         self._log = _log
-        self._seconds: Callable[[], float] = clock.seconds
-        self.repeat = repeat
-        self.down_since: float | None = None
-        self.errors = 0  # in this outage
-        self._unlogged = 0
-        self._logged_at = 0.0
+        # one episode for the backend: the "still unreachable" line comes with an error
+        self._rate = RateLog(clock.seconds, every=repeat)
+
+    @property
+    def repeat(self) -> float:
+        """Seconds between two "still unreachable" lines."""
+        return self._rate.every
+
+    @property
+    def down_since(self) -> float | None:
+        """When the outage began (None while the backend answers)."""
+        episode = self._rate.episode(_BACKEND)
+        return None if episode is None else episode.started
+
+    @property
+    def errors(self) -> int:
+        """Errors in this outage."""
+        episode = self._rate.episode(_BACKEND)
+        return 0 if episode is None else episode.total
 
     def failed(self, name: str, what: str, failure: Failure) -> None:
         """Record one error of the backend (for lock ``name``)."""
-        now = self._seconds()
-        self.errors += 1
-        if self.down_since is None:
-            self.down_since = self._logged_at = now
-            self._unlogged = 0
-            self._log.failure(
-                "highlander {name}: {what}: lock backend unreachable; runs that need "
-                "a lock are locked-out until it is back", failure, name=name, what=what)
-            return
-        self._unlogged += 1
-        if now - self._logged_at >= self.repeat:
-            self._log.warn(
-                "highlander {name}: lock backend still unreachable after {seconds:.0f} s "
-                "({count} more errors): {error}", name=name, seconds=now - self.down_since,
-                count=self._unlogged, error=str(failure.value)[:200])
-            self._logged_at = now
-            self._unlogged = 0
+        def line(outage: Episode) -> None:
+            if outage.first:
+                self._log.failure(
+                    "highlander {name}: {what}: lock backend unreachable; runs that need "
+                    "a lock are locked-out until it is back", failure, name=name, what=what)
+            else:
+                self._log.warn(
+                    "highlander {name}: lock backend still unreachable after {seconds:.0f} "
+                    "s ({count} more errors): {error}", name=name,
+                    seconds=self._rate.seconds() - outage.started, count=outage.count,
+                    error=str(failure.value)[:200])
+
+        self._rate.occurred(_BACKEND, line)
 
     def reachable(self, name: str) -> None:
         """The backend answered: end the outage, if there was one."""
-        if self.down_since is None:
+        outage = self._rate.ended(_BACKEND)
+        if outage is None:
             return
         self._log.info(
             "highlander {name}: lock backend reachable again after {seconds:.1f} s "
-            "({count} errors)", name=name, seconds=self._seconds() - self.down_since,
-            count=self.errors)
-        self.down_since = None
-        self.errors = 0
+            "({count} errors)", name=name, seconds=self._rate.seconds() - outage.started,
+            count=outage.total)
 
 
 @implementer(IAsyncLock)

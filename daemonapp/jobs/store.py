@@ -10,6 +10,7 @@ and ``postgres_store``.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import sys
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from daemonapp.jobs._model import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, STATES, last_line
 from daemonapp.jobs.postgres_store import PostgresJobStore, libpq_url
 from daemonapp.jobs.sqlite_store import SQLiteJobStore
+from daemonapp.ratelog import Episode, RateLog
 
 __all__ = [
     "ACTIVE_STATES",
@@ -36,6 +38,8 @@ __all__ = [
 
 # The dispatcher's namespace: outages were always logged under it.
 _log = Logger(namespace="daemonapp.jobs.dispatcher")
+#: The one kind of trouble a StoreHealth counts: the store does not answer.
+_STORE = "store"
 
 
 def is_postgres_url(target: str) -> bool:
@@ -103,28 +107,39 @@ class StoreHealth:
     def __init__(self, name: str, clock: Callable[[], float]) -> None:
         self.name = name
         self.clock = clock
-        self.down_since: float | None = None
-        self.failures = 0
+        # one episode per outage, and no line while it lasts: every = forever
+        self._rate = RateLog(clock, every=math.inf)
+
+    @property
+    def down_since(self) -> float | None:
+        episode = self._rate.episode(_STORE)
+        return None if episode is None else episode.started
+
+    @property
+    def failures(self) -> int:
+        episode = self._rate.episode(_STORE)
+        return 0 if episode is None else episode.total
 
     @property
     def down(self) -> bool:
-        return self.down_since is not None
+        return self._rate.episode(_STORE) is not None
 
     def failed(self, error: object) -> None:
-        self.failures += 1
-        if self.down_since is None:
-            self.down_since = self.clock()
+        def line(_: Episode) -> None:
             _log.warn("job dispatcher {name}: the job store is unavailable: {error}; "
                      "outcomes are kept and retried, LISTEN is re-established when it is back",
                      name=self.name, error=last_line(str(error)) or type(error).__name__)
 
+        self._rate.occurred(_STORE, line)
+
     def ok(self, began: float) -> bool:
         """Note a call begun at ``began`` that worked; True when it ends an outage."""
-        if self.down_since is None or began < self.down_since:
+        down_since = self.down_since
+        if down_since is None or began < down_since:
             return False
+        outage = self._rate.ended(_STORE)
+        assert outage is not None
         _log.info("job dispatcher {name}: the job store is available again after "
                  "{seconds:.1f} s ({failures} call(s) failed meanwhile)", name=self.name,
-                 seconds=self.clock() - self.down_since, failures=self.failures)
-        self.down_since = None
-        self.failures = 0
+                 seconds=self.clock() - outage.started, failures=outage.total)
         return True

@@ -18,6 +18,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
 from daemonapp.listeners.budget import PROCESS_FDS, FdLimits
 from daemonapp.listeners.limits import Dispatcher
+from daemonapp.ratelog import Episode, RateLog
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -210,9 +211,9 @@ class ListenerFactory(Factory):
         self.refused = 0
         #: accept() failures (EMFILE...) Twisted met on our port
         self.accept_errors = 0
-        self._unlogged: dict[str, int] = {}
-        self._logged_at: float | None = None
-        self._log_call: Any = None
+        #: refusals and accept errors: one line a minute at most, with the counts
+        self._refusals = RateLog(reactor.seconds, every=REFUSAL_LOG_EVERY,
+                                 call_later=reactor.callLater)
 
     @property
     def max_connections(self) -> int:
@@ -243,22 +244,10 @@ class ListenerFactory(Factory):
 
     def _note(self, what: str) -> None:
         """Count a refusal or accept error; log the counts at most once a minute."""
-        self._unlogged[what] = self._unlogged.get(what, 0) + 1
-        if self._log_call is not None:
-            return
-        now = self.reactor.seconds()
-        if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_EVERY:
-            self._log_refusals()
-        else:
-            self._log_call = self.reactor.callLater(
-                self._logged_at + REFUSAL_LOG_EVERY - now, self._log_refusals)
+        self._refusals.occurred("refusals", self._log_refusals, tag=what)
 
-    def _log_refusals(self) -> None:
-        self._log_call = None
-        counts, self._unlogged = self._unlogged, {}
-        if not counts:
-            return
-        self._logged_at = self.reactor.seconds()
+    def _log_refusals(self, episode: Episode) -> None:
+        counts = episode.tags
         self.log.warn("{refused} connection(s) accepted and closed at once, {errors} accept "
                       "error(s) (EMFILE...) since the last such line: {open} open, "
                       "max_connections={limit} (fd limit {fd_limit}, {process} listener "
@@ -292,10 +281,7 @@ class ListenerFactory(Factory):
 
     def stop(self) -> None:
         """The listener stopped: log what is left to log, cancel our timers."""
-        call, self._log_call = self._log_call, None
-        if call is not None and call.active():
-            call.cancel()
-        self._log_refusals()
+        self._refusals.stop()
         sweep, self._sweep_call = self._sweep_call, None
         if sweep is not None and sweep.active():
             sweep.cancel()

@@ -37,6 +37,7 @@ from daemonapp.listeners.exchange import (
     parse_length,
     status_line,
 )
+from daemonapp.ratelog import Episode, RateLog
 
 #: The Prometheus text exposition format (daemonapp.metrics's, without its import).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -73,20 +74,6 @@ METRICS_PATH = "/metrics"
 PEER_LOG_EVERY = 60.0
 
 
-class _Kind:
-    """One kind of peer trouble in a :class:`PeerLog`."""
-
-    __slots__ = ("call", "count", "fields", "log", "logged_at", "text")
-
-    def __init__(self, logged_at: float, log: Logger) -> None:
-        self.log = log  # the logger of the module the trouble was met in
-        self.logged_at = logged_at  # reactor time of its last line
-        self.count = 0  # occurrences not logged since
-        self.text = ""  # the last one's format and fields
-        self.fields: dict[str, object] = {}
-        self.call: Any = None  # the timer of the next line
-
-
 class PeerLog:
     """Warnings a peer causes (malformed bytes, 400/413/431, timeouts): at most one line
     a minute per kind.
@@ -100,44 +87,33 @@ class PeerLog:
     def __init__(self, log: Logger, reactor: Any) -> None:
         self.log = log
         self.reactor = reactor
-        self._kinds: dict[str, _Kind] = {}
+        self._rate = RateLog(self._seconds, every=PEER_LOG_EVERY, call_later=self._call_later)
+
+    # The reactor is read when a line is due: a Dispatcher may be built without one.
+    def _seconds(self) -> float:
+        return float(self.reactor.seconds())
+
+    def _call_later(self, delay: float, function: Callable[..., object],
+                    *args: object) -> Any:
+        return self.reactor.callLater(delay, function, *args)
 
     def warn(self, kind: str, text: str, log: Logger | None = None,
              **fields: object) -> None:
         """Log ``text`` (a twisted.logger format) now, or count it for the next line."""
-        now = self.reactor.seconds()
-        log = log or self.log
-        state = self._kinds.get(kind)
-        if state is None or (state.call is None and now - state.logged_at >= PEER_LOG_EVERY):
-            log.warn(text, **fields)
-            self._kinds[kind] = _Kind(now, log)
-            return
-        state.log = log
-        state.count += 1
-        state.text = text
-        state.fields = fields
-        if state.call is None:
-            state.call = self.reactor.callLater(state.logged_at + PEER_LOG_EVERY - now,
-                                                self._flush, kind)
+        logger = log or self.log  # the logger of the module the trouble was met in
 
-    def _flush(self, kind: str) -> None:
-        state = self._kinds[kind]
-        state.call = None
-        if not state.count:
-            return
-        state.logged_at = self.reactor.seconds()
-        count, state.count = state.count, 0
-        state.log.warn(state.text + " ({repeated} such in the last minute; the last one "
-                       "here)", repeated=count, **state.fields)
+        def line(episode: Episode) -> None:
+            if not episode.by_timer:
+                logger.warn(text, **fields)
+            else:
+                logger.warn(text + " ({repeated} such in the last minute; the last one "
+                            "here)", repeated=episode.count, **fields)
+
+        self._rate.occurred(kind, line)
 
     def stop(self) -> None:
         """Log what is left to log and cancel the timers (the listener stopped)."""
-        for kind, state in self._kinds.items():
-            call, state.call = state.call, None
-            if call is not None and call.active():
-                call.cancel()
-            if state.count:
-                self._flush(kind)
+        self._rate.stop()
 
 
 class Application(Protocol):
