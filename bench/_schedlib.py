@@ -21,6 +21,8 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULT_PREFIX = "RESULT "
+#: The CPU time of the last child `run` waited for (one cell, set by `run`).
+LAST_CHILD_CPU = [0.0]
 
 
 def use_source_tree() -> None:
@@ -95,12 +97,23 @@ class ChildError(RuntimeError):
     """A measurement process failed or printed nothing the parent could parse."""
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU time of the waited-for children of this process so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run(cmd: list[str], timeout: float) -> str:
-    """Run a child to completion and return its stdout; raise ChildError on failure."""
+    """Run a child to completion and return its stdout; raise ChildError on failure.
+
+    The child's CPU time (user + system) is left in ``LAST_CHILD_CPU[0]``.
+    """
+    before = children_cpu_seconds()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as e:
         raise ChildError(f"timed out after {timeout:g} s: {' '.join(cmd)}") from e
+    LAST_CHILD_CPU[0] = children_cpu_seconds() - before
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise ChildError(f"exit {proc.returncode}: {' '.join(cmd)}: " + " | ".join(tail))
