@@ -1,7 +1,7 @@
 """Where a failure event goes: the log always, then webhooks, mail and Python callables.
 
 A job's ``on_failure`` sends one event dict per job that failed for good; the daemon
-alerts of DESIGN §10 send theirs to the same targets. Nothing here blocks the loop:
+alerts of DESIGN §10 (``app.alerts``) send theirs to the same targets. Nothing here blocks the loop:
 each target runs on a Deferred of its own, a webhook waits for its retries on timers,
 and a target that fails is logged by its sender and forgotten.
 """
@@ -31,14 +31,15 @@ MailComposer = Callable[[Mapping[str, Any]], tuple[str, str]]
 
 
 def parse_targets(spec: Any, *, key: str, compose_mail: MailComposer | None = None,
-                  log: Logger = _log) -> list[AlertTarget]:
+                  log: Logger = _log, webhook_retries: int = 0) -> list[AlertTarget]:
     """The targets an option names, checked now (the app's start), never at a failure.
 
     ``spec`` is one item or a list of them: an http(s) URL (a webhook), ``"log"``,
     a mapping ``{webhook: URL}``, ``{mail: {to, from, host, port}}`` or ``{log: ...}``,
     or a callable taking the event dict. The log is always written by the sender
     itself, so ``log`` adds no target. A bad item raises OptionError naming ``key``.
-    ``log`` is the logger that reports what a target says (a webhook's answer).
+    ``log`` is the logger that reports what a target says (a webhook's answer);
+    ``webhook_retries`` how often a webhook is tried again (a connection error, a 5xx).
     """
     if spec is None:
         return []
@@ -48,13 +49,14 @@ def parse_targets(spec: Any, *, key: str, compose_mail: MailComposer | None = No
         if callable(item):
             targets.append(Callback(item))
         elif isinstance(item, str) and item.startswith(("http://", "https://")):
-            targets.append(Webhook(item, key=key, log=log))
+            targets.append(Webhook(item, key=key, log=log, retries=webhook_retries))
         elif isinstance(item, str) and item in ("log", ""):
             continue
         elif isinstance(item, Mapping):
             for kind, value in item.items():
                 if kind == "webhook":
-                    targets.append(Webhook(str(value), key=key, log=log))
+                    targets.append(Webhook(str(value), key=key, log=log,
+                                           retries=webhook_retries))
                 elif kind == "mail":
                     targets.append(Mail.from_spec(value, key=key, compose=compose_mail))
                 elif kind == "log":

@@ -8,7 +8,7 @@ idle exit computed from the schedule, graceful stop, signals and the exit status
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -16,10 +16,13 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from daemonapp import alerts as alerts_module
 from daemonapp.crontimes import load_zone
 from daemonapp.daemon import Daemon
 from daemonapp.durations import parse_duration
 from daemonapp.health import HealthCheck, expected_interval
+from daemonapp.history import DEFAULT_SIZE as DEFAULT_HISTORY
+from daemonapp.history import RunHistory
 from daemonapp.interfaces import (
     IActivityMonitor,
     IAppHealth,
@@ -35,6 +38,16 @@ from daemonapp.schedules import ScheduleState
 __all__ = ["EXIT_ABANDONED", "EXIT_CONFIG", "EXIT_OK", "DaemonApp"]
 
 log = Logger()
+
+
+def _alert_mail(event: Mapping[str, Any]) -> tuple[str, str]:
+    """The mail of a daemon alert or recovery: subject and body."""
+    if event.get("event") == "recovery":
+        subject = f"daemonapp: {event.get('daemon')} recovered"
+    else:
+        subject = f"daemonapp alert: {event.get('daemon')} ({event.get('count')})"
+    body = "\n".join(f"{key}: {value}" for key, value in event.items()) + "\n"
+    return subject, body
 
 
 def _optional_seconds(name: str, value: object) -> float | None:
@@ -67,6 +80,8 @@ class DaemonApp(MultiService):
         stop_reactor: bool = True,
         handle_signals: bool = True,
         timezone: str | None = None,
+        alerts: Any = None,
+        history: int = DEFAULT_HISTORY,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.time_slice = parse_duration(time_slice)
@@ -103,6 +118,13 @@ class DaemonApp(MultiService):
         if timezone is not None:
             load_zone(timezone)  # an unknown zone is a ValueError now, not at a first run
         self.timezone = timezone
+        #: Where daemon alerts go besides the log (DESIGN §10; the targets of a job's
+        #: on_failure): webhook URLs, {webhook: URL}, {mail: {...}}, callables.
+        self.alert_targets = alerts_module.parse_targets(
+            alerts, key="app.alerts", compose_mail=_alert_mail, webhook_retries=3)
+        #: The last ``history`` runs of each daemon (0: none kept), kept in state_dir.
+        self.run_history = (RunHistory(history, state_dir, seconds=self.seconds,
+                                       call_at=scheduler.call_at) if history else None)
         #: The last fire time of each clock-scheduled daemon, kept across restarts.
         self.schedule_state = (ScheduleState(state_dir, reactor) if state_dir is not None
                                else None)
@@ -123,6 +145,12 @@ class DaemonApp(MultiService):
         #: health: true.
         self.health_check = HealthCheck(self)
         self._stop_hooks: list[Callable[[], Any]] = []
+        #: Called instead of a graceful stop when a listener reaches max_requests
+        #: (several processes, DESIGN §11: daemonapp.workers recycles one at a time).
+        self._request_limit_hook: Callable[[str], Any] | None = None
+        #: Called with each snapshot before it is served (daemonapp.workers adds the
+        #: other processes and sums the listeners' counts).
+        self._snapshot_hooks: list[Callable[[dict[str, Any]], Any]] = []
 
     # ------------------------------------------------------------ the public API
 
@@ -172,6 +200,20 @@ class DaemonApp(MultiService):
         """Call ``hook(reason)`` when a graceful stop begins (before anything stops)."""
         self.lifetime.stopping_hooks.append(hook)
 
+    def alert(self, event: dict[str, Any]) -> None:
+        """Send a daemon's alert or recovery (DESIGN §10) to the log and ``alerts``.
+
+        Never waits: each target runs on a Deferred of its own (a webhook retries on
+        timers), and one that fails is logged.
+        """
+        if event.get("event") == "recovery":
+            log.info("daemon {daemon} recovered after {count} failed run(s)", **event)
+        else:
+            log.error("alert for daemon {daemon} ({count}): {error}", **event)
+        alerts_module.send(event, self.alert_targets, self.reactor,
+                           about="daemon {daemon}", key="app.alerts", log=log,
+                           daemon=event.get("daemon"))
+
     def lock_for(self, name: str) -> IAsyncLock:
         """A lock handle for a daemon's ``lock:`` (flock in state_dir by default)."""
         return self._lock_provider().lock_for(name)
@@ -184,6 +226,14 @@ class DaemonApp(MultiService):
                                                    state_dir=self.state_dir)
             self._locks = provider
         return self._locks
+
+    def on_request_limit(self, hook: Callable[[str], Any]) -> None:
+        """Call ``hook(reason)`` instead of stopping when a listener reaches max_requests."""
+        self._request_limit_hook = hook
+
+    def add_snapshot_hook(self, hook: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``hook(snapshot)`` on each snapshot before it is served (it may add to it)."""
+        self._snapshot_hooks.append(hook)
 
     def when_ended(self) -> Deferred[int]:
         """A Deferred that fires with the exit status once the app has ended."""
@@ -306,6 +356,9 @@ class DaemonApp(MultiService):
     # ---------------------------------------------------------------- activity
 
     def request_limit_reached(self, reason: str) -> None:
+        if self._request_limit_hook is not None:
+            self._request_limit_hook(reason)
+            return
         self.stop(f"max_requests: {reason}", 0)
 
     @property
@@ -355,6 +408,8 @@ class DaemonApp(MultiService):
         hooks = [maybeDeferred(hook) for hook in self._stop_hooks]
         if self.schedule_state is not None:
             hooks.append(maybeDeferred(self.schedule_state.flush))
+        if self.run_history is not None:
+            hooks.append(maybeDeferred(self.run_history.flush))
         if self._locks is not None:
             hooks.append(maybeDeferred(self._locks.close))
         d = DeferredList(hooks, consumeErrors=True)
@@ -429,4 +484,6 @@ class DaemonApp(MultiService):
             if jobs_snapshot is not None:
                 snap["jobs"] = jobs_snapshot()
                 break
+        for hook in self._snapshot_hooks:
+            hook(snap)
         return snap

@@ -135,6 +135,8 @@ class Assembly:
             else settings.stop_timeout,
             "time_slice": settings.time_slice,
             "timezone": settings.timezone,
+            "alerts": settings.alerts,
+            "history": settings.history,
             "state_dir": settings.state_dir,
             "lock_wait": settings.locks.wait,
             "reactor": reactor,

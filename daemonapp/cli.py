@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from daemonapp import control_cli, schedule_cli
+from daemonapp import control_cli, history_cli, schedule_cli
 from daemonapp._version import __version__
 from daemonapp.assembly import Assembly, write_sidecar
 from daemonapp.checkreport import print_check
@@ -338,6 +338,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "(daemonapp jobs --help)", add_help=False)
     schedule_cli.add_parser(commands)
     control_cli.add_parsers(commands)
+    history_cli.add_parser(commands)
     return parser
 
 
@@ -359,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _printing(_status, args)
     if args.command == "schedule":
         return _printing(schedule_cli.run, args)
+    if args.command == "history":
+        return _printing(history_cli.run, args)
     if args.command in control_cli.COMMANDS:
         return _printing(control_cli.run, args)
     parser.print_help()

@@ -59,7 +59,8 @@ __all__ = [
 SECTIONS = ("app", "listeners", "daemons", "cgi")
 #: The keys of ``app:`` and of its ``log:`` and ``locks:`` mappings.
 APP_KEYS = ("stay_alive_for", "shutdown_after", "shutdown_if_idle", "stop_timeout",
-            "time_slice", "state_dir", "log", "locks", "timezone")
+            "time_slice", "state_dir", "log", "locks", "timezone", "alerts", "history",
+            "processes")
 LOG_KEYS = ("format", "level", "file")
 LOCK_KEYS = ("url", "ttl", "wait")
 #: The keys of ``cgi:``.
@@ -169,6 +170,41 @@ def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
     return convert
 
 
+def _plain(value: object) -> object:
+    """A YAML value as plain dicts and lists (LineMapping and LineSequence are subclasses)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _alerts(value: object) -> object:
+    """``app.alerts``: checked by the alert targets' own rules (daemonapp.alerts)."""
+    from daemonapp.alerts import parse_targets
+
+    spec = _plain(value)
+    try:
+        parse_targets(spec, key="app.alerts")
+    except OptionError as e:
+        raise ValueError(e.message) from None
+    return spec
+
+
+def _history_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number of runs kept per daemon (0: none), "
+                         f"got {value!r}")
+    return value
+
+
+def _processes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise ValueError(f"expected a number of processes from 1 to 256 (e.g. the number "
+                         f"of cores), got {value!r}")
+    return value
+
+
 def _log_level(value: object) -> str:
     name = value.lower() if isinstance(value, str) else ""
     name = LOG_LEVEL_ALIASES.get(name, name)
@@ -249,9 +285,13 @@ class _Validator:
             stop_timeout=get(section, "stop_timeout", "app", parse_duration, 30.0),
             time_slice=get(section, "time_slice", "app", _positive_duration, 0.010),
             timezone=get(section, "timezone", "app", _zone_name, None),
+            alerts=get(section, "alerts", "app", _alerts, None),
+            history=get(section, "history", "app", _history_size, 100),
             log=log_settings,
             locks=lock_settings,
             state_dir_line=line_of(section, "state_dir") if "state_dir" in section else 0,
+            processes=get(section, "processes", "app", _processes, 1),
+            processes_line=line_of(section, "processes") if "processes" in section else 0,
         )
 
     # ------------------------------------------------------------ daemons
@@ -467,6 +507,19 @@ class _Validator:
                                  f"listeners[{spec.index}].jobs",
                                  "jobs: true needs a job_dispatcher daemon in daemons:")
 
+    def processes(self, app: AppSettings, listeners: tuple[ListenerSpec, ...]) -> None:
+        """``app.processes`` > 1 shares sockets we bind: not the fd 0 of a web server,
+        which owns the processes then (DESIGN §11)."""
+        if app.processes <= 1:
+            return
+        for spec in listeners:
+            if spec.protocol == "fastcgi" and spec.endpoint in (None, "fd:0"):
+                self.check.error(app.processes_line, "app.processes",
+                                 f"processes: {app.processes} cannot serve the fd 0 a web "
+                                 f"server passes (listeners[{spec.index}]): the web server "
+                                 "starts the processes then; give that listener a unix: or "
+                                 "tcp: endpoint, or remove processes")
+
     # -------------------------------------------------------------- paths
 
     def paths(self, app: AppSettings, app_line: int, listeners: tuple[ListenerSpec, ...],
@@ -593,6 +646,7 @@ def load_config(path: str | os.PathLike[str], *, check_state_dir: bool = False,
     listeners = validator.listeners(root.get("listeners"), line_of(root, "listeners"))
     daemons = validator.daemons(root.get("daemons"), line_of(root, "daemons"))
     validator.listener_jobs(listeners, daemons)
+    validator.processes(app, listeners)
     cgi = validator.cgi(root.get("cgi"), line_of(root, "cgi"), listeners)
     validator.paths(app, line_of(root, "app") or 1, listeners, check_state_dir, owners)
     if checker.messages:

@@ -64,10 +64,17 @@ class AppSettings:
     time_slice: float = 0.010
     #: The zone of clock schedules without their own (None: the system's).
     timezone: str | None = None
+    #: Where daemon alerts go (DESIGN §10): the targets of a job's on_failure, checked.
+    alerts: Any = None
+    #: Runs kept per daemon in the run history (0: none).
+    history: int = 100
     log: LogSettings = field(default_factory=LogSettings)
     locks: LockSettings = field(default_factory=LockSettings)
     #: Where state_dir was set (0: the default ./var): run-time errors point there.
     state_dir_line: int = 0
+    #: Processes serving the listeners (DESIGN §11; daemonapp.workers), and where set.
+    processes: int = 1
+    processes_line: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,15 @@ IScheduler, normally the DaemonApp), which it never imports.
 
 from __future__ import annotations
 
+import sys
+import threading
+import traceback
 from collections.abc import Callable, Mapping
 from inspect import iscoroutine
 from types import CoroutineType
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -23,6 +26,8 @@ from daemonapp.schedules import (
     FAILED,
     IDLE,
     LOCKED_OUT,
+    OUTCOMES,
+    TIMED_OUT,
     WORKED,
     YIELDED,
     BackoffSchedule,
@@ -38,6 +43,7 @@ __all__ = [
     "IDLE",
     "LOCKED_OUT",
     "READY",
+    "TIMED_OUT",
     "WAITING",
     "WORKED",
     "YIELDED",
@@ -83,6 +89,8 @@ def _is_async(value: object) -> bool:
 
 
 _JOB_REPR_MAX = 1000
+#: The longest error summary a run keeps for its history and alerts.
+_ERROR_MAX = 500
 
 # Markers for results that arrive later (a Deferred, a coroutine or a thread).
 _GOT_JOB = "got_job"
@@ -106,6 +114,34 @@ class _ThreadFailure(Exception):
 
 def _call_now(function: Callable[..., object], *args: object) -> None:
     function(*args)
+
+
+def error_summary(failure: Failure, phase: str) -> str:
+    """One line for the run history and alerts: ``phase: Type: message``, bounded."""
+    try:
+        text = f"{phase}: {type(failure.value).__name__}: {failure.getErrorMessage()}"
+    except Exception:
+        text = f"{phase}: {safe_repr(failure.value)}"
+    text = " ".join(text.split())
+    return text if len(text) <= _ERROR_MAX else text[:_ERROR_MAX] + "..."
+
+
+def coroutine_stack(coro: Any) -> str:
+    """Where a suspended coroutine (and what it awaits, inner last) is, as a traceback."""
+    frames: list[tuple[Any, int]] = []
+    while coro is not None and len(frames) < 100:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "".join(traceback.StackSummary.extract(frames).format())
+
+
+def thread_stack(ident: int | None) -> str:
+    """The current stack of thread ``ident`` (PHP-FPM's slowlog), or "" when it is gone."""
+    frame = sys._current_frames().get(ident) if ident is not None else None
+    return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
 
 def safe_repr(value: object, limit: int = _JOB_REPR_MAX) -> str:
@@ -140,17 +176,27 @@ class Daemon:
         "__dict__",
         "__weakref__",
         "_active",
+        "_history",
         "_in_run",
         "_inside",
         "_lock_deadline",
         "_lock_handle",
         "_lock_held",
+        "_outcomes",
         "_resume",
+        "_run_error",
         "_run_items",
         "_run_started",
         "_schedule",
         "_stop_waiters",
         "_stopping",
+        "_streak",
+        "_thread_ident",
+        "_timed_out",
+        "_waiting",
+        "_waiting_on",
+        "_worker",
+        "run_trigger",
     )
 
     #: The attribute names of DESIGN §1, in its order.
@@ -171,6 +217,8 @@ class Daemon:
     timezone: str | None = None
     misfire_grace: float = 3600.0
     catch_up: str = "once"
+    timeout: float | None = None
+    alert_after: int | None = None
 
     #: Methods the scheduler relies on (run_step and abort_run are its protocol with
     #: the daemon); a subclass that redefines one by accident would break its runs in
@@ -178,7 +226,8 @@ class Daemon:
     _RESERVED: ClassVar[frozenset[str]] = frozenset({
         "_deactivate", "run_step", "_wait", "_arrived", "_arrived_failure", "_in_thread",
         "_thread_item", "_take_lock", "_lock_busy", "_lock_error", "_failed", "_end",
-        "_release_lock", "abort_run", "_lock_still_held", "_hand_back",
+        "_release_lock", "abort_run", "_lock_still_held", "_hand_back", "run_timed_out",
+        "_timed_out_end", "_failure_streak", "_recovered",
     })
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -226,7 +275,21 @@ class Daemon:
             "current_delay": None,
             "last_duration": None,  # seconds of the last run
             "run_seconds": 0.0,  # seconds of all runs (the duration summary's sum)
+            # DESIGN §10: what supervision (alerts, metrics, /healthz) reads.
+            "consecutive_failures": 0,
+            "in_alert": False,
+            "last_success_at": None,
+            "outcomes": dict.fromkeys(OUTCOMES, 0),
         }
+        self._outcomes: dict[str, int] = self.stats["outcomes"]
+        self._streak = 0  # consecutive failed or timed-out runs
+        #: "manual" while a run an operator triggered (``daemonapp trigger``) is in
+        #: flight (set by the scheduler as it starts), else None.
+        self.run_trigger: str | None = None
+        #: The last runs, (start, end, outcome, items, trigger, error): the app's
+        #: daemonapp.history.RunLog for this name, from the first start in an app that
+        #: keeps a history.
+        self._history: Any = None
         self.app: IScheduler | None = None
         self._active = False
         self._stopping = False
@@ -241,6 +304,13 @@ class Daemon:
         self._lock_held = False
         self._lock_deadline: float | None = None  # while a run waits for its lock
         self._schedule: ISchedule | None = None  # from make_schedule(), at the first start
+        # The run's supervision (DESIGN §10): what it waits on, whether it timed out.
+        self._waiting: Deferred[Any] | None = None  # a hook's result (or a thread's)
+        self._waiting_on: tuple[str, object, Any] = ("", None, None)  # phase, job, coroutine
+        self._worker = False  # waiting on a thread
+        self._thread_ident: int | None = None
+        self._timed_out = False
+        self._run_error: str | None = None  # the summary of the run's failure
 
     # ------------------------------------------------------------------ hooks
 
@@ -294,6 +364,10 @@ class Daemon:
         self._stopping = False
         if self._schedule is None:
             self._schedule = self.make_schedule()
+        if self._history is None:
+            run_history = getattr(self.app, "run_history", None)
+            if run_history is not None:
+                self._history = run_history.attach(self.name)
         self.app.daemon_started(self, self._schedule.first_delay(self.app.seconds()))
 
     def stop(self) -> Deferred[None]:
@@ -344,6 +418,8 @@ class Daemon:
                         return status
             elif self._lock_deadline is not None and not self._lock_held \
                     and self._resume is None:
+                if self._timed_out:
+                    return self._timed_out_end(None, None)
                 status = self._take_lock()  # back from a wait for the lock
                 if status != READY:
                     return status
@@ -360,6 +436,9 @@ class Daemon:
                     self._resume = None
                     kind, value = resume
                     resume = None
+                    if self._timed_out:
+                        self._run_items = items
+                        return self._timed_out_end(kind, value)
                     if kind == _GOT_JOB:
                         job = value
                     elif kind == _DID_WORK:
@@ -433,14 +512,21 @@ class Daemon:
 
     def _wait(self, result: Any, kind: str, phase: str, job: object) -> int:
         """Wait for a Deferred or coroutine; READY when it had already fired."""
-        d: Deferred[Any] = Deferred.fromCoroutine(result) if iscoroutine(result) else result
+        coroutine = result if iscoroutine(result) else None
+        d: Deferred[Any] = Deferred.fromCoroutine(result) if coroutine is not None else result
         self._resume = None
         d.addCallbacks(self._arrived, self._arrived_failure, callbackArgs=(kind,),
                        errbackArgs=(phase, job))
-        return READY if self._resume is not None else WAITING
+        if self._resume is not None:
+            return READY
+        self._waiting = d  # what a timeout cancels (DESIGN §10)
+        self._waiting_on = (phase, job, coroutine)
+        return WAITING
 
     def _arrived(self, value: Any, kind: str) -> None:
         self._resume = (kind, value)
+        self._waiting = None
+        self._worker = False
         if not self._inside and self.app is not None:
             self.app.wake(self)
 
@@ -464,9 +550,12 @@ class Daemon:
             call_from_thread(d.callback if ok else d.errback, result)
 
         app.threadpool.callInThreadWithCallback(on_result, self._thread_item)
-        return self._wait(d, _THREAD_ITEM, "get_work", None)
+        status = self._wait(d, _THREAD_ITEM, "get_work", None)
+        self._worker = status == WAITING
+        return status
 
     def _thread_item(self) -> object:
+        self._thread_ident = threading.get_ident()  # for its stack, should it time out
         try:
             job = self.get_work()
         except Exception:
@@ -532,7 +621,129 @@ class Daemon:
         log.failure("daemon {daemon} failed in {phase} (job {job})", failure,
                     daemon=self.name, phase=phase, job=safe_repr(job))
         self.stats["failures"] += 1
+        self._run_error = error_summary(failure, phase)
         return self._end(FAILED)
+
+    # ------------------------------------------------------------ supervision
+
+    @property
+    def run_timeout(self) -> float | None:
+        """The longest a run may take (DESIGN §10): ``timeout``. A subclass whose own
+        ``timeout`` means something else (the job dispatcher's: each job's) sets None."""
+        return self.timeout
+
+    def cancel_work(self, pending: Deferred[Any]) -> None:
+        """End the work a run waits on past its ``timeout``: the default cancels the
+        Deferred. Override it to stop the work another way (the ``command`` daemon kills
+        its program's process group); the run ends, timed-out, once ``pending`` fires."""
+        pending.cancel()
+
+    def run_timed_out(self) -> None:
+        """The run in flight passed ``timeout`` (the scheduler calls this at that moment).
+
+        A Deferred it waits on is cancelled (`cancel_work`); a thread cannot be stopped,
+        so its stack is logged and the run ends once the thread returns; a run between
+        two time slices ends now, one waiting for its lock at its next try. Each way the
+        outcome is TIMED_OUT, logged with the run's stack where there is one.
+        """
+        if not self._in_run or self._timed_out:
+            return
+        self._timed_out = True
+        app = self.app
+        assert app is not None
+        elapsed = app.seconds() - self._run_started
+        phase, job, coroutine = self._waiting_on if self._waiting is not None else (
+            "", None, None)
+        if self._worker:
+            log.error("daemon {daemon} timed out after {elapsed:.3f} s (timeout {timeout:g} s) "
+                      "in a thread, which cannot be stopped: no new run until it returns. "
+                      "Its stack:\n{stack}", daemon=self.name, elapsed=elapsed,
+                      timeout=self.run_timeout, stack=thread_stack(self._thread_ident)
+                      or "(the thread is gone)\n", outcome=TIMED_OUT)
+            return
+        pending = self._waiting
+        if pending is not None:
+            stack = coroutine_stack(coroutine) if coroutine is not None else ""
+            log.error("daemon {daemon} timed out after {elapsed:.3f} s (timeout {timeout:g} s) "
+                      "waiting in {phase} (job {job}); cancelling it.{where}",
+                      daemon=self.name, elapsed=elapsed, timeout=self.run_timeout,
+                      phase=phase, job=safe_repr(job), outcome=TIMED_OUT,
+                      where=f" Its stack:\n{stack}" if stack else f" It waits on {pending!r}")
+            self.cancel_work(pending)
+            return
+        if self._lock_deadline is not None and not self._lock_held and self._resume is None:
+            log.error("daemon {daemon} timed out after {elapsed:.3f} s (timeout {timeout:g} s) "
+                      "waiting for lock {lock}", daemon=self.name, elapsed=elapsed,
+                      timeout=self.run_timeout, lock=self.lock, outcome=TIMED_OUT)
+            return  # it ends at its next try of the lock, within LOCK_POLL
+        log.error("daemon {daemon} timed out after {elapsed:.3f} s (timeout {timeout:g} s) "
+                  "between two items ({items} done): the run ends now",
+                  daemon=self.name, elapsed=elapsed, timeout=self.run_timeout,
+                  items=self._run_items, outcome=TIMED_OUT)
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == _LOCK_RESULT and resume[1]:
+            self._lock_held = True  # taken just now: _end gives it back
+        self._timed_out_end(None, None)
+
+    def _timed_out_end(self, kind: str | None, value: Any) -> int:
+        """End the run that timed out, whatever arrived (a cancelled hook's failure, a
+        thread's return, a lock's answer)."""
+        self._timed_out = False
+        self._waiting = None
+        self._worker = False
+        timeout = self.run_timeout
+        error = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
+        if kind == _HOOK_FAILED:
+            failure, phase, job = value
+            if not failure.check(CancelledError):
+                # What the cancel (or the kill) left: a command's exit, a hook's own error.
+                log.failure("daemon {daemon} timed out in {phase} (job {job})", failure,
+                            daemon=self.name, phase=phase, job=safe_repr(job),
+                            outcome=TIMED_OUT)
+                error = f"{error}; {error_summary(failure, phase)}"
+            else:
+                error = f"{error} in {phase}"
+        elif kind == _THREAD_ITEM:
+            app = self.app
+            assert app is not None
+            log.warn("daemon {daemon}: the thread that timed out returned after {elapsed:.3f} s",
+                     daemon=self.name, elapsed=app.seconds() - self._run_started)
+        elif kind == _LOCK_RESULT and value:
+            self._lock_held = True  # taken just now: _end gives it back
+        self._run_error = error[:_ERROR_MAX]
+        return self._end(TIMED_OUT)
+
+    def _failure_streak(self, error: str | None) -> None:
+        """One more failed or timed-out run: at alert_after of them in a row, one alert."""
+        streak = self._streak = self._streak + 1
+        stats = self.stats
+        stats["consecutive_failures"] = streak
+        if streak == self.alert_after:
+            stats["in_alert"] = True
+            self._send_alert({"event": "alert", "daemon": self.name, "count": streak,
+                              "error": error})
+
+    def _recovered(self) -> None:
+        """A run worked after failed ones: the streak ends; one recovery if it alerted."""
+        streak, self._streak = self._streak, 0
+        stats = self.stats
+        stats["consecutive_failures"] = 0
+        if stats["in_alert"]:
+            stats["in_alert"] = False
+            self._send_alert({"event": "recovery", "daemon": self.name, "count": streak,
+                              "error": None})
+
+    def _send_alert(self, event: dict[str, Any]) -> None:
+        alert = getattr(self.app, "alert", None)
+        if alert is None:
+            log.warn("daemon {daemon}: {event} ({count} failed run(s) in a row): {error}",
+                     **event)
+            return
+        try:
+            alert(event)
+        except Exception:
+            log.failure("daemon {daemon}: its {event} could not be sent", daemon=self.name,
+                        event=event["event"])
 
     def abort_run(self, failure: Failure, phase: str) -> None:
         """End the run as failed after an exception escaped the run's own handling.
@@ -569,9 +780,15 @@ class Daemon:
     def _end(self, outcome: str) -> int:
         """Close the run, ask the schedule for the next delay, and hand the daemon back."""
         app = self.app
-        assert app is not None and self._schedule is not None
+        schedule = self._schedule
+        assert app is not None and schedule is not None
         now = app.seconds()
-        delay = self._schedule.next_delay(outcome, now)
+        trigger = self.run_trigger
+        if trigger is None:
+            trigger = getattr(schedule, "trigger", "schedule")  # of this run, before next_delay
+        else:
+            self.run_trigger = None
+        delay = schedule.next_delay(outcome, now)
         self._lock_deadline = None
         if self._lock_held:
             self._lock_held = False
@@ -587,6 +804,20 @@ class Daemon:
         duration = now - self._run_started
         stats["last_duration"] = duration
         stats["run_seconds"] += duration
+        self._outcomes[outcome] += 1
+        error = None
+        if outcome in (WORKED, YIELDED):
+            stats["last_success_at"] = now
+            if self._streak:
+                self._recovered()
+        elif outcome in (FAILED, TIMED_OUT):
+            error, self._run_error = self._run_error, None
+            self._failure_streak(error)
+        history = self._history
+        if history is not None:
+            history.append((self._run_started, now, outcome, self._run_items, trigger, error))
+            if not history.dirty:
+                history.mark()
         self._hand_back(app, now, delay)
         return ENDED
 

@@ -152,4 +152,6 @@ DAEMON_OPTIONS: dict[str, Callable[[str, object], object]] = {
     "timezone": _timezone,
     "misfire_grace": lambda k, v: _duration(k, v, positive=True),
     "catch_up": _catch_up,
+    "timeout": _optional_duration,
+    "alert_after": _optional_count,
 }

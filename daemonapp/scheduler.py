@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daemonapp.clockwatch import ClockWatch
@@ -25,6 +26,8 @@ from daemonapp.daemon import ENDED, READY, Daemon
 __all__ = ["MANUAL", "Pause", "Scheduler", "Slot"]
 
 _INF = float("inf")
+
+log = Logger()
 
 #: ``Slot.trigger`` of a run an operator asked for (``daemonapp trigger``).
 MANUAL = "manual"
@@ -53,7 +56,8 @@ class Slot:
     it). It is reset when the run ends (`Scheduler.run_ended`).
     """
 
-    __slots__ = ("control", "daemon", "due", "in_run", "lateness", "seq", "trigger")
+    __slots__ = ("control", "daemon", "deadline", "deadline_queued", "due", "in_run",
+                 "lateness", "seq", "timeout", "trigger")
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -63,6 +67,10 @@ class Slot:
         self.lateness = 0.0  # start - due time of the last run
         self.trigger: str | None = None
         self.control = 0  # _PAUSED | _TRIGGER_AFTER_RUN | _MANUAL_RUN
+        #: The daemon's run timeout (DESIGN §10), and the deadline of its run in flight.
+        self.timeout: float | None = getattr(daemon, "run_timeout", None)
+        self.deadline = _INF
+        self.deadline_queued = False  # an entry of this slot is in the timed heap
 
 
 class Scheduler:
@@ -96,6 +104,9 @@ class Scheduler:
         self._timer_at = _INF
         self._yield_call: Any = None
         self._in_slice = False
+        #: Calls at a time, on the same one timer: run deadlines (one entry per daemon
+        #: at most, see _deadline) and chores such as the run history's flush.
+        self._timed: list[tuple[float, int, Callable[[Any], None], Any]] = []
         #: Paused daemons by name: a daemon started under that name (a restart, a
         #: reload's replacement, a seed's child) starts paused too.
         self._pauses: dict[str, Pause] = {}
@@ -327,6 +338,55 @@ class Scheduler:
         slot = self._slots.get(daemon)
         return slot.lateness if slot is not None else 0.0
 
+    def call_at(self, at: float, function: Callable[[Any], None], arg: Any = None) -> None:
+        """Call ``function(arg)`` at ``at`` (``reactor.seconds()``), through the
+        scheduler's one timer: a chore arms no timer of its own (DESIGN §2)."""
+        heapq.heappush(self._timed, (at, next(self._seq), function, arg))
+        if at < self._timer_at and not self._in_slice:
+            self._arm_timer(at, self.seconds())
+
+    def _run_timed(self, now: float) -> None:
+        """Make the timed calls that are due (inside a slice, before its runs)."""
+        timed = self._timed
+        while timed and timed[0][0] <= now:
+            _, _, function, arg = heapq.heappop(timed)
+            try:
+                function(arg)
+            except Exception:
+                log.failure("scheduler: a timed call ({function}) failed",
+                            function=getattr(function, "__qualname__", repr(function)))
+
+    def _run_supervised(self, slot: Slot, now: float) -> None:
+        """A run starts on a daemon with a timeout or a manual trigger (DESIGN §10)."""
+        if slot.trigger is not None:
+            slot.daemon.run_trigger = slot.trigger
+        if slot.timeout is not None:
+            at = slot.deadline = now + slot.timeout
+            if not slot.deadline_queued:
+                slot.deadline_queued = True
+                heapq.heappush(self._timed, (at, next(self._seq), self._deadline, slot))
+
+    def _deadline(self, slot: Slot) -> None:
+        """A run's deadline entry came due: time the run out, or look again later.
+
+        A slot has at most one entry in the timed heap, whatever its rate of runs: a
+        run that starts while the entry waits only moves ``slot.deadline`` later, and
+        the entry, once due, is pushed again for the deadline of the run then in flight.
+        """
+        slot.deadline_queued = False
+        if not slot.in_run or slot.deadline == _INF or self._slots.get(slot.daemon) is not slot:
+            return
+        if slot.deadline > self.seconds():
+            slot.deadline_queued = True
+            self.call_at(slot.deadline, self._deadline, slot)
+            return
+        slot.deadline = _INF
+        daemon = slot.daemon
+        try:
+            daemon.run_timed_out()
+        except Exception:
+            daemon.abort_run(Failure(), "scheduler")
+
     def cancel_timers(self) -> None:
         """Disarm the scheduler's timer and yield (the app ended)."""
         for timer in (self._timer, self._yield_call):
@@ -365,8 +425,11 @@ class Scheduler:
         self._timer_at = due
 
     def _rearm(self) -> None:
-        """Keep the one timer on the earliest live due time (or none)."""
+        """Keep the one timer on the earliest live due time or timed call (or none)."""
         due = self.next_due()
+        timed = self._timed
+        if timed and timed[0][0] < due:
+            due = timed[0][0]
         if due == _INF:
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
@@ -418,6 +481,9 @@ class Scheduler:
                     # Never below a tenth of the slice: a callLater(0) chain elsewhere
                     # must not shrink every slice to a single item.
                     deadline = now + max(wait, self.time_slice / 10)
+            timed = self._timed
+            if timed and timed[0][0] <= now:
+                self._run_timed(now)
             self._promote(now)
             while ready:
                 entry = heapq.heappop(ready)
@@ -430,6 +496,8 @@ class Scheduler:
                     lateness = slot.lateness = now - slot.due
                     if lateness > self.max_lateness:  # noqa: PLR1730 - no call on the hot path
                         self.max_lateness = lateness
+                    if slot.timeout is not None or slot.trigger is not None:
+                        self._run_supervised(slot, now)
                 daemon = slot.daemon
                 try:
                     status = daemon.run_step(deadline)

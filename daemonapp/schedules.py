@@ -29,6 +29,8 @@ __all__ = [
     "IDLE",
     "LOCKED_OUT",
     "OUTCOMES",
+    "TIMED_OUT",
+    "TRIGGERS",
     "WORKED",
     "YIELDED",
     "BackoffSchedule",
@@ -44,8 +46,12 @@ YIELDED = "yielded"
 IDLE = "idle"
 FAILED = "failed"
 LOCKED_OUT = "locked-out"
-#: Every outcome of a run (DESIGN §1), in its order.
-OUTCOMES = (WORKED, YIELDED, IDLE, FAILED, LOCKED_OUT)
+TIMED_OUT = "timed-out"
+#: Every outcome of a run (DESIGN §1, and §10's timed-out), in their order.
+OUTCOMES = (WORKED, YIELDED, IDLE, FAILED, LOCKED_OUT, TIMED_OUT)
+#: Why a run starts (DESIGN §10, the run history): its schedule, an idle backoff, an
+#: operator's ``daemonapp trigger``, a catch-up of missed fire times.
+TRIGGERS = ("schedule", "backoff", "manual", "catch-up")
 
 
 def default_maximum_idle(run_every: float, increase_idle_by: float,
@@ -91,12 +97,14 @@ class BackoffSchedule:
     from the next run on; it keeps the idle streak itself.
     """
 
-    __slots__ = ("daemon", "idle_delay")
+    __slots__ = ("daemon", "idle_delay", "trigger")
 
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
         #: The un-jittered delay after the last run of the idle streak; None: no streak.
         self.idle_delay: float | None = None
+        #: Why the next run starts: "backoff" after a run that did no work, else "schedule".
+        self.trigger = "schedule"
 
     def first_delay(self, now: float) -> float:
         """start_delay: start times are not spread by themselves (DESIGN §1)."""
@@ -108,8 +116,10 @@ class BackoffSchedule:
         daemon = self.daemon
         if outcome in (WORKED, YIELDED):
             self.idle_delay = None
+            self.trigger = "schedule"
             delay: float = daemon.run_every if outcome == WORKED else 0.0
         else:
+            self.trigger = "backoff"
             self.idle_delay = delay = next_idle_delay(
                 self.idle_delay, daemon.run_every, daemon.increase_idle_by,
                 daemon.multiply_idle_by, daemon.maximum_idle)
@@ -164,6 +174,8 @@ class ClockSchedule:
         self.serving: float | None = None
         self.next_fire: float | None = None
         self.misfires: dict[str, int] = {}
+        #: Why the next run starts: "catch-up" for a missed fire time, else "schedule".
+        self.trigger = "schedule"
         self._pending: deque[float] = deque()  # fire times to make up, at once
         self._watching = False
         self._paused_at: float | None = None  # paused (daemonapp pause) since then
@@ -288,6 +300,12 @@ class ClockSchedule:
                       "misfire_grace ({grace:g} s) ago, not run; the last was {last}",
                       daemon=name, count=stale, reason=reason, grace=self.grace,
                       last=iso(times[-len(recent) - 1], self.zone))
+        # Times never to be run: older than the grace, or left out by catch_up.
+        skipped = times if catch_up == "none" else times[:stale]
+        if catch_up == "all":
+            skipped = skipped + recent[:-CATCH_UP_MAX]
+        if skipped:
+            self._alert_skipped(len(skipped), reason, skipped[-1])
         if not recent:
             return
         if catch_up == "once":
@@ -299,12 +317,22 @@ class ClockSchedule:
                   reason=reason, catch_up=catch_up,
                   runs=0 if catch_up == "none" else len(self._pending))
 
+    def _alert_skipped(self, count: int, reason: str, last: float) -> None:
+        """Fire times that will never run raise an alert at once (DESIGN §10)."""
+        alert = getattr(self.daemon.app, "alert", None)
+        if alert is not None:
+            alert({"event": "alert", "daemon": self.daemon.name, "count": count,
+                   "error": f"{count} fire time(s) skipped ({reason}); the last was "
+                            f"{iso(last, self.zone)}"})
+
     def _arm(self, now: float) -> float:
         """The delay to the next run: a fire time to make up at once, else the next one."""
         if self._pending:
             self.serving = self._pending.popleft()
+            self.trigger = "catch-up"
             self._publish(self.serving)
             return 0.0
+        self.trigger = "schedule"
         after = now if self.serving is None else max(now, self.serving)
         fire = self.times.next_after(after)
         self.serving = self.next_fire = fire

@@ -273,7 +273,8 @@ def test_unknown_key_lists_what_is_expected(tmp_path: Path) -> None:
         f"{path}:2: daemons.c.colour: unknown to both Daemon and tests.test_config:Replicator; "
         "expected a Daemon attribute (run_every, increase_idle_by, multiply_idle_by, "
         "maximum_idle, priority, max_items, max_seconds, jitter, in_thread, lock, "
-        "start_delay, schedule, timezone, misfire_grace, catch_up) or a parameter of "
+        "start_delay, schedule, timezone, misfire_grace, catch_up, timeout, alert_after) "
+        "or a parameter of "
         "Replicator (record_count, source_dir)")
 
 
@@ -438,7 +439,7 @@ def test_unknown_app_option_suggests(tmp_path: Path) -> None:
     assert errors(path) == [
         f"{path}:2: app.stay_alive: unknown app option (did you mean 'stay_alive_for'?); "
         "expected one of stay_alive_for, shutdown_after, shutdown_if_idle, stop_timeout, "
-        "time_slice, state_dir, log, locks, timezone"]
+        "time_slice, state_dir, log, locks, timezone, alerts, history"]
 
 
 def test_bad_log_level(tmp_path: Path) -> None:

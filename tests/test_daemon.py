@@ -724,7 +724,7 @@ def test_worked_resets_to_run_every() -> None:
 
 def test_stats_keys_and_values() -> None:
     """stats holds runs, items, failures, last_outcome, last_run_at, next_run_at, current_delay,
-    last_duration and run_seconds."""
+    last_duration, run_seconds and the supervision keys (DESIGN §10)."""
     d = PendingDaemon(["a", "b"], run_every=30)
     _, clock = start_app(d)
     clock.advance(0)
@@ -743,6 +743,11 @@ def test_stats_keys_and_values() -> None:
         "current_delay": 30,
         "last_duration": 12,
         "run_seconds": 12,
+        "consecutive_failures": 0,
+        "in_alert": False,
+        "last_success_at": 12,
+        "outcomes": {"worked": 1, "yielded": 0, "idle": 0, "failed": 0, "locked-out": 0,
+                     "timed-out": 0},
     }
 
 

@@ -1,8 +1,9 @@
 """Command: run a program every run_every, with a timeout, its output going to the log.
 
 One run is one execution. The program gets a clean environment (PATH and LANG of
-the app, plus ``env``) and no standard input; a non-zero exit, a signal or the
-timeout (SIGTERM, then SIGKILL after ``kill_after``) makes the run fail.
+the app, plus ``env``) and no standard input; a non-zero exit or a signal makes the
+run fail. At ``timeout`` (the run timeout of DESIGN §10) its process group gets
+SIGTERM, then SIGKILL after ``kill_grace``, and the run is timed-out.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -35,7 +37,8 @@ INHERITED_ENV = ("PATH", "LANG")
 
 #: Run by ``sys.executable -I -S -c`` before the program: PR_SET_PDEATHSIG(SIGKILL), so
 #: the program dies with the app even when the app is SIGKILLed (spawnProcess has no
-#: pre-exec hook), then a getppid() check (the app may be gone already), then exec.
+#: pre-exec hook), then a getppid() check (the app may be gone already), then a process
+#: group of its own (a timeout kills the program's children too), then exec.
 _DIE_WITH_PARENT = """\
 import ctypes, os, sys
 try:
@@ -44,6 +47,10 @@ except Exception:
     pass
 if os.getppid() != int(sys.argv[1]):
     os._exit(137)
+try:
+    os.setpgid(0, 0)
+except OSError:
+    pass
 os.execv(sys.argv[2], sys.argv[3:])
 """
 
@@ -52,8 +59,9 @@ def die_with_parent(executable: str, argv: Sequence[str]) -> tuple[str, list[str
     """The executable and arguments that run ``argv`` tied to this process's life.
 
     On Linux the program is started through a tiny stdlib-only trampoline that sets
-    PR_SET_PDEATHSIG and then execs it: same pid, argv, environment and exit status.
-    Elsewhere the program is run as is.
+    PR_SET_PDEATHSIG, makes the program the leader of a process group of its own and
+    then execs it: same pid, argv, environment and exit status. Elsewhere the program
+    is run as is.
     """
     if not sys.platform.startswith("linux"):
         return executable, list(argv)
@@ -134,7 +142,8 @@ class Command(Daemon):
     PATH_OPTIONS: ClassVar[tuple[str, ...]] = ("cwd",)
 
     def __init__(self, *, argv: Sequence[str] | str, timeout: float | str | None = 3600.0,
-                 kill_after: float | str = 10.0, cwd: str | os.PathLike[str] | None = None,
+                 kill_grace: float | str | None = None, kill_after: float | str | None = None,
+                 cwd: str | os.PathLike[str] | None = None,
                  env: Mapping[str, str] | None = None, max_output_lines: int = 1000,
                  **kw: Any) -> None:
         super().__init__(**kw)
@@ -143,10 +152,15 @@ class Command(Daemon):
                                            "reactor: remove in_thread")
         self.argv = _argv_option(argv)
         self.timeout = _optional_positive("timeout", timeout)
-        kill = _optional_positive("kill_after", kill_after)
-        if kill is None:
-            raise OptionError("kill_after", "expected a duration above zero, got None")
-        self.kill_after = kill
+        if kill_grace is not None and kill_after is not None:
+            raise OptionError("kill_after", "kill_after is the old name of kill_grace: "
+                                            "set only kill_grace")
+        key = "kill_after" if kill_after is not None else "kill_grace"
+        kill = _optional_positive(key, 10.0 if kill_grace is None and kill_after is None
+                                  else kill_after if kill_after is not None else kill_grace)
+        assert kill is not None
+        #: Seconds between the SIGTERM and the SIGKILL (``kill_after`` is its old name).
+        self.kill_grace = kill
         if isinstance(cwd, os.PathLike):
             cwd = os.fspath(cwd)
         if cwd is not None and (not isinstance(cwd, str) or not cwd):
@@ -193,8 +207,22 @@ class Command(Daemon):
         except BaseException:
             self._process = None
             raise
-        process.started()
+        process.started(group=sys.platform.startswith("linux"))
         return process.done.addBoth(self._ended)
+
+    @property
+    def kill_after(self) -> float:
+        """The old name of ``kill_grace``."""
+        return self.kill_grace
+
+    def cancel_work(self, pending: Deferred[Any]) -> None:
+        """The run passed ``timeout``: SIGTERM to the program's process group, SIGKILL
+        kill_grace later; the run ends (timed-out) once the program has."""
+        process = self._process
+        if process is None:
+            super().cancel_work(pending)
+            return
+        process.time_out()
 
     def stop(self) -> Deferred[None]:
         """Stop; a program still running is terminated (SIGTERM, then SIGKILL)."""
@@ -234,6 +262,7 @@ class _CommandProcess(ProcessProtocol):
         self._lines = 0
         self._dropped = 0
         self._started_at = 0.0
+        self._group_id: int | None = None  # the program's process group (its pid)
         self._exit: Failure | None = None
         self._timed_out = False
         self._stopped_by: str | None = None
@@ -242,10 +271,10 @@ class _CommandProcess(ProcessProtocol):
 
     # ------------------------------------------------------------- lifecycle
 
-    def started(self) -> None:
+    def started(self, *, group: bool = False) -> None:
         self._started_at = self.clock.seconds()
-        if self.daemon.timeout is not None and not self._finished:
-            self._timers["timeout"] = self.clock.callLater(self.daemon.timeout, self._timeout)
+        pid = getattr(self.transport, "pid", None)
+        self._group_id = pid if group and isinstance(pid, int) and pid > 0 else None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -274,41 +303,44 @@ class _CommandProcess(ProcessProtocol):
 
     def processExited(self, reason: Failure) -> None:
         self._exit = reason
-        self._cancel("timeout", "kill")
-        if not self._finished:
-            # Pipes a grandchild keeps open must not hold the run forever.
-            self._timers["drain"] = self.clock.callLater(self.daemon.kill_after, self._drain)
+        if self._finished or ("kill" in self._timers and self._group_id is not None):
+            return  # (the SIGKILL to what is left of its group comes, then the drain)
+        self._cancel("kill")
+        # Pipes a grandchild keeps open must not hold the run forever.
+        self._timers["drain"] = self.clock.callLater(self.daemon.kill_grace, self._drain)
 
     def processEnded(self, reason: Failure) -> None:
         self._finish(reason)
 
     def terminate(self, why: str) -> None:
-        """End the program: SIGTERM now, SIGKILL after kill_after."""
-        if self._finished or self._exit is not None or "kill" in self._timers:
+        """End the program: SIGTERM now, SIGKILL after kill_grace (to its process group)."""
+        if self._finished or "kill" in self._timers:
+            return
+        if self._exit is not None and self._group_id is None:
             return
         self._stopped_by = why
         log.warn("{daemon}: sending SIGTERM to {program} ({why})", daemon=self.daemon.name,
                  program=self.argv[0], why=why)
         self._signal("TERM")
-        self._cancel("timeout")
-        self._timers["kill"] = self.clock.callLater(self.daemon.kill_after, self._kill)
+        self._cancel("drain")
+        self._timers["kill"] = self.clock.callLater(self.daemon.kill_grace, self._kill)
 
-    # ------------------------------------------------------------- internals
-
-    def _timeout(self) -> None:
-        self._timers.pop("timeout", None)
+    def time_out(self) -> None:
+        """The run passed the daemon's timeout: terminate the program (DESIGN §10)."""
         self._timed_out = True
         self.daemon.stats["timeouts"] += 1
         self.terminate(f"timeout of {self.daemon.timeout:g} s")
 
+    # ------------------------------------------------------------- internals
+
     def _kill(self) -> None:
         self._timers.pop("kill", None)
-        if self._exit is not None or self._finished:
+        if self._finished or (self._exit is not None and self._group_id is None):
             return
         log.warn("{daemon}: sending SIGKILL to {program}", daemon=self.daemon.name,
                  program=self.argv[0])
         self._signal("KILL")
-        self._timers["drain"] = self.clock.callLater(self.daemon.kill_after, self._drain)
+        self._timers["drain"] = self.clock.callLater(self.daemon.kill_grace, self._drain)
 
     def _drain(self) -> None:
         self._timers.pop("drain", None)
@@ -319,9 +351,22 @@ class _CommandProcess(ProcessProtocol):
         self._finish(self._exit)
 
     def _signal(self, name: str) -> None:
+        """Signal the program's process group (when it leads one), else the program."""
+        transport = self.transport
+        assert transport is not None
+        if self._group_id is not None:
+            try:
+                os.killpg(self._group_id, getattr(signal, f"SIG{name}"))
+                return
+            except ProcessLookupError:
+                pass  # not a leader yet (the trampoline runs), or the group is gone
+            except OSError as e:
+                log.warn("{daemon}: cannot signal the process group of {program}: {error}",
+                         daemon=self.daemon.name, program=self.argv[0], error=e)
+        if self._exit is not None:
+            return
         try:
-            assert self.transport is not None
-            self.transport.signalProcess(name)
+            transport.signalProcess(name)
         except ProcessExitedAlready:
             pass
 
@@ -348,7 +393,7 @@ class _CommandProcess(ProcessProtocol):
         if self._finished:
             return
         self._finished = True
-        self._cancel("timeout", "kill", "drain")
+        self._cancel("kill", "drain")
         for fd, buffer in self._buffers.items():
             if buffer and fd not in self._cutting:
                 self._line(fd, bytes(buffer[:MAX_LINE]), cut=len(buffer) > MAX_LINE)

@@ -106,6 +106,8 @@ class JobDispatcher(Daemon):
     run_every = 0.5
     multiply_idle_by = 2.0
     maximum_idle = 5.0
+    #: Its ``timeout`` is each job's (DESIGN §6), not one of its runs'.
+    run_timeout = None
 
     def __init__(self, *, store: Any = None, modules: Iterable[str] | str = (),
                  max_children: int | None = None, max_attempts: int = 3,

@@ -45,6 +45,9 @@ def main() -> int:
     app.add(Command(name="stubborn", run_every=60, timeout=0.5, kill_after=0.5, argv=[
         PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                   "print('ignoring TERM', flush=True); time.sleep(60)"]))
+    # Its child ignores SIGTERM too and outlives it unless the whole group is killed.
+    app.add(Command(name="stubborn_group", run_every=60, timeout=0.5, kill_grace=0.5, argv=[
+        "sh", "-c", "trap '' TERM; sleep 60 & echo $!; wait"]))
     app.add(Command(name="long", run_every=60, timeout=None, argv=[
         PY, "-c", "import time; print('started', flush=True); time.sleep(60)"]))
     status = app.run()

@@ -181,8 +181,9 @@ def test_a_failed_run_does_not_skip_the_next(proc_app: Any) -> None:
 
 
 def test_timeout_sends_term_then_kill(proc_app: Any, events: list[Any]) -> None:
-    """At the timeout the program gets SIGTERM, kill_after later SIGKILL; the run fails."""
-    daemon, clock = start(proc_app, timeout=5, kill_after=2)
+    """At the timeout the program gets SIGTERM, kill_grace later SIGKILL; the run is
+    timed-out."""
+    daemon, clock = start(proc_app, timeout=5, kill_grace=2)
     process = clock.spawned[0]
     clock.advance(4.9)
     assert process.signals == []
@@ -191,10 +192,35 @@ def test_timeout_sends_term_then_kill(proc_app: Any, events: list[Any]) -> None:
     clock.advance(2)
     assert process.signals == ["TERM", "KILL"]
     process.exit(signal=9)
-    assert daemon.stats["last_outcome"] == "failed"
-    assert daemon.stats["timeouts"] == 1
+    assert daemon.stats["last_outcome"] == "timed-out"
+    assert (daemon.stats["timeouts"], daemon.stats["failures"]) == (1, 0)
     assert "sh timed out after 5 s and was killed by signal 9" in str(
         failures(events)[0]["log_failure"].value)
+
+
+def test_kill_after_is_the_old_name_of_kill_grace(proc_app: Any) -> None:
+    """kill_after still sets the grace between SIGTERM and SIGKILL."""
+    daemon, clock = start(proc_app, timeout=5, kill_after=3)
+    assert (daemon.kill_grace, daemon.kill_after) == (3.0, 3.0)
+    process = clock.spawned[0]
+    clock.advance(5)
+    clock.advance(2.9)
+    assert process.signals == ["TERM"]
+    clock.advance(0.1)
+    assert process.signals == ["TERM", "KILL"]
+
+
+def test_a_timed_out_run_is_delayed_as_a_failure(proc_app: Any) -> None:
+    """After a timed-out run the next run waits as after a failure (the idle backoff)."""
+    daemon, clock = start(proc_app, timeout=5, kill_grace=2, run_every=30,
+                          increase_idle_by=10)
+    clock.advance(5)
+    clock.spawned[0].exit(signal=15)
+    assert (daemon.stats["last_outcome"], daemon.stats["current_delay"]) == ("timed-out", 40)
+    clock.advance(39.9)
+    assert len(clock.spawned) == 1
+    clock.advance(0.1)
+    assert len(clock.spawned) == 2
 
 
 def test_term_that_works_needs_no_kill(proc_app: Any) -> None:
@@ -304,7 +330,9 @@ def test_stop_terminates_a_running_program(proc_app: Any, events: list[Any]) -> 
     ({"argv": 42}, "argv"),
     ({"timeout": "soon"}, "timeout"),
     ({"timeout": 0}, "timeout"),
-    ({"kill_after": None}, "kill_after"),
+    ({"kill_after": 0}, "kill_after"),
+    ({"kill_grace": "soon"}, "kill_grace"),
+    ({"kill_grace": 1, "kill_after": 1}, "kill_after"),
     ({"env": {"A=B": "1"}}, "env"),
     ({"env": {"A": None}}, "env"),
     ({"env": ["A=1"]}, "env"),

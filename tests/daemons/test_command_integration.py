@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.jobs._helpers import pid_alive
+
 SCRIPT = Path(__file__).with_name("command_app.py")
 
 
@@ -95,12 +97,25 @@ def test_non_zero_exit_is_a_failed_run(result: dict[str, Any]) -> None:
 
 @pytest.mark.integration
 def test_timeout_kills_a_program_that_ignores_term(result: dict[str, Any]) -> None:
-    """A program ignoring SIGTERM is SIGKILLed kill_after after its timeout; the run fails."""
+    """A program ignoring SIGTERM is SIGKILLed kill_grace after its timeout; the run is
+    timed-out."""
     stats = result["stats"]["stubborn"]
-    assert (stats["runs"], stats["timeouts"], stats["last_outcome"]) == (1, 1, "failed")
+    assert (stats["runs"], stats["timeouts"], stats["last_outcome"]) == (1, 1, "timed-out")
     [message] = [e["failure"] for e in events_of(result, "stubborn") if e["failure"]]
     assert message.startswith(f"{sys.executable} timed out after 0.5 s and was killed by "
                               f"signal 9")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups: Linux's")
+def test_timeout_kills_the_programs_process_group(result: dict[str, Any]) -> None:
+    """At the timeout the program's whole process group goes: a child that ignores
+    SIGTERM too is SIGKILLed with it after kill_grace."""
+    stats = result["stats"]["stubborn_group"]
+    assert (stats["runs"], stats["last_outcome"]) == (1, "timed-out")
+    [child] = [int(e["line"]) for e in events_of(result, "stubborn_group")
+               if e["stream"] == "stdout"]
+    assert not pid_alive(child)
 
 
 @pytest.mark.integration

@@ -1,0 +1,277 @@
+"""The run history: the last runs of each daemon, in memory and in state_dir (DESIGN §10).
+
+Each daemon appends one tuple per run to its `RunLog` (a bounded deque: the last
+``app.history`` runs), and that is all a run costs. The app's `RunHistory` writes
+what is new to ``state_dir/history.jsonl`` at most about once a second (through the
+scheduler's one timer) and when the app stops: one line per run, appended, at most
+``size`` lines per daemon per write whatever the rate of runs, and the file is
+rewritten from memory once it holds more than twice what it keeps. `read_history`
+reads it back, for the next start and for ``daemonapp history`` (with the app down too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from twisted.logger import Logger
+
+__all__ = ["DEFAULT_SIZE", "FILE", "Run", "RunHistory", "RunLog", "history_path",
+           "read_history"]
+
+log = Logger()
+
+#: Runs kept per daemon when ``app.history`` is not set.
+DEFAULT_SIZE = 100
+#: The history's file in state_dir.
+FILE = "history.jsonl"
+#: Seconds between two writes of the file, at least.
+FLUSH_INTERVAL = 1.0
+#: The most of the file read back (its end): a start never reads an unbounded file.
+MAX_READ = 64 * 1024 * 1024
+#: Daemons kept that no longer run (removed, renamed): the most recently active first.
+MAX_GONE = 1000
+
+
+class Run(NamedTuple):
+    """One run as the history keeps it."""
+
+    start: float
+    end: float
+    outcome: str
+    items: int
+    trigger: str
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class RunLog(deque):  # type: ignore[type-arg]
+    """The last runs of one daemon, oldest first: a deque whose ``append`` is the C one.
+
+    ``dirty`` is set (through `mark`) once a run was appended since the last write,
+    so that a run only reads one attribute to know whether a write is arranged.
+    """
+
+    __slots__ = ("_mark", "dirty", "name", "written")
+
+    def __init__(self, name: str, size: int, runs: Iterable[tuple[Any, ...]] = (),
+                 mark: Callable[[RunLog], None] | None = None) -> None:
+        super().__init__(runs, size)
+        self.name = name
+        self.dirty = False
+        #: The last run written to the file (None: none of those in memory was).
+        self.written: tuple[Any, ...] | None = self[-1] if self else None
+        self._mark = mark
+
+    def mark(self) -> None:
+        """A run was appended: have it written soon."""
+        self.dirty = True
+        if self._mark is not None:
+            self._mark(self)
+
+    def unwritten(self) -> list[tuple[Any, ...]]:
+        """The runs appended since the last write, oldest first (at most maxlen)."""
+        written = self.written
+        new: list[tuple[Any, ...]] = []
+        for run in reversed(self):
+            if run is written:
+                break
+            new.append(run)
+        new.reverse()
+        return new
+
+    def runs(self, limit: int | None = None) -> list[Run]:
+        """The runs, newest first."""
+        chosen = list(self)[-limit:] if limit else list(self)
+        return [Run(*run) for run in reversed(chosen)]
+
+
+def history_path(state_dir: str) -> str:
+    """Where the run history of the app of ``state_dir`` is kept."""
+    return os.path.join(state_dir, FILE)
+
+
+def _line(name: str, run: tuple[Any, ...]) -> str:
+    start, end, outcome, items, trigger, error = run
+    return json.dumps([name, start, end, outcome, items, trigger, error],
+                      separators=(",", ":")) + "\n"
+
+
+def read_history(path: str, size: int = DEFAULT_SIZE) -> tuple[dict[str, deque[Run]], int, int]:
+    """The last ``size`` runs of each daemon in the file at ``path``, how many of its
+    lines could not be read, and how many it has. A missing file is an empty history;
+    only the last MAX_READ bytes of a larger one are read. OSError when it cannot be."""
+    runs: dict[str, deque[Run]] = {}
+    bad = 0
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return runs, 0, 0
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        f.seek(max(0, end - MAX_READ))
+        data = f.read(MAX_READ)
+    lines = data.split(b"\n")
+    if end > MAX_READ:
+        lines = lines[1:]  # the first is cut
+    count = 0
+    for raw in lines:
+        if not raw.strip():
+            continue
+        count += 1
+        try:
+            name, start, stop, outcome, items, trigger, error = json.loads(raw)
+            run = Run(float(start), float(stop), str(outcome), int(items), str(trigger),
+                      None if error is None else str(error))
+        except (ValueError, TypeError):
+            bad += 1
+            continue
+        if not isinstance(name, str):
+            bad += 1
+            continue
+        kept = runs.get(name)
+        if kept is None:
+            kept = runs[name] = deque(maxlen=size)
+        kept.append(run)
+    return runs, bad, count
+
+
+class RunHistory:
+    """The run logs of an app's daemons, written to ``state_dir`` (None: memory only).
+
+    ``call_at(at, function, arg)`` arranges the next write (the scheduler's, so that
+    the history arms no timer of its own); ``seconds`` is the app's clock.
+    """
+
+    def __init__(self, size: int = DEFAULT_SIZE, state_dir: str | None = None, *,
+                 seconds: Callable[[], float],
+                 call_at: Callable[[float, Callable[[Any], None], Any], None] | None = None,
+                 ) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"history: expected a whole number of runs of at least 1, "
+                             f"got {size!r}")
+        self.size = size
+        self.path = history_path(state_dir) if state_dir is not None else None
+        self.seconds = seconds
+        self.call_at = call_at
+        self.logs: dict[str, RunLog] = {}
+        self._earlier: dict[str, deque[Run]] | None = None  # read from the file, once
+        self._dirty: list[RunLog] = []
+        self._flush_at: float | None = None  # a write is arranged for then
+        self._written_at = float("-inf")
+        self._lines = 0  # lines in the file (as far as this process knows)
+
+    # ------------------------------------------------------------------ runs
+
+    def attach(self, name: str) -> RunLog:
+        """The run log of the daemon ``name``, with the runs of earlier lives of the app."""
+        found = self.logs.get(name)
+        if found is not None:
+            return found
+        earlier = self._load().pop(name, ())
+        run_log = RunLog(name, self.size, earlier,
+                         mark=self._marked if self.path is not None else None)
+        self.logs[name] = run_log
+        return run_log
+
+    def runs(self, name: str, limit: int | None = None) -> list[Run]:
+        """The last runs of the daemon ``name``, newest first (also of one that stopped)."""
+        found = self.logs.get(name)
+        if found is not None:
+            return found.runs(limit)
+        earlier = list(self._load().get(name, ()))
+        chosen = earlier[-limit:] if limit else earlier
+        return list(reversed(chosen))
+
+    # --------------------------------------------------------------- writing
+
+    def _load(self) -> dict[str, deque[Run]]:
+        if self._earlier is None:
+            self._earlier = {}
+            if self.path is not None:
+                bad = 0
+                try:
+                    self._earlier, bad, self._lines = read_history(self.path, self.size)
+                except OSError as e:
+                    log.warn("cannot read the run history {path} ({error}): it starts "
+                             "empty", path=self.path, error=e)
+                if bad:
+                    log.warn("{count} line(s) of the run history {path} could not be read",
+                             count=bad, path=self.path)
+        return self._earlier
+
+    def _marked(self, run_log: RunLog) -> None:
+        self._dirty.append(run_log)
+        if self._flush_at is not None:
+            return
+        at = max(self.seconds(), self._written_at + FLUSH_INTERVAL)
+        self._flush_at = at
+        if self.call_at is None:
+            self.flush()
+        else:
+            self.call_at(at, self._scheduled_flush, None)
+
+    def _scheduled_flush(self, _: object = None) -> None:
+        self._flush_at = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the runs not written yet (the app calls this when it stops too)."""
+        dirty, self._dirty = self._dirty, []
+        if not dirty or self.path is None:
+            return
+        self._written_at = self.seconds()
+        self._load()
+        chunks: list[str] = []
+        last: list[tuple[RunLog, tuple[Any, ...]]] = []
+        for run_log in dirty:
+            run_log.dirty = False
+            new = run_log.unwritten()
+            if new:
+                last.append((run_log, new[-1]))
+                chunks.extend(_line(run_log.name, run) for run in new)
+        if not chunks:
+            return
+        kept = sum(len(run_log) for run_log in self.logs.values())
+        if self._lines + len(chunks) > 2 * max(kept, self.size) + 1000:
+            self._rewrite()
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                         0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(chunks))
+        except OSError as e:
+            log.warn("cannot write the run history {path}: {error}", path=self.path, error=e)
+            return  # tried again with the next runs' write
+        for run_log, run in last:
+            run_log.written = run
+        self._lines += len(chunks)
+
+    def _rewrite(self) -> None:
+        """Write the whole history anew (atomically): what memory keeps, and the runs of
+        daemons that did not run in this life (the most recently active MAX_GONE)."""
+        assert self.path is not None
+        gone = sorted(((name, runs) for name, runs in self._load().items()
+                       if name not in self.logs and runs),
+                      key=lambda item: item[1][-1].end)[-MAX_GONE:]
+        self._earlier = dict(gone)
+        lines = [_line(name, run) for name, runs in gone for run in runs]
+        for run_log in self.logs.values():
+            lines.extend(_line(run_log.name, run) for run in run_log)
+            run_log.written = run_log[-1] if run_log else None
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(lines))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warn("cannot write the run history {path}: {error}", path=self.path, error=e)
+            return
+        self._lines = len(lines)

@@ -1,0 +1,194 @@
+"""The run history (DESIGN §10): the last app.history runs of each daemon, bounded
+whatever the rate, kept in state_dir across restarts; ``daemonapp history``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from daemonapp.app import DaemonApp
+from daemonapp.cli import main
+from daemonapp.history import FILE, Run, read_history
+from daemonapp.testing import FakeDaemon, make_app
+from tests._apps import start_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_once(daemon: FakeDaemon, clock: Clock, *jobs: Any) -> None:
+    daemon.add_jobs(*jobs)
+    clock.advance(daemon.stats["next_run_at"] - clock.seconds())
+
+
+def lines_of(state_dir: Path) -> list[list[Any]]:
+    path = state_dir / FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_run_is_recorded_with_its_facts() -> None:
+    """Each run keeps start, end, outcome, items, trigger and error summary."""
+    daemon = FakeDaemon(run_every=10, increase_idle_by=5, name="d")
+    app, clock = start_app(daemon)
+    clock.advance(0)  # idle at 0
+    run_once(daemon, clock, "a", "b")  # worked at 15
+    run_once(daemon, clock, RuntimeError("boom"))  # failed at 25
+    assert app.run_history is not None
+    assert app.run_history.runs("d") == [
+        Run(25.0, 25.0, "failed", 0, "schedule", "do_work: RuntimeError: boom"),
+        Run(15.0, 15.0, "worked", 2, "backoff", None),
+        Run(0.0, 0.0, "idle", 0, "schedule", None),
+    ]
+
+
+def test_history_keeps_the_last_n_runs() -> None:
+    """With history 5, twelve runs leave the last five, newest first."""
+    daemon = FakeDaemon(run_every=10, name="d")
+    app, clock = start_app(daemon, history=5)
+    clock.advance(0)
+    for i in range(11):
+        run_once(daemon, clock, f"job{i}")
+    assert app.run_history is not None
+    runs = app.run_history.runs("d")
+    assert [r.start for r in runs] == [110.0, 100.0, 90.0, 80.0, 70.0]
+    assert app.run_history.runs("d", limit=2) == runs[:2]
+
+
+def test_history_zero_keeps_none() -> None:
+    """history 0: no run history at all."""
+    daemon = FakeDaemon(["a"], run_every=10)
+    app, clock = start_app(daemon, history=0)
+    clock.advance(0)
+    assert app.run_history is None
+    assert daemon.stats["runs"] == 1
+
+
+def test_a_yielding_daemon_is_bounded_in_memory_and_on_disk(tmp_path: Path) -> None:
+    """Thousands of runs in one second keep `history` runs in memory and write at most
+    that many lines per write."""
+    daemon = FakeDaemon(["x"] * 5000, run_every=1, max_items=1, name="busy")
+    app, clock = start_app(daemon, history=50, state_dir=str(tmp_path))
+    clock.advance(0)
+    assert daemon.stats["runs"] >= 5000
+    assert app.run_history is not None
+    assert len(app.run_history.logs["busy"]) == 50
+    written = lines_of(tmp_path)
+    assert 0 < len(written) <= 50  # 5,000 runs in one write: the last 50
+    assert written[-1][3] == "idle"  # the last run: get_work found nothing
+    daemon.add_jobs(*["x"] * 5000)
+    clock.advance(1)
+    assert len(lines_of(tmp_path)) <= 100
+
+
+def test_the_file_stays_bounded_over_many_writes(tmp_path: Path) -> None:
+    """Written once a second for hours, the file holds at most about twice the history."""
+    daemon = FakeDaemon(run_every=1, name="d")
+    _app, clock = start_app(daemon, history=10, state_dir=str(tmp_path))
+    clock.advance(0)
+    for _ in range(3000):
+        run_once(daemon, clock, "x")
+    assert len(lines_of(tmp_path)) <= 2 * 10 + 1000 + 1
+    runs, bad, _ = read_history(str(tmp_path / FILE), 10)
+    assert bad == 0
+    assert len(runs["d"]) == 10
+
+
+def test_flushes_arm_no_timer_of_their_own(tmp_path: Path) -> None:
+    """The history's writes go through the scheduler's one timer."""
+    daemons = [FakeDaemon(["a"] * 3, run_every=5 + i, name=f"d{i}") for i in range(20)]
+    _app, clock = start_app(*daemons, state_dir=str(tmp_path))
+    clock.advance(0)
+    for _ in range(20):
+        assert len(clock.getDelayedCalls()) == 1
+        clock.advance(0.5)
+
+
+def life(state_dir: Path, start: float, runs: int) -> DaemonApp:
+    """One life of an app on state_dir: ``runs`` runs of daemon "d", then a stop."""
+    clock = Clock()
+    clock.advance(start)
+    app, _ = make_app(clock, state_dir=str(state_dir))
+    daemon = FakeDaemon(run_every=10, name="d")
+    app.add(daemon)
+    app.startService()
+    clock.advance(0)
+    for _ in range(runs):
+        run_once(daemon, clock, "x")
+    app.stop("test")
+    return app
+
+
+def test_history_survives_a_restart(tmp_path: Path) -> None:
+    """The runs of an earlier life are there after a restart, followed by the new ones."""
+    life(tmp_path, 1000.0, 2)
+    second = life(tmp_path, 5000.0, 1)
+    assert second.run_history is not None
+    assert [r.start for r in second.run_history.runs("d")] == [
+        5010.0, 5000.0, 1020.0, 1010.0, 1000.0]
+
+
+def test_cli_history_reads_the_state_dir(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`daemonapp history NAME --app STATE_DIR --json` prints the runs newest first;
+    an unknown daemon exits 1."""
+    life(tmp_path, 1000.0, 2)
+    assert main(["history", "d", "--app", str(tmp_path), "--json", "--limit", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["daemon"] == "d"
+    assert [(r["start"], r["outcome"], r["items"]) for r in printed["runs"]] == [
+        (1020.0, "worked", 1), (1010.0, "worked", 1)]
+    assert main(["history", "d", "--app", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["START", "DURATION", "OUTCOME", "ITEMS", "TRIGGER", "ERROR"]
+    assert len(table) == 4
+    assert main(["history", "nope", "--app", str(tmp_path)]) == 1
+    assert "no runs of daemon 'nope'" in capsys.readouterr().err
+    assert main(["history", "d", "--app", str(tmp_path), "--limit", "0"]) == 2
+
+
+def test_a_damaged_file_loses_only_its_bad_lines(tmp_path: Path) -> None:
+    """Lines that cannot be read are skipped and counted; the others are kept."""
+    (tmp_path / FILE).write_text('["d",1,2,"worked",1,"schedule",null]\nnot json\n'
+                                 '["d",3,4,"idle",0,"backoff",null]\n[1,2]\n')
+    runs, bad, count = read_history(str(tmp_path / FILE))
+    assert (bad, count) == (2, 4)
+    assert [r.start for r in runs["d"]] == [1.0, 3.0]
+
+
+@pytest.mark.integration
+def test_daemonapp_history_after_a_restart(tmp_path: Path) -> None:
+    """Two lives of `daemonapp run` on one state_dir: `daemonapp history` shows both,
+    the app being down."""
+    config = tmp_path / "daemons.yaml"
+    config.write_text(textwrap.dedent("""
+        app:
+          shutdown_after: 1.5s
+          state_dir: ./var
+        daemons:
+          tick:
+            type: command
+            run_every: 0.2s
+            argv: ["true"]
+    """))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    counts = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "daemonapp.cli", "run", str(config)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        shown = subprocess.run([sys.executable, "-m", "daemonapp.cli", "history", "tick",
+                                "--app", str(config), "--json"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert shown.returncode == 0, shown.stderr
+        counts.append(len(json.loads(shown.stdout)["runs"]))
+    assert 0 < counts[0] < counts[1]
