@@ -3,9 +3,9 @@
 #
 #   ./dev bench fastcgi [--rounds N] [--duration 5s] [--only floor,native,...]
 #
-# nginx (the anchors' nginx_fcgi.conf.in: keepalive 16 + fastcgi_keep_conn, one
-# upstream and location per configuration, temp files in a mktemp dir) on a free
-# loopback port; `wrk -t1 -c16 -d5s --latency` against each configuration in turn:
+# nginx (bench/_nginx.sh, the anchors' nginx_fcgi.conf.in: keepalive 16 +
+# fastcgi_keep_conn, one upstream and location per configuration, temp files in a
+# mktemp dir) on a free loopback port; `wrk -t1 -c16 -d5s --latency` against each configuration in turn:
 #   floor   anchors/twisted_fcgi_floor.py: the least a Twisted responder can do (anchor)
 #   flup    anchors/flup_app.py: flup's threaded WSGIServer, hello world (anchor)
 #   native  ours, a native handler                      goal >= 0.7x floor
@@ -45,65 +45,16 @@ done
 anchors=$(cd "$anchors" && pwd)
 IFS=, read -r -a configs <<<"$only"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dfcgi.XXXXXX")
-nginx_pid=""
-server_pid=""
-cleanup() {
-    [ -n "$server_pid" ] && stop_server
-    for pid in $nginx_pid; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-
-# --- nginx: the anchors' config, one upstream + location per configuration ---------------
-{
-    [ "$(id -u)" = 0 ] && echo "user root;"
-    cat <<EOF
-worker_processes 1;
-daemon off;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $tmp/client_body;
-  fastcgi_temp_path $tmp/fastcgi_temp;
-  proxy_temp_path $tmp/proxy_temp;
-  scgi_temp_path $tmp/scgi_temp;
-  uwsgi_temp_path $tmp/uwsgi_temp;
-EOF
-    for name in floor flup native wsgi wsgi0 busy busy2ms; do
-        echo "  upstream $name { server unix:$tmp/$name.sock; keepalive 16; }"
-    done
-    echo "  server {"
-    echo "    listen 127.0.0.1:$port;"
-    for name in floor flup native wsgi wsgi0 busy busy2ms; do
-        echo "    location /$name/ { include /etc/nginx/fastcgi_params; fastcgi_keep_conn on; fastcgi_pass $name; }"
-    done
-    echo "  }"
-    echo "}"
-} >"$tmp/nginx.conf"
-nginx -e "$tmp/nginx-error.log" -p "$tmp" -c "$tmp/nginx.conf" >"$tmp/nginx.out" 2>&1 &
-nginx_pid=$!
-
-wait_for() {  # wait_for WHAT PYTHON-CONDITION (bounded: 20 s)
-    local what=$1 code=$2 i
-    for i in $(seq 400); do
-        if "$python" -c "$code" 2>/dev/null; then return 0; fi
-        if [ -n "$server_pid" ] && ! kill -0 "$server_pid" 2>/dev/null; then break; fi
-        sleep 0.05
-    done
-    echo "fastcgi.sh: $what did not come up" >&2
-    return 1
-}
-wait_for nginx "import socket; socket.create_connection(('127.0.0.1', $port), 1).close()" \
-    || { cat "$tmp/nginx.out" "$tmp/nginx-error.log" >&2; exit 1; }
+bench=fastcgi.sh
+. "$root/bench/_nginx.sh"
+nginx_setup dfcgi
+names=(floor flup native wsgi wsgi0 busy busy2ms)
+upstreams="" locations=""
+for name in "${names[@]}"; do  # one upstream + location per configuration
+    upstreams+="  upstream $name { server unix:$tmp/$name.sock; keepalive 16; }"$'\n'
+    locations+="    location /$name/ { include /etc/nginx/fastcgi_params; fastcgi_keep_conn on; fastcgi_pass $name; }"$'\n'
+done
+nginx_start "$upstreams" "$locations"
 
 start_server() {  # start_server NAME: start its server on $tmp/NAME.sock
     local name=$1 sock=$tmp/$1.sock
@@ -116,23 +67,9 @@ start_server() {  # start_server NAME: start its server on $tmp/NAME.sock
     esac
     "${command[@]}" >"$tmp/$name.log" 2>&1 &   # a simple command: $! is the server itself
     server_pid=$!
-    wait_for "the $name server" \
-        "import socket; s = socket.socket(socket.AF_UNIX); s.connect('$sock'); s.close()" \
-        || { cat "$tmp/$name.log" >&2; exit 1; }
+    wait_for_socket "$name" "$sock"
     [ "$name" = flup ] && chmod 0666 "$sock"   # flup binds with the umask; nginx runs as root anyway
     return 0
-}
-
-stop_server() {  # SIGTERM, then SIGKILL after 5 s (flup may hang on nginx's idle connections)
-    local i
-    kill "$server_pid" 2>/dev/null || true
-    for i in $(seq 100); do
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -9 "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
 }
 
 echo "# FastCGI benchmark $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores," \

@@ -6,8 +6,8 @@
 #                       [--sizes 2,20] [--reads whole,chunks] [--only fastcgi,scgi,...]
 #                       [--profile DIR] [--source CHECKOUT]
 #
-# nginx (the anchors' nginx_fcgi.conf.in, as bench/fastcgi.sh starts it: a private
-# prefix in a mktemp dir, a free loopback port; client_max_body_size 64m, nginx's
+# nginx (bench/_nginx.sh, as for bench/fastcgi.sh: the anchors' nginx_fcgi.conf.in, a
+# private prefix in a mktemp dir, a free loopback port; client_max_body_size 64m, nginx's
 # default request buffering) in front of, one at a time, each a fresh process:
 #   fastcgi  daemonapp run, protocol fastcgi (fastcgi_pass, fastcgi_keep_conn, keepalive 16)
 #   scgi     daemonapp run, protocol scgi    (scgi_pass)
@@ -73,21 +73,10 @@ IFS=, read -r -a servers <<<"$only"
 IFS=, read -r -a size_list <<<"$sizes"
 IFS=, read -r -a read_list <<<"$reads"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dupl.XXXXXX")
-nginx_pid=""
-server_pid=""
-cleanup() {
-    [ -n "$server_pid" ] && stop_server
-    if [ -n "$nginx_pid" ]; then
-        kill "$nginx_pid" 2>/dev/null || true
-        wait "$nginx_pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+bench=uploads.sh
+. "$root/bench/_nginx.sh"
+stop_grace=15
+nginx_setup dupl
 
 # --- bodies and wrk's script --------------------------------------------------------
 for size in "${size_list[@]}"; do
@@ -102,23 +91,8 @@ file:close()
 wrk.headers["Content-Type"] = "application/octet-stream"
 EOF
 
-# --- nginx: the anchors' config, one upstream + location per server --------------------
-{
-    [ "$(id -u)" = 0 ] && echo "user root;"
-    cat <<EOF
-worker_processes 1;
-daemon off;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_max_body_size 64m;
-  client_body_temp_path $tmp/client_body;
-  fastcgi_temp_path $tmp/fastcgi_temp;
-  proxy_temp_path $tmp/proxy_temp;
-  scgi_temp_path $tmp/scgi_temp;
-  uwsgi_temp_path $tmp/uwsgi_temp;
+# --- nginx: one upstream + location per server ------------------------------------------
+nginx_start "  client_max_body_size 64m;
   fastcgi_read_timeout 120s;
   scgi_read_timeout 120s;
   proxy_read_timeout 120s;
@@ -126,33 +100,12 @@ http {
   upstream scgi { server unix:$tmp/scgi.sock; }
   upstream http { server unix:$tmp/http.sock; keepalive 16; }
   upstream gsync { server unix:$tmp/gsync.sock; }
-  upstream gthread { server unix:$tmp/gthread.sock; keepalive 16; }
-  server {
-    listen 127.0.0.1:$port;
-    location /fastcgi/ { include /etc/nginx/fastcgi_params; fastcgi_keep_conn on; fastcgi_pass fastcgi; }
+  upstream gthread { server unix:$tmp/gthread.sock; keepalive 16; }" \
+"    location /fastcgi/ { include /etc/nginx/fastcgi_params; fastcgi_keep_conn on; fastcgi_pass fastcgi; }
     location /scgi/ { include /etc/nginx/scgi_params; scgi_pass scgi; }
-    location /http/ { proxy_pass http://http; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /http/ { proxy_pass http://http; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
     location /gsync/ { proxy_pass http://gsync; }
-    location /gthread/ { proxy_pass http://gthread; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-EOF
-} >"$tmp/nginx.conf"
-nginx -e "$tmp/nginx-error.log" -p "$tmp" -c "$tmp/nginx.conf" >"$tmp/nginx.out" 2>&1 &
-nginx_pid=$!
-
-wait_for() {  # wait_for WHAT PYTHON-CONDITION (bounded: 20 s)
-    local what=$1 code=$2 i
-    for i in $(seq 400); do
-        if "$python" -c "$code" 2>/dev/null; then return 0; fi
-        if [ -n "$server_pid" ] && ! kill -0 "$server_pid" 2>/dev/null; then break; fi
-        sleep 0.05
-    done
-    echo "uploads.sh: $what did not come up" >&2
-    return 1
-}
-wait_for nginx "import socket; socket.create_connection(('127.0.0.1', $port), 1).close()" \
-    || { cat "$tmp/nginx.out" "$tmp/nginx-error.log" >&2; exit 1; }
+    location /gthread/ { proxy_pass http://gthread; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
 
 start_server() {  # start_server NAME: a fresh server on $tmp/NAME.sock
     local name=$1 sock=$tmp/$1.sock
@@ -189,25 +142,11 @@ EOF
     # a simple command: $! is the server itself (gunicorn: its master)
     PYTHONPATH=$root/bench "${command[@]}" >>"$tmp/$name.log" 2>&1 &
     server_pid=$!
-    wait_for "the $name server" \
-        "import socket; s = socket.socket(socket.AF_UNIX); s.connect('$sock'); s.close()" \
-        || { cat "$tmp/$name.log" >&2; exit 1; }
+    wait_for_socket "$name" "$sock"
     chmod 0666 "$sock"   # gunicorn binds with the umask; nginx's workers run as root anyway
     if [ "$name" = gsync ] || [ "$name" = gthread ]; then
         sleep 0.5        # the master binds before its workers have booted
     fi
-}
-
-stop_server() {  # SIGTERM, then SIGKILL after 15 s
-    local i
-    kill "$server_pid" 2>/dev/null || true
-    for i in $(seq 300); do
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -9 "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
 }
 
 echo "# Upload benchmark $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores," \
