@@ -762,8 +762,8 @@ def _fd_exhaustion(swarm: Swarm, target: Listener, args: argparse.Namespace,
                    until: float) -> Callable[[], None]:
     """Opens connections (up to --fd-conns, 200 per tick) and holds them open.
 
-    HTTP connections send the header of a chunked POST and no body: twisted.web opens a
-    temporary file for such a body at once, a second descriptor per connection.
+    HTTP connections send the header of a chunked POST and no body: twisted.web used to
+    open a temporary file for such a body at once, a second descriptor per connection.
     """
     state = {"opened": 0}
     silent: Callable[[float], bytes | None] = lambda now: None  # noqa: E731

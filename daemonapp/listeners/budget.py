@@ -139,17 +139,10 @@ class BodyBudget:
 class Spool:
     """A request body on disk: written on the reactor, then read by the application."""
 
-    def __init__(self, budget: BodyBudget, adopt: IO[bytes] | None = None,
-                 counted: bool = False) -> None:
-        """A new spool file, or ``adopt`` an open one (twisted.web's temporary file;
-        ``counted`` when it is in ``FdLimits.spools`` already)."""
+    def __init__(self, budget: BodyBudget) -> None:
+        """A new spool file (raises OSError: see BodyBudget.open_spool)."""
         self._budget = budget
-        if adopt is None:
-            self.file: IO[bytes] | None = budget.open_spool()
-        else:
-            self.file = adopt
-            if not counted:
-                budget.fds.spools += 1
+        self.file: IO[bytes] | None = budget.open_spool()
 
     def write(self, data: bytes) -> None:
         """Append body bytes (raises OSError: the disk is full...)."""
@@ -193,3 +186,73 @@ class Spool:
             spool.close()
         except OSError:
             pass
+
+
+class BodyBuffer:
+    """A request body as it arrives, on the reactor: in memory within the budget, past it
+    in a :class:`Spool`.
+
+    The HTTP listener gives one to twisted.web as a request's ``content`` (instead of
+    twisted.web's own temporary file for every body of 100 KB and more, opened at the
+    headers and written on the reactor), so HTTP bodies follow the FastCGI and SCGI rule.
+    """
+
+    def __init__(self, budget: BodyBudget, conn: ConnectionBuffer | None) -> None:
+        self._budget = budget
+        self._conn = conn
+        #: the body so far while it is in memory
+        self.chunks: list[bytes] = []
+        #: the body on disk once it went over the budget
+        self.spool: Spool | None = None
+        self.size = 0
+        self._counted = 0  # bytes of ``chunks`` taken from the budget
+
+    def write(self, data: bytes) -> None:
+        """Append body bytes; raises OSError when the body must go to disk and cannot."""
+        size = len(data)
+        self.size += size
+        spool = self.spool
+        if spool is not None:
+            spool.write(data)
+            return
+        budget = self._budget
+        if budget.fits(self._conn, size):
+            budget.take(self._conn, size)
+            self._counted += size
+            self.chunks.append(data)
+            return
+        spool = Spool(budget)
+        try:
+            for chunk in self.chunks:
+                spool.write(chunk)
+            spool.write(data)
+        except OSError:
+            spool.close()
+            raise
+        self.spool = spool
+        self.chunks = []
+        self.release()
+
+    def tell(self) -> int:
+        """The body's size so far (twisted.web asks at the body's end)."""
+        return self.size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """twisted.web rewinds the body at its end: nothing to do (it is read once,
+        through :attr:`chunks` or :attr:`spool`)."""
+        return 0
+
+    def release(self) -> None:
+        """Give the memory counted for ``chunks`` back to the budget."""
+        if self._counted:
+            self._budget.give_back(self._conn, self._counted)
+            self._counted = 0
+
+    def close(self) -> None:
+        """The body is of no more use: give its memory back, delete its spool (unless
+        handed to an app: see Spool.close)."""
+        self.release()
+        self.chunks = []
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            spool.close()

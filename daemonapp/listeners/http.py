@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from zope.interface import implementer
 
-from daemonapp.listeners.budget import FdLimits, Spool
+from daemonapp.listeners.budget import BodyBuffer, ConnectionBuffer, FdLimits
 from daemonapp.listeners.connections import LINGER_TIMEOUT, ListenerFactory, Network
 from daemonapp.listeners.exchange import NEW, Exchange, Headers
 from daemonapp.listeners.limits import Dispatcher
@@ -24,8 +24,6 @@ from daemonapp.listeners.limits import Dispatcher
 #: A big whole answer is handed to twisted.web this many bytes at a time, as the client
 #: reads (the transport would otherwise join it with its headers into a copy).
 WRITE_PIECE = 65536
-#: twisted.web keeps a body shorter than this in memory, else in a temporary file
-TWISTED_MEMORY_BODY = 100_000
 
 
 @implementer(IPushProducer)
@@ -81,10 +79,19 @@ class HTTPExchange(Exchange):
     """A twisted.web request seen as an Exchange."""
 
 
+    #: the body as received (its memory is counted in the budget until the request ends)
+    content: BodyBuffer | None = None
+
     def __init__(self, dispatcher: Dispatcher, request: server.Request) -> None:
         super().__init__(dispatcher)
         self.request = request
         self.producing = False
+
+    def release_body(self) -> None:
+        super().release_body()
+        content, self.content = self.content, None
+        if content is not None:
+            content.close()
 
     def _start(self, status: str, headers: Headers) -> None:
         code, _, reason = status.partition(" ")
@@ -172,46 +179,27 @@ def _environ(request: server.Request, body_len: int) -> dict[str, str]:
 
 
 class _Request(server.Request):
-    """Bounds the body by max_body_bytes while twisted.web receives it, and counts its
-    temporary file among the process's spool files."""
+    """Bounds the body by max_body_bytes while twisted.web receives it, and keeps it as
+    FastCGI and SCGI do: in memory within the listener's budget, past it in a spool file.
+
+    twisted.web would write every body of 100 KB or more (and every chunked one) to a
+    temporary file of its own, on the reactor, opened as soon as the headers announce
+    it (one descriptor per connection that sends such headers and no body).
+    """
 
     too_large = False
     received = 0
-    #: the fd limits the body's temporary file is counted in (None: not counted)
-    _spool_fds: FdLimits | None = None
 
     def gotLength(self, length: int | None) -> None:
-        base: Any = super()
-        base.gotLength(length)
-        if not isinstance(self.content, io.BytesIO):
-            # twisted.web's temporary file for a chunked body or one of 100 KB and more:
-            # one descriptor each, from the headers on (123 chunked POSTs that sent no
-            # body filled a 256-fd table: the daemons' open() and the status socket
-            # failed). _Channel.allHeadersReceived refuses one past max_spools.
-            channel: _Channel = self.channel  # type: ignore[assignment]
-            fds = channel.site.dispatcher.budget.fds
-            fds.spools += 1
-            self._spool_fds = fds
+        channel: _Channel = self.channel  # type: ignore[assignment]
+        self.content = BodyBuffer(channel.site.dispatcher.budget, channel.buffer)
 
-    def adopt_spool(self) -> bool:
-        """Hand the body's file over to a Spool: whether it was counted here."""
-        counted = self._spool_fds is not None
-        self._spool_fds = None
-        return counted
-
-    def drop_spool(self) -> None:
-        """The body's file is of no more use: close it, count it out."""
-        fds, self._spool_fds = self._spool_fds, None
-        if fds is not None:
-            fds.spools -= 1
-            content: Any = self.content
-            if content is not None:
-                content.close()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.drop_spool()
-        base: Any = super()
-        base.connectionLost(reason)
+    def drop_body(self) -> None:
+        """The body is of no more use: give its memory back, delete its spool."""
+        content: Any = self.content
+        if isinstance(content, BodyBuffer):
+            content.close()
+        self.content = io.BytesIO()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         base: Any = super()
@@ -230,12 +218,16 @@ class _Request(server.Request):
             # a chunked body grew past the bound (a Content-Length over it never
             # gets here: see _Channel.allHeadersReceived)
             self.too_large = True
-            self.drop_spool()
-            self.content = io.BytesIO()
+            self.drop_body()
             channel.refuse_body()
             return
-        base: Any = super()
-        base.handleContentChunk(data)
+        content: Any = self.content
+        try:
+            content.write(data)
+        except OSError as err:  # over the memory budget, and no spool file to be had
+            self.too_large = True
+            self.drop_body()
+            channel.refuse_body(503, str(err))
 
 
 class _Root(resource.Resource):
@@ -254,23 +246,18 @@ class _Root(resource.Resource):
         ex = HTTPExchange(dispatcher, request)
         content = request.content
         size = 0
-        if isinstance(content, io.BytesIO):
-            body = content.getvalue()
-            size = len(body)
-            if body:
-                ex.body = [body]
-        elif content is not None:
-            # twisted.web received a large or chunked body into a temporary file (0600,
-            # unlinked): the app reads it from there instead of from memory
-            size = content.seek(0, io.SEEK_END)
-            if size:
-                ex.spool = Spool(dispatcher.budget, adopt=content,
-                                 counted=req.adopt_spool())
-                # the spool owns the file now: twisted.web would close it when the
-                # client leaves, under an app still reading it ("read of closed file")
-                req.content = None
-            else:
-                req.drop_spool()
+        if isinstance(content, BodyBuffer):
+            # the exchange owns the body now (twisted.web would close it when the client
+            # leaves, under an app still reading it: "read of closed file")
+            req.content = None
+            ex.content = content
+            size = content.size
+            spool = content.spool
+            if spool is not None:
+                content.spool = None
+                ex.spool = spool
+            elif content.chunks:
+                ex.body, content.chunks = content.chunks, []
         ex.params = _environ(request, size)
         ex.body_len = size
         ex.body_complete = True
@@ -316,6 +303,8 @@ class _Channel(http.HTTPChannel):
         base.dataReceived(data)
 
     def connectionMade(self) -> None:
+        #: the connection's share of the listener's body budget (max_buffer_bytes)
+        self.buffer = ConnectionBuffer()
         base: Any = super()
         base.connectionMade()
         self.site.factory_tracker.connection_opened(self)  # type: ignore[arg-type]
@@ -342,16 +331,18 @@ class _Channel(http.HTTPChannel):
             # would take as long as the client cares to send
             self.refuse_body()
             return
-        fds = dispatcher.budget.fds
-        if (length is None or length >= TWISTED_MEMORY_BODY) and fds.spools >= fds.max_spools:
-            # no descriptor to spare for the body's file (half the fd reserve is taken
-            # by spools): 503 at once, as for a body the listener cannot spool
-            self.refuse_body(503)
+        budget = dispatcher.budget
+        fds = budget.fds
+        if (length is not None and length > budget.per_connection
+                and fds.spools >= fds.max_spools):
+            # a body that must go to disk, and no descriptor to spare for its file (half
+            # the fd reserve is taken by spools): 503 at once
+            self.refuse_body(503, f"{fds.spools} spool files open")
             return
         base: Any = super()
         base.allHeadersReceived()
 
-    def refuse_body(self, code: int = 413) -> None:
+    def refuse_body(self, code: int = 413, reason: str = "") -> None:
         """Answer 413 (or 503) at once, then drop what the client still sends (bounded)
         and close.
 
@@ -368,9 +359,8 @@ class _Channel(http.HTTPChannel):
             dispatcher.rejected_503 += 1
             dispatcher.budget.spool_failed += 1
             dispatcher.peer_log.warn(
-                "spool", "no file descriptor to spare for a request body from {peer} "
-                "({spools} spool files open): 503", peer=peer_text,
-                spools=dispatcher.budget.fds.spools)
+                "spool", "cannot spool a request body from {peer} to disk ({error}): 503",
+                peer=peer_text, error=reason)
             head = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
                     + dispatcher.retry_after.encode() + b"\r\n")
             body = b"Service Unavailable\n"
@@ -397,8 +387,7 @@ class _Channel(http.HTTPChannel):
         if self.requests:
             request: Any = self.requests[-1]
             request.too_large = True
-            request.drop_spool()
-            request.content = io.BytesIO()
+            request.drop_body()
         # what twisted.web itself does to drop what follows a last request
         channel.dataReceived = channel.lineReceived = channel.rawDataReceived = _drop
 

@@ -155,8 +155,8 @@ class NeverReadTests(SynchronousTestCase):
 
 
 class BodyFileTests(SynchronousTestCase):
-    """twisted.web's temporary file for a chunked (or 100 KB+) body is one descriptor
-    from the headers on: counted among the spool files, refused past max_spools."""
+    """HTTP bodies are kept as FastCGI and SCGI keep them: in memory within the budget,
+    past it in a spool file; twisted.web's own temporary file is never made."""
 
     def _channel(self, listener: Any) -> tuple[Any, StringTransport]:
         peer = IPv4Address("TCP", "127.0.0.1", 5555)
@@ -165,32 +165,71 @@ class BodyFileTests(SynchronousTestCase):
         channel.makeConnection(transport)
         return channel, transport
 
-    def test_body_files_are_counted_and_refused_past_max_spools(self) -> None:
-        """123 chunked POSTs that sent no body filled a 256-fd table (the daemons' open()
-        and the status socket failed); now the one past max_spools gets a 503."""
+    def test_a_body_announced_but_not_sent_holds_no_file(self) -> None:
+        """123 chunked POSTs that sent no body filled a 256-fd table with twisted.web's
+        temporary files (the daemons' open() and the status socket failed); now such a
+        request holds no descriptor."""
         fds = FdLimits(limit=200)  # reserve 50: 25 spool files at most
         listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
                                  native="tests.listeners.apps:echo_native")
         chunked = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-        channels = []
-        for _ in range(25):
+        for _ in range(30):
             channel, transport = self._channel(listener)
             channel.dataReceived(chunked)
             self.assertEqual(transport.value(), b"")
-            channels.append(channel)
-        self.assertEqual(fds.spools, 25)
-        _channel, transport = self._channel(listener)
-        _channel.dataReceived(chunked)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
-        self.assertEqual(listener.snapshot()["spool_failed"], 1)
-        channels[0].connectionLost(None)  # its file is closed and counted out
-        self.assertEqual(fds.spools, 24)
-        channel, transport = self._channel(listener)
-        channel.dataReceived(chunked + b"3\r\nabc\r\n0\r\n\r\n")
-        self.assertTrue(transport.value().endswith(b"\r\n\r\nabc"))
-        self.assertEqual(fds.spools, 24)  # answered: the file is gone with the request
+        self.assertEqual(fds.spools, 0)
 
-    def test_an_empty_chunked_body_gives_its_file_back(self) -> None:
+    def test_a_big_body_is_spooled_in_memory_up_to_the_budget(self) -> None:
+        """A body within max_buffer_bytes stays in memory (counted); the one that goes over
+        it moves to a spool file, whose descriptor is given back with the request."""
+        fds = FdLimits(limit=200)
+        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
+                                 native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=1000)
+        budget = listener.dispatcher.budget
+        channel, transport = self._channel(listener)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n"
+                             + b"a" * 800)
+        self.assertEqual((budget.used, fds.spools), (800, 0))
+        channel.dataReceived(b"b" * 300)
+        self.assertEqual((budget.used, fds.spools, budget.spooled), (0, 1, 1))
+        channel.dataReceived(b"c" * 400)
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"a" * 800 + b"b" * 300
+                                                   + b"c" * 400))
+        self.assertEqual((budget.used, fds.spools), (0, 0))
+
+    def test_a_body_that_cannot_be_spooled_is_answered_503(self) -> None:
+        """Over the budget with half the fd reserve taken by spools: 503 at once for a
+        Content-Length over max_buffer_bytes, and when a chunked body outgrows it."""
+        fds = FdLimits(limit=200)
+        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
+                                 native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=1000)
+        fds.spools = fds.max_spools
+        channel, transport = self._channel(listener)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        channel, transport = self._channel(listener)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+                             b"\r\n3e8\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertEqual(transport.value(), b"")
+        channel.dataReceived(b"1\r\nx\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertEqual(listener.snapshot()["spool_failed"], 2)
+        self.assertEqual((listener.dispatcher.budget.used, fds.spools), (0, fds.max_spools))
+
+    def test_a_client_gone_mid_body_gives_the_memory_back(self) -> None:
+        """The budget counted for a body is given back when its client leaves."""
+        listener = make_listener(MemoryReactorClock(), protocol="http",
+                                 native="tests.listeners.apps:echo_native")
+        channel, _transport = self._channel(listener)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n"
+                             + b"a" * 800)
+        self.assertEqual(listener.dispatcher.budget.used, 800)
+        channel.connectionLost(None)
+        self.assertEqual(listener.dispatcher.budget.used, 0)
+
+    def test_an_empty_chunked_body_is_answered(self) -> None:
         fds = FdLimits(limit=200)
         listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
                                  native="tests.listeners.apps:echo_native")
