@@ -44,6 +44,7 @@ __all__ = [
     "Controller",
     "PauseStore",
     "Peer",
+    "connect_unix",
     "controller_of",
     "pause_fields",
     "peer_credentials",
@@ -770,6 +771,31 @@ def restart_keys(old: Config, new: Config) -> list[str]:
 # ---------------------------------------------------------------------- client
 
 
+def connect_unix(path: str, timeout: float) -> socket.socket:
+    """A stream socket connected to ``path`` within ``timeout`` seconds.
+
+    With a timeout, a Unix socket's connect fails at once (EAGAIN) while the app's
+    backlog is full; a burst of clients is no reason to give up, so it is tried again.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        skt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        skt.settimeout(timeout)
+        try:
+            skt.connect(path)
+        except BlockingIOError:
+            skt.close()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{path}: the app accepts no connection (backlog "
+                                   f"full for {timeout:g} s)") from None
+            time.sleep(0.01)
+            continue
+        except BaseException:
+            skt.close()
+            raise
+        return skt
+
+
 def send_request(path: str, request: dict[str, Any], *, timeout: float = 30.0,
                  max_bytes: int = 16 * 1024 * 1024) -> dict[str, Any]:
     """Send one request to the app whose status socket (or state_dir) is ``path``.
@@ -783,9 +809,7 @@ def send_request(path: str, request: dict[str, Any], *, timeout: float = 30.0,
         path = status_socket_path(path)
     line = json.dumps({"v": PROTOCOL_VERSION, **request}).encode() + b"\n"
     deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as skt:
-        skt.settimeout(timeout)
-        skt.connect(path)
+    with connect_unix(path, timeout) as skt:
         skt.sendall(line)
         chunks: list[bytes] = []
         size = 0

@@ -48,6 +48,12 @@ class ISchedule(Interface):
 
     Delays are seconds from ``now`` (the scheduler's clock, ``reactor.seconds()``,
     read as epoch seconds by clock schedules).
+
+    Optional hooks, called by the scheduler when a policy has them (ClockSchedule
+    does): ``paused(since)`` when an operator pauses the daemon; ``resumed(now)`` when
+    the pause ends, returning the delay to the next run (None: the one planned; without
+    the hook the daemon runs at once); ``triggered(now)`` before a manual run, which
+    serves no scheduled time.
     """
 
     def first_delay(now: float) -> float:

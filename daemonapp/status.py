@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -144,9 +143,9 @@ def fetch_status(path: str, *, timeout: float = 5.0) -> dict[str, Any]:
     if os.path.isdir(path):
         path = status_socket_path(path)
     deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as skt:
-        skt.settimeout(timeout)
-        skt.connect(path)
+    from daemonapp.control import connect_unix
+
+    with connect_unix(path, timeout) as skt:
         # Asked for at once: a client that says nothing gets it only after a grace. (An
         # app older than the request closes without reading it: what it sent counts.)
         try:
