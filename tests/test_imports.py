@@ -9,6 +9,7 @@ import pytest
 
 from daemonapp.daemons._build import resolve_type
 from daemonapp.imports import TargetImportError, import_target, split_target
+from daemonapp.listeners import check_listener
 from daemonapp.options import OptionError
 
 
@@ -56,3 +57,30 @@ def test_daemon_types_use_the_same_rule() -> None:
         resolve_type("os:no_such_thing")
     assert (info.value.key, info.value.message) == (
         "type", "module 'os' has no attribute 'no_such_thing'")
+
+
+def test_as_written_names_the_whole_target(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With as_written, each failure names the target as the user wrote it."""
+    (tmp_path / "broken_written_mod.py").write_text("raise RuntimeError('no database')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    messages = []
+    for target in ("no_such_module_xyz:app", "broken_written_mod:app", "os:no_such_thing"):
+        with pytest.raises(TargetImportError) as info:
+            import_target(target, as_written=True)
+        messages.append(str(info.value))
+    sys.modules.pop("broken_written_mod", None)
+    assert messages == [
+        "cannot import 'no_such_module_xyz:app': No module named 'no_such_module_xyz'",
+        "importing 'broken_written_mod:app' failed: RuntimeError: no database",
+        "cannot import 'os:no_such_thing': module 'os' has no attribute 'no_such_thing'",
+    ]
+
+
+def test_listener_applications_use_the_same_rule() -> None:
+    """A listener's wsgi target reports an import failure in import_target's words."""
+    _, errors = check_listener({"protocol": "http", "endpoint": "tcp:0",
+                                "wsgi": "os:no_such_thing"})
+    assert [(error.key, error.message) for error in errors] == [
+        ("wsgi", "cannot import 'os:no_such_thing': module 'os' has no attribute "
+                 "'no_such_thing'")]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from daemonapp.durations import parse_duration, parse_size
+from daemonapp.imports import TargetImportError, import_target
 from daemonapp.interfaces import IListener
 from daemonapp.listeners.budget import (
     DEFAULT_MAX_BUFFER_BYTES,
@@ -292,24 +293,19 @@ def _cross_key_error(values: ListenerOptions, base_dir: str) -> OptionError | No
             _web_server_addrs()
         for key in ("wsgi", "native"):
             if key in values:
-                import_target(key, values[key])
+                _import_app(key, values[key])
     except OptionError as err:
         return err
     return None
 
 
-def import_target(key: str, target: str) -> Any:
-    """Import ``module:callable`` (OptionError naming ``key`` when it cannot)."""
-    module_name, _, attribute = target.partition(":")
+def _import_app(key: str, target: str) -> Any:
+    """The application ``target`` names, through :func:`daemonapp.imports.import_target`
+    (OptionError naming ``key`` when it cannot be imported or is not callable)."""
     try:
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError) as err:
-        raise _option_error(key, f"cannot import {target!r}: {err}") from err
-    except Exception as err:  # the module itself failed while importing
-        raise _option_error(key, f"importing {target!r} failed: "
-                                 f"{type(err).__name__}: {err}") from err
+        found = import_target(target, as_written=True)
+    except TargetImportError as err:
+        raise _option_error(key, str(err)) from err
     if not callable(found):
         raise _option_error(key, f"{target!r} is not callable")
     return found
@@ -353,10 +349,10 @@ def build_listener(options: Mapping[str, Any], *, reactor: Any, base_dir: str,
     threads = values.get("threads", 10)
     app: NativeApp | WSGIApp | None = None
     if "wsgi" in values:
-        app = WSGIApp(import_target("wsgi", values["wsgi"]), reactor=reactor, threads=threads,
+        app = WSGIApp(_import_app("wsgi", values["wsgi"]), reactor=reactor, threads=threads,
                       request_buffering=values.get("request_buffering", True))
     elif "native" in values:
-        app = NativeApp(import_target("native", values["native"]))
+        app = NativeApp(_import_app("native", values["native"]))
     max_concurrent = values.get("max_concurrent")
     if max_concurrent is None and isinstance(app, WSGIApp) and threads > 0:
         max_concurrent = threads
