@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from daemonapp.ratelog import Episode, RateLog
+
 if TYPE_CHECKING:
     from daemonapp.app import DaemonApp
 
@@ -131,10 +133,9 @@ class Notifier:
 
     def __init__(self, address: str, *, now: Callable[[], float] = time.monotonic) -> None:
         self.address = address
-        self._now = now
         self._socket: socket.socket | None = None
-        self._failures = 0
-        self._logged_at: float | None = None
+        # failures never end an episode: a warning at most every FAILURE_LOG_EVERY
+        self._failures = RateLog(now, every=FAILURE_LOG_EVERY)
         #: How many messages went out.
         self.sent = 0
 
@@ -153,18 +154,14 @@ class Notifier:
         return True
 
     def _failed(self, fields: tuple[str, ...], error: OSError) -> None:
-        self._failures += 1
-        now = self._now()
-        if self._logged_at is not None and now - self._logged_at < FAILURE_LOG_EVERY:
-            return
-        others = self._failures - 1
-        self._logged_at = now
-        self._failures = 0
-        address = self.address.replace("\0", "@", 1)
-        log.warn("cannot notify systemd at {address} ({error}); {message} was not sent"
-                 "{others}", address=address, error=error.strerror or error,
-                 message=fields[0], others=f" (nor {others} more since the last warning)"
-                 if others else "")
+        def line(episode: Episode) -> None:
+            others = episode.count - 1
+            log.warn("cannot notify systemd at {address} ({error}); {message} was not sent"
+                     "{others}", address=self.address.replace("\0", "@", 1),
+                     error=error.strerror or error, message=fields[0],
+                     others=f" (nor {others} more since the last warning)" if others else "")
+
+        self._failures.occurred("send", line)
 
     def close(self) -> None:
         """Close the socket (a later send opens a new one)."""
