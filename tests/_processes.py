@@ -83,9 +83,33 @@ def log_shows(path: Path, text: str) -> bool:
         return False
 
 
+def listener_load(state_dir: Path, index: int) -> tuple[int, int]:
+    """(in_flight, queued) of the running app's listener ``index``, from its status socket."""
+    from daemonapp.status import fetch_status, status_socket_path
+
+    listener = fetch_status(status_socket_path(str(state_dir)))["listeners"][index]
+    return int(listener["in_flight"]), int(listener["queued"])
+
+
 def wait_ready(proc: subprocess.Popen[str], path: Path) -> bool:
     """Wait until ``path`` exists (the app is up) or ``proc`` has ended; True unless timed out."""
     return wait_until(lambda: path.exists() or proc.poll() is not None)
+
+
+def accepts(path: Path) -> bool:
+    """True once a unix socket at ``path`` accepts a connection (bound *and* listening)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def wait_listening(proc: subprocess.Popen[str], path: Path) -> bool:
+    """Wait until the unix socket at ``path`` accepts connections or ``proc`` has ended;
+    True unless timed out (the path alone shows up between bind and listen)."""
+    return wait_until(lambda: accepts(path) or proc.poll() is not None)
 
 
 def wait_started(proc: subprocess.Popen[str], root: Path) -> bool:
@@ -333,7 +357,7 @@ def kill_spawned(root: Path) -> None:
             pass
 
 
-def run_cgi(root: Path, args: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
+def run_as_cgi(root: Path, args: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
     """Run ``args`` as a web server runs a CGI program: cgi_env(root, **extra), no stdin."""
     return subprocess.run(args, cwd=root, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                                **cgi_env(root, **extra)},

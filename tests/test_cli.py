@@ -28,7 +28,7 @@ from tests._processes import (
     cgi_setup,
     child_env,
     popen_run,
-    run_cgi,
+    run_as_cgi,
     run_process,
     running,
     signal_and_wait,
@@ -600,7 +600,7 @@ def test_run_sigusr1_drains_exit_0(tmp_path: Path) -> None:
 def test_run_as_plain_cgi_writes_nothing(tmp_path: Path) -> None:
     """`daemonapp run` started as plain CGI answers one request, exits, writes no state_dir."""
     cgi_setup(tmp_path)
-    result = run_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")])
+    result = run_as_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")])
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Status: 200")
     assert "hello x=1" in result.stdout
@@ -612,8 +612,8 @@ def test_run_as_plain_cgi_scrubs_http_env(tmp_path: Path) -> None:
     """`daemonapp run` as plain CGI keeps HTTP_* out of os.environ (httpoxy)."""
     cgi_setup(tmp_path)
     write_file(tmp_path / "cgiwsgi.py", HTTPOXY_WSGI)
-    result = run_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")],
-                     HTTP_PROXY="http://evil.example:1")
+    result = run_as_cgi(tmp_path, [str(DAEMONAPP), "run", str(tmp_path / "d.yaml")],
+                        HTTP_PROXY="http://evil.example:1")
     assert result.stdout.startswith("Status: 200"), result.stdout + result.stderr
     assert "header=s3cret os.environ=-" in result.stdout
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +27,14 @@ from daemonapp.listeners.fastcgi import (
     encode_pairs,
     record,
 )
+from tests._processes import (
+    listener_load,
+    popen_run_logged,
+    running,
+    wait_listening,
+    wait_until,
+    write_file,
+)
 from tests.listeners import apps
 from tests.listeners.helpers import (
     begin,
@@ -34,6 +45,15 @@ from tests.listeners.helpers import (
     request,
     stdin,
     stdout_of,
+)
+from tests.listeners.raw_fcgi import (
+    FCGI_APP,
+    fcgi_connect,
+    fcgi_get,
+    fcgi_pairs,
+    fcgi_read,
+    fcgi_record,
+    fcgi_request,
 )
 
 END_OK = struct.pack("!IB3x", 0, 0)
@@ -495,3 +515,113 @@ class FlowControlTests(SynchronousTestCase):
         self.assertTrue(proto.requests[1].output_paused)
         proto.resumeProducing()
         self.assertFalse(proto.requests[1].output_paused)
+
+
+# ---------------------------------- the wire rules against a real `daemonapp run`
+
+
+@pytest.fixture(scope="module")
+def fcgi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("fcgi")
+    write_file(root / "fcgiapp.py", FCGI_APP)
+    cfg = write_file(root / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                     "  - protocol: fastcgi\n    endpoint: unix:./run/fcgi.sock\n"
+                     "    native: fcgiapp:handle\n    max_param_bytes: 4096\n")
+    sock_path = root / "run" / "fcgi.sock"
+    with running(popen_run_logged(root, cfg)) as proc:
+        assert wait_listening(proc, sock_path)
+        assert proc.poll() is None, (root / "app.log").read_text()
+        yield sock_path
+
+
+@pytest.mark.integration
+def test_fcgi_get_values(fcgi_server: Path) -> None:
+    """GET_VALUES is answered with FCGI_MAX_CONNS, FCGI_MAX_REQS and FCGI_MPXS_CONNS."""
+    with fcgi_connect(fcgi_server) as sock:
+        names = {"FCGI_MAX_CONNS": "", "FCGI_MAX_REQS": "", "FCGI_MPXS_CONNS": ""}
+        sock.sendall(fcgi_record(9, 0, fcgi_pairs(names)))
+        records = fcgi_read(sock)
+    assert records and records[0][0] == 10
+    for name in names:
+        assert name.encode() in records[0][2]
+
+
+@pytest.mark.integration
+def test_fcgi_unknown_type(fcgi_server: Path) -> None:
+    """An unknown management record type is answered with UNKNOWN_TYPE."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_record(42, 0, b""))
+        records = fcgi_read(sock)
+    assert records and records[0][0] == 11
+    assert records[0][2][0] == 42
+
+
+@pytest.mark.integration
+def test_fcgi_multiplexed_split_at_every_byte(fcgi_server: Path) -> None:
+    """Two multiplexed requests sent one byte at a time are both answered on one connection."""
+    data = fcgi_request(1, "/a") + fcgi_request(2, "/b")
+    with fcgi_connect(fcgi_server) as sock:
+        for i in range(len(data)):
+            sock.send(data[i:i + 1])
+        records = fcgi_read(sock, until_end={1, 2})
+    ends = {rid for rtype, rid, _ in records if rtype == 3}
+    assert ends == {1, 2}
+    out1 = b"".join(c for t, rid, c in records if t == 6 and rid == 1)
+    assert out1.endswith(b"hello")
+
+
+@pytest.mark.integration
+def test_fcgi_output_records_at_most_65535(fcgi_server: Path) -> None:
+    """Output is split into records of at most 65,535 bytes."""
+    records = fcgi_get(fcgi_server, "/big")
+    stdout = [c for t, _, c in records if t == 6]
+    assert sum(len(c) for c in stdout) > 200000
+    assert max(len(c) for c in stdout) <= 65535
+    assert records[-1][0] == 3
+
+
+@pytest.mark.integration
+def test_fcgi_inactive_request_id_ignored(fcgi_server: Path) -> None:
+    """Records for a request id that is not active are ignored; the connection stays up."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_record(5, 7, b"stray") + fcgi_record(4, 9, b""))
+        sock.sendall(fcgi_request(1, "/a"))
+        records = fcgi_read(sock, until_end=1)
+    assert records[-1][0] == 3 and records[-1][1] == 1
+    assert all(rid == 1 for _, rid, _ in records)
+
+
+@pytest.mark.integration
+def test_fcgi_abort_end_request_once(fcgi_server: Path) -> None:
+    """After ABORT_REQUEST, END_REQUEST is sent once and nothing follows it."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_request(1, "/hang"))
+        # The request is in flight in the app (not only on the wire) when ABORT comes.
+        state_dir = fcgi_server.parent.parent / "var"
+        assert wait_until(lambda: listener_load(state_dir, 0) == (1, 0), timeout=10)
+        sock.sendall(fcgi_record(2, 1))
+        records = fcgi_read(sock, until_end=1)
+        assert records and records[-1][0] == 3
+        more = fcgi_read(sock, timeout=0.5)
+    assert [r for r in more if r[1] == 1 and r[0] != -1] == []
+
+
+@pytest.mark.integration
+def test_fcgi_bad_version_closes(fcgi_server: Path) -> None:
+    """A record with a bad version closes the connection."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_record(1, 1, b"\0" * 8, version=9))
+        records = fcgi_read(sock)
+    assert records and records[-1][0] == -1
+
+
+@pytest.mark.integration
+def test_fcgi_params_over_limit_431(fcgi_server: Path) -> None:
+    """Params over max_param_bytes get `Status: 431`, then the connection is closed."""
+    with fcgi_connect(fcgi_server) as sock:
+        sock.sendall(fcgi_request(1, "/a", {"HTTP_X_BIG": "y" * 8000}))
+        records = fcgi_read(sock, until_end=1)
+        out = b"".join(c for t, _, c in records if t == 6)
+        assert out.startswith(b"Status: 431")
+        tail = fcgi_read(sock, timeout=2)
+    assert tail and tail[-1][0] == -1

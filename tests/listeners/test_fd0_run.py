@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from tests._processes import (
+    DAEMONAPP,
+    child_env,
+    signal_and_wait,
+    stays_up,
+    stop_process,
+)
 from tests.listeners.helpers import request, stdout_of
+from tests.listeners.raw_fcgi import fcgi_get, unix_listener, write_fd0_fcgi_app
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +136,58 @@ def test_two_items_on_fd0_are_a_config_error(workdir: Path) -> None:
     assert status == 2
     assert (f"{workdir / 'app.yaml'}:4: listeners[1].endpoint: only one listener "
             "may serve the inherited fd 0") in output
+
+
+# ------------------------------------------- spawned on fd 0 as a web server does
+
+
+@pytest.mark.integration
+def test_fd0_fastcgi_spawned_by_web_server(tmp_path: Path) -> None:
+    """With a listening socket on fd 0, `daemonapp run` (config from DAEMONAPP_CONFIG) serves
+    FastCGI on it; SIGTERM drains and exits 0; the web server's socket path is kept."""
+    cfg = write_fd0_fcgi_app(tmp_path)
+    path = tmp_path / "ws.sock"
+    listener = unix_listener(path)
+    env = child_env(tmp_path, DAEMONAPP_CONFIG=str(cfg))
+    with open(tmp_path / "app.log", "w") as log_file:
+        proc = subprocess.Popen([str(DAEMONAPP), "run"], cwd=tmp_path, env=env,
+                                stdin=listener.fileno(), stdout=log_file,
+                                stderr=subprocess.STDOUT, text=True)
+    listener.close()
+    try:
+        records = fcgi_get(path, "/a", timeout=20)
+        assert records and records[-1][0] == 3, (tmp_path / "app.log").read_text()
+        assert b"".join(c for t, _, c in records if t == 6).endswith(b"hello")
+        started = time.monotonic()
+        assert signal_and_wait(proc, signal.SIGTERM, timeout=10)
+        assert proc.returncode == 0
+        assert time.monotonic() - started < 5
+        assert path.exists()
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.integration
+def test_fd0_spawned_processes_never_take_over_siblings(tmp_path: Path) -> None:
+    """Two processes spawned on the same inherited socket both keep running."""
+    cfg = write_fd0_fcgi_app(tmp_path)
+    path = tmp_path / "ws.sock"
+    listener = unix_listener(path)
+    env = child_env(tmp_path)
+    procs = []
+    try:
+        for n in range(2):
+            with open(tmp_path / f"app{n}.log", "w") as log_file:
+                procs.append(subprocess.Popen(
+                    [str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path, env=env,
+                    stdin=listener.fileno(), stdout=log_file, stderr=subprocess.STDOUT,
+                    text=True))
+            # Let the first settle before its sibling starts.
+            records = fcgi_get(path, "/a", timeout=20)
+            assert records and records[-1][0] == 3
+        stays_up(procs, 1.0)  # a wrong takeover would end the first within this second
+        assert [p.poll() for p in procs] == [None, None]
+    finally:
+        listener.close()
+        for p in procs:
+            stop_process(p)

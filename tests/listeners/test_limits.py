@@ -5,11 +5,23 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemonapp.listeners.limits import Dispatcher
+from tests._processes import (
+    free_port,
+    listener_load,
+    popen_run_logged,
+    running,
+    wait_until,
+    write_file,
+)
 from tests.listeners import apps
 from tests.listeners.helpers import (
     Monitor,
@@ -18,6 +30,7 @@ from tests.listeners.helpers import (
     request,
     stdout_of,
 )
+from tests.listeners.raw_fcgi import FCGI_APP
 
 
 class ConcurrencyTests(SynchronousTestCase):
@@ -316,3 +329,81 @@ class IOTickTests(SynchronousTestCase):
         self.assertEqual(self.ticks(), [0.002])
         self.listener.drain()
         self.assertEqual(self.ticks(), [])
+
+
+# ------------------------------------------ the limits against a real `daemonapp run`
+
+
+@pytest.fixture(scope="module")
+def http_limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int, Path]]:
+    """Two HTTP listeners of one `daemonapp run` on FCGI_APP: (port with a 0.5 s timeout and a
+    100-byte body cap, port with max_concurrent 1 and backlog 1, the app's state_dir)."""
+    root = tmp_path_factory.mktemp("limits")
+    write_file(root / "fcgiapp.py", FCGI_APP)
+    p1, p2 = free_port(), free_port()
+    while p2 == p1:  # two listeners cannot share a port
+        p2 = free_port()
+    cfg = write_file(root / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                     f"  - protocol: http\n    endpoint: tcp:{p1}:interface=127.0.0.1\n"
+                     "    native: fcgiapp:handle\n    request_timeout: 0.5s\n"
+                     "    max_body_bytes: 100\n"
+                     f"  - protocol: http\n    endpoint: tcp:{p2}:interface=127.0.0.1\n"
+                     "    native: fcgiapp:handle\n    max_concurrent: 1\n    backlog: 1\n"
+                     "    queue_timeout: 5s\n    request_timeout: 3s\n")
+    with running(popen_run_logged(root, cfg)) as proc:
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", p2), timeout=1).close()
+                socket.create_connection(("127.0.0.1", p1), timeout=1).close()
+            except OSError:
+                return proc.poll() is not None
+            return True
+
+        assert wait_until(up)
+        assert proc.poll() is None, (root / "app.log").read_text()
+        yield p1, p2, root / "var"
+
+
+def http_status(port: int, path: str, body: bytes | None = None) -> tuple[int, dict[str, str]]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers)
+
+
+@pytest.mark.integration
+def test_request_timeout_504(http_limits: tuple[int, int, Path]) -> None:
+    """A request running longer than request_timeout is answered 504."""
+    assert http_status(http_limits[0], "/hang")[0] == 504
+
+
+@pytest.mark.integration
+def test_max_body_bytes_413(http_limits: tuple[int, int, Path]) -> None:
+    """A body over max_body_bytes is answered 413."""
+    assert http_status(http_limits[0], "/a", b"z" * 1000)[0] == 413
+    assert http_status(http_limits[0], "/a", b"z" * 10)[0] == 200
+
+
+@pytest.mark.integration
+def test_backlog_full_503_retry_after(http_limits: tuple[int, int, Path]) -> None:
+    """With max_concurrent and backlog full, a request gets 503 with Retry-After."""
+    import concurrent.futures
+
+    port, state_dir = http_limits[1], http_limits[2]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first = pool.submit(http_status, port, "/hang")
+        assert wait_until(lambda: listener_load(state_dir, 1) == (1, 0), timeout=10)
+        second = pool.submit(http_status, port, "/hang")
+        assert wait_until(lambda: listener_load(state_dir, 1) == (1, 1), timeout=10)
+        third = pool.submit(http_status, port, "/a")
+        status, headers = third.result(timeout=10)
+        assert status == 503
+        assert {k.lower() for k in headers} >= {"retry-after"}
+        first.result(timeout=10)
+        second.result(timeout=15)

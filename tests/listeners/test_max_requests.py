@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._processes import CGI_WSGI, free_port, popen_run, running, wait_until, write_file
 from tests.listeners.test_integration import ROOT, TIMEOUT, Nginx
 
 
@@ -47,3 +48,36 @@ def test_max_requests_50_all_answered_then_exit_0(tmp_path: Path, app: str) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=TIMEOUT)
+
+
+@pytest.mark.integration
+def test_max_requests_graceful_stop_exit_0(tmp_path: Path) -> None:
+    """max_requests reached: graceful stop, exit status 0."""
+    import urllib.request
+
+    port = free_port()
+    write_file(tmp_path / "cgiwsgi.py", CGI_WSGI)
+    cfg = write_file(tmp_path / "d.yaml", "app:\n  state_dir: ./var\nlisteners:\n"
+                     f"  - protocol: http\n    endpoint: tcp:{port}:interface=127.0.0.1\n"
+                     "    wsgi: cgiwsgi:application\n    max_requests: 2\n")
+    with running(popen_run(tmp_path, cfg)) as proc:
+        def get() -> bytes:
+            url = f"http://127.0.0.1:{port}/"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                body: bytes = r.read()
+                return body
+
+        def up() -> bool:
+            try:
+                get()
+            except OSError:
+                return proc.poll() is not None
+            return True
+
+        assert wait_until(up)
+        try:
+            get()
+        except OSError:
+            pass
+        assert wait_until(lambda: proc.poll() is not None, timeout=15)
+        assert proc.returncode == 0
