@@ -39,6 +39,16 @@ from daemonapp.cgi_frontend import (
     write_sidecar,
 )
 from tests._env import unavailable
+from tests._processes import (
+    BIN,
+    HTTPOXY_WSGI,
+    PYTHON,
+    cgi_setup,
+    kill_spawned,
+    run_as_cgi,
+    run_process,
+    write_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "cgi_fixtures"
@@ -1069,3 +1079,100 @@ def test_lighttpd_mod_cgi_starts_the_daemon_and_relays(site: Site) -> None:
     assert (seen["body"], params["HTTP_X_TEST"]) == ("posted", "yes")
     assert not any(name.startswith("HTTP_") for name in seen["daemon_env"])
     assert site.started_pids() == [seen["daemon_pid"]]
+
+
+# ---------------------------------------------- DESIGN §5's CGI rules, from outside
+
+
+@pytest.mark.integration
+def test_cgi_frontend_imports_no_twisted() -> None:
+    """Importing daemonapp.cgi_frontend pulls in no Twisted, yaml or zope."""
+    code = ("import sys, daemonapp.cgi_frontend\n"
+            "print([m for m in ('twisted', 'yaml', 'zope') if m in sys.modules])\n")
+    result = run_process([str(PYTHON), "-c", code], cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_daemonapp_cgi_is_plain_script() -> None:
+    """daemonapp-cgi is shipped as a plain script (no console-script wrapper importing re)."""
+    script = BIN / "daemonapp-cgi"
+    assert script.exists()
+    text = script.read_text()
+    assert "import re\n" not in text
+
+
+@pytest.mark.integration
+def test_cgi_frontend_503_above_max_load(tmp_path: Path) -> None:
+    """daemonapp-cgi answers 503 with Retry-After when the load is above max_load."""
+    cgi_setup(tmp_path)
+    result = run_as_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="5")
+    assert result.stdout.startswith("Status: 503")
+    assert "Retry-After: " in result.stdout
+
+
+@pytest.mark.integration
+def test_cgi_frontend_in_process_below_min_load(tmp_path: Path) -> None:
+    """Below min_load daemonapp-cgi serves the request in-process as plain CGI."""
+    cgi_setup(tmp_path)
+    result = run_as_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="0.5")
+    assert result.stdout.startswith("Status: 200")
+    assert result.stdout.endswith("hello x=1 env=s3cret") or "hello x=1" in result.stdout
+
+
+@pytest.mark.integration
+def test_cgi_frontend_starts_daemon_with_clean_env(tmp_path: Path) -> None:
+    """Between min and max load daemonapp-cgi starts the daemon and relays; the daemon's
+    environment holds no HTTP_* variables."""
+    cgi_setup(tmp_path)
+    try:
+        first = run_as_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="1.5")
+        assert first.stdout.startswith("Status: 200"), first.stdout + first.stderr
+        assert "hello x=1 env=-" in first.stdout
+        second = run_as_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="1.5",
+                            QUERY_STRING="y=2")
+        assert "hello y=2 env=-" in second.stdout
+    finally:
+        kill_spawned(tmp_path)
+
+
+@pytest.mark.integration
+def test_cgi_frontend_in_process_scrubs_http_env(tmp_path: Path) -> None:
+    """daemonapp-cgi serving in-process keeps HTTP_* out of os.environ (httpoxy)."""
+    cgi_setup(tmp_path)
+    write_file(tmp_path / "cgiwsgi.py", HTTPOXY_WSGI)
+    result = run_as_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="0.5",
+                        HTTP_PROXY="http://evil.example:1")
+    assert result.stdout.startswith("Status: 200"), result.stdout + result.stderr
+    assert "header=s3cret os.environ=-" in result.stdout
+
+
+CRASHING_WSGI = """\
+import os
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    if "crash" in environ.get("QUERY_STRING", ""):
+        def body():
+            yield b"partial " * 1000
+            os._exit(1)
+        return body()
+    return [b"fine"]
+"""
+
+
+@pytest.mark.integration
+def test_cgi_frontend_daemon_crash_is_503_not_truncated_200(tmp_path: Path) -> None:
+    """A daemon that dies mid-answer gives a 503 from daemonapp-cgi, never a truncated 200."""
+    cgi_setup(tmp_path)
+    write_file(tmp_path / "cgiwsgi.py", CRASHING_WSGI)
+    try:
+        first = run_as_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="1.5")
+        assert first.stdout.startswith("Status: 200"), first.stdout + first.stderr
+        assert first.stdout.endswith("fine")
+        crashed = run_as_cgi(tmp_path, [str(BIN / "daemonapp-cgi")], DAEMONAPP_CGI_LOADAVG="1.5",
+                             QUERY_STRING="crash=1")
+        assert crashed.stdout.startswith("Status: 503"), crashed.stdout[:200]
+        assert "partial" not in crashed.stdout
+    finally:
+        kill_spawned(tmp_path)

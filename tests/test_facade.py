@@ -65,3 +65,21 @@ def test_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+
+
+def test_facade_names() -> None:
+    """The public names of DESIGN import from where DESIGN says."""
+    import daemonapp.jobs
+    import daemonapp.locks
+    import daemonapp.testing
+    from daemonapp import Daemon, DaemonApp, HighlanderBusy
+    from daemonapp.locks import highlander
+
+    assert daemonapp.Daemon is Daemon
+    assert daemonapp.DaemonApp is DaemonApp
+    assert daemonapp.locks.highlander is highlander
+    assert daemonapp.locks.HighlanderBusy is HighlanderBusy
+    for name in ("open_store", "StaleLease", "job", "progress", "current_job"):
+        assert getattr(daemonapp.jobs, name) is not None
+    assert issubclass(daemonapp.jobs.StaleLease, Exception)
+    assert {"Daemon", "DaemonApp"} <= set(daemonapp.__all__)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests._processes import DAEMONAPP, ROOT, run_process, write_file
 from tests.jobs._helpers import pid_alive
 
 SCRIPT = Path(__file__).with_name("command_app.py")
@@ -124,3 +125,25 @@ def test_stop_terminates_a_running_program(result: dict[str, Any]) -> None:
     stats = result["stats"]["long"]
     assert (stats["runs"], stats["failures"]) == (1, 0)
     assert [e["line"] for e in events_of(result, "long") if e["stream"]] == ["started"]
+
+
+@pytest.mark.integration
+def test_command_daemon_runs_every_n_seconds_with_timeout(tmp_path: Path) -> None:
+    """`command` runs a program every N seconds; a program over its timeout is killed."""
+    cfg = write_file(tmp_path / "d.yaml",
+                     "app:\n  state_dir: ./var\n  shutdown_after: 1.5s\n  stop_timeout: 5s\n"
+                     "daemons:\n"
+                     "  tick:\n    type: command\n    run_every: 0.2s\n"
+                     "    argv: [/bin/sh, -c, 'echo x >> ticks']\n"
+                     "  hang:\n    type: command\n    run_every: 10m\n    timeout: 0.3s\n"
+                     "    kill_after: 0.2s\n"
+                     "    argv: [/bin/sh, -c, 'echo $$ > hang.pid; exec sleep 100']\n")
+    started = time.monotonic()
+    result = run_process([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
+                         env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    ticks = (tmp_path / "ticks").read_text().splitlines()
+    assert len(ticks) >= 3
+    pid = int((tmp_path / "hang.pid").read_text())
+    assert not pid_alive(pid)
