@@ -129,10 +129,7 @@ def _optional_duration(value: object) -> float | None:
 
 
 def _positive_duration(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"expected a duration above zero, got {value!r}")
-    return seconds
+    return parse_duration(value, positive=True)
 
 
 def _zone_name(value: object) -> str | None:

@@ -106,12 +106,9 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | int:
             from daemonapp.durations import parse_duration
 
             try:
-                seconds = parse_duration(args.duration)
+                seconds = parse_duration(args.duration, positive=True)
             except ValueError as e:
                 _error(f"pause: --for: {e}")
-                return EXIT_USAGE
-            if not seconds > 0:
-                _error(f"pause: --for: expected a duration above zero, got {args.duration!r}")
                 return EXIT_USAGE
             request["for"] = seconds
         if args.reason is not None:

@@ -20,10 +20,10 @@ _SIZE_UNITS = {
 }
 
 
-def parse_duration(value: object) -> float:
+def parse_duration(value: object, *, positive: bool = False) -> float:
     """Seconds as a float from a number or a string like "1h30m", "250ms", "10".
 
-    Raises ValueError with a message fit for users.
+    With ``positive`` zero is refused too. Raises ValueError with a message fit for users.
     """
     if isinstance(value, bool):
         raise ValueError(f'expected a duration like "30s", got {value!r}')
@@ -49,6 +49,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f'expected a duration like "30s", got {value!r}')
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"expected a finite duration of zero or more seconds, got {value!r}")
+    if positive and seconds == 0:
+        raise ValueError(f"expected a duration above zero, got {value!r}")
     return seconds
 
 

@@ -45,12 +45,9 @@ def suggest(key: object, choices: Iterable[str]) -> str:
 
 def _duration(key: str, value: object, *, positive: bool = False) -> float:
     try:
-        seconds = parse_duration(value)
+        return parse_duration(value, positive=positive)
     except ValueError as e:
         raise OptionError(key, str(e)) from None
-    if positive and seconds <= 0:
-        raise OptionError(key, f"expected a duration above zero, got {value!r}")
-    return seconds
 
 
 def _optional_duration(key: str, value: object) -> float | None:

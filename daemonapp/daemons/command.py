@@ -120,12 +120,9 @@ def _optional_positive(key: str, value: object) -> float | None:
     if value is None:
         return None
     try:
-        seconds = parse_duration(value)
+        return parse_duration(value, positive=True)
     except ValueError as e:
         raise OptionError(key, str(e)) from None
-    if seconds <= 0:
-        raise OptionError(key, f"expected a duration above zero, got {value!r}")
-    return seconds
 
 
 class Command(Daemon):

@@ -137,12 +137,9 @@ class DirQueue(Daemon):
             raise OptionError("directory", f"expected a directory path, got {directory!r}")
         self.directory = directory
         try:
-            self.stale_after = parse_duration(stale_after)
+            self.stale_after = parse_duration(stale_after, positive=True)
         except ValueError as e:
             raise OptionError("stale_after", str(e)) from None
-        if self.stale_after <= 0:
-            raise OptionError("stale_after", f"expected a duration above zero, "
-                                             f"got {stale_after!r}")
         if not isinstance(create_directory, bool):
             raise OptionError("create_directory",
                               f"expected true or false, got {create_directory!r}")

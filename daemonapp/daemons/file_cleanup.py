@@ -62,12 +62,9 @@ class FileCleanup(Daemon):
                                          f"from {pattern!r} (use recursive: true to descend)")
         self.pattern = pattern
         try:
-            self.remove_older_than = parse_duration(remove_older_than)
+            self.remove_older_than = parse_duration(remove_older_than, positive=True)
         except ValueError as e:
             raise OptionError("remove_older_than", str(e)) from None
-        if self.remove_older_than <= 0:
-            raise OptionError("remove_older_than",
-                              f"expected a duration above zero, got {remove_older_than!r}")
         if not isinstance(recursive, bool):
             raise OptionError("recursive", f"expected true or false, got {recursive!r}")
         self.recursive = recursive

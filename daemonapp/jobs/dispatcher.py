@@ -139,9 +139,7 @@ class JobDispatcher(Daemon):
         if self.timeout is not None and self.timeout <= 0:
             self.timeout = None
         self.kill_grace = self._duration("kill_grace", kill_grace)
-        self.lease = self._duration("lease", lease)
-        if self.lease <= 0:
-            raise OptionError("lease", f"expected a duration above zero, got {lease!r}")
+        self.lease = self._duration("lease", lease, positive=True)
         self.retry_delay = self._duration("retry_delay", retry_delay)
         self.retry_max_delay = self._duration("retry_max_delay", retry_max_delay)
         try:
@@ -196,9 +194,9 @@ class JobDispatcher(Daemon):
         return number
 
     @staticmethod
-    def _duration(key: str, value: object) -> float:
+    def _duration(key: str, value: object, *, positive: bool = False) -> float:
         try:
-            return parse_duration(value)
+            return parse_duration(value, positive=positive)
         except ValueError as err:
             raise OptionError(key, str(err)) from None
 

@@ -117,10 +117,7 @@ def _duration(*, optional: bool = False, positive: bool = False) -> Callable[[An
     def convert(value: Any) -> float | None:
         if value is None and optional:
             return None
-        seconds = parse_duration(value)
-        if positive and seconds <= 0:
-            raise ValueError(f"expected a duration above zero, got {value!r}")
-        return seconds
+        return parse_duration(value, positive=positive)
     return convert
 
 
