@@ -8,10 +8,11 @@ bounded (`MAX_REQUEST_BYTES`, `REQUEST_TIMEOUT`); the status is for anyone who c
 reach the socket, commands only for the app's own uid or root (SO_PEERCRED), and
 every command and refusal is logged with the peer's uid and pid.
 
-`Controller` (a service named "control" in the app) carries the commands out: the
-pauses it keeps in ``state_dir/pauses.json``, and `Controller.reload`, the one place
-where a reload begins and ends (`Controller.on_reload` hooks: systemd's
-RELOADING=1 / READY=1).
+`Controller` (a service named "control" in the app) carries the commands out: a
+pause through daemonapp.pauses (kept in ``state_dir/pauses.json``), a reload through
+daemonapp.reload; `Controller.reload` is the one place where a reload begins and ends
+(`Controller.on_reload` hooks: systemd's RELOADING=1 / READY=1). `send_request` is
+the client's side.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.application.service import Service
@@ -31,8 +32,17 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daemonapp.configmodel import Config, ConfigError, DaemonSpec, LogSettings
-from daemonapp.scheduler import Pause
+from daemonapp.configmodel import Config, LogSettings
+from daemonapp.pauses import (
+    MAX_PAUSE_SECONDS,
+    MAX_REASON,
+    PauseKeeper,
+    PauseStore,
+    iso_time,
+    number,
+    pause_fields,
+)
+from daemonapp.reload import Difference, Refused, Reloader
 
 __all__ = [
     "COMMANDS",
@@ -42,15 +52,11 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "ControlFactory",
     "Controller",
-    "PauseStore",
     "Peer",
     "connect_unix",
     "controller_of",
-    "pause_fields",
     "peer_credentials",
     "refusal",
-    "restart_keys",
-    "same_spec",
     "send_request",
 ]
 
@@ -69,10 +75,6 @@ WRITE_TIMEOUT = 10.0
 #: Connections served at once; beyond that a new one is closed at once (and logged, at
 #: most once a minute), so a flood cannot take the app's file descriptors.
 MAX_CLIENTS = 1024
-#: The longest pause reason kept, in characters.
-MAX_REASON = 500
-#: The longest ``--for``: ten years.
-MAX_PAUSE_SECONDS = 10 * 365 * 86400.0
 #: How many daemon names an "unknown daemon" answer lists.
 _NAMES_SHOWN = 20
 
@@ -280,93 +282,6 @@ class ControlFactory(Factory):
         return self.controller.handle(request, peer)
 
 
-# ------------------------------------------------------------------ the pauses
-
-
-class PauseStore:
-    """The pauses of an app, kept in ``state_dir/pauses.json`` (one small JSON file,
-    written atomically, mode 0600), so that they survive a restart."""
-
-    FILE = "pauses.json"
-    #: A larger file is not read (a pause record is well under 1 KiB).
-    MAX_BYTES = 4 * 1024 * 1024
-
-    def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, self.FILE)
-
-    def load(self) -> dict[str, Pause]:
-        """The pauses kept (an unreadable file is logged and read as none)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return {}
-        except OSError as e:
-            log.warn("cannot read {path} ({error}): no daemon starts paused",
-                     path=self.path, error=e)
-            return {}
-        try:
-            with os.fdopen(fd, "rb") as f:
-                data = json.loads(f.read(self.MAX_BYTES + 1)[:self.MAX_BYTES])
-        except (OSError, ValueError, RecursionError) as e:
-            log.warn("cannot read {path} ({error}): no daemon starts paused",
-                     path=self.path, error=e)
-            return {}
-        pauses: dict[str, Pause] = {}
-        if isinstance(data, dict):
-            for name, record in data.items():
-                pause = _pause_from_json(record)
-                if isinstance(name, str) and pause is not None:
-                    pauses[name] = pause
-        return pauses
-
-    def save(self, pauses: Mapping[str, Pause]) -> None:
-        """Write ``pauses`` (atomically: a temp file renamed over the file)."""
-        data = {name: dataclasses.asdict(pause) for name, pause in sorted(pauses.items())}
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _pause_from_json(record: object) -> Pause | None:
-    if not isinstance(record, dict):
-        return None
-    since = _number(record.get("since"))
-    until = record.get("until")
-    reason = record.get("reason")
-    if since is None or (until is not None and _number(until) is None) \
-            or (reason is not None and not isinstance(reason, str)):
-        return None
-    return Pause(since=since, until=None if until is None else _number(until),
-                 reason=None if reason is None else reason[:MAX_REASON])
-
-
-def pause_fields(pause: Pause | None) -> dict[str, Any]:
-    """What `daemonapp status --json` shows of a daemon's pause."""
-    if pause is None:
-        return {"paused": False, "paused_since": None, "paused_until": None,
-                "paused_reason": None}
-    return {"paused": True, "paused_since": pause.since, "paused_until": pause.until,
-            "paused_reason": pause.reason}
-
-
 # -------------------------------------------------------------- the controller
 
 
@@ -377,6 +292,8 @@ class Controller(Service):
     so it cannot reload). ``reconfigure_log(settings)``: applies ``app.log`` (set by
     `daemonapp run`; None: the log is not ours, e.g. twistd's). ``owners``: the uids
     that may own state_dir besides us, as for the first load (twistd's --uid).
+    The pauses are kept by a `PauseKeeper` (daemonapp.pauses), a reload is carried out
+    by a `Reloader` (daemonapp.reload).
     """
 
     name = "control"
@@ -384,62 +301,51 @@ class Controller(Service):
     def __init__(self, app: Any, config: Config | None = None, *,
                  state_dir: str | None = None, owners: tuple[int, ...] = ()) -> None:
         self.app = app
-        self.config = config
-        self.owners = owners
         if state_dir is None:
             state_dir = getattr(app, "state_dir", None)
         self.store = PauseStore(state_dir) if state_dir is not None else None
-        self.reconfigure_log: Callable[[LogSettings], None] | None = None
-        self._reload_hooks: list[tuple[Callable[[], object], Callable[[], object]]] = []
-        self._expiry: Any = None
-        #: Per daemon name, what runs under it once its current daemon has stopped
-        #: (None: nothing); names whose current daemon is stopping for a reload.
-        self._wanted: dict[str, DaemonSpec | None] = {}
-        self._leaving: set[str] = set()
+        self.pauses = PauseKeeper(app, self.store)
+        self.reloader = Reloader(app, config, owners=owners)
+
+    @property
+    def config(self) -> Config | None:
+        """The Config the app runs now (a reload changes it); None: no YAML file."""
+        return self.reloader.config
+
+    @property
+    def owners(self) -> tuple[int, ...]:
+        return self.reloader.owners
+
+    @property
+    def reconfigure_log(self) -> Callable[[LogSettings], None] | None:
+        return self.reloader.reconfigure_log
+
+    @reconfigure_log.setter
+    def reconfigure_log(self, value: Callable[[LogSettings], None] | None) -> None:
+        self.reloader.reconfigure_log = value
 
     @property
     def _scheduler(self) -> Any:
         return self.app.scheduler
-
-    def _seconds(self) -> float:
-        return float(self.app.seconds())
 
     # ----------------------------------------------------------------- service
 
     def startService(self) -> None:
         """Pause the daemons paused in an earlier life (before they start)."""
         super().startService()  # type: ignore[no-untyped-call]
-        if self.store is not None:
-            now = self._seconds()
-            pauses = self.store.load()
-            ended = sorted(name for name, pause in pauses.items()
-                           if pause.until is not None and pause.until <= now)
-            for name in ended:
-                del pauses[name]
-                log.info("pause of daemon {daemon} ended while the app was down",
-                         daemon=name)
-            for name, pause in sorted(pauses.items()):
-                self._scheduler.pause(name, pause)
-                log.info("daemon {daemon} stays paused (since {since}{reason})",
-                         daemon=name, since=_iso(pause.since),
-                         reason=f": {pause.reason}" if pause.reason else "")
-            if ended:
-                self._save()
-            self._arm_expiry()
+        self.pauses.start()
         if self.config is not None:
             self.app.on_reopen_logs(self._on_sighup)
 
     def stopService(self) -> Any:
         super().stopService()  # type: ignore[no-untyped-call]
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
+        self.pauses.stop()
         return None
 
     def on_reload(self, begin: Callable[[], object], end: Callable[[], object]) -> None:
         """Call ``begin()`` when a reload begins and ``end()`` when it is over (applied
         or refused): systemd's RELOADING=1 and READY=1."""
-        self._reload_hooks.append((begin, end))
+        self.reloader.on_reload(begin, end)
 
     # ---------------------------------------------------------------- commands
 
@@ -514,7 +420,7 @@ class Controller(Service):
             return refused
         duration = request.get("for")
         if duration is not None:
-            seconds = _number(duration)
+            seconds = number(duration)
             if seconds is None or not 0 < seconds <= MAX_PAUSE_SECONDS:
                 return refusal("bad_request", f"\"for\" must be a number of seconds above "
                                               f"0 and at most {MAX_PAUSE_SECONDS:g}")
@@ -524,13 +430,7 @@ class Controller(Service):
             if not isinstance(reason, str):
                 return refusal("bad_request", "\"reason\" must be a string")
             reason = " ".join(reason.split())[:MAX_REASON] or None
-        now = self._seconds()
-        was = self._scheduler.pause_of(daemon.name)
-        pause = Pause(since=was.since if was is not None else now,
-                      until=None if duration is None else now + duration, reason=reason)
-        self._scheduler.pause(daemon.name, pause)
-        warning = self._save()
-        self._arm_expiry()
+        pause, was, warning = self.pauses.pause(daemon.name, duration, reason)
         return _reply(True, daemon=daemon.name, running=bool(daemon.running),
                       already=was is not None, **pause_fields(pause),
                       **({"warning": warning} if warning else {}))
@@ -541,45 +441,9 @@ class Controller(Service):
             return refusal("bad_request", "\"daemon\" must be a daemon's name")
         if name not in self.app.daemons and self._scheduler.pause_of(name) is None:
             return self._unknown(name)
-        pause = self._scheduler.resume(name)
-        warning = self._save() if pause is not None else None
-        self._arm_expiry()
+        pause, warning = self.pauses.resume(name)
         return _reply(True, daemon=name, was_paused=pause is not None,
                       **({"warning": warning} if warning else {}))
-
-    def _save(self) -> str | None:
-        """Keep the pauses in state_dir; the words of a failure (None: kept)."""
-        if self.store is None:
-            return "the app has no state_dir: the pause ends with the process"
-        try:
-            self.store.save(self._scheduler.pauses())
-        except OSError as e:
-            log.warn("cannot write {path}: {error}", path=self.store.path, error=e)
-            return f"cannot write {self.store.path} ({e}): the pause ends with the process"
-        return None
-
-    def _arm_expiry(self) -> None:
-        """One timer, for the earliest end of a pause given ``--for``."""
-        ends = [pause.until for pause in self._scheduler.pauses().values()
-                if pause.until is not None]
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
-        if ends and self.running:
-            delay = max(0.0, min(ends) - self._seconds())
-            self._expiry = self.app.reactor.callLater(delay, self._pauses_expired)
-
-    def _pauses_expired(self) -> None:
-        self._expiry = None
-        now = self._seconds()
-        ended = sorted(name for name, pause in self._scheduler.pauses().items()
-                       if pause.until is not None and pause.until <= now)
-        for name in ended:
-            self._scheduler.resume(name)
-            log.info("pause of daemon {daemon} ended (--for)", daemon=name)
-        if ended:
-            self._save()
-        self._arm_expiry()
 
     # ------------------------------------------------------------------ reload
 
@@ -595,102 +459,14 @@ class Controller(Service):
         The one place where a reload begins and ends: the `on_reload` hooks run
         around it, whatever its result.
         """
-        for begin, _ in self._reload_hooks:
-            _call_hook(begin)
-        try:
-            reply = self._reload_now(source)
-        finally:
-            for _, end in self._reload_hooks:
-                _call_hook(end)
-        return reply
+        return _reload_reply(self.reloader.reload(source))
 
-    def _reload_now(self, source: str) -> dict[str, Any]:
-        old = self.config
-        if old is None:
-            return refusal("unavailable", "this app was not started from a YAML file: "
-                                          "there is nothing to reload")
-        stopping = self._stopping()
-        if stopping is not None:
-            return stopping
-        from daemonapp.configcheck import load_config
 
-        try:
-            new = load_config(old.path, check_state_dir=True, owners=self.owners)
-        except ConfigError as e:
-            for message in e.messages:
-                log.error("reload ({source}): {message}", source=source, message=message)
-            log.error("reload ({source}): {count} error(s) in {path}; nothing changed",
-                      source=source, count=len(e.messages), path=old.path)
-            return refusal("invalid_config", f"{len(e.messages)} error(s) in {old.path}; "
-                                             "nothing changed", errors=list(e.messages))
-        needs_restart = restart_keys(old, new)
-        log_result = self._apply_log(old.app.log, new.app.log)
-        olds = {spec.name: spec for spec in old.daemons}
-        news = {spec.name: spec for spec in new.daemons}
-        added = sorted(set(news) - set(olds))
-        removed = sorted(set(olds) - set(news))
-        replaced = sorted(name for name in set(olds) & set(news)
-                          if not same_spec(olds[name], news[name]))
-        unchanged = sorted(set(olds) & set(news) - set(replaced))
-        # What runs now is the new file's daemons and log with the old file's rest.
-        self.config = dataclasses.replace(
-            old, daemons=new.daemons,
-            app=dataclasses.replace(old.app, log=new.app.log))
-        for name in removed:
-            self._swap(name, None)
-        for name in replaced + added:
-            self._swap(name, news[name])
-        log.info("reload ({source}): {added} added, {removed} removed, {replaced} replaced, "
-                 "{unchanged} unchanged{restart}", source=source, added=len(added),
-                 removed=len(removed), replaced=len(replaced), unchanged=len(unchanged),
-                 restart="; needs a restart to apply: " + ", ".join(needs_restart)
-                 if needs_restart else "")
-        return _reply(True, added=added, removed=removed, replaced=replaced,
-                      unchanged=unchanged, needs_restart=needs_restart, log=log_result)
-
-    def _apply_log(self, old: LogSettings, new: LogSettings) -> str:
-        if old == new:
-            return "unchanged"
-        if self.reconfigure_log is None:
-            return "not applied: this app's log is not daemonapp's (twistd's options apply)"
-        try:
-            self.reconfigure_log(new)
-        except (OSError, ValueError) as e:
-            log.error("reload: cannot apply app.log ({error}); the log stays as it was",
-                      error=e)
-            return f"not applied: {e}"
-        log.info("reload: app.log applied (format {log_format}, level {level}, file {file})",
-                 log_format=new.format, level=new.level, file=new.file or "stderr")
-        return "applied"
-
-    def _swap(self, name: str, spec: DaemonSpec | None) -> None:
-        """Make ``spec`` (None: nothing) what runs under ``name``: the daemon there now
-        stops after its run in flight, then the new one starts."""
-        self._wanted[name] = spec
-        current = self.app.daemons.get(name)
-        if current is None:
-            self._start_wanted(name)
-            return
-        if name in self._leaving:
-            return  # its stop is under way; the wanted one starts when it is over
-        self._leaving.add(name)
-        self.app.remove(current).addBoth(self._left, name)
-
-    def _left(self, result: object, name: str) -> None:
-        self._leaving.discard(name)
-        if isinstance(result, Failure):
-            log.failure("reload: stopping daemon {daemon} failed", result, daemon=name)
-        self._start_wanted(name)
-
-    def _start_wanted(self, name: str) -> None:
-        spec = self._wanted.pop(name, None)
-        if spec is None or self.app.lifetime.stopping:
-            return
-        try:
-            daemon = spec()
-            self.app.add(daemon)
-        except Exception:
-            log.failure("reload: daemon {daemon} could not be started", daemon=name)
+def _reload_reply(result: Difference | Refused) -> dict[str, Any]:
+    if isinstance(result, Refused):
+        extra = {"errors": list(result.errors)} if result.errors else {}
+        return refusal(result.code, result.error, **extra)
+    return _reply(True, **dataclasses.asdict(result))
 
 
 def controller_of(app: Any) -> Controller | None:
@@ -702,70 +478,17 @@ def controller_of(app: Any) -> Controller | None:
     return service if isinstance(service, Controller) else None
 
 
-def _call_hook(hook: Callable[[], object]) -> None:
-    try:
-        hook()
-    except Exception:
-        log.failure("error in a reload hook")
-
-
 def _summary(reply: dict[str, Any]) -> str:
     if "state" in reply:
         return str(reply["state"])
     if "paused_since" in reply:
         until = reply.get("paused_until")
-        return "paused" + (f" until {_iso(until)}" if isinstance(until, float) else "")
+        return "paused" + (f" until {iso_time(until)}" if isinstance(until, float) else "")
     if "was_paused" in reply:
         return "resumed" if reply["was_paused"] else "was not paused"
     return ", ".join(f"{key} {len(reply[key])}" for key in
                      ("added", "removed", "replaced", "unchanged", "needs_restart")
                      if key in reply)
-
-
-def _iso(seconds: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------- reload
-
-
-def same_spec(old: DaemonSpec, new: DaemonSpec) -> bool:
-    """True when a reload keeps the daemon: same class, type and options (where in the
-    file it is does not matter)."""
-    return (old.cls is new.cls and old.type_name == new.type_name
-            and _same_value(old.options, new.options))
-
-
-def _same_value(old: object, new: object) -> bool:
-    if isinstance(old, DaemonSpec) and isinstance(new, DaemonSpec):
-        return same_spec(old, new)
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        return old.keys() == new.keys() and all(_same_value(old[k], new[k]) for k in old)
-    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
-        return len(old) == len(new) and all(_same_value(a, b) for a, b in zip(old, new,
-                                                                               strict=True))
-    try:
-        return type(old) is type(new) and bool(old == new)
-    except Exception:
-        return False
-
-
-def restart_keys(old: Config, new: Config) -> list[str]:
-    """The keys whose change a reload leaves alone: they need a restart."""
-    keys = [f"app.{field.name}" for field in dataclasses.fields(old.app)
-            if field.name not in ("log", "state_dir_line")
-            and not _same_value(getattr(old.app, field.name), getattr(new.app, field.name))]
-    if len(old.listeners) != len(new.listeners):
-        keys.append("listeners")
-    else:
-        keys += [f"listeners[{index}]" for index, (a, b)
-                 in enumerate(zip(old.listeners, new.listeners, strict=True))
-                 if not _same_value(dict(a.options), dict(b.options))]
-    if old.cgi != new.cgi or old.cgi_configured != new.cgi_configured:
-        keys.append("cgi")
-    return keys
 
 
 # ---------------------------------------------------------------------- client

@@ -20,10 +20,10 @@ from daemonapp.control import (
     REQUEST_TIMEOUT,
     ControlFactory,
     Controller,
-    PauseStore,
     Peer,
     controller_of,
 )
+from daemonapp.pauses import PauseStore
 from daemonapp.scheduler import Pause
 
 ME = Peer(pid=4242, uid=os.geteuid(), gid=0)
