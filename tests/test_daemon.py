@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -557,17 +556,6 @@ def test_reserved_internal_names() -> None:
 
 
 # ------------------------------------------------- DESIGN §1's exact rules, from outside
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    """Every log event published during the test."""
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    try:
-        yield seen
-    finally:
-        globalLogPublisher.removeObserver(seen.append)
 
 
 def test_idle_delays_written_out() -> None:

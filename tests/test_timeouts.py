@@ -4,27 +4,14 @@ that blocks the next one, the outcome and the delay after, one timer for all."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from twisted.internet.defer import Deferred
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from daemonapp.daemon import TIMED_OUT
 from daemonapp.testing import FakeDaemon, PendingDaemon
 from tests._apps import start_app
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    try:
-        yield seen
-    finally:
-        globalLogPublisher.removeObserver(seen.append)
 
 
 def timed_out_lines(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
