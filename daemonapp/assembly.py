@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -58,13 +58,19 @@ class Assembly:
     is one of its spawned processes), False when it did not (`daemonapp run` checks
     fd 0), None to take the endpoints as written (twistd, the Python API).
     ``owners``: uids that may own state_dir besides us (twistd's --uid).
+    ``worker_fds``: for a worker process of ``app.processes`` (daemonapp.workers), the
+    listening fd it inherited for each listener item (by index): the app it builds
+    serves those listeners only, with ``jobs_status`` for ``jobs: true``.
     """
 
     def __init__(self, config: Config, *, inherited: bool | None = None,
-                 owners: Iterable[int] = ()) -> None:
+                 owners: Iterable[int] = (), worker_fds: Mapping[int, int] | None = None,
+                 jobs_status: Any = None) -> None:
         self.config = config
         self.inherited = inherited
         self.owners = tuple(owners)
+        self.worker_fds = worker_fds
+        self.jobs_status = jobs_status
         self._listeners: tuple[ListenerSpec, ...] | None = None
 
     # ------------------------------------------------------------------ prepare
@@ -82,6 +88,14 @@ class Assembly:
     def _assign_fd0(self) -> tuple[ListenerSpec, ...]:
         """The listener items with fd 0 assigned, for a process that checked fd 0."""
         config = self.config
+        if self.worker_fds is not None:
+            return tuple(_on_fd(spec, self.worker_fds[spec.index]) for spec in config.listeners
+                         if spec.index in self.worker_fds)
+        if self.inherited and config.app.processes > 1:
+            raise ConfigError([
+                f"{config.path}:{config.app.processes_line or 1}: app.processes: a web "
+                "server started this process (fd 0 is a listening socket) and owns the "
+                "processes: remove processes, or run the app with `daemonapp run`"])
         if self.inherited is None:
             return config.listeners
         specs: list[ListenerSpec] = []
@@ -95,11 +109,7 @@ class Assembly:
                     "fd 0, and fd 0 is not one; give an endpoint like "
                     '"unix:./run/app.sock"'])
             if wants_fd0:
-                # a copy keeps check_listener's ListenerOptions: built as they are
-                options = copy.copy(spec.options)
-                assert isinstance(options, dict)
-                options["endpoint"] = "fd:0"
-                specs.append(replace(spec, options=options))
+                specs.append(_on_fd(spec, 0))
             else:
                 specs.append(spec)
         return tuple(specs)
@@ -146,6 +156,9 @@ class Assembly:
         if settings.locks.url is not None and "locks" not in app_overrides:
             kwargs["locks"] = _lock_provider(config, kwargs.get("reactor") or kwargs.get("clock"))
         app = DaemonApp(**kwargs)
+        if self.worker_fds is not None:  # a worker process serves the listeners only
+            self._add_listeners(app)
+            return app
         for spec in config.daemons:
             app.add(spec())
         if status_server is None:
@@ -181,6 +194,10 @@ class Assembly:
                 _run_log.warn("fd 0 is a listening socket, but no fastcgi listener serves it "
                          "(an explicit endpoint wins)")
         self._add_listeners(app)
+        if settings.processes > 1 and not spawned and hasattr(app.reactor, "spawnProcess"):
+            from daemonapp.workers import Supervisor
+
+            Supervisor(app, config).setServiceParent(app)  # type: ignore[no-untyped-call]
         return app
 
     def _add_listeners(self, app: DaemonApp) -> None:
@@ -193,7 +210,7 @@ class Assembly:
             build = listeners_module().build_listener
         except ListenersUnavailable as e:
             raise ConfigError([f"{config.path}:{specs[0].line}: listeners: {e}"]) from None
-        jobs_status = None
+        jobs_status = self.jobs_status
         for daemon in app.daemons.values():
             if callable(getattr(daemon, "job_status", None)):
                 jobs_status = daemon.job_status  # type: ignore[attr-defined]
@@ -232,6 +249,15 @@ class Assembly:
                 then(listening)
 
         app.reactor.callWhenRunning(app.reactor.callLater, 0, check)
+
+
+def _on_fd(spec: ListenerSpec, fd: int) -> ListenerSpec:
+    """``spec`` serving the inherited listening socket ``fd`` (``endpoint: fd:N``)."""
+    # a copy keeps check_listener's ListenerOptions: built as they are
+    options = copy.copy(spec.options)
+    assert isinstance(options, dict)
+    options["endpoint"] = f"fd:{fd}"
+    return replace(spec, options=options)
 
 
 def build_app(config: Config, *, reactor: Any = None, status_server: bool | None = None,

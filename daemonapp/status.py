@@ -231,6 +231,14 @@ def format_status(snapshot: dict[str, Any]) -> str:
              f"uptime {_seconds(snapshot.get('uptime'))}"]
     if snapshot.get("stop_reason"):
         lines.append(f"stopping: {snapshot['stop_reason']}")
+    processes = snapshot.get("processes")
+    if processes:  # app.processes > 1 (daemonapp.workers); the listeners' counts are sums
+        lines.append("")
+        lines.append(f"processes ({len(processes)})")
+        lines += _table(["PID", "ROLE", "STATE", "REQUESTS", "IN_FLIGHT", "UPTIME"],
+                        [[str(p.get("pid")), str(p.get("role")), str(p.get("state")),
+                          str(p.get("requests", 0)), str(p.get("in_flight", 0)),
+                          _seconds(p.get("uptime"))] for p in processes])
     daemons = snapshot.get("daemons") or []
     lines.append("")
     lines.append(f"daemons ({len(daemons)})")

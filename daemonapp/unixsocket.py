@@ -56,6 +56,10 @@ class OwnedUNIXPort(unix.Port):  # type: ignore[misc]
         port.socket = skt
         port.fileno = skt.fileno
         port.numberAccepts = 100
+        # close(), never shutdown(): the socket may be shared (a web server's fd 0 among
+        # its spawned processes, the workers of app.processes), and a shutdown would stop
+        # it listening for all of them (Twisted does the same for an adopted port)
+        port._shouldShutdown = False
         port.startReading()
 
     def connectionLost(self, reason: Failure) -> None:

@@ -1,0 +1,670 @@
+"""Several processes for one app (DESIGN §11): a supervisor and its request-only workers.
+
+With ``app.processes: N`` the process `daemonapp run` starts is the supervisor: it
+binds every listener once (as always: ``PATH.new`` and a rename, tcp ports, systemd
+sockets), runs the daemons, the job dispatcher and the status socket, serves requests
+too, and spawns N-1 workers with ``python -m daemonapp.workers``. A worker inherits the
+listening sockets (no SO_REUSEPORT: the kernel hands each connection to one of the
+processes blocked in accept) and builds only the listeners and their applications
+from the same file.
+
+Supervisor and worker talk over two pipes, one JSON object a line: the worker reports
+``ready`` once it listens, a ``snapshot`` every second, ``retire`` when a listener
+reached max_requests, and asks for ``/jobs/<id>`` (``job``); the supervisor answers
+jobs and says ``drain``. A worker whose supervisor is gone (EOF on its pipe, also after
+a SIGKILL) drains and exits, so no process outlives the app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "CONTROL_FD",
+    "REPORT_FD",
+    "Supervisor",
+    "WorkerChannel",
+    "WorkerProcess",
+    "main",
+    "restart_delay",
+]
+
+log = Logger(namespace="daemonapp.workers")
+
+#: The worker's end of the pipe the supervisor writes (drain, job answers; EOF: gone).
+CONTROL_FD = 3
+#: The worker's end of the pipe the supervisor reads (ready, snapshots, retire, jobs).
+REPORT_FD = 4
+#: The first fd of the inherited listening sockets in a worker, one per listener.
+FIRST_LISTEN_FD = 5
+#: The longest line either side reads from the other (a snapshot is a few KiB).
+MAX_LINE_BYTES = 1024 * 1024
+#: Seconds between two snapshots a worker reports.
+REPORT_INTERVAL = 1.0
+#: A worker that lived this long before it died is restarted at once.
+STABLE_AFTER = 10.0
+#: The first delay before restarting a worker that died young, doubled each time.
+RESTART_BASE = 0.5
+RESTART_MAX = 30.0
+#: Job status questions a worker keeps waiting at once (more: answered as unknown).
+MAX_PENDING_JOBS = 1000
+
+#: Environment variables of the supervisor's own, never a worker's: systemd's socket
+#: activation and notification (the worker gets its sockets from us).
+SUPERVISOR_ONLY_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
+                       "WATCHDOG_USEC", "WATCHDOG_PID")
+
+#: Listener counts summed across the processes in the supervisor's snapshot.
+SUMMED = ("requests", "answered", "rejected_503", "timeouts_504", "errors_500",
+          "too_large_413", "too_large_431", "bad_request_400", "spooled", "spool_failed",
+          "refused", "accept_errors", "denied", "connections", "connections_total",
+          "in_flight", "queued", "active")
+
+STARTING = "starting"
+SERVING = "serving"
+DRAINING = "draining"
+ENDED = "ended"
+
+
+def restart_delay(streak: int) -> float:
+    """Seconds before restarting a worker after ``streak`` deaths in a row of young ones:
+    0.5, 1, 2, 4 ... at most 30."""
+    if streak <= 0:
+        return 0.0
+    return float(min(RESTART_MAX, RESTART_BASE * 2 ** (streak - 1)))
+
+
+class _Lines:
+    """JSON objects one a line, bounded: ``feed`` returns the complete ones."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data
+        *lines, rest = self._buffer.split(b"\n")
+        if len(rest) > MAX_LINE_BYTES:
+            raise ValueError(f"a line longer than {MAX_LINE_BYTES} bytes")
+        self._buffer = rest
+        messages = []
+        for line in lines:
+            if not line.strip():
+                continue
+            value = json.loads(line)
+            if isinstance(value, dict):
+                messages.append(value)
+        return messages
+
+
+def _encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, default=repr, separators=(",", ":")).encode() + b"\n"
+
+
+# ---------------------------------------------------------------------- supervisor
+
+
+class WorkerProcess(ProcessProtocol):
+    """One worker as the supervisor sees it: its pipes, state and last snapshot."""
+
+    def __init__(self, supervisor: Supervisor, number: int) -> None:
+        self.supervisor = supervisor
+        self.number = number
+        self.pid: int | None = None
+        self.state = STARTING
+        self.started_at = supervisor.reactor.seconds()
+        self.snapshot: dict[str, Any] = {}
+        self.retire_wanted = False
+        self.exit_code: int | None = None
+        self.exit_signal: int | None = None
+        self._lines = _Lines()
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != REPORT_FD:
+            return
+        try:
+            messages = self._lines.feed(data)
+        except ValueError as e:
+            log.error("worker {pid} sent a bad report ({error}); killing it", pid=self.pid,
+                      error=e)
+            self.kill()
+            return
+        for message in messages:
+            self.supervisor.message(self, message)
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        if self.transport is not None and self.state != ENDED:
+            self.transport.writeToChild(CONTROL_FD, _encode(message))  # type: ignore[attr-defined]
+
+    def drain(self) -> None:
+        """Ask the worker to drain and exit (it answers what it has first)."""
+        if self.state in (STARTING, SERVING):
+            self.state = DRAINING
+        self.send({"t": "drain"})
+
+    def kill(self) -> None:
+        if self.transport is not None and self.state != ENDED:
+            try:
+                self.transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass  # its end is on its way
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        if isinstance(value, ProcessTerminated | ProcessDone):
+            self.exit_code = value.exitCode
+            self.exit_signal = value.signal
+        self.supervisor.ended(self)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """This worker's line in ``daemonapp status``."""
+        listeners = self.snapshot.get("listeners") or []
+        return {
+            "pid": self.pid,
+            "role": "worker",
+            "state": "retiring" if self.retire_wanted and self.state == SERVING
+            else self.state,
+            "requests": sum(int(entry.get("requests", 0)) for entry in listeners),
+            "in_flight": sum(int(entry.get("in_flight", 0)) for entry in listeners),
+            "uptime": now - self.started_at,
+        }
+
+
+class Supervisor(Service):
+    """Spawns, watches and recycles the workers of an app with ``app.processes`` > 1.
+
+    A child service of the DaemonApp, added after its listeners: it starts the workers
+    once they are bound. Hooks on the app: a graceful stop drains every worker and
+    waits for them (``stop_timeout`` bounds it, as for the rest); the supervisor's own
+    max_requests hands its share of the requests to one more worker instead of stopping
+    the app; its snapshot lists every process and sums the listeners' counts.
+    """
+
+    def __init__(self, app: Any, config: Any, *, reactor: Any = None,
+                 command: list[str] | None = None) -> None:
+        self.app = app
+        self.config = config
+        self.reactor: Any = reactor if reactor is not None else app.reactor
+        self.count = int(config.app.processes)
+        self.command = command or [sys.executable, "-m", "daemonapp.workers"]
+        self.workers: list[WorkerProcess] = []
+        self.stopping = False
+        #: Whether this process still serves requests (until its own max_requests).
+        self.serving = True
+        self._retire_self = False
+        self._fds: dict[int, int] = {}
+        self._numbers = 0
+        self._streak = 0
+        self._not_before = 0.0
+        self._timer: Any = None
+        self._ended_waiters: list[defer.Deferred[None]] = []
+        self._gone: list[dict[str, Any]] = []  # counts of ended workers, per listener
+        #: Unix paths this process bound but no longer serves itself: unlinked at the
+        #: end, while still the sockets bound (a successor may have renamed over them).
+        self._owned: list[tuple[str, tuple[int, int]]] = []
+        app.on_stopping(self._stopping)
+        app.add_stop_hook(self.workers_ended)
+        app.on_request_limit(self._own_limit)
+        app.add_snapshot_hook(self._snapshot)
+
+    # ------------------------------------------------------------------- start
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        # after the app's own start has bound its listeners (same reactor turn)
+        self.reactor.callLater(0, self._begin)
+
+    def _begin(self) -> None:
+        if self.stopping or not self.running:
+            return
+        specs = self.config.listeners
+        for spec, listener in zip(specs, self.app.listeners, strict=False):
+            port = getattr(listener, "port", None)
+            if port is None:
+                return  # not listening: the assembly stops the app (exit status 1)
+            # our own reference, for the workers started later: the listener's port may
+            # close first (this process's max_requests), the socket must not
+            self._fds[spec.index] = os.dup(port.fileno())
+            # and its close must not shut the socket down for the others (Twisted's tcp
+            # port does for a socket it bound itself)
+            if hasattr(port, "_shouldShutdown"):
+                port._shouldShutdown = False
+        log.info("serving from {count} processes: starting {workers} worker(s)",
+                 count=self.count, workers=self.count - 1)
+        self.reconcile()
+
+    @property
+    def wanted(self) -> int:
+        """Workers serving when all is well: N-1, N once this process stopped serving."""
+        return self.count - (1 if self.serving else 0)
+
+    def reconcile(self) -> None:
+        """Start or drain workers until as many serve as wanted, one recycle at a time.
+
+        A worker that wants to retire (max_requests) keeps serving until its
+        replacement is ready, then drains; only one drains for that at a time, so the
+        capacity never drops.
+        """
+        if self.stopping or not self._fds:
+            return
+        active = [w for w in self.workers if w.state in (STARTING, SERVING)]
+        draining = [w for w in self.workers if w.state == DRAINING]
+        retirees = [w for w in active if w.retire_wanted and w.state == SERVING]
+        starting = [w for w in active if w.state == STARTING]
+        want = self.wanted
+        recycling = bool(retirees) or self._retire_self
+        if recycling and not draining:
+            want += 1  # the replacement first
+        if len(active) < want:
+            self._spawn_when_allowed()
+            return
+        if starting or draining:
+            return
+        if self._retire_self and self.serving:
+            self._stop_serving()
+            self.reconcile()  # a worker waiting to retire needs a replacement of its own
+        elif retirees and len(active) > self.wanted:
+            retiree = retirees[0]
+            log.info("worker {pid} reached max_requests: its replacement serves, draining "
+                     "it", pid=retiree.pid)
+            retiree.drain()
+
+    def _spawn_when_allowed(self) -> None:
+        if self._timer is not None and self._timer.active():
+            return
+        delay = self._not_before - self.reactor.seconds()
+        if delay > 0:
+            self._timer = self.reactor.callLater(delay, self._spawn_due)
+            return
+        self.spawn()
+        # more may be wanted (the first start): one per turn keeps the loop responsive
+        self._timer = self.reactor.callLater(0, self._spawn_due)
+
+    def _spawn_due(self) -> None:
+        self._timer = None
+        self.reconcile()
+
+    def spawn(self) -> WorkerProcess:
+        """Start one worker on the listening sockets."""
+        self._numbers += 1
+        worker = WorkerProcess(self, self._numbers)
+        child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, CONTROL_FD: "w", REPORT_FD: "r"}
+        fds: dict[str, int] = {}
+        endpoints: dict[str, str] = {}
+        for offset, (index, fd) in enumerate(sorted(self._fds.items())):
+            child_fds[FIRST_LISTEN_FD + offset] = fd
+            fds[str(index)] = FIRST_LISTEN_FD + offset
+        for spec in self.config.listeners:
+            endpoints[str(spec.index)] = f"{spec.protocol} {spec.endpoint}"
+        plan = json.dumps({"fds": fds, "endpoints": endpoints})
+        env = {key: value for key, value in os.environ.items()
+               if key not in SUPERVISOR_ONLY_ENV}
+        args = [*self.command, os.path.abspath(self.config.path), "--plan", plan]
+        self.workers.append(worker)
+        try:
+            self.reactor.spawnProcess(worker, args[0], args, env=env, childFDs=child_fds)
+        except Exception:
+            log.failure("could not start a worker")
+            self.workers.remove(worker)
+            self._died_young()
+            return worker
+        worker.transport.closeStdin()  # type: ignore[union-attr]
+        log.info("worker {pid} started", pid=worker.pid)
+        return worker
+
+    # ---------------------------------------------------------------- messages
+
+    def message(self, worker: WorkerProcess, message: Mapping[str, Any]) -> None:
+        """A line from ``worker``."""
+        kind = message.get("t")
+        if kind == "snapshot" and isinstance(message.get("snapshot"), dict):
+            worker.snapshot = message["snapshot"]
+        elif kind == "ready":
+            if worker.state == STARTING:
+                worker.state = SERVING
+                log.info("worker {pid} serving", pid=worker.pid)
+                if self.stopping:
+                    worker.drain()
+            self.reconcile()
+        elif kind == "retire":
+            if not worker.retire_wanted:
+                worker.retire_wanted = True
+                self.reconcile()
+        elif kind == "job":
+            self._answer_job(worker, message)
+
+    def _answer_job(self, worker: WorkerProcess, message: Mapping[str, Any]) -> None:
+        number = message.get("id")
+        status: Callable[[Any], Any] | None = None
+        for daemon in self.app.daemons.values():
+            if callable(getattr(daemon, "job_status", None)):
+                status = daemon.job_status
+                break
+        if status is None:
+            worker.send({"t": "job", "id": number, "status": None})
+            return
+        d = defer.maybeDeferred(status, message.get("job"))
+
+        def reply(result: Any) -> None:
+            worker.send({"t": "job", "id": number, "status": result})
+
+        def failed(failure: Failure) -> None:
+            log.failure("job status for a worker failed", failure)
+            worker.send({"t": "job", "id": number, "error": True})
+
+        d.addCallbacks(reply, failed)
+
+    # ------------------------------------------------------------------- deaths
+
+    def ended(self, worker: WorkerProcess) -> None:
+        """``worker`` exited: restart it (with backoff) unless it was asked to go."""
+        planned = worker.state == DRAINING or self.stopping
+        worker.state = ENDED
+        if worker in self.workers:
+            self.workers.remove(worker)
+        self._keep_counts(worker)
+        how = (f"signal {worker.exit_signal}" if worker.exit_signal is not None
+               else f"exit status {worker.exit_code}")
+        if planned:
+            if worker.exit_code not in (0, None) or worker.exit_signal is not None:
+                log.warn("worker {pid} ended with {how}", pid=worker.pid, how=how)
+            else:
+                log.info("worker {pid} ended", pid=worker.pid)
+        else:
+            lived = self.reactor.seconds() - worker.started_at
+            if lived >= STABLE_AFTER:
+                self._streak = 0
+            else:
+                self._died_young()
+            log.error("worker {pid} died ({how}) after {lived:.1f}s; restarting it in "
+                      "{delay:.1f}s", pid=worker.pid, how=how, lived=lived,
+                      delay=max(0.0, self._not_before - self.reactor.seconds()))
+        if not self.workers:
+            waiters, self._ended_waiters = self._ended_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        self.reconcile()
+
+    def _died_young(self) -> None:
+        self._streak += 1
+        self._not_before = self.reactor.seconds() + restart_delay(self._streak)
+
+    def _keep_counts(self, worker: WorkerProcess) -> None:
+        """Add an ended worker's last counts to those kept, so sums never go back."""
+        for index, entry in enumerate(worker.snapshot.get("listeners") or []):
+            while len(self._gone) <= index:
+                self._gone.append({})
+            kept = self._gone[index]
+            for key in SUMMED:
+                if key in ("connections", "in_flight", "queued", "active"):
+                    continue  # gauges of a process that is gone
+                value = entry.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    kept[key] = kept.get(key, 0) + value
+
+    # -------------------------------------------------------- this process's share
+
+    def _own_limit(self, reason: str) -> None:
+        """This process reached max_requests: one more worker takes its share of the
+        requests, then it stops serving (its daemons run on)."""
+        if self._retire_self or not self.serving:
+            return
+        log.info("{reason}: a worker takes this process's requests over", reason=reason)
+        self._retire_self = True
+        self.reconcile()
+
+    def _stop_serving(self) -> None:
+        self.serving = False
+        self._retire_self = False
+        for listener in self.app.listeners:
+            port = getattr(listener, "port", None)
+            if getattr(port, "owned_path", None) is not None:
+                # the workers serve the path on: it is unlinked when the app ends
+                self._owned.append((port.owned_path, port.owned_identity))  # type: ignore[union-attr]
+                port.owned_path = None  # type: ignore[union-attr]
+            defer.maybeDeferred(listener.drain).addErrback(
+                lambda f: log.failure("draining a listener failed", f))
+
+    # ------------------------------------------------------------------- stop
+
+    def _stopping(self, reason: str) -> None:
+        """A graceful stop began: every worker drains (the app waits for them)."""
+        self.stopping = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        # Our references go first, so the last process to close a socket is one that
+        # accepts what waits in its queue before it closes (a drain does).
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+        for worker in list(self.workers):
+            worker.drain()
+
+    def workers_ended(self) -> defer.Deferred[None]:
+        """Fires once no worker is left (a stop hook of the app)."""
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if not self.workers:
+            waiter.callback(None)
+        else:
+            self._ended_waiters.append(waiter)
+        return waiter.addCallback(lambda _: self._unlink_owned())
+
+    def _unlink_owned(self) -> None:
+        owned, self._owned = self._owned, []
+        for path, identity in owned:
+            try:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == identity:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if not self.stopping:
+            self._stopping("service stopped")
+        return self.workers_ended()
+
+    # ----------------------------------------------------------------- status
+
+    def _snapshot(self, snap: dict[str, Any]) -> None:
+        """Every process in ``processes``; each listener's counts summed across them."""
+        now = self.reactor.seconds()
+        own = snap.get("listeners") or []
+        processes = [{
+            "pid": os.getpid(),
+            "role": "supervisor",
+            "state": (snap.get("state") if self.serving or snap.get("state") != "running"
+                      else "daemons only"),
+            "requests": sum(int(entry.get("requests", 0)) for entry in own),
+            "in_flight": sum(int(entry.get("in_flight", 0)) for entry in own),
+            "uptime": snap.get("uptime"),
+        }]
+        processes += [worker.describe(now) for worker in self.workers]
+        snap["processes"] = processes
+        sources = [worker.snapshot.get("listeners") or [] for worker in self.workers]
+        sources.append(self._gone)
+        for index, entry in enumerate(own):
+            for source in sources:
+                if index >= len(source):
+                    continue
+                other = source[index]
+                for key in SUMMED:
+                    value = other.get(key)
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        mine = entry.get(key, 0)
+                        entry[key] = (mine if isinstance(mine, int) else 0) + value
+
+
+# ------------------------------------------------------------------------- worker
+
+
+class WorkerChannel(Protocol):
+    """The worker's end of the pipes: reports to the supervisor, takes its orders.
+
+    EOF (the supervisor is gone, whatever killed it) stops the app gracefully.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.app: Any = None
+        self._lines = _Lines()
+        self._pending: dict[int, defer.Deferred[Any]] = {}
+        self._numbers = 0
+        self.gone = False
+        self._retiring = False
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        if self.transport is not None and not self.gone:
+            self.transport.write(_encode(message))
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            messages = self._lines.feed(data)
+        except ValueError as e:
+            log.error("bad order from the supervisor: {error}", error=e)
+            return
+        for message in messages:
+            kind = message.get("t")
+            if kind == "drain" and self.app is not None:
+                self.app.stop("the supervisor asked this worker to drain", 0)
+            elif kind == "job":
+                number = message.get("id")
+                waiter = self._pending.pop(number, None) if isinstance(number, int) else None
+                if waiter is not None:
+                    if message.get("error"):
+                        waiter.errback(RuntimeError("the supervisor could not answer"))
+                    else:
+                        waiter.callback(message.get("status"))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.gone = True
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.callback(None)
+        if self.app is not None and self.app.stop_reason is None:
+            log.warn("the supervisor is gone: draining")
+            self.app.stop("the supervisor is gone", 0)
+
+    # what the app calls
+
+    def listening(self, listening: bool) -> None:
+        """The assembly's `when_listening`: tell the supervisor once every listener is up."""
+        if listening:
+            self.send({"t": "ready"})
+            self.report()
+
+    def report(self) -> None:
+        if self.app is not None:
+            self.send({"t": "snapshot", "snapshot": self.app.snapshot()})
+
+    def retire(self, reason: str) -> None:
+        """max_requests: ask for a replacement; this worker serves on until told to drain."""
+        if not self._retiring:
+            self._retiring = True
+            log.info("{reason}: asking the supervisor for a replacement", reason=reason)
+            self.send({"t": "retire", "reason": reason})
+        if self.gone and self.app is not None:
+            self.app.stop(f"max_requests: {reason}", 0)
+
+    def job_status(self, job_id: Any) -> defer.Deferred[Any]:
+        """``/jobs/<id>``: the supervisor's job dispatcher answers."""
+        if self.gone or len(self._pending) >= MAX_PENDING_JOBS:
+            return defer.succeed(None)
+        self._numbers += 1
+        waiter: defer.Deferred[Any] = defer.Deferred()
+        self._pending[self._numbers] = waiter
+        self.send({"t": "job", "id": self._numbers, "job": str(job_id)})
+        return waiter
+
+
+def _plan(text: str, config: Any) -> dict[int, int]:
+    """The listener fds of the supervisor's plan, checked against this config."""
+    plan = json.loads(text)
+    fds = {int(index): int(fd) for index, fd in plan["fds"].items()}
+    endpoints = {str(spec.index): f"{spec.protocol} {spec.endpoint}"
+                 for spec in config.listeners}
+    if endpoints != plan["endpoints"]:
+        raise ValueError(f"{config.path}: the listeners changed since the app started "
+                         "(a worker serves the sockets the app bound): restart the app "
+                         "(a second `daemonapp run` takes over without downtime)")
+    return fds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m daemonapp.workers FILE --plan JSON``: one worker (the supervisor
+    starts it with the listening sockets and pipes in place)."""
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet import stdio, task
+
+    from daemonapp.assembly import Assembly
+    from daemonapp.config import ConfigError, load_config
+    from daemonapp.logs import start_logging
+
+    parser = argparse.ArgumentParser(prog="python -m daemonapp.workers")
+    parser.add_argument("config")
+    parser.add_argument("--plan", required=True)
+    args = parser.parse_args(argv)
+    reactor: Any = global_reactor
+    try:
+        config = load_config(args.config)
+        fds = _plan(args.plan, config)
+    except ConfigError as e:
+        for message in e.messages:
+            print(message, file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"daemonapp worker: {e}", file=sys.stderr)
+        return 2
+    settings = config.app.log
+    target = start_logging(format=settings.format, level=settings.level, file=settings.file)
+    channel = WorkerChannel(reactor)
+    assembly = Assembly(config, worker_fds=fds, jobs_status=channel.job_status)
+    try:
+        # no deadlines, idle exit or state of its own: the supervisor decides its life
+        app = assembly.build(reactor=reactor, stop_reactor=True, handle_signals=True,
+                             status_server=False, stay_alive_for=None, shutdown_after=None,
+                             shutdown_if_idle=None, state_dir=None, history=0)
+    except ConfigError as e:
+        for message in e.messages:
+            print(message, file=sys.stderr)
+        return 2
+    app.on_reopen_logs(target.reopen)
+    channel.app = app
+    app.on_request_limit(channel.retire)
+    standard_io: Any = stdio.StandardIO  # typed after Windows' one, without the fds
+    standard_io(channel, stdin=CONTROL_FD, stdout=REPORT_FD, reactor=reactor)
+    assembly.when_listening(app, channel.listening)
+    reporting = task.LoopingCall(channel.report)
+    reporting.clock = reactor
+    reactor.callWhenRunning(reporting.start, REPORT_INTERVAL, now=False)
+
+    def stop_reporting(reason: str) -> None:
+        if reporting.running:
+            reporting.stop()
+
+    app.on_stopping(stop_reporting)
+    try:
+        status = app.run()
+    finally:
+        target.close()
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,401 @@
+"""daemonapp.workers on a Clock: how the supervisor starts, restarts, recycles and stops
+its workers, what a worker tells it, and the app.processes setting."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from daemonapp.config import ConfigError, load_config
+from daemonapp.workers import (
+    CONTROL_FD,
+    MAX_LINE_BYTES,
+    REPORT_FD,
+    Supervisor,
+    WorkerChannel,
+    WorkerProcess,
+    restart_delay,
+)
+from tests._processes import write_file
+
+
+class FakeTransport:
+    """What spawnProcess gives a ProcessProtocol, recording what is done to it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.written: list[dict[str, Any]] = []
+        self.signals: list[str] = []
+        self.stdin_closed = False
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        assert fd == CONTROL_FD
+        self.written += [json.loads(line) for line in data.splitlines()]
+
+    def closeStdin(self) -> None:
+        self.stdin_closed = True
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class SpawningClock(Clock):
+    """A Clock with a spawnProcess that records each worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[WorkerProcess, list[str], dict[str, str], dict[int, Any]]] = []
+
+    def spawnProcess(self, protocol: WorkerProcess, executable: str, args: list[str],
+                     env: dict[str, str], childFDs: dict[int, Any]) -> FakeTransport:
+        transport = FakeTransport(1000 + len(self.spawned))
+        protocol.makeConnection(transport)  # type: ignore[arg-type]
+        self.spawned.append((protocol, args, env, childFDs))
+        return transport
+
+
+class FakePort:
+    def __init__(self, skt: socket.socket) -> None:
+        self.skt = skt
+
+    def fileno(self) -> int:
+        return self.skt.fileno()
+
+
+class FakeListener:
+    def __init__(self, skt: socket.socket) -> None:
+        self.port: FakePort | None = FakePort(skt)
+        self.drained = 0
+
+    def drain(self) -> Deferred[None]:
+        self.drained += 1
+        return succeed(None)
+
+
+class FakeApp:
+    """The hooks of a DaemonApp the supervisor uses."""
+
+    def __init__(self, reactor: Clock, listeners: list[FakeListener]) -> None:
+        self.reactor = reactor
+        self.listeners = listeners
+        self.daemons: dict[str, Any] = {}
+        self.stopping_hooks: list[Any] = []
+        self.stop_hooks: list[Any] = []
+        self.snapshot_hooks: list[Any] = []
+        self.request_limit: Any = None
+
+    def on_stopping(self, hook: Any) -> None:
+        self.stopping_hooks.append(hook)
+
+    def add_stop_hook(self, hook: Any) -> None:
+        self.stop_hooks.append(hook)
+
+    def on_request_limit(self, hook: Any) -> None:
+        self.request_limit = hook
+
+    def add_snapshot_hook(self, hook: Any) -> None:
+        self.snapshot_hooks.append(hook)
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    made = []
+    for _ in range(2):
+        skt = socket.socket()
+        skt.bind(("127.0.0.1", 0))
+        skt.listen(8)
+        made.append(skt)
+    yield made
+    for skt in made:
+        skt.close()
+
+
+def _supervisor(tmp_path: Path, sockets: list[socket.socket],
+                processes: int = 3) -> tuple[Supervisor, FakeApp, SpawningClock]:
+    cfg = write_file(tmp_path / "d.yaml", f"""\
+app:
+  state_dir: ./var
+  processes: {processes}
+listeners:
+  - protocol: fastcgi
+    endpoint: unix:./run/app.sock
+    native: tests.listeners.workers_apps:pid_native
+  - protocol: http
+    endpoint: tcp:8080
+    native: tests.listeners.workers_apps:pid_native
+""")
+    clock = SpawningClock()
+    app = FakeApp(clock, [FakeListener(skt) for skt in sockets])
+    supervisor = Supervisor(app, load_config(cfg), reactor=clock,
+                            command=["python", "-m", "daemonapp.workers"])
+    supervisor.startService()
+    clock.advance(0)
+    clock.advance(0)
+    clock.advance(0)
+    return supervisor, app, clock
+
+
+def _ready(worker: WorkerProcess) -> None:
+    worker.childDataReceived(REPORT_FD, b'{"t": "ready"}\n')
+
+
+def _end(worker: WorkerProcess, code: int | None = 0, sig: int | None = None) -> None:
+    reason = (ProcessDone(0) if code == 0 and sig is None
+              else ProcessTerminated(exitCode=code, signal=sig))
+    worker.processEnded(Failure(reason))
+
+
+def _orders(worker: WorkerProcess) -> list[str]:
+    transport: Any = worker.transport
+    return [message["t"] for message in transport.written]
+
+
+def test_restart_delays_double_up_to_thirty_seconds() -> None:
+    """A worker dying young is restarted after 0.5 s, then 1, 2, 4 ... at most 30 s."""
+    assert [restart_delay(n) for n in range(9)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0,
+                                                    30.0, 30.0]
+
+
+def test_the_supervisor_starts_n_minus_one_workers_on_its_sockets(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """processes: 3 starts two workers, each given every listening socket from fd 5 on,
+    the pipes on fds 3 and 4 and a plan naming the listeners."""
+    supervisor, _, clock = _supervisor(tmp_path, sockets)
+    assert len(clock.spawned) == 2
+    _, args, env, child_fds = clock.spawned[0]
+    assert args[:4] == ["python", "-m", "daemonapp.workers", str(tmp_path / "d.yaml")]
+    assert json.loads(args[5]) == {
+        "fds": {"0": 5, "1": 6},
+        "endpoints": {"0": "fastcgi unix:./run/app.sock", "1": "http tcp:8080"}}
+    assert child_fds[CONTROL_FD] == "w"
+    assert child_fds[REPORT_FD] == "r"
+    for fd, skt in zip((5, 6), sockets, strict=True):
+        dup = socket.socket(fileno=child_fds[fd])
+        try:
+            assert dup.getsockname() == skt.getsockname()
+        finally:
+            dup.detach()
+    assert "LISTEN_FDS" not in env
+    assert [w.state for w in supervisor.workers] == ["starting", "starting"]
+
+
+def test_a_worker_that_dies_is_restarted_with_backoff(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """A young death restarts after 0.5 s, the next after 1 s; one that lived 10 s at once."""
+    supervisor, _, clock = _supervisor(tmp_path, sockets)
+    first = supervisor.workers[0]
+    _ready(first)
+    _end(first, None, 9)
+    clock.advance(0.4)
+    assert len(clock.spawned) == 2
+    clock.advance(0.1)
+    assert len(clock.spawned) == 3
+    again = clock.spawned[-1][0]
+    _end(again, 1)
+    clock.advance(0.9)
+    assert len(clock.spawned) == 3
+    clock.advance(0.1)
+    assert len(clock.spawned) == 4
+    clock.advance(10)
+    _end(clock.spawned[-1][0], None, 9)
+    clock.advance(0)
+    assert len(clock.spawned) == 5
+    assert len(supervisor.workers) == 2
+
+
+def test_max_requests_starts_the_replacement_before_draining(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """A worker at max_requests serves until its replacement is ready, then drains; a
+    second one waits until the first has ended."""
+    supervisor, _, clock = _supervisor(tmp_path, sockets)
+    one, two = supervisor.workers
+    _ready(one)
+    _ready(two)
+    one.childDataReceived(REPORT_FD, b'{"t": "retire"}\n')
+    two.childDataReceived(REPORT_FD, b'{"t": "retire"}\n')
+    clock.advance(0)
+    assert len(clock.spawned) == 3
+    assert _orders(one) == [] and _orders(two) == []
+    _ready(clock.spawned[2][0])
+    assert _orders(one) == ["drain"]
+    assert _orders(two) == []
+    clock.advance(1)
+    assert len(clock.spawned) == 3  # one at a time: nothing new while one drains
+    _end(one)
+    clock.advance(0)
+    assert len(clock.spawned) == 4
+    _ready(clock.spawned[3][0])
+    assert _orders(two) == ["drain"]
+    _end(two)
+    assert [w.state for w in supervisor.workers] == ["serving", "serving"]
+
+
+def test_the_supervisors_own_max_requests_hands_its_share_to_a_worker(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """Its own max_requests: one more worker starts, then its listeners drain; it keeps
+    running (the daemons live there) and N workers serve."""
+    supervisor, app, clock = _supervisor(tmp_path, sockets)
+    for worker in supervisor.workers:
+        _ready(worker)
+    app.request_limit("max_requests (10) reached")
+    clock.advance(0)
+    assert len(clock.spawned) == 3
+    assert [listener.drained for listener in app.listeners] == [0, 0]
+    _ready(clock.spawned[2][0])
+    assert [listener.drained for listener in app.listeners] == [1, 1]
+    assert supervisor.serving is False
+    assert len(supervisor.workers) == 3
+
+
+def test_a_stop_drains_every_worker_and_waits(tmp_path: Path,
+                                              sockets: list[socket.socket]) -> None:
+    """A graceful stop tells each worker to drain, restarts none, and its hook fires once
+    all have ended."""
+    supervisor, app, clock = _supervisor(tmp_path, sockets)
+    one, two = supervisor.workers
+    _ready(one)
+    for hook in app.stopping_hooks:
+        hook("signal SIGTERM")
+    assert _orders(one) == ["drain"] and _orders(two) == ["drain"]
+    ended = app.stop_hooks[0]()
+    _end(one)
+    assert not ended.called
+    _end(two, None, 9)
+    clock.advance(60)
+    assert ended.called
+    assert len(clock.spawned) == 2
+
+
+def test_the_snapshot_lists_processes_and_sums_counts(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """Status lists each process; listener counts are the sum of all, ended ones kept."""
+    supervisor, app, _ = _supervisor(tmp_path, sockets, processes=2)
+    worker = supervisor.workers[0]
+    _ready(worker)
+    report = {"t": "snapshot", "snapshot": {"listeners": [
+        {"requests": 5, "in_flight": 1, "name": "fastcgi:fd:5"}, {"requests": 2}]}}
+    worker.childDataReceived(REPORT_FD, json.dumps(report).encode() + b"\n")
+    snap: dict[str, Any] = {"state": "running", "uptime": 3.0,
+                            "listeners": [{"requests": 10, "in_flight": 0, "name": "a"},
+                                          {"requests": 1, "name": "b"}]}
+    app.snapshot_hooks[0](snap)
+    assert [(p["role"], p["requests"], p["state"]) for p in snap["processes"]] == [
+        ("supervisor", 11, "running"), ("worker", 7, "serving")]
+    assert [entry["requests"] for entry in snap["listeners"]] == [15, 3]
+    assert snap["listeners"][0]["in_flight"] == 1
+    assert snap["listeners"][0]["name"] == "a"
+    _end(worker, None, 9)
+    snap = {"state": "running", "listeners": [{"requests": 10}, {"requests": 1}]}
+    app.snapshot_hooks[0](snap)
+    assert [entry["requests"] for entry in snap["listeners"]] == [15, 3]
+
+
+def test_a_report_line_over_the_bound_kills_the_worker(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """A worker sending a line longer than 1 MiB is killed, not buffered."""
+    supervisor, _, _ = _supervisor(tmp_path, sockets)
+    worker = supervisor.workers[0]
+    worker.childDataReceived(REPORT_FD, b"x" * (MAX_LINE_BYTES + 1))
+    transport: Any = worker.transport
+    assert transport.signals == ["KILL"]
+
+
+class StoppingApp:
+    def __init__(self) -> None:
+        self.stop_reason: str | None = None
+
+    def stop(self, reason: str, status: int = 0) -> None:
+        self.stop_reason = self.stop_reason or reason
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"listeners": []}
+
+
+class LineTransport:
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.lines += [json.loads(line) for line in data.splitlines()]
+
+
+def _channel() -> tuple[WorkerChannel, StoppingApp, LineTransport]:
+    channel = WorkerChannel(Clock())
+    app = StoppingApp()
+    channel.app = app
+    transport = LineTransport()
+    channel.makeConnection(transport)  # type: ignore[arg-type]
+    return channel, app, transport
+
+
+def test_a_worker_drains_when_its_supervisor_is_gone() -> None:
+    """EOF on the control pipe (the supervisor died, even by SIGKILL) stops the worker."""
+    channel, app, _ = _channel()
+    channel.connectionLost(Failure(EOFError()))
+    assert app.stop_reason == "the supervisor is gone"
+
+
+def test_a_worker_drains_when_told() -> None:
+    """The supervisor's drain order stops the worker gracefully."""
+    channel, app, _ = _channel()
+    channel.dataReceived(b'{"t": "drain"}\n')
+    assert app.stop_reason == "the supervisor asked this worker to drain"
+
+
+def test_a_worker_at_max_requests_asks_once_and_serves_on() -> None:
+    """max_requests in a worker asks for a replacement once and does not stop it."""
+    channel, app, transport = _channel()
+    channel.retire("max_requests (5) reached")
+    channel.retire("max_requests (5) reached")
+    assert [line["t"] for line in transport.lines] == ["retire"]
+    assert app.stop_reason is None
+
+
+def test_a_workers_job_status_comes_from_the_supervisor() -> None:
+    """/jobs/<id> in a worker asks the supervisor and answers what it says."""
+    channel, _, transport = _channel()
+    answer = channel.job_status(7)
+    assert transport.lines == [{"t": "job", "id": 1, "job": "7"}]
+    channel.dataReceived(b'{"t": "job", "id": 1, "status": {"state": "done"}}\n')
+    assert answer.result == {"state": "done"}
+
+
+def _check(tmp_path: Path, text: str) -> list[str]:
+    cfg = write_file(tmp_path / "d.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg)
+    return caught.value.messages
+
+
+@pytest.mark.parametrize("value", ["0", "two", "true", "1000"])
+def test_processes_must_be_a_number_of_processes(tmp_path: Path, value: str) -> None:
+    """app.processes takes a whole number from 1 to 256."""
+    messages = _check(tmp_path, f"app:\n  processes: {value}\n")
+    assert len(messages) == 1
+    assert messages[0].startswith(f"{tmp_path / 'd.yaml'}:2: app.processes: expected a "
+                                  "number of processes from 1 to 256")
+
+
+def test_processes_default_to_one(tmp_path: Path) -> None:
+    """Without app.processes the app is one process."""
+    cfg = write_file(tmp_path / "d.yaml", "app:\n  state_dir: ./var\n")
+    assert load_config(cfg).app.processes == 1
+
+
+def test_processes_refuse_the_web_servers_fd0(tmp_path: Path) -> None:
+    """processes > 1 with a listener on fd 0 (the web server owns the processes) is an
+    error naming the key."""
+    messages = _check(tmp_path, "app:\n  processes: 2\nlisteners:\n  - protocol: fastcgi\n"
+                                "    endpoint: fd:0\n"
+                                "    native: tests.listeners.workers_apps:pid_native\n")
+    assert len(messages) == 1
+    assert "d.yaml:2: app.processes: processes: 2 cannot serve the fd 0" in messages[0]
