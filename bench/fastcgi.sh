@@ -14,6 +14,12 @@
 #   busy    ours native, in a DaemonApp beside 100 always-busy daemons (max_items 10)
 #                                                       goal p99 <= 10 ms
 #   busy2ms the same with the app's time_slice at 2 ms (default 10 ms): info
+# Several processes (DESIGN §11), `daemonapp run` with app.processes, `wrk -t2 -c32`:
+#   flup32     flup as above, with wrk -t2 -c32 (anchor)
+#   native_p1  ours native, processes: 1 (anchor)
+#   native_p2  ours native, processes: 2               goal >= 1.6x native_p1
+#   wsgi_p1    ours WSGI, processes: 1 (anchor)
+#   wsgi_p2    ours WSGI, processes: 2                 goal >= 1.6x wsgi_p1, >= 4x flup32
 # Each server gets a 1 s warm-up first. With --rounds N the configurations run N times,
 # interleaved, and the table shows medians. Anchors: ../shared/anchors from the project
 # root (or $DAEMONAPP_ANCHORS). Absolute figures are noisy on a shared machine: compare
@@ -25,13 +31,13 @@ python=${PYTHON:-$root/.venv/bin/python}
 anchors=${DAEMONAPP_ANCHORS:-$root/../shared/anchors}
 rounds=1
 duration=5s
-only=floor,flup,native,wsgi,wsgi0,busy,busy2ms
+only=floor,flup,native,wsgi,wsgi0,busy,busy2ms,flup32,native_p1,native_p2,wsgi_p1,wsgi_p2
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "fastcgi.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -48,7 +54,7 @@ IFS=, read -r -a configs <<<"$only"
 bench=fastcgi.sh
 . "$root/bench/_nginx.sh"
 nginx_setup dfcgi
-names=(floor flup native wsgi wsgi0 busy busy2ms)
+names=(floor flup native wsgi wsgi0 busy busy2ms flup32 native_p1 native_p2 wsgi_p1 wsgi_p2)
 upstreams="" locations=""
 for name in "${names[@]}"; do  # one upstream + location per configuration
     upstreams+="  upstream $name { server unix:$tmp/$name.sock; keepalive 16; }"$'\n'
@@ -62,20 +68,20 @@ start_server() {  # start_server NAME: start its server on $tmp/NAME.sock
     local command
     case "$name" in
         floor) command=("$python" "$anchors/twisted_fcgi_floor.py" "$sock") ;;
-        flup) command=("$python" "$anchors/flup_app.py" "$sock") ;;
+        flup|flup32) command=("$python" "$anchors/flup_app.py" "$sock") ;;
         *) command=("$python" "$root/bench/fastcgi_server.py" "$name" "$sock" "$anchors") ;;
     esac
     "${command[@]}" >"$tmp/$name.log" 2>&1 &   # a simple command: $! is the server itself
     server_pid=$!
     wait_for_socket "$name" "$sock"
-    [ "$name" = flup ] && chmod 0666 "$sock"   # flup binds with the umask; nginx runs as root anyway
+    case "$name" in flup*) chmod 0666 "$sock" ;; esac   # flup binds with the umask; nginx runs as root anyway
     return 0
 }
 
 echo "# FastCGI benchmark $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores," \
      "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $("$python" -V)," \
-     "wrk -t1 -c16 -d$duration, $rounds round(s)"
+     "wrk -t1 -c16 (flup32, *_p1, *_p2: -t2 -c32) -d$duration, $rounds round(s)"
 for round in $(seq "$rounds"); do
     for name in "${configs[@]}"; do
         start_server "$name"
@@ -85,8 +91,10 @@ import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=10) as answer:
     print(answer.status, answer.read().decode("latin-1").strip())
 EOF
-        wrk -t1 -c16 -d1s "$url" >/dev/null 2>&1 || true     # warm-up
-        wrk -t1 -c16 -d"$duration" --latency "$url" >"$tmp/$name.wrk.$round" 2>&1 || true
+        load=(-t1 -c16)
+        case "$name" in flup32|*_p1|*_p2) load=(-t2 -c32) ;; esac
+        wrk "${load[@]}" -d1s "$url" >/dev/null 2>&1 || true     # warm-up
+        wrk "${load[@]}" -d"$duration" --latency "$url" >"$tmp/$name.wrk.$round" 2>&1 || true
         stop_server
     done
 done

@@ -3,8 +3,10 @@
 Usage: python bench/fastcgi_server.py MODE SOCKET ANCHORS_DIR
 MODE: native (native handler), wsgi (anchors/hello_wsgi.py, default thread pool),
 wsgi0 (the same with threads: 0), busy (native beside 100 always-busy daemons,
-max_items 10), busy2ms (the same with the app's time_slice at 2 ms instead of 10 ms).
-A DaemonApp serves the listener; SIGTERM stops it.
+max_items 10), busy2ms (the same with the app's time_slice at 2 ms instead of 10 ms),
+native_p1, native_p2, wsgi_p1, wsgi_p2 (native or wsgi through `daemonapp run` with
+app.processes 1 or 2: DESIGN §11).
+A DaemonApp serves the listener; SIGTERM stops it (every process of it).
 With $FASTCGI_BENCH_PROFILE set to a file name, the app runs under cProfile and the
 stats are dumped there when it ends (python -m pstats FILE to read them).
 $FASTCGI_BENCH_THREADS sets the pool size of the wsgi mode and
@@ -31,6 +33,8 @@ from daemonapp.logs import start_logging  # noqa: E402
 def main() -> None:
     """Build the app for MODE and run it until SIGTERM."""
     mode, sock = sys.argv[1], sys.argv[2]
+    if mode[:-1] in ("native_p", "wsgi_p"):
+        run_processes(mode, sock)
     options: dict[str, Any] = {"protocol": "fastcgi", "endpoint": f"unix:{sock}:mode=0666"}
     if mode in ("native", "busy", "busy2ms"):
         options["native"] = "fastcgi_apps:hello"
@@ -64,6 +68,24 @@ def main() -> None:
     status = profiler.runcall(app.run)
     profiler.dump_stats(profile_to)
     raise SystemExit(status)
+
+
+def run_processes(mode: str, sock: str) -> None:
+    """`daemonapp run` of a file with app.processes (exec: SIGTERM reaches the supervisor)."""
+    import tempfile
+
+    processes = int(mode[-1])
+    app_line = "native: fastcgi_apps:hello" if mode.startswith("native") else \
+        "wsgi: hello_wsgi:app"
+    directory = tempfile.mkdtemp(prefix="fcgi-processes.", dir=os.path.dirname(sock))
+    config = os.path.join(directory, "d.yaml")
+    with open(config, "w") as f:
+        f.write(f"app:\n  state_dir: ./var\n  processes: {processes}\n"
+                f"  log: {{level: warn}}\nlisteners:\n  - protocol: fastcgi\n"
+                f"    endpoint: unix:{sock}:mode=0666\n    {app_line}\n")
+    # the workers import the apps as the first process does
+    os.environ["PYTHONPATH"] = os.pathsep.join(sys.path[:3])
+    os.execv(sys.executable, [sys.executable, "-m", "daemonapp.cli", "run", config])
 
 
 if __name__ == "__main__":

@@ -509,6 +509,13 @@ class _Validator:
         which owns the processes then (DESIGN §11)."""
         if app.processes <= 1:
             return
+        if app.shutdown_if_idle is not None:
+            # idle exit is for a process started on demand; the supervisor cannot tell
+            # from its own requests whether its workers are idle
+            self.check.error(app.processes_line, "app.processes",
+                             f"processes: {app.processes} and shutdown_if_idle exclude each "
+                             "other (an app of several processes runs until it is stopped "
+                             "or shutdown_after); remove one of them")
         for spec in listeners:
             if spec.protocol == "fastcgi" and spec.endpoint in (None, "fd:0"):
                 self.check.error(app.processes_line, "app.processes",

@@ -399,3 +399,11 @@ def test_processes_refuse_the_web_servers_fd0(tmp_path: Path) -> None:
                                 "    native: tests.listeners.workers_apps:pid_native\n")
     assert len(messages) == 1
     assert "d.yaml:2: app.processes: processes: 2 cannot serve the fd 0" in messages[0]
+
+
+def test_processes_exclude_idle_exit(tmp_path: Path) -> None:
+    """processes > 1 with shutdown_if_idle is an error naming both."""
+    messages = _check(tmp_path, "app:\n  processes: 2\n  shutdown_if_idle: 1m\n")
+    assert messages == [f"{tmp_path / 'd.yaml'}:2: app.processes: processes: 2 and "
+                        "shutdown_if_idle exclude each other (an app of several processes "
+                        "runs until it is stopped or shutdown_after); remove one of them"]
