@@ -348,6 +348,12 @@ class Daemon:
         return self._in_run
 
     @property
+    def scheduled(self) -> bool:
+        """True from start() until stop() is called or the schedule has no more runs
+        (a run in flight may still be finishing when it turns False)."""
+        return self._active and not self._stopping
+
+    @property
     def schedule_policy(self) -> ISchedule | None:
         """The ISchedule picking this daemon's due times (`make_schedule()`'s, made at
         its first start; None before): the scheduler tells it of pauses and triggers."""

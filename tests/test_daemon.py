@@ -874,6 +874,21 @@ def test_stop_waits_for_run_in_progress() -> None:
     assert [job for _, job in d.done] == ["a"]
 
 
+def test_scheduled_from_start_until_stop_is_called() -> None:
+    """daemon.scheduled is True from start() and False once stop() is called, while its
+    run in flight still finishes."""
+    d = PendingDaemon(["a"], run_every=30)
+    seen = [d.scheduled]
+    _, clock = start_app(d)
+    clock.advance(0)
+    seen += [d.scheduled, d.running]
+    stopped = d.stop()
+    seen += [d.scheduled, d.running]
+    d.pending[0].callback(None)
+    assert fired(stopped)
+    assert [*seen, d.scheduled, d.running] == [False, True, True, False, True, False, False]
+
+
 def test_attribute_defaults() -> None:
     """The attribute defaults of DESIGN §1's table."""
 

@@ -364,7 +364,7 @@ class JobDispatcher(Daemon):
 
     def poke(self) -> None:
         """Make a run due now (a slot freed, or a submit was notified)."""
-        if self.app is None or not self._active or self._closing or self._stopping:
+        if self.app is None or not self.scheduled or self._closing:
             return
         if self.running or len(self._runs) + self._claiming >= self.max_children:
             return
