@@ -633,6 +633,11 @@ class Daemon:
     # ------------------------------------------------------------ supervision
 
     @property
+    def run_started_at(self) -> float | None:
+        """When the run in flight started (``reactor.seconds()``); None between runs."""
+        return self._run_started if self._in_run else None
+
+    @property
     def run_timeout(self) -> float | None:
         """The longest a run may take (DESIGN §10): ``timeout``. A subclass whose own
         ``timeout`` means something else (the job dispatcher's: each job's) sets None."""
@@ -789,11 +794,15 @@ class Daemon:
         schedule = self._schedule
         assert app is not None and schedule is not None
         now = app.seconds()
+        history = self._history
         trigger = self.run_trigger
-        if trigger is None:
-            trigger = getattr(schedule, "trigger", "schedule")  # of this run, before next_delay
-        else:
+        if trigger is not None:
             self.run_trigger = None
+        elif history is not None:
+            try:
+                trigger = schedule.trigger  # type: ignore[attr-defined] # (this run's)
+            except AttributeError:
+                trigger = "schedule"  # a schedule that does not say
         delay = schedule.next_delay(outcome, now)
         self._lock_deadline = None
         if self._lock_held:
@@ -819,7 +828,6 @@ class Daemon:
         elif outcome in (FAILED, TIMED_OUT):
             error, self._run_error = self._run_error, None
             self._failure_streak(error)
-        history = self._history
         if history is not None:
             history.append((self._run_started, now, outcome, self._run_items, trigger, error))
             if not history.dirty:

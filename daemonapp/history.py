@@ -3,9 +3,11 @@
 Each daemon appends one tuple per run to its `RunLog` (a bounded deque: the last
 ``app.history`` runs), and that is all a run costs. The app's `RunHistory` writes
 what is new to ``state_dir/history.jsonl`` at most about once a second (through the
-scheduler's one timer) and when the app stops: one line per run, appended, at most
-``size`` lines per daemon per write whatever the rate of runs, and the file is
-rewritten from memory once it holds more than twice what it keeps. `read_history`
+scheduler's one timer; every few seconds when a write holds thousands of runs) and
+when the app stops: appended, one line per daemon and write (``[name, [[start, end,
+outcome, items, trigger, error], ...]]``), at most ``size`` runs per daemon per write
+whatever the rate of runs; the file is rewritten from memory once it holds more than
+three times the runs it keeps. `read_history`
 reads it back, for the next start and for ``daemonapp history`` (with the app down too).
 """
 
@@ -30,6 +32,11 @@ DEFAULT_SIZE = 100
 FILE = "history.jsonl"
 #: Seconds between two writes of the file, at least.
 FLUSH_INTERVAL = 1.0
+#: A write of more runs than this waits proportionally longer for the next (at most
+#: MAX_FLUSH_INTERVAL): many busy daemons write their last runs every few seconds, so
+#: that encoding them stays a small part of the loop's time.
+FLUSH_RUNS = 2000
+MAX_FLUSH_INTERVAL = 10.0
 #: The most of the file read back (its end): a start never reads an unbounded file.
 MAX_READ = 64 * 1024 * 1024
 #: Daemons kept that no longer run (removed, renamed): the most recently active first.
@@ -96,16 +103,21 @@ def history_path(state_dir: str) -> str:
     return os.path.join(state_dir, FILE)
 
 
-def _line(name: str, run: tuple[Any, ...]) -> str:
-    start, end, outcome, items, trigger, error = run
-    return json.dumps([name, start, end, outcome, items, trigger, error],
-                      separators=(",", ":")) + "\n"
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _line(name: str, runs: list[tuple[Any, ...]]) -> str:
+    """Runs of one daemon as a line of JSON: ``[name, [[start, end, outcome, items,
+    trigger, error], ...]]``: one encoder call per daemon and write, not per run (a write
+    of thousands of runs spent most of its time in json.dumps's per-call setup)."""
+    return _encode([name, runs]) + "\n"
 
 
 def read_history(path: str, size: int = DEFAULT_SIZE) -> tuple[dict[str, deque[Run]], int, int]:
     """The last ``size`` runs of each daemon in the file at ``path``, how many of its
-    lines could not be read, and how many it has. A missing file is an empty history;
-    only the last MAX_READ bytes of a larger one are read. OSError when it cannot be."""
+    runs (or lines) could not be read, and how many runs it holds. A missing file is an
+    empty history; only the last MAX_READ bytes of a larger one are read. OSError when
+    it cannot be."""
     runs: dict[str, deque[Run]] = {}
     bad = 0
     try:
@@ -123,21 +135,24 @@ def read_history(path: str, size: int = DEFAULT_SIZE) -> tuple[dict[str, deque[R
     for raw in lines:
         if not raw.strip():
             continue
-        count += 1
         try:
-            name, start, stop, outcome, items, trigger, error = json.loads(raw)
-            run = Run(float(start), float(stop), str(outcome), int(items), str(trigger),
-                      None if error is None else str(error))
+            name, items = json.loads(raw)
+            if not isinstance(name, str) or not isinstance(items, list):
+                raise TypeError(name)
         except (ValueError, TypeError):
-            bad += 1
-            continue
-        if not isinstance(name, str):
             bad += 1
             continue
         kept = runs.get(name)
         if kept is None:
             kept = runs[name] = deque(maxlen=size)
-        kept.append(run)
+        for item in items:
+            count += 1
+            try:
+                start, stop, outcome, done, trigger, error = item
+                kept.append(Run(float(start), float(stop), str(outcome), int(done),
+                                str(trigger), None if error is None else str(error)))
+            except (ValueError, TypeError):
+                bad += 1
     return runs, bad, count
 
 
@@ -164,7 +179,8 @@ class RunHistory:
         self._dirty: list[RunLog] = []
         self._flush_at: float | None = None  # a write is arranged for then
         self._written_at = float("-inf")
-        self._lines = 0  # lines in the file (as far as this process knows)
+        self._interval = FLUSH_INTERVAL  # until the next write
+        self._lines = 0  # runs in the file (as far as this process knows)
 
     # ------------------------------------------------------------------ runs
 
@@ -209,7 +225,7 @@ class RunHistory:
         self._dirty.append(run_log)
         if self._flush_at is not None:
             return
-        at = max(self.seconds(), self._written_at + FLUSH_INTERVAL)
+        at = max(self.seconds(), self._written_at + self._interval)
         self._flush_at = at
         if self.call_at is None:
             self.flush()
@@ -229,16 +245,19 @@ class RunHistory:
         self._load()
         chunks: list[str] = []
         last: list[tuple[RunLog, tuple[Any, ...]]] = []
+        count = 0
         for run_log in dirty:
             run_log.dirty = False
             new = run_log.unwritten()
             if new:
                 last.append((run_log, new[-1]))
-                chunks.extend(_line(run_log.name, run) for run in new)
+                chunks.append(_line(run_log.name, new))
+                count += len(new)
+        self._interval = min(MAX_FLUSH_INTERVAL, max(FLUSH_INTERVAL, count / FLUSH_RUNS))
         if not chunks:
             return
         kept = sum(len(run_log) for run_log in self.logs.values())
-        if self._lines + len(chunks) > 2 * max(kept, self.size) + 1000:
+        if self._lines + count > 3 * max(kept, self.size) + 1000:
             self._rewrite()
             return
         try:
@@ -251,7 +270,7 @@ class RunHistory:
             return  # tried again with the next runs' write
         for run_log, run in last:
             run_log.written = run
-        self._lines += len(chunks)
+        self._lines += count
 
     def _rewrite(self) -> None:
         """Write the whole history anew (atomically): what memory keeps, and the runs of
@@ -261,9 +280,12 @@ class RunHistory:
                        if name not in self.logs and runs),
                       key=lambda item: item[1][-1].end)[-MAX_GONE:]
         self._earlier = dict(gone)
-        lines = [_line(name, run) for name, runs in gone for run in runs]
+        lines = [_line(name, list(runs)) for name, runs in gone]
+        count = sum(len(runs) for _, runs in gone)
         for run_log in self.logs.values():
-            lines.extend(_line(run_log.name, run) for run in run_log)
+            if run_log:
+                lines.append(_line(run_log.name, list(run_log)))
+                count += len(run_log)
             run_log.written = run_log[-1] if run_log else None
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
@@ -274,4 +296,4 @@ class RunHistory:
         except OSError as e:
             log.warn("cannot write the run history {path}: {error}", path=self.path, error=e)
             return
-        self._lines = len(lines)
+        self._lines = count

@@ -56,8 +56,8 @@ class Slot:
     it). It is reset when the run ends (`Scheduler.run_ended`).
     """
 
-    __slots__ = ("control", "daemon", "deadline", "deadline_queued", "due", "in_run",
-                 "lateness", "seq", "timeout", "trigger")
+    __slots__ = ("control", "daemon", "deadline_queued", "due", "in_run", "lateness", "seq",
+                 "timeout", "trigger")
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -67,9 +67,8 @@ class Slot:
         self.lateness = 0.0  # start - due time of the last run
         self.trigger: str | None = None
         self.control = 0  # _PAUSED | _TRIGGER_AFTER_RUN | _MANUAL_RUN
-        #: The daemon's run timeout (DESIGN §10), and the deadline of its run in flight.
+        #: The daemon's run timeout (DESIGN §10).
         self.timeout: float | None = getattr(daemon, "run_timeout", None)
-        self.deadline = _INF
         self.deadline_queued = False  # an entry of this slot is in the timed heap
 
 
@@ -357,31 +356,33 @@ class Scheduler:
                             function=getattr(function, "__qualname__", repr(function)))
 
     def _run_supervised(self, slot: Slot, now: float) -> None:
-        """A run starts on a daemon with a timeout or a manual trigger (DESIGN §10)."""
+        """A run starts with a manual trigger, or with a timeout and no deadline entry
+        of its daemon in the timed heap (DESIGN §10)."""
         if slot.trigger is not None:
             slot.daemon.run_trigger = slot.trigger
-        if slot.timeout is not None:
-            at = slot.deadline = now + slot.timeout
-            if not slot.deadline_queued:
-                slot.deadline_queued = True
-                heapq.heappush(self._timed, (at, next(self._seq), self._deadline, slot))
+        if slot.timeout is not None and not slot.deadline_queued:
+            slot.deadline_queued = True
+            heapq.heappush(self._timed, (now + slot.timeout, next(self._seq), self._deadline,
+                                         slot))
 
     def _deadline(self, slot: Slot) -> None:
-        """A run's deadline entry came due: time the run out, or look again later.
+        """A daemon's deadline entry came due: time its run out, or look again later.
 
-        A slot has at most one entry in the timed heap, whatever its rate of runs: a
-        run that starts while the entry waits only moves ``slot.deadline`` later, and
-        the entry, once due, is pushed again for the deadline of the run then in flight.
+        A daemon has at most one entry in the timed heap, whatever its rate of runs:
+        runs that start while it waits push none, and the entry, once due, is pushed
+        again for the deadline of the run then in flight (its start + timeout).
         """
         slot.deadline_queued = False
-        if not slot.in_run or slot.deadline == _INF or self._slots.get(slot.daemon) is not slot:
-            return
-        if slot.deadline > self.seconds():
-            slot.deadline_queued = True
-            self.call_at(slot.deadline, self._deadline, slot)
-            return
-        slot.deadline = _INF
         daemon = slot.daemon
+        started = daemon.run_started_at
+        if not slot.in_run or started is None or slot.timeout is None \
+                or self._slots.get(daemon) is not slot:
+            return
+        at = started + slot.timeout
+        if at > self.seconds():
+            slot.deadline_queued = True
+            self.call_at(at, self._deadline, slot)
+            return
         try:
             daemon.run_timed_out()
         except Exception:
@@ -496,7 +497,8 @@ class Scheduler:
                     lateness = slot.lateness = now - slot.due
                     if lateness > self.max_lateness:  # noqa: PLR1730 - no call on the hot path
                         self.max_lateness = lateness
-                    if slot.timeout is not None or slot.trigger is not None:
+                    if (slot.timeout is not None and not slot.deadline_queued) \
+                            or slot.trigger is not None:
                         self._run_supervised(slot, now)
                 daemon = slot.daemon
                 try:

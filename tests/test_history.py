@@ -29,10 +29,12 @@ def run_once(daemon: FakeDaemon, clock: Clock, *jobs: Any) -> None:
 
 
 def lines_of(state_dir: Path) -> list[list[Any]]:
+    """The runs in the history file, in its order, each as [name, *fields]."""
     path = state_dir / FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [[name, *run] for line in path.read_text().splitlines()
+            for name, runs in [json.loads(line)] for run in runs]
 
 
 def test_a_run_is_recorded_with_its_facts() -> None:
@@ -84,19 +86,21 @@ def test_a_yielding_daemon_is_bounded_in_memory_and_on_disk(tmp_path: Path) -> N
     written = lines_of(tmp_path)
     assert 0 < len(written) <= 50  # 5,000 runs in one write: the last 50
     assert written[-1][3] == "idle"  # the last run: get_work found nothing
+    assert len((tmp_path / FILE).read_text().splitlines()) == 1  # one line per write
     daemon.add_jobs(*["x"] * 5000)
     clock.advance(1)
     assert len(lines_of(tmp_path)) <= 100
 
 
 def test_the_file_stays_bounded_over_many_writes(tmp_path: Path) -> None:
-    """Written once a second for hours, the file holds at most about twice the history."""
+    """Written once a second for hours, the file holds at most about three times the
+    history."""
     daemon = FakeDaemon(run_every=1, name="d")
     _app, clock = start_app(daemon, history=10, state_dir=str(tmp_path))
     clock.advance(0)
     for _ in range(3000):
         run_once(daemon, clock, "x")
-    assert len(lines_of(tmp_path)) <= 2 * 10 + 1000 + 1
+    assert len(lines_of(tmp_path)) <= 3 * 10 + 1000 + 1
     runs, bad, _ = read_history(str(tmp_path / FILE), 10)
     assert bad == 0
     assert len(runs["d"]) == 10
@@ -156,11 +160,11 @@ def test_cli_history_reads_the_state_dir(tmp_path: Path,
 
 
 def test_a_damaged_file_loses_only_its_bad_lines(tmp_path: Path) -> None:
-    """Lines that cannot be read are skipped and counted; the others are kept."""
-    (tmp_path / FILE).write_text('["d",1,2,"worked",1,"schedule",null]\nnot json\n'
-                                 '["d",3,4,"idle",0,"backoff",null]\n[1,2]\n')
+    """Lines and runs that cannot be read are skipped and counted; the others are kept."""
+    (tmp_path / FILE).write_text('["d",[[1,2,"worked",1,"schedule",null]]]\nnot json\n'
+                                 '["d",[[3,4,"idle",0,"backoff",null],[5,6]]]\n[1,2]\n')
     runs, bad, count = read_history(str(tmp_path / FILE))
-    assert (bad, count) == (2, 4)
+    assert (bad, count) == (3, 3)
     assert [r.start for r in runs["d"]] == [1.0, 3.0]
 
 
