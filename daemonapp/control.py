@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -77,6 +78,9 @@ WRITE_TIMEOUT = 10.0
 MAX_CLIENTS = 1024
 #: How many daemon names an "unknown daemon" answer lists.
 _NAMES_SHOWN = 20
+
+#: A reply: a JSON object, or (a reload) a Deferred of one.
+Reply = dict[str, Any] | Deferred[dict[str, Any]]
 
 #: The commands (``status`` is a read, not a command).
 COMMANDS = ("trigger", "pause", "resume", "reload")
@@ -128,6 +132,7 @@ class _ControlProtocol(Protocol):
         self._answered = False
         self._timer: Any = None
         self._counted = False
+        self._lost = False
         self.peer = UNKNOWN_PEER
 
     @property
@@ -169,7 +174,14 @@ class _ControlProtocol(Protocol):
             return
         line = bytes(self._buffer[:newline])
         self._buffer.clear()
-        self._answer(self._factory.answer(line, self.peer))
+        answer = self._factory.answer(line, self.peer)
+        if isinstance(answer, Deferred):
+            # (a reload reads its file in a thread): the answer once it is there
+            self._answered = True
+            self._cancel_timer()
+            answer.addCallback(self._answer)
+            return
+        self._answer(answer)
 
     def _grace_over(self) -> None:
         self._timer = None
@@ -205,8 +217,8 @@ class _ControlProtocol(Protocol):
         else:
             data = reply
         transport = self.transport
-        if transport is None:
-            return
+        if transport is None or self._lost:
+            return  # (the client left before a reload's answer was ready)
         transport.write(data)
         transport.loseConnection()
         self._timer = self._factory.reactor.callLater(WRITE_TIMEOUT, self._abort)
@@ -223,6 +235,7 @@ class _ControlProtocol(Protocol):
         self._timer = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         self._cancel_timer()
         if self._counted:
             self._counted = False
@@ -256,8 +269,8 @@ class ControlFactory(Factory):
             log.failure("status snapshot failed")
             return json.dumps({"error": "snapshot failed"}).encode() + b"\n"
 
-    def answer(self, line: bytes, peer: Peer) -> dict[str, Any] | bytes:
-        """The answer to one request line from ``peer``."""
+    def answer(self, line: bytes, peer: Peer) -> Reply | bytes:
+        """The answer to one request line from ``peer`` (a Deferred: later)."""
         try:
             request = json.loads(line)
         except (ValueError, RecursionError):
@@ -349,8 +362,9 @@ class Controller(Service):
 
     # ---------------------------------------------------------------- commands
 
-    def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        """Carry out one request from ``peer``; the reply (logged either way)."""
+    def handle(self, request: dict[str, Any], peer: Peer) -> Reply:
+        """Carry out one request from ``peer``; the reply, or a Deferred of it (a
+        reload), logged either way."""
         command = str(request.get("command"))
         target = request.get("daemon")
         about = f"{command} {target}" if isinstance(target, str) else command
@@ -361,11 +375,22 @@ class Controller(Service):
                            f"uid {peer.uid} may not command this app: only uid "
                            f"{os.geteuid()} (its own) or root may")
         try:
-            reply: dict[str, Any] = getattr(self, "_" + command)(request)
+            reply: Reply = getattr(self, "_" + command)(request)
         except Exception:
-            log.failure("control: {what} from uid {uid} (pid {pid}) failed", what=about,
-                        uid=peer.uid, pid=peer.pid)
-            reply = refusal("unavailable", f"{command} failed inside the app (see its log)")
+            return self._logged(self._failed(Failure(), command, about, peer), about, peer)
+        if isinstance(reply, Deferred):
+            return reply.addErrback(self._failed, command, about, peer).addCallback(
+                self._logged, about, peer)
+        return self._logged(reply, about, peer)
+
+    @staticmethod
+    def _failed(failure: Failure, command: str, about: str, peer: Peer) -> dict[str, Any]:
+        log.failure("control: {what} from uid {uid} (pid {pid}) failed", failure,
+                    what=about, uid=peer.uid, pid=peer.pid)
+        return refusal("unavailable", f"{command} failed inside the app (see its log)")
+
+    @staticmethod
+    def _logged(reply: dict[str, Any], about: str, peer: Peer) -> dict[str, Any]:
         if reply.get("ok"):
             log.info("control: {what} from uid {uid} (pid {pid}): {result}", what=about,
                      uid=peer.uid, pid=peer.pid, result=_summary(reply))
@@ -407,6 +432,16 @@ class Controller(Service):
         stopping = self._stopping()
         if stopping is not None:
             return stopping
+        leaving = self.reloader.leaving(daemon.name)
+        if leaving == "removed":
+            return refusal("unavailable", f"daemon {daemon.name!r} is being removed by a "
+                                          "reload: it finishes its run in flight and runs "
+                                          "no more", daemon=daemon.name)
+        if leaving == "replaced":
+            # The daemon now under this name stops after its run; its replacement runs.
+            state = self.reloader.trigger_replacement(daemon.name)
+            return _reply(True, daemon=daemon.name, state=state,
+                          paused=self._scheduler.pause_of(daemon.name) is not None)
         try:
             state = self._scheduler.trigger(daemon)
         except ValueError as e:
@@ -447,19 +482,19 @@ class Controller(Service):
 
     # ------------------------------------------------------------------ reload
 
-    def _reload(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _reload(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.reload("daemonapp reload")
 
     def _on_sighup(self) -> None:
         self.reload("SIGHUP")
 
-    def reload(self, source: str) -> dict[str, Any]:
+    def reload(self, source: str) -> Deferred[dict[str, Any]]:
         """Re-read the YAML file and apply the difference (DESIGN §9); the reply.
 
         The one place where a reload begins and ends: the `on_reload` hooks run
-        around it, whatever its result.
+        around it, whatever its result (daemonapp.reload's `Reloader.reload`).
         """
-        return _reload_reply(self.reloader.reload(source))
+        return self.reloader.reload(source).addCallback(_reload_reply)
 
 
 def _reload_reply(result: Difference | Refused) -> dict[str, Any]:

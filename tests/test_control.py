@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import struct
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +27,7 @@ from daemonapp.control import (
     controller_of,
 )
 from daemonapp.pauses import PauseStore
+from daemonapp.reload import in_thread
 from daemonapp.scheduler import Pause
 
 ME = Peer(pid=4242, uid=os.geteuid(), gid=0)
@@ -176,7 +180,11 @@ class ControllerTests(SynchronousTestCase):
 
     def command(self, controller: Controller, command: str, peer: Peer = ME,
                 **fields: Any) -> dict[str, Any]:
-        return controller.handle({"v": 1, "command": command, **fields}, peer)
+        reply = controller.handle({"v": 1, "command": command, **fields}, peer)
+        if isinstance(reply, Deferred):  # a reload (on a Clock: read at once)
+            result: dict[str, Any] = self.successResultOf(reply)
+            return result
+        return reply
 
     def test_another_uid_is_refused_and_nothing_happens(self) -> None:
         """Only the app's own uid or root may command it."""
@@ -315,3 +323,158 @@ class ControllerTests(SynchronousTestCase):
         app.startService()
         self.assertEqual(self.command(controller, "reload")["refused"], "unavailable")
         self.successResultOf(app.stop("test"))
+
+    def test_a_trigger_of_a_daemon_a_reload_removes_is_refused(self) -> None:
+        """A daemon a reload removes, still finishing its run: a trigger is refused
+        (it would never run), and no run follows."""
+        app, controller = self.build(PENDING_B)
+        self.clock.advance(0)
+        old = app.daemons["b"]
+        self.assertTrue(old.running)
+        write_config(self.dir, TWO.split("  b:", maxsplit=1)[0])
+        self.assertEqual(self.command(controller, "reload")["removed"], ["b"])
+        reply = self.command(controller, "trigger", daemon="b")
+        self.assertEqual((reply["ok"], reply["refused"]), (False, "unavailable"))
+        self.assertIn("removed by a reload", reply["error"])
+        old.pending[0].callback(None)
+        self.clock.advance(3600)
+        self.assertNotIn("b", app.daemons)
+        self.assertEqual(old.stats["runs"], 1)
+
+    def test_a_trigger_of_a_daemon_a_reload_replaces_runs_its_replacement(self) -> None:
+        """A daemon a reload replaces, still finishing its run: a trigger answers
+        after-run (a second one merged), and the replacement runs once as it starts."""
+        app, controller = self.build(PENDING_B)
+        self.clock.advance(0)
+        old = app.daemons["b"]
+        write_config(self.dir, TWO.replace("20s", "1h\n    start_delay: 1h"))
+        self.assertEqual(self.command(controller, "reload")["replaced"], ["b"])
+        self.assertEqual(self.command(controller, "trigger", daemon="b")["state"], "after-run")
+        self.assertEqual(self.command(controller, "trigger", daemon="b")["state"], "merged")
+        old.pending[0].callback(None)
+        new = app.daemons["b"]
+        self.assertIsNot(new, old)
+        self.clock.advance(0)
+        self.assertEqual(new.stats["runs"], 1)  # at once, not after its start_delay of 1 h
+        self.clock.advance(1800)
+        self.assertEqual(new.stats["runs"], 1)  # once
+
+    def test_the_file_is_read_in_a_thread_and_applied_on_the_reactor(self) -> None:
+        """A reload checks the file away from the reactor thread; the difference is
+        applied when its result comes back to the reactor."""
+        import threading
+
+        from daemonapp import configcheck
+
+        readers: list[int] = []
+        real_load = configcheck.load_config
+
+        def load_config(*args: Any, **kw: Any) -> Any:
+            readers.append(threading.get_ident())
+            return real_load(*args, **kw)
+
+        self.patch(configcheck, "load_config", load_config)
+        app, controller = self.build()
+        calls = ThreadCalls()
+        controller.reloader.run_in_thread = partial(in_thread, calls)
+        write_config(self.dir, TWO + "  c:\n    type: daemonapp.testing:FakeDaemon\n")
+        reply = controller.handle({"v": 1, "command": "reload"}, ME)
+        self.assertIsInstance(reply, Deferred)
+        calls.run_one()  # the thread's result, delivered on this (the reactor's) thread
+        self.assertEqual(self.successResultOf(reply)["added"], ["c"])
+        self.assertEqual(len(readers), 1)
+        self.assertNotEqual(readers[0], threading.get_ident())
+        self.assertIn("c", app.daemons)
+
+    def test_a_reload_asked_during_a_reload_follows_it(self) -> None:
+        """Reloads asked while one reads the file share one more reload after it (the
+        file may have changed since it was read); the hooks frame each."""
+        app, controller = self.build()
+        calls = ThreadCalls()
+        controller.reloader.run_in_thread = partial(in_thread, calls)
+        frames: list[str] = []
+        controller.on_reload(lambda: frames.append("begin"), lambda: frames.append("end"))
+        first = controller.handle({"v": 1, "command": "reload"}, ME)
+        function, args = calls.calls.get(timeout=30)  # the first read is over
+        write_config(self.dir, TWO + "  c:\n    type: daemonapp.testing:FakeDaemon\n")
+        second = controller.handle({"v": 1, "command": "reload"}, ME)
+        third = controller.handle({"v": 1, "command": "reload"}, ME)
+        assert isinstance(first, Deferred) and isinstance(second, Deferred)
+        assert isinstance(third, Deferred)
+        self.assertNoResult(first)
+        function(*args)
+        self.assertEqual(self.successResultOf(first)["added"], [])  # the file it read
+        self.assertNoResult(second)
+        calls.run_one()
+        self.assertEqual(self.successResultOf(second)["added"], ["c"])
+        self.assertEqual(self.successResultOf(third)["added"], ["c"])
+        self.assertEqual(frames, ["begin", "end", "begin", "end"])
+        self.assertEqual(sorted(app.daemons), ["a", "b", "c"])
+
+    def test_a_stop_during_the_read_changes_nothing(self) -> None:
+        """A graceful stop that began while the file was read: the reload is refused."""
+        app, controller = self.build()
+        calls = ThreadCalls()
+        controller.reloader.run_in_thread = partial(in_thread, calls)
+        write_config(self.dir, TWO + "  c:\n    type: daemonapp.testing:FakeDaemon\n")
+        reply = controller.handle({"v": 1, "command": "reload"}, ME)
+        app.stop("test")
+        calls.run_one()
+        assert isinstance(reply, Deferred)
+        self.assertEqual(self.successResultOf(reply)["refused"], "unavailable")
+        self.assertNotIn("c", app.daemons)
+
+
+PENDING_B = TWO.replace("daemonapp.testing:FakeDaemon\n    run_every: 20s",
+                        "daemonapp.testing:PendingDaemon\n    run_every: 20s\n    jobs: [1]")
+
+
+class ThreadCalls:
+    """A reactor's callFromThread for a test: what a thread hands over is queued, and
+    the test runs it on its own thread (waiting for it with a bound)."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[tuple[Any, tuple[Any, ...]]] = queue.Queue()
+
+    def callFromThread(self, function: Any, *args: Any) -> None:
+        self.calls.put((function, args))
+
+    def run_one(self) -> None:
+        function, args = self.calls.get(timeout=30)
+        function(*args)
+
+
+class ProtocolLaterTests(SynchronousTestCase):
+    def test_an_answer_that_comes_later_is_written_then(self) -> None:
+        """A reply that is a Deferred (a reload) is written when it fires; the request
+        timeout no longer applies to it."""
+        later: Deferred[dict[str, Any]] = Deferred()
+        controller = FakeController()
+        controller.handle = lambda request, peer: later  # type: ignore[method-assign,assignment,return-value]
+        clock = Clock()
+        factory = ControlFactory(lambda: {"pid": 1}, clock, controller)  # type: ignore[arg-type]
+        protocol = factory.buildProtocol(None)
+        transport = PeerTransport(ME)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b'{"v": 1, "command": "reload"}\n')
+        clock.advance(REQUEST_TIMEOUT * 2)
+        self.assertEqual(transport.value(), b"")
+        later.callback({"v": 1, "ok": True, "added": []})
+        self.assertEqual(json.loads(transport.value())["added"], [])
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_client_gone_before_the_answer_gets_nothing_written(self) -> None:
+        """A client that left before a reload's answer: nothing is written, nothing fails."""
+        later: Deferred[dict[str, Any]] = Deferred()
+        controller = FakeController()
+        controller.handle = lambda request, peer: later  # type: ignore[method-assign,assignment,return-value]
+        clock = Clock()
+        factory = ControlFactory(lambda: {"pid": 1}, clock, controller)  # type: ignore[arg-type]
+        protocol = factory.buildProtocol(None)
+        transport = PeerTransport(ME)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b'{"v": 1, "command": "reload"}\n')
+        protocol.connectionLost(None)
+        later.callback({"v": 1, "ok": True})
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual((factory.clients, clock.getDelayedCalls()), (0, []))

@@ -185,8 +185,14 @@ def test_triggers_during_a_run_merge_into_one_run_after_it(root: Path, running: 
     assert wait_until(lambda: len(ticks(root, "slow")) == 2, timeout=15)
     runs = ticks(root, "slow")
     assert runs[1][0] - runs[0][1] < 1.0  # right after the first one
-    time.sleep(0.5)  # a window for a wrong third run (the next scheduled one is 1 h away)
-    assert len(ticks(root, "slow")) == 2
+    # A wrong third run would start at once and hold 4 s before its line: the status
+    # shows it (as it showed the first run in flight above), the file would not yet.
+    time.sleep(0.5)
+    status = app.status()
+    assert status is not None
+    slow = next(d for d in status["daemons"] if d["name"] == "slow")
+    assert (slow["running"], slow["runs"]) == (False, 2)
+    assert slow["next_run_at"] - status["now"] > 1800  # the schedule's next, 1 h away
 
 
 def test_trigger_of_an_unknown_daemon_is_refused(root: Path, running: Any) -> None:
@@ -246,15 +252,17 @@ def test_pause_and_resume_across_a_restart(root: Path, running: Any) -> None:
 
 def test_pause_for_ends_by_itself(root: Path, running: Any) -> None:
     """`pause --for 1s`: no run while it lasts, runs again once it is over."""
-    app = running({"fast": {"run_every": "0.2s"}})
+    app = running({"fast": {"run_every": "0.2s"}, "other": {"run_every": "0.2s"}})
     assert wait_until(lambda: len(ticks(root, "fast")) >= 1, timeout=10)
     result = app.command("pause", "fast", "--for", "1.5s", "--json")
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["paused_until"] == pytest.approx(reply["paused_since"] + 1.5)
-    count = len(ticks(root, "fast"))
+    count, others = len(ticks(root, "fast")), len(ticks(root, "other"))
     time.sleep(0.8)  # within the pause: nothing may run (a window, not a wait for it)
     assert len(ticks(root, "fast")) <= count + 1  # (a run in flight at the pause may end)
+    # The window was long enough to see runs: the daemon beside it ran meanwhile.
+    assert len(ticks(root, "other")) >= others + 2
     paused_at = len(ticks(root, "fast"))
     assert wait_until(lambda: len(ticks(root, "fast")) > paused_at, timeout=10)
     assert wait_until(lambda: app.daemon("fast")["paused"] is False, timeout=5)
@@ -284,8 +292,10 @@ def check_reloaded(root: Path, app: App, before_runs: int) -> None:
     starts = [start for start, _ in ticks(root, "keep")]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert max(gaps) < 1.5, gaps  # 0.2 s apart, give or take a busy machine
+    kept = len(ticks(root, "keep"))
     time.sleep(0.6)  # a window for a wrong run of the removed daemon
     assert len(ticks(root, "gone")) == gone
+    assert len(ticks(root, "keep")) >= kept + 2  # a window in which runs were seen
 
 
 def test_reload_applies_the_difference(root: Path, running: Any) -> None:
@@ -432,3 +442,8 @@ def test_a_command_from_another_uid_is_refused(root: Path, running: Any) -> None
     assert wait_until(lambda: f"trigger hourly refused: uid {uid}" in app.log(), timeout=5)
     time.sleep(0.5)  # a window for a wrong run
     assert ticks(root, "hourly") == []
+    # Our own trigger finds no run queued or in flight (else: "merged", "after-run"),
+    # and runs once: so would have the refused one.
+    result = app.command("trigger", "hourly", "--json")
+    assert json.loads(result.stdout)["state"] == "queued", result.stdout + result.stderr
+    assert wait_until(lambda: len(ticks(root, "hourly")) == 1, timeout=10)
