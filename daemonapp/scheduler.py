@@ -1,6 +1,7 @@
 """The scheduler: which daemon runs when, on one timer.
 
-A heap of due times and a ready queue ordered by (priority desc, due time, FIFO).
+A heap of due times and a ready queue ordered by (priority desc, due time, FIFO):
+one FIFO per priority, since daemons mostly become ready in that order.
 When daemons are due it runs ready work for at most ``time_slice`` seconds, then
 yields to the reactor with ``callLater(0)`` so that listener I/O is served between
 items; with nothing due it arms exactly one timer, for the earliest due time
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,9 @@ from daemonapp.daemon import ENDED, READY, Daemon
 __all__ = ["MANUAL", "Pause", "Scheduler", "Slot"]
 
 _INF = float("inf")
+
+#: A ready entry: (due time, sequence, slot), kept in its priority's FIFO.
+_Entry = tuple[float, int, "Slot"]
 
 log = Logger()
 
@@ -98,7 +104,11 @@ class Scheduler:
         self._slots: dict[Daemon, Slot] = {}
         self._seq = itertools.count()
         self._heap: list[tuple[float, int, Slot]] = []
-        self._ready: list[tuple[int, float, int, Slot]] = []
+        #: The ready queue: a FIFO of entries per priority, each in (due, seq) order,
+        #: and those FIFOs highest priority first (`_levels`). A heap of N entries
+        #: costs ~log2(N) tuple comparisons per item; a yield appends in O(1).
+        self._queues: dict[int, deque[_Entry]] = {}
+        self._levels: list[deque[_Entry]] = []
         self._timer: Any = None
         self._timer_at = _INF
         self._yield_call: Any = None
@@ -149,7 +159,7 @@ class Scheduler:
         slot = self._slots.get(daemon)
         if slot is None or (slot.seq < 0 and not slot.in_run):
             return
-        heapq.heappush(self._ready, (-daemon.priority, slot.due, slot.seq, slot))
+        self._push_ready(daemon.priority, (slot.due, slot.seq, slot))
         if not self._in_slice:
             # Go on at once, like any Deferred callback: a slice of its own, in
             # priority order with whatever else is ready.
@@ -326,7 +336,7 @@ class Scheduler:
 
     def has_ready(self) -> bool:
         """True while daemons wait in the ready queue."""
-        return bool(self._ready)
+        return any(self._levels)
 
     def running(self) -> Iterator[Daemon]:
         """The daemons with a run in flight."""
@@ -406,7 +416,12 @@ class Scheduler:
         slot.due = due
         if delay <= 0:
             # Due at once: behind equal-priority daemons already due (round robin).
-            heapq.heappush(self._ready, (-slot.daemon.priority, due, seq, slot))
+            # Its sequence is the newest, so it goes last unless the clock went back.
+            queue = self._queues.get(slot.daemon.priority)
+            if queue is None or (queue and due < queue[-1][0]):
+                self._push_ready(slot.daemon.priority, (due, seq, slot))
+            else:
+                queue.append((due, seq, slot))
             if not self._in_slice and self._yield_call is None:
                 self._yield_call = self.reactor.callLater(0, self.run_slice)
             return
@@ -445,13 +460,29 @@ class Scheduler:
         self._timer_at = _INF
         self.run_slice()
 
+    def _push_ready(self, priority: int, entry: _Entry) -> None:
+        """Queue ``entry`` at its place in its priority's FIFO: (due, seq) order."""
+        queue = self._queues.get(priority)
+        if queue is None:
+            queue = self._queues[priority] = deque()
+            # In place: a slice in progress holds this list.
+            self._levels[:] = [self._queues[p] for p in sorted(self._queues, reverse=True)]
+        if queue:
+            last = queue[-1]
+            due = entry[0]
+            if due < last[0] or (due == last[0] and entry[1] < last[1]):
+                # Behind the tail (a woken run, a promotion after a yield): its place.
+                queue.insert(bisect_left(queue, entry[:2]), entry)
+                return
+        queue.append(entry)
+
     def _promote(self, now: float) -> None:
         heap = self._heap
-        ready = self._ready
+        push = self._push_ready
         while heap and heap[0][0] <= now:
             due, seq, slot = heapq.heappop(heap)
             if slot.seq == seq:
-                heapq.heappush(ready, (-slot.daemon.priority, due, seq, slot))
+                push(slot.daemon.priority, (due, seq, slot))
 
     def run_slice(self) -> None:
         """Run ready work for at most time_slice, then yield to the reactor."""
@@ -463,7 +494,7 @@ class Scheduler:
             self._yield_call = None
         self._in_slice = True
         seconds = self.seconds
-        ready = self._ready
+        levels = self._levels
         heap = self._heap
         try:
             now = seconds()
@@ -472,25 +503,28 @@ class Scheduler:
                 if events:
                     for watcher in list(self._clock_watchers):
                         watcher(events, now)
-            deadline = now + self.time_slice
+            start = now
             # End the slice early when another timer on the reactor (a listener's
-            # timeout, a LoopingCall) comes due first, so it is not late by a slice.
+            # timeout, a LoopingCall) comes due first, so it is not late by a slice;
+            # never below a tenth of the slice, so that a callLater(0) chain elsewhere
+            # does not shrink every slice to a single item. The reactor is asked once
+            # that tenth has passed: most slices (a wake-up for one run) end before.
             timeout = getattr(self.reactor, "timeout", None)
-            if timeout is not None:
-                wait = timeout()
-                if wait is not None and wait < self.time_slice:
-                    # Never below a tenth of the slice: a callLater(0) chain elsewhere
-                    # must not shrink every slice to a single item.
-                    deadline = now + max(wait, self.time_slice / 10)
+            deadline = now + (self.time_slice if timeout is None else self.time_slice / 10)
             timed = self._timed
             if timed and timed[0][0] <= now:
                 self._run_timed(now)
             self._promote(now)
-            while ready:
-                entry = heapq.heappop(ready)
-                slot = entry[3]
+            while True:
+                for queue in levels:  # the highest priority with a daemon ready
+                    if queue:
+                        break
+                else:
+                    break
+                entry = queue.popleft()
+                slot = entry[2]
                 if not slot.in_run:
-                    if slot.seq != entry[2] or self.stopping:
+                    if slot.seq != entry[1] or self.stopping:
                         continue  # stale (stopped or rescheduled), or no new run now
                     slot.in_run = True
                     self.runs_in_flight += 1
@@ -508,20 +542,34 @@ class Scheduler:
                     # end this run as failed, and let the slice go on with the others.
                     daemon.abort_run(Failure(), "scheduler")
                     status = ENDED
-                if status == READY:
-                    heapq.heappush(ready, entry)
+                if status == READY:  # back at its place, ahead of those due after it
+                    queue.insert(bisect_left(queue, entry[:2]), entry)
                 now = seconds()
                 if now >= deadline:
-                    break
+                    if timeout is None:
+                        break
+                    deadline = self._slice_end(start, now, timeout())
+                    timeout = None
+                    if now >= deadline:
+                        break
                 if heap and heap[0][0] <= now:
                     self._promote(now)
         finally:
             self._in_slice = False
+        ready = any(levels)
         if ready and self._yield_call is None:
             self._yield_call = self.reactor.callLater(0, self.run_slice)
         self._rearm()
         if not ready and self.idle_hook is not None:
             self.idle_hook()
+
+    def _slice_end(self, start: float, now: float, wait: float | None) -> float:
+        """When a slice begun at ``start`` ends, the reactor's next timer being ``wait``
+        from ``now`` (None: none): at that timer, within [a tenth of a slice, a slice]."""
+        end = start + self.time_slice
+        if wait is None:
+            return end
+        return min(end, max(now + wait, start + self.time_slice / 10))
 
 
 def _policy_call(daemon: Daemon, hook: str, now: float, default: Any = None) -> Any:
