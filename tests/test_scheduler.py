@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
 from daemonapp.testing import FakeDaemon, PendingDaemon, make_app
 from tests._apps import advance_to, fired, start_app
@@ -110,3 +115,28 @@ def test_stop_starts_no_new_run_while_another_drains() -> None:
     assert fired(stopped)
     assert later.get_work_calls == []
 
+
+
+@given(st.lists(st.tuples(st.sampled_from(["push", "pop"]), st.integers(-2, 2),
+                          st.integers(0, 5)), max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_ready_queue_order_is_the_heap_order(ops: list[tuple[str, int, int]]) -> None:
+    """The ready queue pops in (priority desc, due, sequence) order, as a heap would."""
+    from daemonapp.scheduler import Scheduler, Slot
+
+    scheduler = Scheduler(Clock(), 0.01)
+    reference: list[tuple[int, float, int]] = []
+    popped: list[tuple[float, int]] = []
+    expected: list[tuple[float, int]] = []
+    for index, (op, priority, due) in enumerate(ops):
+        seq = index * 37 % 61  # unique, in no order: a woken run keeps its old one
+        if op == "push":
+            slot = Slot(FakeDaemon(run_every=1))
+            scheduler._push_ready(priority, (float(due), seq, slot))
+            heapq.heappush(reference, (-priority, float(due), seq))
+        elif reference:
+            expected.append(heapq.heappop(reference)[1:])
+            queue = next(q for q in scheduler._levels if q)
+            popped.append(queue.popleft()[:2])
+    assert popped == expected
+    assert scheduler.has_ready() == bool(reference)
