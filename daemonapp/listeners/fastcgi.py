@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemonapp.listeners.budget import ConnectionBuffer
+from daemonapp.listeners.budget import BODY_READ_SIZE, ConnectionBuffer, read_in_large_pieces
 from daemonapp.listeners.connections import LINGER_TIMEOUT, ListenerFactory, TrackedProtocol
 from daemonapp.listeners.exchange import DONE, NEW, Exchange, Headers, cgi_head, parse_length
 from daemonapp.listeners.limits import Dispatcher
@@ -324,36 +324,87 @@ class FastCGIProtocol(TrackedProtocol):
 
     # -- parsing (the hot path) -------------------------------------------------------
 
+    #: the socket is read BODY_READ_SIZE at a time (a large body is arriving)
+    _large_reads = False
+    #: requests whose params ended in the read being parsed (dispatched after it)
+    _ready: list[FastCGIExchange] | None = None
+    #: UNKNOWN_TYPE answers to the read being parsed (written in one go after it)
+    _replies: list[bytes] | None = None
+
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
-        # when the data's first byte arrived (a record split over reads began earlier)
-        now = first = self.last_read = self._seconds()
-        if self._pending:
-            self._pending.append(data)
-            self._pending_len += len(data)
-            if self._pending_len < self._need:
+        now = self.last_read = self._seconds()
+        offset = 0
+        size = len(data)
+        while self._pending:
+            # a record begun in an earlier read: complete it with just the bytes it lacks
+            # (joining the pending part with the whole read copied every body once more)
+            missing = self._need - self._pending_len
+            if size - offset < missing:
+                rest = data[offset:] if offset else data
+                self._pending.append(rest)
+                self._pending_len += len(rest)
+                self._dispatch()
                 return
-            data = b"".join(self._pending)
+            pending = self._pending
+            pending.append(data[offset:offset + missing])
+            offset += missing
+            whole = b"".join(pending)
             self._pending = []
             self._pending_len = 0
-            first = self._pending_since
+            done = self._records(whole, 0, self._pending_since)
+            if done < 0:
+                self._ready = self._replies = None
+                return
+            if done < len(whole):  # only its header so far: its length is known now
+                self._pending = [whole]
+                self._pending_len = len(whole)
+        if offset < size:
+            done = self._records(data, offset, now)
+            if done < 0:
+                self._ready = self._replies = None
+                return
+            if done < size:
+                rest = data[done:]
+                self._pending = [rest]
+                self._pending_len = len(rest)
+                self._pending_since = now
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Send the UNKNOWN_TYPE answers and dispatch the requests of the last read."""
+        replies, self._replies = self._replies, None
+        if replies is not None:
+            self.transport.write(b"".join(replies))  # type: ignore[union-attr]
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            params_ready = self.dispatcher.params_ready
+            for ex in ready:
+                if self._output_paused:
+                    # the peer reads none of our answers: its next requests wait
+                    self._deferred.append(ex)
+                elif ex.state == NEW:  # not aborted meanwhile
+                    params_ready(ex)
+
+    def _records(self, data: bytes, offset: int, began: float) -> int:
+        """Handle the whole records of ``data`` from ``offset`` on (``began``: when they
+        arrived); the offset where the first incomplete one starts, or -1 once the
+        connection is closed."""
         size = len(data)
-        offset = 0
         requests = self.requests
-        ready: list[FastCGIExchange] | None = None
-        replies: list[bytes] | None = None
+        ready = self._ready
+        replies = self._replies
         while size - offset >= 8:
             version, rtype, rid, clen, plen = _unpack_header(data, offset)
             if version != FCGI_VERSION_1:
                 self._protocol_error("unsupported record version {version}", version=version)
-                return
+                return -1
             start = offset + 8
             end = start + clen + plen
             if end > size:
                 self._need = end - offset
                 break
-            began = first if offset == 0 else now
             offset = end
             if rtype == FCGI_STDIN:
                 ex = requests.get(rid)
@@ -365,16 +416,20 @@ class FastCGIProtocol(TrackedProtocol):
                         self._drop_left -= clen
                         if self._drop_left < 0:
                             self._drop_over("past its length or max_body_bytes")
-                            return
+                            return -1
                         continue
                     self._body_dropped(rid)  # the body we waited for has ended
                     if self._closed:
-                        return
+                        return -1
                     continue
                 if clen:
                     ex.feed_body(data[start:start + clen])
                 else:
                     ex.end_body()
+                    if self._large_reads and all(other.body_complete
+                                                 for other in requests.values()):
+                        self._large_reads = False
+                        read_in_large_pieces(self.transport, False)
             elif rtype == FCGI_PARAMS:
                 ex = requests.get(rid)
                 if ex is None or ex.param_chunks is None:
@@ -383,7 +438,7 @@ class FastCGIProtocol(TrackedProtocol):
                     ex.param_len += clen
                     if ex.param_len > self.max_param_bytes:
                         self._params_too_large(ex)
-                        return
+                        return -1
                     ex.param_chunks.append(data[start:start + clen])
                     continue
                 chunks = ex.param_chunks
@@ -394,8 +449,13 @@ class FastCGIProtocol(TrackedProtocol):
                 except ProtocolError as err:
                     self._protocol_error("bad params for request {rid}: {error}",
                                          rid=rid, error=str(err))
-                    return
+                    return -1
                 self.requests_seen += 1
+                if not self._large_reads:
+                    length = parse_length(ex.params.get("CONTENT_LENGTH", ""))
+                    if length is not None and length >= BODY_READ_SIZE:
+                        self._large_reads = True
+                        read_in_large_pieces(self.transport, True)
                 # dispatched after this read: if the body's end is in it too, the app
                 # gets a plain BytesIO instead of a streaming input
                 if ready is None:
@@ -407,7 +467,7 @@ class FastCGIProtocol(TrackedProtocol):
                     continue
                 if clen != 8:
                     self._protocol_error("BEGIN_REQUEST body of {size} bytes", size=clen)
-                    return
+                    return -1
                 role, flags = _BEGIN_BODY.unpack_from(data, start)
                 if role != FCGI_RESPONDER:
                     self.transport.write(  # type: ignore[union-attr]
@@ -416,7 +476,7 @@ class FastCGIProtocol(TrackedProtocol):
                 if len(requests) >= self.max_reqs:
                     self._overloaded(rid, bool(flags & FCGI_KEEP_CONN))
                     if self._closed:
-                        return
+                        return -1
                     continue
                 ex = FastCGIExchange(self.dispatcher, self, rid, bool(flags & FCGI_KEEP_CONN))
                 ex.began_at = began
@@ -448,24 +508,12 @@ class FastCGIProtocol(TrackedProtocol):
                         replies.append(reply)
             # any other record for a request id is ignored (DATA, or types we don't know)
             if self._closed:
-                return
+                return -1
         else:
             self._need = 8
-        if offset < size:
-            rest = data[offset:]
-            self._pending = [rest]
-            self._pending_len = len(rest)
-            self._pending_since = first if offset == 0 else now
-        if replies is not None:
-            self.transport.write(b"".join(replies))  # type: ignore[union-attr]
-        if ready is not None:
-            params_ready = self.dispatcher.params_ready
-            for ex in ready:
-                if self._output_paused:
-                    # the peer reads none of our answers: its next requests wait
-                    self._deferred.append(ex)
-                elif ex.state == NEW:  # not aborted meanwhile
-                    params_ready(ex)
+        self._ready = ready
+        self._replies = replies
+        return offset
 
     def _overloaded(self, rid: int, keep_conn: bool) -> None:
         """More request ids at once than FCGI_MAX_REQS: 503 with Retry-After at once.

@@ -16,7 +16,13 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from zope.interface import implementer
 
-from daemonapp.listeners.budget import BodyBuffer, ConnectionBuffer, FdLimits
+from daemonapp.listeners.budget import (
+    BODY_READ_SIZE,
+    BodyBuffer,
+    ConnectionBuffer,
+    FdLimits,
+    read_in_large_pieces,
+)
 from daemonapp.listeners.connections import LINGER_TIMEOUT, ListenerFactory, Network
 from daemonapp.listeners.exchange import NEW, Exchange, Headers
 from daemonapp.listeners.limits import Dispatcher
@@ -244,6 +250,10 @@ class _Root(resource.Resource):
             return server.NOT_DONE_YET  # answered 413 already (_Channel.refuse_body)
         dispatcher = self.site.dispatcher
         ex = HTTPExchange(dispatcher, request)
+        channel: Any = request.channel
+        if channel.large_reads:  # the body has ended
+            channel.large_reads = False
+            read_in_large_pieces(channel.transport, False)
         content = request.content
         size = 0
         if isinstance(content, BodyBuffer):
@@ -262,7 +272,6 @@ class _Root(resource.Resource):
         ex.body_len = size
         ex.body_complete = True
         request.notifyFinish().addErrback(_gone, ex)
-        channel: Any = request.channel
         if channel.output_paused:
             # the client reads none of our answers: its pipelined requests wait (each
             # answer would pile up in the transport's buffer)
@@ -319,6 +328,8 @@ class _Channel(http.HTTPChannel):
 
     #: set once the request's body is refused (413): the rest of it is dropped
     _refused: Any = None
+    #: the socket is read BODY_READ_SIZE at a time (a large or chunked body arrives)
+    large_reads = False
 
     def allHeadersReceived(self) -> None:
         self._header_since = None
@@ -339,6 +350,9 @@ class _Channel(http.HTTPChannel):
             # the fd reserve is taken by spools): 503 at once
             self.refuse_body(503, f"{fds.spools} spool files open")
             return
+        if length is None or length >= BODY_READ_SIZE:
+            self.large_reads = True
+            read_in_large_pieces(self.transport, True)
         base: Any = super()
         base.allHeadersReceived()
 

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemonapp.listeners.budget import ConnectionBuffer
+from daemonapp.listeners.budget import BODY_READ_SIZE, ConnectionBuffer, read_in_large_pieces
 from daemonapp.listeners.connections import ListenerFactory, TrackedProtocol
 from daemonapp.listeners.exchange import (
     Exchange,
@@ -379,6 +379,8 @@ class SCGIProtocol(TrackedProtocol):
             self._remaining -= min(len(rest), self._remaining)  # dropped (a linger counts)
             dispatcher.params_ready(ex)  # answers 413
             return
+        if length - len(rest) >= BODY_READ_SIZE:
+            read_in_large_pieces(self.transport, True)
         if rest:
             self._body(rest, dispatch=False)
         if self._remaining == 0:
