@@ -43,6 +43,7 @@ from daemonapp.pauses import (
     number,
     pause_fields,
 )
+from daemonapp.ratelog import Episode, RateLog
 from daemonapp.reload import Difference, Refused, Reloader
 
 __all__ = [
@@ -76,6 +77,8 @@ WRITE_TIMEOUT = 10.0
 #: Connections served at once; beyond that a new one is closed at once (and logged, at
 #: most once a minute), so a flood cannot take the app's file descriptors.
 MAX_CLIENTS = 1024
+#: Bad requests are logged at most once per this many seconds (with a count).
+BAD_REQUEST_LOG_EVERY = 60.0
 #: How many daemon names an "unknown daemon" answer lists.
 _NAMES_SHOWN = 20
 
@@ -165,12 +168,12 @@ class _ControlProtocol(Protocol):
         newline = self._buffer.find(b"\n")
         if newline < 0:
             if len(self._buffer) >= MAX_REQUEST_BYTES:
-                self._answer(refusal("bad_request", f"request line longer than "
-                                                    f"{MAX_REQUEST_BYTES} bytes"))
+                self._answer(self._factory.bad_request(
+                    self.peer, f"request line longer than {MAX_REQUEST_BYTES} bytes"))
             return
         if newline >= MAX_REQUEST_BYTES:
-            self._answer(refusal("bad_request",
-                                 f"request line longer than {MAX_REQUEST_BYTES} bytes"))
+            self._answer(self._factory.bad_request(
+                self.peer, f"request line longer than {MAX_REQUEST_BYTES} bytes"))
             return
         line = bytes(self._buffer[:newline])
         self._buffer.clear()
@@ -205,8 +208,8 @@ class _ControlProtocol(Protocol):
     def _too_slow(self) -> None:
         self._timer = None
         if not self._answered:
-            self._answer(refusal("bad_request", f"no complete request line within "
-                                                f"{REQUEST_TIMEOUT:g} s"))
+            self._answer(self._factory.bad_request(
+                self.peer, f"no complete request line within {REQUEST_TIMEOUT:g} s"))
 
     def _answer(self, reply: dict[str, Any] | bytes) -> None:
         self._answered = True
@@ -260,6 +263,22 @@ class ControlFactory(Factory):
         self.clients = 0
         self.refused_clients = 0
         self.refused_logged_at = -math.inf
+        self._bad_requests = RateLog(reactor.seconds, every=BAD_REQUEST_LOG_EVERY)
+
+    def bad_request(self, peer: Peer, error: str) -> dict[str, Any]:
+        """Refuse what is not a request (garbage, too long, too slow, an unknown
+        command or version): logged with the peer's uid and pid, one line at most
+        every BAD_REQUEST_LOG_EVERY seconds with a count of the others, so a flood
+        of garbage cannot fill the disk."""
+        def line(episode: Episode) -> None:
+            others = episode.count - 1
+            log.warn("control: bad request from uid {uid} (pid {pid}) refused: {error}"
+                     "{others}", uid=peer.uid, pid=peer.pid, error=error,
+                     others=f" (and {others} more since the last such line)" if others
+                     else "")
+
+        self._bad_requests.occurred("bad_request", line)
+        return refusal("bad_request", error)
 
     def answer_status(self) -> bytes:
         """The snapshot as one line (an error object when it cannot be made)."""
@@ -274,18 +293,18 @@ class ControlFactory(Factory):
         try:
             request = json.loads(line)
         except (ValueError, RecursionError):
-            return refusal("bad_request", "the request is not a line of JSON")
+            return self.bad_request(peer, "the request is not a line of JSON")
         if not isinstance(request, dict):
-            return refusal("bad_request", "the request is not a JSON object")
+            return self.bad_request(peer, "the request is not a JSON object")
         version = request.get("v", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
-            return refusal("bad_request", f"protocol version {version!r} is not "
+            return self.bad_request(peer, f"protocol version {str(version)[:20]!r} is not "
                                           f"supported; this app speaks {PROTOCOL_VERSION}")
         command = request.get("command")
         if command == "status":
             return self.answer_status()
         if not isinstance(command, str) or command not in COMMANDS:
-            return refusal("bad_request", f"unknown command {str(command)[:50]!r}; "
+            return self.bad_request(peer, f"unknown command {str(command)[:50]!r}; "
                                           f"expected status, {', '.join(COMMANDS)}")
         if self.controller is None:
             log.warn("control: {command} refused (uid {uid}, pid {pid}): this process "

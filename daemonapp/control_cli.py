@@ -3,7 +3,7 @@
 Each sends one request over the app's status socket (daemonapp.control has the
 protocol) and prints the answer, or with ``--json`` the answer itself. Exit status:
 0 done, 1 refused (an unknown daemon, no app answering, an invalid file to reload),
-2 usage (a bad ``--for`` included).
+2 usage (a bad ``--for`` included, and a request the app calls bad).
 """
 
 from __future__ import annotations
@@ -78,18 +78,18 @@ def _state_dir(target: str | None) -> str | int:
     path = target or os.environ.get(ENV_CONFIG)
     if not path:
         return "var"
+    # Read the way the CGI frontend reads it, without a full check: fast, and a file
+    # being edited (a reload of it says what is wrong) still names its state_dir.
+    from daemonapp.cgi_frontend import scan_state_dir
+
+    state_dir = scan_state_dir(path) if os.path.isfile(path) else None
+    if state_dir is not None:
+        return state_dir
     from daemonapp.config import ConfigError, load_config
 
     try:
         return load_config(path).app.state_dir
     except ConfigError as e:
-        # A file that no longer checks (a reload of it says why): its state_dir is read
-        # the way the CGI frontend reads it, without a full check.
-        from daemonapp.cgi_frontend import scan_state_dir
-
-        state_dir = scan_state_dir(path) if os.path.isfile(path) else None
-        if state_dir is not None:
-            return state_dir
         for message in e.messages:
             print(message, file=sys.stderr)
         _error(f"cannot find the state_dir of {path}")
@@ -104,11 +104,15 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | int:
     if command == "pause":
         if args.duration is not None:
             from daemonapp.durations import parse_duration
+            from daemonapp.pauses import MAX_PAUSE_SECONDS
 
             try:
                 seconds = parse_duration(args.duration, positive=True)
             except ValueError as e:
                 _error(f"pause: --for: {e}")
+                return EXIT_USAGE
+            if seconds > MAX_PAUSE_SECONDS:
+                _error(f"pause: --for: at most 10 years (3650d), got {args.duration!r}")
                 return EXIT_USAGE
             request["for"] = seconds
         if args.reason is not None:
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
     if not reply.get("ok"):
         _error(f"{command}: {reply.get('error', 'refused')}")
-        return EXIT_REFUSED
+        # A request the app calls bad is a usage error (a name or reason it cannot take).
+        return EXIT_USAGE if reply.get("refused") == "bad_request" else EXIT_REFUSED
     if reply.get("warning"):
         _error(f"{command}: warning: {reply['warning']}")
     return EXIT_OK

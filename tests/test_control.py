@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemonapp.config import build_app, load_config
@@ -132,6 +133,25 @@ class ProtocolTests(SynchronousTestCase):
         protocol.dataReceived(b'{"v": 1, "command": "status"}\n')
         self.assertEqual(self.answer(transport), {"pid": 1})
         self.assertEqual(self.controller.requests, [])
+
+    def test_a_bad_request_is_logged_with_the_peer_and_a_flood_in_few_lines(self) -> None:
+        """Garbage is logged with the peer's uid and pid; more within a minute are
+        counted, and the next line (a minute on) says how many."""
+        with capturedLogs() as events:
+            for _ in range(50):
+                protocol, _transport = self.connect(STRANGER)
+                protocol.dataReceived(b"garbage\n")
+            self.clock.advance(60)
+            protocol, _transport = self.connect(ME)
+            protocol.dataReceived(b'{"v": 1, "command": "rm"}\n')
+        lines = [formatEvent(event) for event in events
+                 if "bad request" in str(event.get("log_format"))]
+        self.assertEqual(lines, [
+            f"control: bad request from uid {STRANGER.uid} (pid {STRANGER.pid}) refused: "
+            "the request is not a line of JSON",
+            f"control: bad request from uid {ME.uid} (pid {ME.pid}) refused: unknown "
+            "command 'rm'; expected status, trigger, pause, resume, reload (and 49 more "
+            "since the last such line)"])
 
     def test_a_socket_without_controller_takes_no_commands(self) -> None:
         """A process spawned by a web server answers commands with a refusal."""
