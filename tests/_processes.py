@@ -11,13 +11,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
+# The venv the suite runs in (./dev test's, or DAEMONAPP_VENV's): its commands are the
+# installed, non-editable ones the tests mean to drive.
+BIN = Path(sys.executable).parent
 PYTHON = BIN / "python"
 DAEMONAPP = BIN / "daemonapp"
 TWISTD = BIN / "twistd"
