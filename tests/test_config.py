@@ -439,7 +439,7 @@ def test_unknown_app_option_suggests(tmp_path: Path) -> None:
     assert errors(path) == [
         f"{path}:2: app.stay_alive: unknown app option (did you mean 'stay_alive_for'?); "
         "expected one of stay_alive_for, shutdown_after, shutdown_if_idle, stop_timeout, "
-        "time_slice, state_dir, log, locks, timezone, alerts, history"]
+        "time_slice, state_dir, log, locks, timezone, alerts, history, processes"]
 
 
 def test_bad_log_level(tmp_path: Path) -> None:
