@@ -197,8 +197,8 @@ class Reloader:
             log.error("reload: cannot apply app.log ({error}); the log stays as it was",
                       error=e)
             return f"not applied: {e}"
-        log.info("reload: app.log applied (format {log_format}, level {level}, file {file})",
-                 log_format=new.format, level=new.level, file=new.file or "stderr")
+        log.info("reload: app.log applied (format {new_format}, level {new_level}, file {file})",
+                 new_format=new.format, new_level=new.level, file=new.file or "stderr")
         return "applied"
 
     def _swap(self, name: str, spec: DaemonSpec | None) -> None:

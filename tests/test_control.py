@@ -295,6 +295,22 @@ class ControllerTests(SynchronousTestCase):
         self.assertEqual(sorted(app.daemons), ["a", "c"])
         self.assertEqual(app.stop_timeout, 30.0)
 
+    def test_reload_applies_app_log_at_once(self) -> None:
+        """A changed app.log is handed to reconfigure_log, logged, and answered
+        "applied"; the daemons' difference is applied with it."""
+        app, controller = self.build()
+        given: list[Any] = []
+        controller.reconfigure_log = given.append
+        write_config(self.dir, TWO.split("  b:", maxsplit=1)[0],
+                     extra="  log: {format: json, level: warn}\n")
+        with capturedLogs() as events:
+            reply = self.command(controller, "reload")
+        self.assertEqual((reply["ok"], reply["log"], reply["removed"]), (True, "applied", ["b"]))
+        self.assertEqual([(s.format, s.level) for s in given], [("json", "warn")])
+        self.assertIn("reload: app.log applied (format json, level warn, file stderr)",
+                      [formatEvent(event) for event in events])
+        self.assertEqual(sorted(app.daemons), ["a"])
+
     def test_reload_replaces_a_changed_daemon_after_its_run(self) -> None:
         """A changed daemon in a run is replaced once the run has ended."""
         app, controller = self.build(TWO.replace("daemonapp.testing:FakeDaemon\n    run_every: 20s",
