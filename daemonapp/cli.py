@@ -119,10 +119,18 @@ def _status(args: argparse.Namespace) -> int:
     if target is None or os.path.isfile(target):
         path = target if target is not None else os.environ.get(ENV_CONFIG)
         if path:
-            loaded = _load(path, "status")
-            if isinstance(loaded, int):
-                return loaded
-            target = loaded.app.state_dir
+            # The CGI frontend's fast scan first: a file being edited (a reload of it
+            # was refused) still names the state_dir of the app that runs.
+            from daemonapp.cgi_frontend import scan_state_dir
+
+            scanned = scan_state_dir(path) if os.path.isfile(path) else None
+            if scanned is not None:
+                target = scanned
+            else:
+                loaded = _load(path, "status")
+                if isinstance(loaded, int):
+                    return loaded
+                target = loaded.app.state_dir
         else:
             target = "var"
     if os.path.isdir(target) and not os.path.exists(status_socket_path(target)):

@@ -150,3 +150,24 @@ def test_the_default_is_the_state_dir_of_daemonapp_config(
     monkeypatch.chdir(tmp_path)
     main(["reload"])
     assert [path for path, _ in fake.requests] == [str(tmp_path / "state"), "var"]
+
+
+def test_status_of_a_file_being_edited_reaches_the_app(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`daemonapp status FILE` after a refused reload (the file no longer checks) still
+    shows the app that runs, as the commands reach it."""
+    from daemonapp import status
+
+    (tmp_path / "app.yaml").write_text("app:\n  state_dir: ./state\ndaemons:\n"
+                                       "  a: {type: file_cleanup, run_every: soon}\n")
+    asked: list[str] = []
+
+    def fetch_status(path: str, **kw: Any) -> dict[str, Any]:
+        asked.append(path)
+        return {"pid": 4242, "state": "running", "daemons": [], "listeners": []}
+
+    monkeypatch.setattr(status, "fetch_status", fetch_status)
+    assert main(["status", "--json", str(tmp_path / "app.yaml")]) == 0
+    assert asked == [str(tmp_path / "state")]
+    assert json.loads(capsys.readouterr().out)["pid"] == 4242
