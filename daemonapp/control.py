@@ -29,9 +29,11 @@ from typing import Any, NamedTuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from daemonapp.configmodel import Config, LogSettings
 from daemonapp.pauses import (
@@ -127,8 +129,14 @@ def refusal(code: str, error: str, **fields: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- the protocol
 
 
+@implementer(IHalfCloseableProtocol)
 class _ControlProtocol(Protocol):
-    """One connection: at most one request line, one answer line, then close."""
+    """One connection: at most one request line, one answer line, then close.
+
+    A client that closes its side first (``socat ... < /dev/null``) has said all it
+    will: nothing means the status, as before commands existed; a line without its
+    newline is the request.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -177,6 +185,9 @@ class _ControlProtocol(Protocol):
             return
         line = bytes(self._buffer[:newline])
         self._buffer.clear()
+        self._received(line)
+
+    def _received(self, line: bytes) -> None:
         answer = self._factory.answer(line, self.peer)
         if isinstance(answer, Deferred):
             # (a reload reads its file in a thread): the answer once it is there
@@ -185,6 +196,19 @@ class _ControlProtocol(Protocol):
             answer.addCallback(self._answer)
             return
         self._answer(answer)
+
+    def readConnectionLost(self) -> None:
+        if self._answered or not self._counted:
+            return
+        line, self._buffer = bytes(self._buffer), bytearray()
+        if not line.strip():
+            self._answer(self._factory.answer_status())
+            return
+        self._received(line)
+
+    def writeConnectionLost(self) -> None:
+        self._cancel_timer()
+        self._abort()  # the client no longer reads: nothing more to do for it
 
     def _grace_over(self) -> None:
         self._timer = None
@@ -298,7 +322,7 @@ class ControlFactory(Factory):
             return self.bad_request(peer, "the request is not a JSON object")
         version = request.get("v", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
-            return self.bad_request(peer, f"protocol version {str(version)[:20]!r} is not "
+            return self.bad_request(peer, f"protocol version {repr(version)[:20]} is not "
                                           f"supported; this app speaks {PROTOCOL_VERSION}")
         command = request.get("command")
         if command == "status":

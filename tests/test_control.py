@@ -153,6 +153,19 @@ class ProtocolTests(SynchronousTestCase):
             "command 'rm'; expected status, trigger, pause, resume, reload (and 49 more "
             "since the last such line)"])
 
+    def test_a_client_that_closes_its_side_at_once_gets_the_status(self) -> None:
+        """EOF before any byte (``socat ... < /dev/null``): the status, at once."""
+        protocol, transport = self.connect(STRANGER)
+        protocol.readConnectionLost()
+        self.assertEqual(self.answer(transport), {"pid": 1})
+
+    def test_eof_ends_a_request_line_without_its_newline(self) -> None:
+        """``printf '{...}' | socat``: the line EOF ends is the request."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b'{"v": 1, "command": "trigger", "daemon": "x"}')
+        protocol.readConnectionLost()
+        self.assertEqual(self.answer(transport)["echo"]["daemon"], "x")
+
     def test_a_socket_without_controller_takes_no_commands(self) -> None:
         """A process spawned by a web server answers commands with a refusal."""
         self.factory.controller = None
