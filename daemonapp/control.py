@@ -483,13 +483,13 @@ class Controller(Service):
         if leaving == "replaced":
             # The daemon now under this name stops after its run; its replacement runs.
             state = self.reloader.trigger_replacement(daemon.name)
-            return _reply(True, daemon=daemon.name, state=state,
+            return _reply(True, daemon=daemon.name, state=state, running=True,
                           paused=self._scheduler.pause_of(daemon.name) is not None)
         try:
             state = self._scheduler.trigger(daemon)
         except ValueError as e:
             return refusal("unavailable", str(e), daemon=daemon.name)
-        return _reply(True, daemon=daemon.name, state=state,
+        return _reply(True, daemon=daemon.name, state=state, running=bool(daemon.running),
                       paused=self._scheduler.pause_of(daemon.name) is not None)
 
     def _pause(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -165,9 +165,13 @@ def _describe(command: str, reply: dict[str, Any]) -> str:
     name = reply.get("daemon")
     if command == "trigger":
         state = reply.get("state")
+        after = f"{name}: a run is in flight; it runs once more right after it"
+        if state == "merged" and reply.get("running"):
+            after += " (asked for already)"
         text = {"queued": f"{name}: runs now",
-                "merged": f"{name}: runs now (it was due or asked for already)",
-                "after-run": f"{name}: a run is in flight; it runs once more right after it",
+                "merged": after if reply.get("running")
+                else f"{name}: runs now (it was due or asked for already)",
+                "after-run": after,
                 }.get(str(state), f"{name}: {state}")
         return text + (" (it stays paused)" if reply.get("paused") else "")
     if command == "pause":

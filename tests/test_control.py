@@ -373,6 +373,14 @@ class ControllerTests(SynchronousTestCase):
         self.assertEqual(self.command(controller, "reload")["refused"], "unavailable")
         self.successResultOf(app.stop("test"))
 
+    def test_a_trigger_during_a_run_says_a_run_is_in_flight(self) -> None:
+        """A trigger's answer says whether a run is in flight (which it then follows)."""
+        _, controller = self.build(PENDING_B)
+        self.clock.advance(0)
+        replies = [self.command(controller, "trigger", daemon=name) for name in "bba"]
+        self.assertEqual([(r["state"], r["running"]) for r in replies],
+                         [("after-run", True), ("merged", True), ("queued", False)])
+
     def test_a_trigger_of_a_daemon_a_reload_removes_is_refused(self) -> None:
         """A daemon a reload removes, still finishing its run: a trigger is refused
         (it would never run), and no run follows."""

@@ -48,6 +48,22 @@ def test_done_is_0_with_the_answer_in_words(app: Any, capsys: pytest.CaptureFixt
     assert fake.requests == [("/srv/var", {"command": "trigger", "daemon": "x"})]
 
 
+@pytest.mark.parametrize(("state", "running", "said"), [
+    ("queued", False, "x: runs now"),
+    ("merged", False, "x: runs now (it was due or asked for already)"),
+    ("after-run", True, "x: a run is in flight; it runs once more right after it"),
+    ("merged", True, "x: a run is in flight; it runs once more right after it "
+                     "(asked for already)"),
+])
+def test_a_trigger_says_when_it_runs(app: Any, capsys: pytest.CaptureFixture[str],
+                                     state: str, running: bool, said: str) -> None:
+    """A trigger merged into the one after a run in flight does not say "runs now"."""
+    app({"v": 1, "ok": True, "daemon": "x", "state": state, "running": running,
+         "paused": False})
+    assert main(["trigger", "x", "--app", "/srv/var"]) == 0
+    assert capsys.readouterr().out == said + "\n"
+
+
 def test_refused_is_1(app: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown daemon (or any refusal but a bad request) exits 1 with the app's words."""
     app({"v": 1, "ok": False, "refused": "unknown_daemon",
