@@ -1,66 +1,56 @@
-"""Several processes for one app (DESIGN §11): a supervisor and its request-only workers.
+"""Several processes for one app (DESIGN §11): the supervisor and its workers as it
+sees them.
 
 With ``app.processes: N`` the process `daemonapp run` starts is the supervisor: it
 binds every listener once (as always: ``PATH.new`` and a rename, tcp ports, systemd
 sockets), runs the daemons, the job dispatcher and the status socket, serves requests
 too, and spawns N-1 workers with ``python -m daemonapp.workers``. A worker inherits the
 listening sockets (no SO_REUSEPORT: the kernel hands each connection to one of the
-processes blocked in accept) and builds only the listeners and their applications
-from the same file.
-
-Supervisor and worker talk over two pipes, one JSON object a line: the worker reports
-``ready`` once it listens, a ``snapshot`` every second, ``retire`` when a listener
-reached max_requests, and asks for ``/jobs/<id>`` (``job``); the supervisor answers
-jobs and says ``drain``. A worker whose supervisor is gone (EOF on its pipe, also after
-a SIGKILL) drains and exits, so no process outlives the app.
+processes blocked in accept) and builds only the listeners and their applications, from
+the configuration the supervisor runs (daemonapp.worker: the pipes' protocol and what
+runs inside a worker). A reload's ``app.log`` and a SIGHUP's reopening of the log file
+reach every worker; a worker whose supervisor is gone (EOF on its pipe, also after a
+SIGKILL) drains and exits, so no process outlives the app.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daemonapp.configmodel import LogSettings
+from daemonapp.worker import (
+    CONTROL_FD,
+    FIRST_LISTEN_FD,
+    REPORT_FD,
+    Lines,
+    encode,
+    plan_message,
+)
+
 __all__ = [
-    "CONTROL_FD",
-    "REPORT_FD",
     "Supervisor",
-    "WorkerChannel",
     "WorkerProcess",
-    "main",
     "restart_delay",
 ]
 
 log = Logger(namespace="daemonapp.workers")
 
-#: The worker's end of the pipe the supervisor writes (drain, job answers; EOF: gone).
-CONTROL_FD = 3
-#: The worker's end of the pipe the supervisor reads (ready, snapshots, retire, jobs).
-REPORT_FD = 4
-#: The first fd of the inherited listening sockets in a worker, one per listener.
-FIRST_LISTEN_FD = 5
-#: The longest line either side reads from the other (a snapshot is a few KiB).
-MAX_LINE_BYTES = 1024 * 1024
-#: Seconds between two snapshots a worker reports.
-REPORT_INTERVAL = 1.0
 #: A worker that lived this long before it died is restarted at once.
 STABLE_AFTER = 10.0
 #: The first delay before restarting a worker that died young, doubled each time.
 RESTART_BASE = 0.5
 RESTART_MAX = 30.0
-#: Job status questions a worker keeps waiting at once (more: answered as unknown).
-MAX_PENDING_JOBS = 1000
-
 #: Environment variables of the supervisor's own, never a worker's: systemd's socket
 #: activation and notification (the worker gets its sockets from us).
 SUPERVISOR_ONLY_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
@@ -86,32 +76,6 @@ def restart_delay(streak: int) -> float:
     return float(min(RESTART_MAX, RESTART_BASE * 2 ** (streak - 1)))
 
 
-class _Lines:
-    """JSON objects one a line, bounded: ``feed`` returns the complete ones."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
-        *lines, rest = self._buffer.split(b"\n")
-        if len(rest) > MAX_LINE_BYTES:
-            raise ValueError(f"a line longer than {MAX_LINE_BYTES} bytes")
-        self._buffer = rest
-        messages = []
-        for line in lines:
-            if not line.strip():
-                continue
-            value = json.loads(line)
-            if isinstance(value, dict):
-                messages.append(value)
-        return messages
-
-
-def _encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, default=repr, separators=(",", ":")).encode() + b"\n"
-
-
 # ---------------------------------------------------------------------- supervisor
 
 
@@ -128,7 +92,7 @@ class WorkerProcess(ProcessProtocol):
         self.retire_wanted = False
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
-        self._lines = _Lines()
+        self._lines = Lines()
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
@@ -148,7 +112,7 @@ class WorkerProcess(ProcessProtocol):
 
     def send(self, message: Mapping[str, Any]) -> None:
         if self.transport is not None and self.state != ENDED:
-            self.transport.writeToChild(CONTROL_FD, _encode(message))  # type: ignore[attr-defined]
+            self.transport.writeToChild(CONTROL_FD, encode(message))  # type: ignore[attr-defined]
 
     def drain(self) -> None:
         """Ask the worker to drain and exit (it answers what it has first)."""
@@ -191,7 +155,9 @@ class Supervisor(Service):
     once they are bound. Hooks on the app: a graceful stop drains every worker and
     waits for them (``stop_timeout`` bounds it, as for the rest); the supervisor's own
     max_requests hands its share of the requests to one more worker instead of stopping
-    the app; its snapshot lists every process and sums the listeners' counts.
+    the app; its snapshot lists every process and sums the listeners' counts; SIGHUP
+    has every worker reopen its log file, and a reload that applied a new ``app.log``
+    sends it to every worker (and to those started later, with the plan).
     """
 
     def __init__(self, app: Any, config: Any, *, reactor: Any = None,
@@ -220,6 +186,12 @@ class Supervisor(Service):
         app.add_stop_hook(self.workers_ended)
         app.on_request_limit(self._own_limit)
         app.add_snapshot_hook(self._snapshot)
+        app.on_reopen_logs(self._reopen_logs)
+        from daemonapp.control import controller_of
+
+        self._controller = controller_of(app)
+        if self._controller is not None:
+            self._controller.on_reload(lambda: None, self._reloaded)
 
     # ------------------------------------------------------------------- start
 
@@ -303,28 +275,48 @@ class Supervisor(Service):
         self._numbers += 1
         worker = WorkerProcess(self, self._numbers)
         child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, CONTROL_FD: "w", REPORT_FD: "r"}
-        fds: dict[str, int] = {}
-        endpoints: dict[str, str] = {}
+        fds: dict[int, int] = {}
         for offset, (index, fd) in enumerate(sorted(self._fds.items())):
             child_fds[FIRST_LISTEN_FD + offset] = fd
-            fds[str(index)] = FIRST_LISTEN_FD + offset
-        for spec in self.config.listeners:
-            endpoints[str(spec.index)] = f"{spec.protocol} {spec.endpoint}"
-        plan = json.dumps({"fds": fds, "endpoints": endpoints})
+            fds[index] = FIRST_LISTEN_FD + offset
         env = {key: value for key, value in os.environ.items()
                if key not in SUPERVISOR_ONLY_ENV}
-        args = [*self.command, os.path.abspath(self.config.path), "--plan", plan]
+        args = [*self.command, os.path.abspath(self.config.path)]
         self.workers.append(worker)
         try:
+            plan = plan_message(self.config, fds)
             self.reactor.spawnProcess(worker, args[0], args, env=env, childFDs=child_fds)
         except Exception:
             log.failure("could not start a worker")
             self.workers.remove(worker)
             self._died_young()
             return worker
+        worker.send(plan)
         worker.transport.closeStdin()  # type: ignore[union-attr]
         log.info("worker {pid} started", pid=worker.pid)
         return worker
+
+    # -------------------------------------------------------------------- logs
+
+    def _reopen_logs(self) -> None:
+        """SIGHUP (logrotate signals the main process only): every worker reopens."""
+        for worker in self.workers:
+            worker.send({"t": "reopen"})
+
+    def _reloaded(self) -> None:
+        """A reload ended: a new ``app.log`` that this process applied goes to the
+        workers, and to those started from now on."""
+        controller = self._controller
+        if controller is None or controller.reloader.config is None \
+                or controller.reconfigure_log is None:  # (twistd's log: nothing applied)
+            return
+        settings: LogSettings = controller.reloader.config.app.log
+        if settings == self.config.app.log:
+            return
+        self.config = replace(self.config, app=replace(self.config.app, log=settings))
+        for worker in self.workers:
+            worker.send({"t": "log", "format": settings.format, "level": settings.level,
+                         "file": settings.file})
 
     # ---------------------------------------------------------------- messages
 
@@ -511,160 +503,7 @@ class Supervisor(Service):
                         entry[key] = (mine if isinstance(mine, int) else 0) + value
 
 
-# ------------------------------------------------------------------------- worker
+if __name__ == "__main__":  # the command a supervisor starts a worker with
+    from daemonapp.worker import main
 
-
-class WorkerChannel(Protocol):
-    """The worker's end of the pipes: reports to the supervisor, takes its orders.
-
-    EOF (the supervisor is gone, whatever killed it) stops the app gracefully.
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.app: Any = None
-        self._lines = _Lines()
-        self._pending: dict[int, defer.Deferred[Any]] = {}
-        self._numbers = 0
-        self.gone = False
-        self._retiring = False
-
-    def send(self, message: Mapping[str, Any]) -> None:
-        if self.transport is not None and not self.gone:
-            self.transport.write(_encode(message))
-
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            messages = self._lines.feed(data)
-        except ValueError as e:
-            log.error("bad order from the supervisor: {error}", error=e)
-            return
-        for message in messages:
-            kind = message.get("t")
-            if kind == "drain" and self.app is not None:
-                self.app.stop("the supervisor asked this worker to drain", 0)
-            elif kind == "job":
-                number = message.get("id")
-                waiter = self._pending.pop(number, None) if isinstance(number, int) else None
-                if waiter is not None:
-                    if message.get("error"):
-                        waiter.errback(RuntimeError("the supervisor could not answer"))
-                    else:
-                        waiter.callback(message.get("status"))
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.gone = True
-        pending, self._pending = self._pending, {}
-        for waiter in pending.values():
-            waiter.callback(None)
-        if self.app is not None and self.app.stop_reason is None:
-            log.warn("the supervisor is gone: draining")
-            self.app.stop("the supervisor is gone", 0)
-
-    # what the app calls
-
-    def listening(self, listening: bool) -> None:
-        """The assembly's `when_listening`: tell the supervisor once every listener is up."""
-        if listening:
-            self.send({"t": "ready"})
-            self.report()
-
-    def report(self) -> None:
-        if self.app is not None:
-            self.send({"t": "snapshot", "snapshot": self.app.snapshot()})
-
-    def retire(self, reason: str) -> None:
-        """max_requests: ask for a replacement; this worker serves on until told to drain."""
-        if not self._retiring:
-            self._retiring = True
-            log.info("{reason}: asking the supervisor for a replacement", reason=reason)
-            self.send({"t": "retire", "reason": reason})
-        if self.gone and self.app is not None:
-            self.app.stop(f"max_requests: {reason}", 0)
-
-    def job_status(self, job_id: Any) -> defer.Deferred[Any]:
-        """``/jobs/<id>``: the supervisor's job dispatcher answers."""
-        if self.gone or len(self._pending) >= MAX_PENDING_JOBS:
-            return defer.succeed(None)
-        self._numbers += 1
-        waiter: defer.Deferred[Any] = defer.Deferred()
-        self._pending[self._numbers] = waiter
-        self.send({"t": "job", "id": self._numbers, "job": str(job_id)})
-        return waiter
-
-
-def _plan(text: str, config: Any) -> dict[int, int]:
-    """The listener fds of the supervisor's plan, checked against this config."""
-    plan = json.loads(text)
-    fds = {int(index): int(fd) for index, fd in plan["fds"].items()}
-    endpoints = {str(spec.index): f"{spec.protocol} {spec.endpoint}"
-                 for spec in config.listeners}
-    if endpoints != plan["endpoints"]:
-        raise ValueError(f"{config.path}: the listeners changed since the app started "
-                         "(a worker serves the sockets the app bound): restart the app "
-                         "(a second `daemonapp run` takes over without downtime)")
-    return fds
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m daemonapp.workers FILE --plan JSON``: one worker (the supervisor
-    starts it with the listening sockets and pipes in place)."""
-    from twisted.internet import reactor as global_reactor
-    from twisted.internet import stdio, task
-
-    from daemonapp.assembly import Assembly
-    from daemonapp.config import ConfigError, load_config
-    from daemonapp.logs import start_logging
-
-    parser = argparse.ArgumentParser(prog="python -m daemonapp.workers")
-    parser.add_argument("config")
-    parser.add_argument("--plan", required=True)
-    args = parser.parse_args(argv)
-    reactor: Any = global_reactor
-    try:
-        config = load_config(args.config)
-        fds = _plan(args.plan, config)
-    except ConfigError as e:
-        for message in e.messages:
-            print(message, file=sys.stderr)
-        return 2
-    except (ValueError, KeyError, TypeError) as e:
-        print(f"daemonapp worker: {e}", file=sys.stderr)
-        return 2
-    settings = config.app.log
-    target = start_logging(format=settings.format, level=settings.level, file=settings.file)
-    channel = WorkerChannel(reactor)
-    assembly = Assembly(config, worker_fds=fds, jobs_status=channel.job_status)
-    try:
-        # no deadlines, idle exit or state of its own: the supervisor decides its life
-        app = assembly.build(reactor=reactor, stop_reactor=True, handle_signals=True,
-                             status_server=False, stay_alive_for=None, shutdown_after=None,
-                             shutdown_if_idle=None, state_dir=None, history=0)
-    except ConfigError as e:
-        for message in e.messages:
-            print(message, file=sys.stderr)
-        return 2
-    app.on_reopen_logs(target.reopen)
-    channel.app = app
-    app.on_request_limit(channel.retire)
-    standard_io: Any = stdio.StandardIO  # typed after Windows' one, without the fds
-    standard_io(channel, stdin=CONTROL_FD, stdout=REPORT_FD, reactor=reactor)
-    assembly.when_listening(app, channel.listening)
-    reporting = task.LoopingCall(channel.report)
-    reporting.clock = reactor
-    reactor.callWhenRunning(reporting.start, REPORT_INTERVAL, now=False)
-
-    def stop_reporting(reason: str) -> None:
-        if reporting.running:
-            reporting.stop()
-
-    app.on_stopping(stop_reporting)
-    try:
-        status = app.run()
-    finally:
-        target.close()
-    return status
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

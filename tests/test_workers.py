@@ -4,9 +4,11 @@ its workers, what a worker tells it, and the app.processes setting."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,15 +18,16 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from daemonapp.config import ConfigError, load_config
-from daemonapp.workers import (
+from daemonapp.configmodel import LogSettings
+from daemonapp.control import Controller
+from daemonapp.worker import (
     CONTROL_FD,
     MAX_LINE_BYTES,
     REPORT_FD,
-    Supervisor,
     WorkerChannel,
-    WorkerProcess,
-    restart_delay,
+    read_plan,
 )
+from daemonapp.workers import Supervisor, WorkerProcess, restart_delay
 from tests._processes import write_file
 
 
@@ -91,7 +94,19 @@ class FakeApp:
         self.stopping_hooks: list[Any] = []
         self.stop_hooks: list[Any] = []
         self.snapshot_hooks: list[Any] = []
+        self.reopen_hooks: list[Any] = []
         self.request_limit: Any = None
+        self.controller: Controller | None = None
+        self.lifetime = SimpleNamespace(stopping=False)
+        self.stop_reason: str | None = None
+
+    def getServiceNamed(self, name: str) -> Controller:
+        if name != "control" or self.controller is None:
+            raise KeyError(name)
+        return self.controller
+
+    def on_reopen_logs(self, hook: Any) -> None:
+        self.reopen_hooks.append(hook)
 
     def on_stopping(self, hook: Any) -> None:
         self.stopping_hooks.append(hook)
@@ -119,12 +134,32 @@ def sockets() -> Iterator[list[socket.socket]]:
         skt.close()
 
 
-def _supervisor(tmp_path: Path, sockets: list[socket.socket],
-                processes: int = 3) -> tuple[Supervisor, FakeApp, SpawningClock]:
-    cfg = write_file(tmp_path / "d.yaml", f"""\
+def _supervisor(tmp_path: Path, sockets: list[socket.socket], processes: int = 3,
+                controller: bool = False) -> tuple[Supervisor, FakeApp, SpawningClock]:
+    cfg = write_file(tmp_path / "d.yaml", _yaml(processes))
+    clock = SpawningClock()
+    app = FakeApp(clock, [FakeListener(skt) for skt in sockets])
+    config = load_config(cfg)
+    if controller:  # as daemonapp run has it: reloads apply app.log in this process
+        app.controller = Controller(app, config)
+        app.controller.reconfigure_log = lambda settings: None
+        app.controller.reloader.run_in_thread = lambda function, *args: succeed(
+            function(*args))
+    supervisor = Supervisor(app, config, reactor=clock,
+                            command=["python", "-m", "daemonapp.workers"])
+    supervisor.startService()
+    clock.advance(0)
+    clock.advance(0)
+    clock.advance(0)
+    return supervisor, app, clock
+
+
+def _yaml(processes: int, level: str = "info") -> str:
+    return f"""\
 app:
   state_dir: ./var
   processes: {processes}
+  log: {{level: {level}}}
 listeners:
   - protocol: fastcgi
     endpoint: unix:./run/app.sock
@@ -132,16 +167,7 @@ listeners:
   - protocol: http
     endpoint: tcp:8080
     native: tests.listeners.workers_apps:pid_native
-""")
-    clock = SpawningClock()
-    app = FakeApp(clock, [FakeListener(skt) for skt in sockets])
-    supervisor = Supervisor(app, load_config(cfg), reactor=clock,
-                            command=["python", "-m", "daemonapp.workers"])
-    supervisor.startService()
-    clock.advance(0)
-    clock.advance(0)
-    clock.advance(0)
-    return supervisor, app, clock
+"""
 
 
 def _ready(worker: WorkerProcess) -> None:
@@ -155,8 +181,21 @@ def _end(worker: WorkerProcess, code: int | None = 0, sig: int | None = None) ->
 
 
 def _orders(worker: WorkerProcess) -> list[str]:
+    """What the supervisor told ``worker`` after its plan."""
     transport: Any = worker.transport
-    return [message["t"] for message in transport.written]
+    return [message["t"] for message in transport.written[1:]]
+
+
+def _plan(worker: WorkerProcess) -> tuple[Any, dict[int, int], bytes]:
+    """The plan ``worker`` was sent, read as the worker reads it (and what followed)."""
+    transport: Any = worker.transport
+    read, write = os.pipe()
+    try:
+        os.write(write, b"".join(json.dumps(m).encode() + b"\n" for m in transport.written))
+        os.close(write)
+        return read_plan(read)
+    finally:
+        os.close(read)
 
 
 def test_restart_delays_double_up_to_thirty_seconds() -> None:
@@ -168,14 +207,17 @@ def test_restart_delays_double_up_to_thirty_seconds() -> None:
 def test_the_supervisor_starts_n_minus_one_workers_on_its_sockets(
         tmp_path: Path, sockets: list[socket.socket]) -> None:
     """processes: 3 starts two workers, each given every listening socket from fd 5 on,
-    the pipes on fds 3 and 4 and a plan naming the listeners."""
+    the pipes on fds 3 and 4, and first on its pipe the plan: the supervisor's listeners
+    (no daemons) and the fd of each."""
     supervisor, _, clock = _supervisor(tmp_path, sockets)
     assert len(clock.spawned) == 2
-    _, args, env, child_fds = clock.spawned[0]
-    assert args[:4] == ["python", "-m", "daemonapp.workers", str(tmp_path / "d.yaml")]
-    assert json.loads(args[5]) == {
-        "fds": {"0": 5, "1": 6},
-        "endpoints": {"0": "fastcgi unix:./run/app.sock", "1": "http tcp:8080"}}
+    worker, args, env, child_fds = clock.spawned[0]
+    assert args == ["python", "-m", "daemonapp.workers", str(tmp_path / "d.yaml")]
+    config, fds, rest = _plan(worker)
+    assert fds == {0: 5, 1: 6}
+    assert config.listeners == supervisor.config.listeners
+    assert config.daemons == ()
+    assert rest == b""
     assert child_fds[CONTROL_FD] == "w"
     assert child_fds[REPORT_FD] == "r"
     for fd, skt in zip((5, 6), sockets, strict=True):
@@ -299,6 +341,49 @@ def test_the_snapshot_lists_processes_and_sums_counts(
     assert [entry["requests"] for entry in snap["listeners"]] == [15, 3]
 
 
+def test_a_restarted_worker_serves_the_config_the_supervisor_runs(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """A worker started after the file was edited (here: broken) gets the listeners the
+    supervisor bound, not the file's."""
+    supervisor, _, clock = _supervisor(tmp_path, sockets)
+    write_file(tmp_path / "d.yaml", "app: [this is not\n")
+    _end(supervisor.workers[0], None, 9)
+    clock.advance(0.5)
+    config, fds, _ = _plan(clock.spawned[-1][0])
+    assert len(clock.spawned) == 3
+    assert config.listeners == supervisor.config.listeners
+    assert fds == {0: 5, 1: 6}
+
+
+def test_sighup_has_every_worker_reopen_its_log(tmp_path: Path,
+                                                sockets: list[socket.socket]) -> None:
+    """SIGHUP in the supervisor (logrotate signals the main process) reaches each worker."""
+    supervisor, app, _ = _supervisor(tmp_path, sockets)
+    for hook in app.reopen_hooks:
+        hook()
+    assert [_orders(worker) for worker in supervisor.workers] == [["reopen"], ["reopen"]]
+
+
+def test_a_reload_sends_a_new_app_log_to_every_worker(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """A reload that changes app.log sends it to each worker and to workers started later;
+    one that leaves it alone sends nothing."""
+    supervisor, app, clock = _supervisor(tmp_path, sockets, controller=True)
+    assert app.controller is not None
+    write_file(tmp_path / "d.yaml", _yaml(3, level="debug"))
+    assert app.controller.reload("SIGHUP").result["log"] == "applied"
+    transport: Any = supervisor.workers[0].transport
+    assert transport.written[1:] == [
+        {"t": "log", "format": "text", "level": "debug", "file": None}]
+    assert _orders(supervisor.workers[1]) == ["log"]
+    app.controller.reload("daemonapp reload")
+    assert _orders(supervisor.workers[1]) == ["log"]
+    _end(supervisor.workers[0], None, 9)
+    clock.advance(0.5)
+    config, _, _ = _plan(clock.spawned[-1][0])
+    assert config.app.log == LogSettings(level="debug")
+
+
 def test_a_report_line_over_the_bound_kills_the_worker(
         tmp_path: Path, sockets: list[socket.socket]) -> None:
     """A worker sending a line longer than 1 MiB is killed, not buffered."""
@@ -367,6 +452,29 @@ def test_a_workers_job_status_comes_from_the_supervisor() -> None:
     assert transport.lines == [{"t": "job", "id": 1, "job": "7"}]
     channel.dataReceived(b'{"t": "job", "id": 1, "status": {"state": "done"}}\n')
     assert answer.result == {"state": "done"}
+
+
+def test_a_worker_carries_out_log_orders() -> None:
+    """``reopen`` reopens the worker's log file; ``log`` applies the settings sent."""
+    channel, _, _ = _channel()
+    done: list[Any] = []
+    channel.reopen_logs = lambda: done.append("reopened")
+    channel.reconfigure_log = done.append
+    channel.dataReceived(b'{"t": "reopen"}\n{"t": "log", "format": "json", "level": "warn",'
+                         b' "file": "/tmp/app.log"}\n')
+    assert done == ["reopened", LogSettings(format="json", level="warn", file="/tmp/app.log")]
+
+
+def test_a_log_order_that_fails_leaves_the_worker_serving() -> None:
+    """A log file the worker cannot open is logged; the worker goes on."""
+    channel, app, _ = _channel()
+
+    def refuse(settings: LogSettings) -> None:
+        raise PermissionError("/var/log/app.log")
+
+    channel.reconfigure_log = refuse
+    channel.dataReceived(b'{"t": "log", "format": "text", "level": "info", "file": "x"}\n')
+    assert app.stop_reason is None
 
 
 def _check(tmp_path: Path, text: str) -> list[str]:

@@ -6,10 +6,13 @@ keep-alive), drives requests through nginx and watches the processes with bounde
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,14 +42,14 @@ PID_NATIVE = "native: tests.listeners.workers_apps:pid_native"
 
 
 def _config(root: Path, *, processes: int, app: str = PID_NATIVE, extra: str = "",
-            listener_extra: str = "", daemons: str = "") -> Path:
+            listener_extra: str = "", daemons: str = "", protocol: str = "fastcgi") -> Path:
     return write_file(root / "d.yaml", f"""\
 app:
   state_dir: ./var
   processes: {processes}
   stop_timeout: 10s
 {extra}listeners:
-  - protocol: fastcgi
+  - protocol: {protocol}
     endpoint: unix:./run/app.sock
     {app}
 {listener_extra}{daemons}""")
@@ -306,3 +309,152 @@ def test_status_json_lists_processes(tmp_path: Path, nginx: Nginx) -> None:
                              timeout=TIMEOUT, check=True).stdout
         processes = json.loads(out)["processes"]
         assert {"pid", "role", "requests", "state"} <= set(processes[1])
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=TIMEOUT)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(self.unix_path)
+
+
+def _pid_over(path: Path) -> int | None:
+    """GET / over the unix socket ``path`` on a fresh connection: the pid that answered
+    (None: no answer)."""
+    conn = _UnixHTTPConnection(path)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read()
+        return int(body) if response.status == 200 else None
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def _pids_over(path: Path, wanted: set[int], threads: int = 4) -> set[int]:
+    """Pids answering on ``path`` (fresh connections from ``threads`` threads at once)
+    until every pid of ``wanted`` answered or TIMEOUT passed."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + TIMEOUT
+
+    def ask() -> None:
+        while not wanted <= seen and time.monotonic() < deadline:
+            pid = _pid_over(path)
+            if pid is not None:
+                seen.add(pid)
+
+    askers = [threading.Thread(target=ask, daemon=True) for _ in range(threads)]
+    for asker in askers:
+        asker.start()
+    for asker in askers:
+        asker.join(timeout=TIMEOUT + 5)
+    return seen
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {key.decode(): value.decode() for key, value in pairs}
+
+
+def test_systemd_socket_activation_with_two_processes(tmp_path: Path) -> None:
+    """A socket passed as systemd does (fd 3, LISTEN_FDS, LISTEN_PID) is served by two
+    processes, the supervisor and a worker; systemd's variables stay the supervisor's."""
+    path = tmp_path / "activated.sock"
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(path))
+    listening.listen(64)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    cfg = write_file(tmp_path / "d.yaml", """\
+app:
+  state_dir: ./var
+  processes: 2
+listeners:
+  - protocol: http
+    endpoint: 'systemd:domain=UNIX:index=0'
+    native: tests.listeners.workers_apps:pid_native
+""")
+    env = child_env(LISTEN_FDS="1", LISTEN_FDNAMES="web",
+                    NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    fd = listening.fileno()
+    # As systemd does: the socket is fd 3 and LISTEN_PID the pid that execs the app.
+    exec_as_systemd = (
+        "import os, sys; "
+        f"os.dup2({fd}, 3); os.close({fd}); "
+        "os.environ['LISTEN_PID'] = str(os.getpid()); "
+        f"os.execv({str(DAEMONAPP)!r}, [{str(DAEMONAPP)!r}, 'run', {str(cfg)!r}])")
+    with open(tmp_path / "app.log", "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-c", exec_as_systemd], cwd=tmp_path,
+                                env=env, pass_fds=(fd,), stdout=log_file,
+                                stderr=subprocess.STDOUT, text=True)
+    listening.close()  # the app holds it now
+    try:
+        with running(proc):
+            assert wait_until(lambda: _serving(tmp_path, 2) or proc.poll() is not None,
+                              timeout=TIMEOUT), (tmp_path / "app.log").read_text()
+            assert proc.poll() is None, (tmp_path / "app.log").read_text()
+            workers = _worker_pids(proc.pid)
+            assert len(workers) == 1
+            assert _pids_over(path, {proc.pid, *workers}) == {proc.pid, *workers}
+            assert _environ(proc.pid)["LISTEN_FDS"] == "1"
+            worker_env = _environ(workers[0])
+            assert [name for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+                                      "NOTIFY_SOCKET") if name in worker_env] == []
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=TIMEOUT) == 0
+            assert wait_until(lambda: not pid_alive(workers[0]), timeout=5)
+    finally:
+        notify.close()
+
+
+def _answered_in(path: Path, pid: int, *, json_lines: bool = False) -> bool:
+    """Whether the log file ``path`` holds pid_logged's line for ``pid`` (as JSON)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return False
+    if not json_lines:
+        return f"answered by {pid}" in text
+    for line in text.splitlines():
+        try:
+            event = json.loads(line.lstrip("\x1e"))
+        except ValueError:
+            continue
+        if event.get("log_format") == "answered by {pid}" and event.get("pid") == pid:
+            return True
+    return False
+
+
+def test_log_reopen_and_reload_reach_the_workers(tmp_path: Path) -> None:
+    """SIGHUP to the supervisor after logrotate moved the file: a worker writes to the new
+    file; a reload that changes app.log.format: the worker writes JSON lines."""
+    def config(fmt: str) -> Path:
+        return _config(tmp_path, processes=2, app="native: "
+                       "tests.listeners.workers_apps:pid_logged",
+                       extra=f"  log: {{file: ./daemonapp.log, format: {fmt}}}\n",
+                       protocol="http")
+    cfg = config("text")
+    log_file = tmp_path / "daemonapp.log"
+    sock = tmp_path / "run" / "app.sock"
+    with running(_start(tmp_path, cfg, 2)) as proc:
+        worker = _worker_pids(proc.pid)[0]
+        assert wait_until(lambda: _pid_over(sock) == worker and _answered_in(log_file, worker),
+                          timeout=TIMEOUT, interval=0.01)
+        log_file.rename(tmp_path / "daemonapp.log.1")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: _pid_over(sock) == worker and _answered_in(log_file, worker),
+                          timeout=TIMEOUT, interval=0.01)
+        config("json")
+        subprocess.run([str(DAEMONAPP), "reload", "--app", "var"], cwd=tmp_path,
+                       env=child_env(), capture_output=True, text=True, timeout=TIMEOUT,
+                       check=True)
+        assert wait_until(lambda: _pid_over(sock) == worker
+                          and _answered_in(log_file, worker, json_lines=True),
+                          timeout=TIMEOUT, interval=0.01)

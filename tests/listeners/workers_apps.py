@@ -6,11 +6,21 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.logger import Logger
+
 from daemonapp import Daemon
+
+log = Logger(namespace="tests.workers_apps")
 
 
 def pid_native(request: Any) -> bytes:
     """The pid of the process that answered."""
+    return str(os.getpid()).encode()
+
+
+def pid_logged(request: Any) -> bytes:
+    """The pid of the process that answered, also written to the app's log."""
+    log.info("answered by {pid}", pid=os.getpid())
     return str(os.getpid()).encode()
 
 
