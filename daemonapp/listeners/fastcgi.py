@@ -395,6 +395,7 @@ class FastCGIProtocol(TrackedProtocol):
         requests = self.requests
         ready = self._ready
         replies = self._replies
+        view: memoryview | None = None
         while size - offset >= 8:
             version, rtype, rid, clen, plen = _unpack_header(data, offset)
             if version != FCGI_VERSION_1:
@@ -423,7 +424,12 @@ class FastCGIProtocol(TrackedProtocol):
                         return -1
                     continue
                 if clen:
-                    ex.feed_body(data[start:start + clen])
+                    if ex.spool is None and ex.input is None:
+                        ex.feed_body(data[start:start + clen])  # kept: its own bytes
+                    else:  # copied on (to the spool file, the app's buffer): no slice copy
+                        if view is None:
+                            view = memoryview(data)
+                        ex.feed_body(view[start:start + clen])  # type: ignore[arg-type]
                 else:
                     ex.end_body()
                     if self._large_reads and all(other.body_complete
