@@ -156,8 +156,10 @@ class Listener(service.Service):
             return waiter
         self.draining = True
         self.factory.draining = True
+        # In flight: every request begun and not answered, one whose body is still
+        # arriving (request buffering: not yet running) or queued included.
         self.log.info("listener {name} draining: {in_flight} request(s) in flight",
-                      name=self.name, in_flight=self.dispatcher.in_flight)
+                      name=self.name, in_flight=self.dispatcher.active)
         port = self.port
         self.port = None
         stopped: defer.Deferred[Any]
