@@ -113,27 +113,14 @@ def _print_spawned(spawned: list[tuple[int, dict[str, Any]]], args: argparse.Nam
 
 
 def _status(args: argparse.Namespace) -> int:
-    from daemonapp.status import fetch_status, format_status, status_socket_path
+    from daemonapp.apptarget import find_app
+    from daemonapp.status import fetch_status, format_status
 
-    target = args.state_dir
-    if target is None or os.path.isfile(target):
-        path = target if target is not None else os.environ.get(ENV_CONFIG)
-        if path:
-            # The CGI frontend's fast scan first: a file being edited (a reload of it
-            # was refused) still names the state_dir of the app that runs.
-            from daemonapp.cgi_frontend import scan_state_dir
-
-            scanned = scan_state_dir(path) if os.path.isfile(path) else None
-            if scanned is not None:
-                target = scanned
-            else:
-                loaded = _load(path, "status")
-                if isinstance(loaded, int):
-                    return loaded
-                target = loaded.app.state_dir
-        else:
-            target = "var"
-    if os.path.isdir(target) and not os.path.exists(status_socket_path(target)):
+    found = find_app(args.state_dir, "status")
+    if isinstance(found, int):
+        return found
+    target = found.state_dir
+    if os.path.isdir(target) and not os.path.exists(found.status_socket):
         spawned = _spawned_statuses(target)
         if spawned:
             return _print_spawned(spawned, args)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from daemonapp.apptarget import ENV_CONFIG, find_app
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
-ENV_CONFIG = "DAEMONAPP_CONFIG"
 #: The commands of this module, as `daemonapp` names them.
 COMMANDS = ("trigger", "pause", "resume", "reload")
 #: Seconds a command waits for its answer (a reload reads and checks the file first).
@@ -71,31 +71,6 @@ def add_parsers(commands: Any) -> None:
     common(reload)
 
 
-def _state_dir(target: str | None) -> str | int:
-    """The state_dir a command talks to: TARGET as for `daemonapp status`."""
-    if target is not None and not os.path.isfile(target):
-        return target
-    path = target or os.environ.get(ENV_CONFIG)
-    if not path:
-        return "var"
-    # Read the way the CGI frontend reads it, without a full check: fast, and a file
-    # being edited (a reload of it says what is wrong) still names its state_dir.
-    from daemonapp.cgi_frontend import scan_state_dir
-
-    state_dir = scan_state_dir(path) if os.path.isfile(path) else None
-    if state_dir is not None:
-        return state_dir
-    from daemonapp.config import ConfigError, load_config
-
-    try:
-        return load_config(path).app.state_dir
-    except ConfigError as e:
-        for message in e.messages:
-            print(message, file=sys.stderr)
-        _error(f"cannot find the state_dir of {path}")
-        return EXIT_REFUSED
-
-
 def _request(args: argparse.Namespace) -> dict[str, Any] | int:
     command = args.command
     if command == "reload":
@@ -125,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     request = _request(args)
     if isinstance(request, int):
         return request
-    state_dir = _state_dir(args.app)
-    if isinstance(state_dir, int):
-        return state_dir
+    found = find_app(args.app, args.command)
+    if isinstance(found, int):
+        return found
+    state_dir = found.state_dir
     from daemonapp.control import send_request
 
     command = args.command

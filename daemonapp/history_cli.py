@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime
 
+from daemonapp.apptarget import find_app
 from daemonapp.history import DEFAULT_SIZE, history_path, read_history
 
 __all__ = ["add_parser", "run"]
-
-EXIT_USAGE = 2
-ENV_CONFIG = "DAEMONAPP_CONFIG"
 
 
 def _limit(text: str) -> int:
@@ -52,33 +49,13 @@ def _when(seconds: float) -> str:
     return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
 
 
-def _state_dir(target: str | None) -> tuple[str, int | None] | int:
-    """TARGET as for `daemonapp status`: (its state_dir, app.history when a YAML file
-    says it), or EXIT_USAGE once the file's errors are printed."""
-    if target is not None and not os.path.isfile(target):
-        return target, None
-    path = target or os.environ.get(ENV_CONFIG)
-    if not path:
-        return "var", None
-    from daemonapp.config import ConfigError, load_config
-
-    try:
-        app = load_config(path).app
-    except ConfigError as e:
-        for message in e.messages:
-            print(message, file=sys.stderr)
-        print(f"daemonapp history: {len(e.messages)} error(s) in {path}", file=sys.stderr)
-        return EXIT_USAGE
-    return app.state_dir, app.history or None
-
-
 def run(args: argparse.Namespace) -> int:
     """Print the runs for parsed arguments; the exit status."""
-    found = _state_dir(args.app)
+    found = find_app(args.app, "history", settings=True)
     if isinstance(found, int):
         return found
-    state_dir, kept = found
-    path = history_path(state_dir)
+    path = history_path(found.state_dir)
+    kept = found.app.history if found.app is not None else None
     limit = args.limit or kept or DEFAULT_SIZE
     try:
         runs, _bad, _lines = read_history(path, limit)
