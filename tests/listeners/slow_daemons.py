@@ -1,7 +1,9 @@
-"""Daemons for the health tests that run `daemonapp run`: a run that stays in flight."""
+"""Daemons for the health tests that run `daemonapp run`: a run that stays in flight, a
+daemon that fails until told otherwise."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.task import deferLater
@@ -29,3 +31,23 @@ class SlowOnce(Daemon):
             pass
         assert self.app is not None
         return deferLater(self.app.reactor, self.seconds, lambda: None)
+
+
+class FailsWhile(Daemon):
+    """Each run fails while the file ``broken`` exists, and does one item otherwise."""
+
+    def __init__(self, *, broken: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.broken = broken
+        self.done = False
+
+    def get_work(self) -> Any:
+        if os.path.exists(self.broken):
+            raise RuntimeError(f"{self.broken} exists")
+        if self.done:
+            return None
+        self.done = True
+        return "job"
+
+    def do_work(self, job: Any) -> Any:
+        return None
