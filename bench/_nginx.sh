@@ -1,8 +1,8 @@
 # The nginx in front of bench/fastcgi.sh and bench/uploads.sh (sourced by both, not run).
 #
-# A private nginx (the anchors' nginx_fcgi.conf.in: one worker, a prefix and temp files
-# in a mktemp dir) on a free loopback port, in front of one server at a time. Set
-# $bench (the script's name, for messages) and $python first, then:
+# A private nginx (the anchors' nginx_fcgi.conf.in: one worker, or $nginx_workers, a
+# prefix and temp files in a mktemp dir) on a free loopback port, in front of one server
+# at a time. Set $bench (the script's name, for messages) and $python first, then:
 #   nginx_setup PREFIX           $tmp (a mktemp dir, removed at exit), $port, the traps
 #   nginx_start HTTP SERVER      write $tmp/nginx.conf with the lines HTTP inside http {}
 #                                (upstreams, limits) and SERVER inside server {}
@@ -37,7 +37,7 @@ nginx_start() {  # nginx_start HTTP-LINES SERVER-LINES
     {
         [ "$(id -u)" = 0 ] && echo "user root;"
         cat <<EOF
-worker_processes 1;
+worker_processes ${nginx_workers:-1};
 daemon off;
 pid $tmp/nginx.pid;
 error_log $tmp/nginx-error.log warn;

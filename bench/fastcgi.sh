@@ -2,6 +2,7 @@
 # FastCGI listener benchmark (DESIGN §4): everything behind the same nginx, in one run.
 #
 #   ./dev bench fastcgi [--rounds N] [--duration 5s] [--only floor,native,...]
+#                       [--nginx-workers N]
 #
 # nginx (bench/_nginx.sh, the anchors' nginx_fcgi.conf.in: keepalive 16 +
 # fastcgi_keep_conn, one upstream and location per configuration, temp files in a
@@ -23,7 +24,8 @@
 # Each server gets a 1 s warm-up first. With --rounds N the configurations run N times,
 # interleaved, and the table shows medians. Anchors: ../shared/anchors from the project
 # root (or $DAEMONAPP_ANCHORS). Absolute figures are noisy on a shared machine: compare
-# the ratios, and check the load average printed in the header.
+# the ratios, and check the load average printed in the header. --nginx-workers N runs
+# nginx with N worker processes (default 1, as the anchors' config) for every row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -37,7 +39,8 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        --nginx-workers) nginx_workers=$2; shift 2 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "fastcgi.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -81,7 +84,8 @@ start_server() {  # start_server NAME: start its server on $tmp/NAME.sock
 echo "# FastCGI benchmark $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores," \
      "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $("$python" -V)," \
-     "wrk -t1 -c16 (flup32, *_p1, *_p2: -t2 -c32) -d$duration, $rounds round(s)"
+     "wrk -t1 -c16 (flup32, *_p1, *_p2: -t2 -c32) -d$duration, $rounds round(s)," \
+     "nginx worker_processes ${nginx_workers:-1}"
 for round in $(seq "$rounds"); do
     for name in "${configs[@]}"; do
         start_server "$name"

@@ -260,6 +260,10 @@ def test_takeover_of_two_processes_under_load(tmp_path: Path, nginx: Nginx) -> N
         old_workers = _worker_pids(old.pid)
         load = Load(nginx)
         try:
+            # each process answers (which one accepts a connection is the kernel's race:
+            # a count of requests alone may all go to one)
+            assert wait_until(lambda: {old.pid, *old_workers} <= load.pids(),
+                              timeout=TIMEOUT)
             assert load.wait_for(100)
             with open(tmp_path / "new.log", "w") as log_file:
                 new = subprocess.Popen([str(DAEMONAPP), "run", str(cfg)], cwd=tmp_path,
