@@ -151,6 +151,9 @@ class DaemonApp(MultiService):
         #: Called with each snapshot before it is served (daemonapp.workers adds the
         #: other processes and sums the listeners' counts).
         self._snapshot_hooks: list[Callable[[dict[str, Any]], Any]] = []
+        #: Called with each daemon alert or recovery once it is sent (daemonapp.workers
+        #: tells its workers which daemons are in alert, for their /healthz).
+        self._alert_hooks: list[Callable[[dict[str, Any]], Any]] = []
 
     # ------------------------------------------------------------ the public API
 
@@ -213,6 +216,15 @@ class DaemonApp(MultiService):
         alerts_module.send(event, self.alert_targets, self.reactor,
                            about="daemon {daemon}", key="app.alerts", log=log,
                            daemon=event.get("daemon"))
+        for hook in self._alert_hooks:
+            try:
+                hook(event)
+            except Exception:
+                log.failure("an alert hook failed")
+
+    def on_alert(self, hook: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``hook(event)`` after each daemon alert or recovery is sent."""
+        self._alert_hooks.append(hook)
 
     def lock_for(self, name: str) -> IAsyncLock:
         """A lock handle for a daemon's ``lock:`` (flock in state_dir by default)."""

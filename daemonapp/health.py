@@ -3,7 +3,10 @@
 `LoopLag` is the probe that measures the loop: one timer, every half second, whose
 lateness is the lag. `HealthCheck` makes the decision a listener with ``health: true``
 serves, from the app's state, its daemons' ``in_alert`` and the probe: cheap enough to
-be asked every second by a load balancer (no snapshot is built).
+be asked every second by a load balancer (no snapshot is built). With ``app.processes``
+> 1 the daemons live in the supervisor only: it sends `alert_state` to its workers when
+it changes, and their `HealthCheck` takes it in (`share`), so that every process
+answers the same.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ __all__ = [
     "PROBE_EVERY",
     "HealthCheck",
     "LoopLag",
+    "alert_state",
     "expected_interval",
 ]
 
@@ -97,22 +101,45 @@ class HealthCheck:
         self.app = app
         self.max_lag = max_lag
         self.probe = LoopLag(app.reactor)
+        #: Set in a worker of app.processes > 1 by its supervisor (`share`): the daemons
+        #: in alert there, and the reason of the stop it drains this worker for.
+        self.shared_alerts: tuple[list[tuple[str, int]], int] | None = None
+        self.shared_stopping: str | None = None
+
+    def share(self, state: Any) -> None:
+        """Take in what another process decides for this one (a worker: its supervisor's
+        `alert_state`, or its stop reason as ``{"stopping": reason}``). A malformed state
+        is ignored (the pipe is ours, but a bound is kept)."""
+        if not isinstance(state, dict):
+            return
+        stopping = state.get("stopping")
+        if isinstance(stopping, str):
+            self.shared_stopping = stopping[:500]
+        alerts = state.get("alerts")
+        total = state.get("in_alert")
+        if isinstance(alerts, list) and isinstance(total, int) and not isinstance(total, bool):
+            named = [(str(entry[0])[:500], entry[1]) for entry in alerts[:MAX_REASONS]
+                     if isinstance(entry, list) and len(entry) == 2
+                     and isinstance(entry[1], int)]
+            self.shared_alerts = (named, max(total, len(named)))
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, the JSON-able body)."""
         app = self.app
         reasons: list[str] = []
         lifetime = app.lifetime
-        if lifetime.stopping:
-            reasons.append(f"stopping: {app.stop_reason}")
+        if lifetime.stopping or self.shared_stopping is not None:
+            reasons.append(f"stopping: {self.shared_stopping or app.stop_reason}")
         elif not app.running:
             reasons.append("not started")
-        alerts = [daemon for daemon in app.daemons.values() if daemon.stats.get("in_alert")]
-        for daemon in alerts[:MAX_REASONS]:
-            count = daemon.stats.get("consecutive_failures") or 0
-            reasons.append(f"daemon {daemon.name} in alert: {count} failed run(s) in a row")
-        if len(alerts) > MAX_REASONS:
-            reasons.append(f"{len(alerts) - MAX_REASONS} more daemon(s) in alert")
+        named, total = alert_state(app.daemons)
+        if self.shared_alerts is not None:
+            named = (named + self.shared_alerts[0])[:MAX_REASONS]
+            total += self.shared_alerts[1]
+        for name, count in named:
+            reasons.append(f"daemon {name} in alert: {count} failed run(s) in a row")
+        if total > len(named):
+            reasons.append(f"{total - len(named)} more daemon(s) in alert")
         lag = self.probe.lag() if self.probe.running else None
         if lag is not None and lag >= self.max_lag:
             reasons.append(f"loop lag {lag:.3f} s (limit {self.max_lag:g} s)")
@@ -125,9 +152,18 @@ class HealthCheck:
             "uptime": None if started is None else round(now - started, 3),
             "loop_lag": None if lag is None else round(lag, 6),
             "daemons": len(app.daemons),
-            "in_alert": len(alerts),
+            "in_alert": total,
         }
         return not reasons, body
+
+
+def alert_state(daemons: Any) -> tuple[list[tuple[str, int]], int]:
+    """The daemons in alert among ``daemons`` (a name -> Daemon mapping): the first
+    MAX_REASONS as (name, consecutive failures), and how many there are."""
+    alerts = [daemon for daemon in daemons.values() if daemon.stats.get("in_alert")]
+    named = [(daemon.name, int(daemon.stats.get("consecutive_failures") or 0))
+             for daemon in alerts[:MAX_REASONS]]
+    return named, len(alerts)
 
 
 def expected_interval(daemon: Any, app: Any) -> float | None:

@@ -8,8 +8,9 @@ socket. It never reads the YAML file, so an edit of the file reaches no worker u
 restart, and a file left broken keeps no worker from starting. The pipes carry one JSON
 object a line each way: the worker reports ``ready`` once it listens, a ``snapshot``
 every second, ``retire`` when a listener reached max_requests, and asks for
-``/jobs/<id>`` (``job``); the supervisor answers jobs and says ``drain``, ``log`` (a
-reload changed ``app.log``) and ``reopen`` (SIGHUP: logrotate).
+``/jobs/<id>`` (``job``); the supervisor answers jobs and says ``drain`` (with its own
+stop's reason when it stops), ``log`` (a reload changed ``app.log``), ``reopen``
+(SIGHUP: logrotate) and ``health`` (the daemons in alert, when that changed).
 """
 
 from __future__ import annotations
@@ -157,6 +158,11 @@ class WorkerChannel(Protocol):
             return
         for message in messages:
             kind = message.get("t")
+            if kind in ("drain", "health"):
+                # the supervisor's daemons in alert, its stop: this /healthz says them
+                check = getattr(self.app, "health_check", None)
+                if check is not None:
+                    check.share(message)
             if kind == "drain" and self.app is not None:
                 self.app.stop("the supervisor asked this worker to drain", 0)
             elif kind == "job":

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daemonapp.configmodel import LogSettings
+from daemonapp.health import alert_state
 from daemonapp.worker import (
     CONTROL_FD,
     FIRST_LISTEN_FD,
@@ -66,6 +67,8 @@ STARTING = "starting"
 SERVING = "serving"
 DRAINING = "draining"
 ENDED = "ended"
+#: What a worker knows of the daemons in alert before it is told (none).
+NO_ALERTS: dict[str, Any] = {"t": "health", "alerts": [], "in_alert": 0}
 
 
 def restart_delay(streak: int) -> float:
@@ -92,6 +95,8 @@ class WorkerProcess(ProcessProtocol):
         self.retire_wanted = False
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
+        #: The daemons in alert as this worker knows them (Supervisor.share_alerts).
+        self.alerts: dict[str, Any] = NO_ALERTS
         self._lines = Lines()
 
     def connectionMade(self) -> None:
@@ -114,11 +119,12 @@ class WorkerProcess(ProcessProtocol):
         if self.transport is not None and self.state != ENDED:
             self.transport.writeToChild(CONTROL_FD, encode(message))  # type: ignore[attr-defined]
 
-    def drain(self) -> None:
-        """Ask the worker to drain and exit (it answers what it has first)."""
+    def drain(self, stopping: str | None = None) -> None:
+        """Ask the worker to drain and exit (it answers what it has first); ``stopping``:
+        the reason of the app's own stop, which its /healthz then gives."""
         if self.state in (STARTING, SERVING):
             self.state = DRAINING
-        self.send({"t": "drain"})
+        self.send({"t": "drain"} if stopping is None else {"t": "drain", "stopping": stopping})
 
     def kill(self) -> None:
         if self.transport is not None and self.state != ENDED:
@@ -187,11 +193,13 @@ class Supervisor(Service):
         app.on_request_limit(self._own_limit)
         app.add_snapshot_hook(self._snapshot)
         app.on_reopen_logs(self._reopen_logs)
+        app.on_alert(lambda event: self.share_alerts())
         from daemonapp.control import controller_of
 
         self._controller = controller_of(app)
         if self._controller is not None:
             self._controller.on_reload(lambda: None, self._reloaded)
+            self._controller.on_reload(lambda: None, self.share_alerts)
 
     # ------------------------------------------------------------------- start
 
@@ -293,6 +301,7 @@ class Supervisor(Service):
             return worker
         worker.send(plan)
         worker.transport.closeStdin()  # type: ignore[union-attr]
+        self.share_alerts()
         log.info("worker {pid} started", pid=worker.pid)
         return worker
 
@@ -318,6 +327,17 @@ class Supervisor(Service):
             worker.send({"t": "log", "format": settings.format, "level": settings.level,
                          "file": settings.file})
 
+    def share_alerts(self) -> None:
+        """Tell each worker which daemons are in alert when that changed since it was
+        last told (the daemons run here only): every process's /healthz answers the
+        same (DESIGN §10)."""
+        named, total = alert_state(self.app.daemons)
+        state = {"t": "health", "alerts": [list(entry) for entry in named], "in_alert": total}
+        for worker in self.workers:
+            if worker.alerts != state:
+                worker.alerts = state
+                worker.send(state)
+
     # ---------------------------------------------------------------- messages
 
     def message(self, worker: WorkerProcess, message: Mapping[str, Any]) -> None:
@@ -325,6 +345,7 @@ class Supervisor(Service):
         kind = message.get("t")
         if kind == "snapshot" and isinstance(message.get("snapshot"), dict):
             worker.snapshot = message["snapshot"]
+            self.share_alerts()  # failure counts and removed daemons: within a second
         elif kind == "ready":
             if worker.state == STARTING:
                 worker.state = SERVING
@@ -445,7 +466,7 @@ class Supervisor(Service):
         for fd in fds.values():
             os.close(fd)
         for worker in list(self.workers):
-            worker.drain()
+            worker.drain(reason)
 
     def workers_ended(self) -> defer.Deferred[None]:
         """Fires once no worker is left (a stop hook of the app)."""

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from daemonapp.config import ConfigError, load_config
 from daemonapp.configmodel import LogSettings
 from daemonapp.control import Controller
+from daemonapp.testing import FakeDaemon, make_app
 from daemonapp.worker import (
     CONTROL_FD,
     MAX_LINE_BYTES,
@@ -95,6 +96,7 @@ class FakeApp:
         self.stop_hooks: list[Any] = []
         self.snapshot_hooks: list[Any] = []
         self.reopen_hooks: list[Any] = []
+        self.alert_hooks: list[Any] = []
         self.request_limit: Any = None
         self.controller: Controller | None = None
         self.lifetime = SimpleNamespace(stopping=False)
@@ -116,6 +118,9 @@ class FakeApp:
 
     def on_request_limit(self, hook: Any) -> None:
         self.request_limit = hook
+
+    def on_alert(self, hook: Any) -> None:
+        self.alert_hooks.append(hook)
 
     def add_snapshot_hook(self, hook: Any) -> None:
         self.snapshot_hooks.append(hook)
@@ -475,6 +480,137 @@ def test_a_log_order_that_fails_leaves_the_worker_serving() -> None:
     channel.reconfigure_log = refuse
     channel.dataReceived(b'{"t": "log", "format": "text", "level": "info", "file": "x"}\n')
     assert app.stop_reason is None
+
+
+# ------------------------------------------------- /healthz in every process (§10)
+
+
+def _in_alert_app(app: FakeApp) -> tuple[Any, Clock, FakeDaemon]:
+    """The supervisor's daemons: a real app on a Clock whose daemon fails 3 runs, then
+    works; its alerts reach the FakeApp's hooks, as DaemonApp.on_alert does."""
+    real, clock = make_app()
+    daemon = FakeDaemon([RuntimeError("db down")] * 3 + ["ok"], name="flaky", run_every=1.0,
+                        maximum_idle=1.0, alert_after=2)
+    real.add(daemon)
+    real.on_alert(lambda event: [hook(event) for hook in app.alert_hooks])
+    app.daemons = real.daemons
+    real.startService()
+    return real, clock, daemon
+
+
+def _health_orders(worker: WorkerProcess) -> list[dict[str, Any]]:
+    transport: Any = worker.transport
+    return [message for message in transport.written if message["t"] == "health"]
+
+
+def test_workers_are_told_which_daemons_are_in_alert_when_it_changes(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """An alert and a recovery reach every worker at once; nothing is sent while the
+    state stays the same; a worker's report brings a newer failure count."""
+    supervisor, app, _ = _supervisor(tmp_path, sockets)
+    real, clock, daemon = _in_alert_app(app)
+    clock.advance(0)  # failure 1: no alert
+    assert [_health_orders(worker) for worker in supervisor.workers] == [[], []]
+    clock.advance(1)  # failure 2: the alert
+    alert = {"t": "health", "alerts": [["flaky", 2]], "in_alert": 1}
+    assert [_health_orders(worker) for worker in supervisor.workers] == [[alert], [alert]]
+    supervisor.share_alerts()
+    assert len(_health_orders(supervisor.workers[0])) == 1
+    clock.advance(1)  # failure 3: no event; the next report from a worker brings it
+    worker = supervisor.workers[0]
+    worker.childDataReceived(REPORT_FD, b'{"t": "snapshot", "snapshot": {}}\n')
+    assert _health_orders(worker)[-1]["alerts"] == [["flaky", 3]]
+    clock.advance(1)  # the run that works: the recovery
+    healthy = {"t": "health", "alerts": [], "in_alert": 0}
+    assert [_health_orders(worker)[-1] for worker in supervisor.workers] == [healthy] * 2
+    assert daemon.stats["in_alert"] is False
+    real.stopService()
+
+
+def test_a_worker_started_during_an_alert_is_told_after_its_plan(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """A worker that replaces a dead one while a daemon is in alert gets the state right
+    after its plan; one started with nothing in alert is told nothing."""
+    supervisor, app, clock = _supervisor(tmp_path, sockets)
+    assert [_orders(worker) for worker in supervisor.workers] == [[], []]
+    real, real_clock, _ = _in_alert_app(app)
+    real_clock.advance(0)
+    real_clock.advance(1)
+    _end(supervisor.workers[0], None, 9)
+    clock.advance(0.5)
+    transport: Any = clock.spawned[-1][0].transport
+    assert transport.written[1:] == [{"t": "health", "alerts": [["flaky", 2]], "in_alert": 1}]
+    real.stopService()
+
+
+def test_a_stop_tells_each_worker_its_reason() -> None:
+    """The drain of the supervisor's own stop carries the stop's reason; a recycle's
+    drain does not."""
+    supervisor = SimpleNamespace(reactor=Clock())
+    worker = WorkerProcess(supervisor, 1)  # type: ignore[arg-type]
+    worker.makeConnection(FakeTransport(1001))  # type: ignore[arg-type]
+    worker.drain("signal SIGTERM")
+    worker.drain()
+    transport: Any = worker.transport
+    assert transport.written == [{"t": "drain", "stopping": "signal SIGTERM"}, {"t": "drain"}]
+
+
+def _worker_app() -> tuple[WorkerChannel, Any]:
+    app, _ = make_app()
+    app.startService()
+    channel = WorkerChannel(Clock())
+    channel.app = app
+    channel.makeConnection(LineTransport())  # type: ignore[arg-type]
+    return channel, app
+
+
+def test_every_process_answers_healthz_the_same(tmp_path: Path,
+                                                sockets: list[socket.socket]) -> None:
+    """A worker fed what its supervisor sends answers /healthz as the supervisor does: 503
+    with the same reasons while a daemon is in alert, 200 after its recovery, 503 with
+    the supervisor's reason once it stops."""
+    supervisor, app, _ = _supervisor(tmp_path, sockets, processes=2)
+    real, clock, _ = _in_alert_app(app)
+    channel, worker_app = _worker_app()
+    worker = supervisor.workers[0]
+    transport: Any = worker.transport
+    fed = [1]  # the plan is not the channel's
+
+    def answers() -> tuple[tuple[bool, list[str]], tuple[bool, list[str]]]:
+        for message in transport.written[fed[0]:]:
+            channel.dataReceived(json.dumps(message).encode() + b"\n")
+        fed[0] = len(transport.written)
+        mine, theirs = real.health_report(), worker_app.health_report()
+        return (mine[0], mine[1]["reasons"]), (theirs[0], theirs[1]["reasons"])
+
+    clock.advance(0)
+    assert answers() == ((True, []), (True, []))
+    clock.advance(1)
+    in_alert = (False, ["daemon flaky in alert: 2 failed run(s) in a row"])
+    assert answers() == (in_alert, in_alert)
+    assert worker_app.health_report()[1]["in_alert"] == 1
+    clock.advance(1)
+    clock.advance(1)
+    assert answers() == ((True, []), (True, []))
+    real.stop("signal SIGTERM")
+    for hook in app.stopping_hooks:
+        hook("signal SIGTERM")
+    stopping = (False, ["stopping: signal SIGTERM"])
+    assert answers() == (stopping, stopping)
+    assert worker_app.stop_reason == "the supervisor asked this worker to drain"
+
+
+def test_a_malformed_health_order_changes_nothing() -> None:
+    """A health line of the wrong shape is ignored; names and their number are bounded."""
+    channel, app = _worker_app()
+    channel.dataReceived(b'{"t": "health", "alerts": "flaky", "in_alert": 1}\n'
+                         b'{"t": "health", "alerts": [["x", "two"]], "in_alert": true}\n')
+    assert app.health_report()[0] is True
+    many = [[f"d{i:02}", 2] for i in range(30)]
+    channel.dataReceived(json.dumps({"t": "health", "alerts": many, "in_alert": 30}).encode()
+                         + b"\n")
+    reasons = app.health_report()[1]["reasons"]
+    assert (len(reasons), reasons[-1]) == (21, "10 more daemon(s) in alert")
 
 
 def _check(tmp_path: Path, text: str) -> list[str]:
