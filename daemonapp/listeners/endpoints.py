@@ -8,8 +8,12 @@
 - ``fd:N`` (``fd:fileno=N``): adopt an inherited listening socket (what a web server
   such as lighttpd or spawn-fcgi hands over on fd 0); it is set non-blocking first
   and its path is never unlinked.
-- anything else (``tcp:8000:interface=127.0.0.1``, ``systemd:domain=UNIX:index=0``)
-  goes to ``twisted.internet.endpoints.serverFromString``.
+- ``systemd:domain=UNIX:index=0`` (or ``name=``): Twisted reads which inherited socket
+  it is (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES); it is then adopted as ``fd:N`` is, so
+  its path is never unlinked and it is closed without ``shutdown()``: systemd listens on
+  it between service restarts (Twisted's adopted unix port would do both, and chmod it).
+- anything else (``tcp:8000:interface=127.0.0.1``) goes to
+  ``twisted.internet.endpoints.serverFromString``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -222,7 +226,11 @@ class Prepared:
             # A port has no path to take over: bind it now, so that a port in use fails
             # the start before any unix path is renamed.
             endpoint = serverFromString(reactor, spec.description)
-            listening: defer.Deferred[IListeningPort] = endpoint.listen(factory)
+            listening: defer.Deferred[IListeningPort]
+            if isinstance(endpoint, AdoptedStreamServerEndpoint):  # systemd: an fd:N
+                listening = defer.succeed(adopt_fd(endpoint.fileno, factory, reactor))
+            else:
+                listening = endpoint.listen(factory)
             if listening.called and isinstance(listening.result, Failure):
                 failure: Failure = listening.result
                 listening.addErrback(lambda _: None)  # raised here instead
