@@ -113,6 +113,9 @@ class Scheduler:
         self._timer_at = _INF
         self._yield_call: Any = None
         self._in_slice = False
+        #: The reactor's time to its next timer (None: a reactor that cannot tell).
+        self._reactor_timeout: Callable[[], float | None] | None = getattr(
+            reactor, "timeout", None)
         #: Calls at a time, on the same one timer: run deadlines (one entry per daemon
         #: at most, see _deadline) and chores such as the run history's flush.
         self._timed: list[tuple[float, int, Callable[[Any], None], Any]] = []
@@ -150,7 +153,17 @@ class Scheduler:
             if slot.control:
                 self._controlled_end(slot, delay)
             elif delay is not None:
-                self._schedule(slot, delay)
+                if delay <= 0 and self._in_slice:
+                    # A yield inside a slice, the busy path: _schedule's first branch.
+                    seq = slot.seq = next(self._seq)
+                    due = slot.due = self.seconds() + delay
+                    queue = self._queues.get(slot.daemon.priority)
+                    if queue is None or (queue and due < queue[-1][0]):
+                        self._push_ready(slot.daemon.priority, (due, seq, slot))
+                    else:
+                        queue.append((due, seq, slot))
+                else:
+                    self._schedule(slot, delay)
         if self.idle_hook is not None:
             self.idle_hook()
 
@@ -430,7 +443,7 @@ class Scheduler:
             self._arm_timer(due, now)
 
     def _arm_timer(self, due: float, now: float) -> None:
-        delay = max(0.0, due - now)
+        delay = due - now if due > now else 0.0  # (max() costs a call per wake-up)
         if self.max_sleep is not None and delay > self.max_sleep:
             # Wake up early and look again: a suspend or a clock change is noticed.
             delay = self.max_sleep
@@ -442,7 +455,10 @@ class Scheduler:
 
     def _rearm(self) -> None:
         """Keep the one timer on the earliest live due time or timed call (or none)."""
-        due = self.next_due()
+        heap = self._heap  # next_due(), inline: once per slice
+        while heap and heap[0][2].seq != heap[0][1]:
+            heapq.heappop(heap)
+        due = heap[0][0] if heap else _INF
         timed = self._timed
         if timed and timed[0][0] < due:
             due = timed[0][0]
@@ -509,7 +525,7 @@ class Scheduler:
             # never below a tenth of the slice, so that a callLater(0) chain elsewhere
             # does not shrink every slice to a single item. The reactor is asked once
             # that tenth has passed: most slices (a wake-up for one run) end before.
-            timeout = getattr(self.reactor, "timeout", None)
+            timeout = self._reactor_timeout
             deadline = now + (self.time_slice if timeout is None else self.time_slice / 10)
             timed = self._timed
             if timed and timed[0][0] <= now:

@@ -120,9 +120,14 @@ class BackoffSchedule:
             delay: float = daemon.run_every if outcome == WORKED else 0.0
         else:
             self.trigger = "backoff"
-            self.idle_delay = delay = next_idle_delay(
-                self.idle_delay, daemon.run_every, daemon.increase_idle_by,
-                daemon.multiply_idle_by, daemon.maximum_idle)
+            # next_idle_delay(), inline: this is every idle run's path.
+            previous = self.idle_delay
+            delay = ((daemon.run_every if previous is None else previous)
+                     * daemon.multiply_idle_by + daemon.increase_idle_by)
+            maximum = daemon.maximum_idle
+            if delay > maximum:  # noqa: PLR1730 - no min() call on the hot path
+                delay = maximum
+            self.idle_delay = delay
         jitter = daemon.jitter
         if jitter and outcome != YIELDED:
             delay *= 1.0 + jitter * (2.0 * random.random() - 1.0)  # noqa: S311
