@@ -832,7 +832,12 @@ class Daemon:
             history.append((self._run_started, now, outcome, self._run_items, trigger, error))
             if not history.dirty:
                 history.mark()
-        self._hand_back(app, now, delay)
+        if self._stopping or delay is None:
+            self._hand_back(app, now, delay)
+        else:  # _hand_back's common path, inline: every run ends here
+            self._in_run = False
+            stats["next_run_at"] = now + delay
+            app.run_ended(self, delay)
         return ENDED
 
     def _hand_back(self, app: IScheduler, now: float, delay: float | None) -> None:
