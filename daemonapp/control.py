@@ -50,6 +50,7 @@ from daemonapp.reload import Difference, Refused, Reloader
 
 __all__ = [
     "COMMANDS",
+    "COMMAND_TRIES",
     "MAX_REQUEST_BYTES",
     "PROTOCOL_VERSION",
     "REQUEST_GRACE",
@@ -81,6 +82,8 @@ WRITE_TIMEOUT = 10.0
 MAX_CLIENTS = 1024
 #: Bad requests are logged at most once per this many seconds (with a count).
 BAD_REQUEST_LOG_EVERY = 60.0
+#: How often a client sends a command the app answered with its status (send_request).
+COMMAND_TRIES = 3
 #: How many daemon names an "unknown daemon" answer lists.
 _NAMES_SHOWN = 20
 
@@ -601,6 +604,12 @@ def send_request(path: str, request: dict[str, Any], *, timeout: float = 30.0,
                  max_bytes: int = 16 * 1024 * 1024) -> dict[str, Any]:
     """Send one request to the app whose status socket (or state_dir) is ``path``.
 
+    A command answered with the status instead was not read: the app takes a client
+    whose line has not come `REQUEST_GRACE` after its connect for one that only reads
+    (a client the machine's load kept from running between its connect and its write
+    is one), so it is sent again on a new connection, `COMMAND_TRIES` times in all. An
+    app from before commands answers every try with its status.
+
     Raises OSError when nothing answers, ValueError for an answer that is not one
     JSON object.
     """
@@ -610,8 +619,23 @@ def send_request(path: str, request: dict[str, Any], *, timeout: float = 30.0,
         path = status_socket_path(path)
     line = json.dumps({"v": PROTOCOL_VERSION, **request}).encode() + b"\n"
     deadline = time.monotonic() + timeout
-    with connect_unix(path, timeout) as skt:
-        skt.sendall(line)
+    tries = 1 if request.get("command") == "status" else COMMAND_TRIES
+    for tried in range(1, tries + 1):
+        reply = _exchange(path, line, deadline, timeout, max_bytes)
+        if "ok" in reply or tried == tries or time.monotonic() >= deadline:
+            break
+    return reply
+
+
+def _exchange(path: str, line: bytes, deadline: float, timeout: float,
+              max_bytes: int) -> dict[str, Any]:
+    """One connection: ``line`` sent, the answer read until the app closes."""
+    with connect_unix(path, max(0.01, deadline - time.monotonic())) as skt:
+        skt.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            skt.sendall(line)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered (with the status) and closed before the line came: read it
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -619,7 +643,12 @@ def send_request(path: str, request: dict[str, Any], *, timeout: float = 30.0,
             if left <= 0:
                 raise TimeoutError(f"no answer within {timeout:g} s")
             skt.settimeout(left)
-            chunk = skt.recv(65536)
+            try:
+                chunk = skt.recv(65536)
+            except ConnectionResetError:
+                if not chunks:  # (the answer, if any, comes before the reset)
+                    raise
+                break
             if not chunk:
                 break
             size += len(chunk)

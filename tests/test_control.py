@@ -6,11 +6,17 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
+import socket
 import struct
+import tempfile
+import threading
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -19,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from daemonapp.config import build_app, load_config
 from daemonapp.control import (
+    COMMAND_TRIES,
     MAX_REQUEST_BYTES,
     REQUEST_GRACE,
     REQUEST_TIMEOUT,
@@ -26,6 +33,7 @@ from daemonapp.control import (
     Controller,
     Peer,
     controller_of,
+    send_request,
 )
 from daemonapp.pauses import PauseStore
 from daemonapp.reload import in_thread
@@ -535,3 +543,60 @@ class ProtocolLaterTests(SynchronousTestCase):
         later.callback({"v": 1, "ok": True})
         self.assertEqual(transport.value(), b"")
         self.assertEqual((factory.clients, clock.getDelayedCalls()), (0, []))
+
+
+# ------------------------------------------------------------------ the client
+
+
+class FakeApp(threading.Thread):
+    """A status socket that answers its connections in turn: ``None`` reads the request
+    line and answers it as a command; a dict is a status answered without reading (as
+    the app does once REQUEST_GRACE has passed with no line)."""
+
+    def __init__(self, path: str, answers: list[dict[str, Any] | None]) -> None:
+        super().__init__(daemon=True)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(8)
+        self.server.settimeout(30)
+        self.answers = answers
+        self.requests: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        with self.server:
+            for answer in self.answers:
+                conn, _ = self.server.accept()
+                with conn:
+                    if answer is None:
+                        line = conn.makefile("rb").readline()
+                        self.requests.append(json.loads(line))
+                        answer = {"v": 1, "ok": True, "daemon": "d", "state": "queued"}
+                    conn.sendall(json.dumps(answer).encode() + b"\n")
+
+
+@pytest.fixture
+def socket_path() -> Iterator[str]:
+    directory = tempfile.mkdtemp(prefix="dcc")  # short: unix socket paths are limited
+    yield os.path.join(directory, "status.sock")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_command_answered_with_the_status_is_sent_again(socket_path: str) -> None:
+    """A command whose line came after the grace (the app answered with its status,
+    unread) is sent again on a new connection, and that answer is the reply."""
+    app = FakeApp(socket_path, [{"pid": 7, "daemons": []}, None])
+    app.start()
+    reply = send_request(socket_path, {"command": "trigger", "daemon": "d"}, timeout=30)
+    app.join(30)
+    assert reply == {"v": 1, "ok": True, "daemon": "d", "state": "queued"}
+    assert app.requests == [{"v": 1, "command": "trigger", "daemon": "d"}]
+
+
+def test_an_app_without_commands_gets_a_command_a_few_times(socket_path: str) -> None:
+    """An app from before commands answers every try with its status: that is the
+    reply after COMMAND_TRIES connections."""
+    app = FakeApp(socket_path, [{"pid": 7, "daemons": []}] * COMMAND_TRIES)
+    app.start()
+    reply = send_request(socket_path, {"command": "pause", "daemon": "d"}, timeout=30)
+    app.join(30)
+    assert (reply, app.is_alive()) == ({"pid": 7, "daemons": []}, False)
