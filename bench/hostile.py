@@ -70,7 +70,11 @@ PROBE_EVERY = 0.5
 #: longer than the default queue_timeout (10 s): a request kept waiting gets its 503
 #: (``--probe-timeout``: a short run need not wait for it where probes are not judged)
 PROBE_TIMEOUT = 12.0
+#: the status socket's answer during an attack, from the connect to the last byte
 STATUS_TIMEOUT = 10.0
+#: ``daemonapp status`` after it: a new interpreter importing Twisted, ~0.3 s of CPU,
+#: takes 10 s and more on a loaded 2-core machine (a process's share of it is small)
+COMMAND_TIMEOUT = 60.0
 #: the app is SIGKILLed when its RSS passes this (the machine must survive the bench)
 RSS_SAFETY_KB = 4 << 20
 MiB = 1 << 20
@@ -109,7 +113,9 @@ def app(environ, start_response):
 
 
 class Ticker(Daemon):
-    """Appends "<time> ok|<errno name>" per run: the time, and whether an open() worked."""
+    """Appends "<time> ok|<errno name> <waited>" per run: the time, whether an open()
+    worked, and the seconds the reactor's thread has spent waiting for a CPU so far
+    (/proc/self/schedstat's run_delay; "-" where the kernel does not say)."""
 
     run_every = 0.5
 
@@ -117,6 +123,16 @@ class Ticker(Daemon):
         super().__init__(**kw)
         # opened once: a run is recorded even when the fd table is full
         self.out = open(record, "a", buffering=1)
+        try:
+            self.schedstat = os.open("/proc/self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.schedstat = None
+
+    def waited(self):
+        try:
+            return "%.6f" % (int(os.pread(self.schedstat, 100, 0).split()[1]) / 1e9)
+        except (OSError, TypeError, IndexError, ValueError):
+            return "-"
 
     def get_work(self):
         try:
@@ -124,7 +140,7 @@ class Ticker(Daemon):
             opened = "ok"
         except OSError as err:
             opened = os.strerror(err.errno).replace(" ", "_")
-        self.out.write("%.6f %s\\n" % (time.time(), opened))
+        self.out.write("%.6f %s %s\\n" % (time.time(), opened, self.waited()))
         return None
 
     def do_work(self, job):
@@ -251,6 +267,25 @@ class Listener:
         return f"{self.name} (tcp {self.address[0]}:{self.address[1]})"
 
 
+@dataclass
+class Run:
+    """One run of the daemon (or one wake-up of the control sleeper)."""
+
+    at: float
+    opened: str            # "ok" or why open() failed
+    waited: float | None   # the reactor thread's run-queue wait so far, seconds
+
+
+def run_queue_wait(pid: int) -> float | None:
+    """Seconds the main thread of ``pid`` has spent runnable but waiting for a CPU
+    (/proc/PID/schedstat's run_delay); None where the kernel does not keep it."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class App:
     """`daemonapp run` of the generated config, with an RSS sampler."""
 
@@ -355,8 +390,8 @@ class App:
                 self.proc.wait(timeout=10)
         return self.proc.returncode
 
-    def runs(self, path: Path | None = None) -> list[tuple[float, str]]:
-        """(time, open() outcome) of each recorded run (of the control with ``path``)."""
+    def runs(self, path: Path | None = None) -> list[Run]:
+        """Each recorded run (of the control with ``path``)."""
         out = []
         try:
             text = (path or self.runs_path).read_text()
@@ -364,9 +399,15 @@ class App:
             return []
         for line in text.splitlines():
             fields = line.split()
-            if len(fields) == 2:
-                out.append((float(fields[0]), fields[1]))
+            if len(fields) in (2, 3):
+                waited = fields[2] if len(fields) == 3 else "-"
+                out.append(Run(float(fields[0]), fields[1],
+                               None if waited == "-" else float(waited)))
         return out
+
+    def waited(self) -> float | None:
+        """Seconds the app's reactor thread has waited for a CPU so far (None: unknown)."""
+        return run_queue_wait(self.proc.pid) if self.alive() else None  # type: ignore[union-attr]
 
     def log_size(self) -> int:
         try:
@@ -385,7 +426,7 @@ class App:
         try:
             done = subprocess.run(
                 [sys.executable, "-m", "daemonapp.cli", "status", str(self.workdir / "var"),
-                 "--json"], env=self.env(), capture_output=True, timeout=STATUS_TIMEOUT,
+                 "--json"], env=self.env(), capture_output=True, timeout=COMMAND_TIMEOUT,
                 check=False)
         except subprocess.TimeoutExpired:
             return "timeout", time.monotonic() - began, {}
@@ -939,6 +980,7 @@ class Result:
     attackers: str
     runs: int
     max_gap: float
+    max_stall: float | None
     control_gap: float
     gap_ok: bool
     opens_failed: int
@@ -962,14 +1004,88 @@ def workdir_control(app: App) -> Path:
     return app.workdir / "control.txt"
 
 
-def max_gap(runs: list[tuple[float, str]], since: float, until: float) -> tuple[float, int]:
-    """The longest time without a run in [since, until] and the number of runs in it."""
-    times = [at for at, _ in runs]
-    before = [at for at in times if at < since]
-    inside = [at for at in times if since <= at <= until]
-    points = ([before[-1]] if before else [since]) + inside + [until]
-    gaps = [b - a for a, b in itertools.pairwise(points)]
-    return max(gaps, default=until - since), len(inside)
+def max_gap(runs: list[Run], since: float, until: float, waited_since: float | None = None,
+            waited_until: float | None = None) -> tuple[float, float | None, int]:
+    """In [since, until]: the longest time without a run, the longest such time less
+    what the reactor's thread spent waiting for a CPU in it (None: the kernel does not
+    say), and the number of runs.
+
+    The second is the stall the app itself caused: on a loaded machine a gap grows by
+    the time the process was runnable but not running, which is the machine's share,
+    not the app's; what remains is the time it slept, ran or blocked. Only the part of
+    a gap past run_every is taken off: the wait is known per gap, not per instant, and
+    what the reactor waited before the run was due (woken by the attackers' bytes) did
+    not delay it. (That part can still hide as much of a stall on a loaded machine; on
+    a quiet one the wait is ~0 and the rule is the plain gap.)
+    """
+    before = [(r.at, r.waited) for r in runs if r.at < since]
+    inside = [(r.at, r.waited) for r in runs if since <= r.at <= until]
+    points = (before[-1:] or [(since, waited_since)]) + inside + [(until, waited_until)]
+    gaps: list[float] = []
+    stalls: list[float | None] = []
+    for (a, waited_a), (b, waited_b) in itertools.pairwise(points):
+        gaps.append(b - a)
+        if waited_a is None or waited_b is None:
+            stalls.append(None)
+        else:
+            late = max(0.0, b - a - RUN_EVERY)
+            stalls.append(b - a - min(late, max(0.0, waited_b - waited_a)))
+    known = [stall for stall in stalls if stall is not None]
+    stall = max(known) if known and len(known) == len(stalls) else None
+    return max(gaps, default=until - since), stall, len(inside)
+
+
+def ask_status(state_dir: Path) -> tuple[int | str, float, dict[str, Any]]:
+    """The status socket's answer, as a client that is already running gets it:
+    (0 or what went wrong, seconds from the connect to the last byte, the snapshot).
+
+    The protocol by hand (a request line, the answer line, then EOF; an app from before
+    commands answers without reading the request), so that the time is the app's, not
+    an interpreter's start-up: ``daemonapp status`` is run after the attack.
+    """
+    path = str(state_dir / "status.sock")
+    began = time.monotonic()
+    deadline = began + STATUS_TIMEOUT
+    data = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            while True:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    sock.connect(path)
+                    break
+                except BlockingIOError:  # the backlog is full: try again
+                    if time.monotonic() >= deadline:
+                        return "timeout", time.monotonic() - began, {}
+                    time.sleep(0.01)
+            try:
+                sock.sendall(b'{"v": 1, "command": "status"}\n')
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            while len(data) <= 64 * MiB:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    chunk = sock.recv(1 << 20)
+                except ConnectionResetError:
+                    if not data:
+                        raise
+                    break
+                if not chunk:
+                    break
+                data += chunk
+    except TimeoutError:
+        return "timeout", time.monotonic() - began, {}
+    except OSError as err:
+        return (f"{type(err).__name__}", time.monotonic() - began,
+                {"error": err.strerror or str(err)})
+    took = time.monotonic() - began
+    try:
+        snapshot = json.loads(data)
+    except ValueError:
+        return "bad answer", took, {"error": repr(data[:80])}
+    if not isinstance(snapshot, dict):
+        return "bad answer", took, {"error": repr(data[:80])}
+    return 0, took, snapshot
 
 
 def run_attack(app: App, attack: Attack, key: str, args: argparse.Namespace,
@@ -985,11 +1101,13 @@ def run_attack(app: App, attack: Attack, key: str, args: argparse.Namespace,
     swarm = Swarm(app, args.max_bytes)
     prober = Prober(target)
     began = time.time()
+    waited_began = app.waited()
     until = began + args.seconds
     tick = attack.launch(swarm, target, args, until)
     prober.start()
     status_during: list[tuple[int | str, float, dict[str, Any]]] = []
-    asker = threading.Timer(args.seconds / 2, lambda: status_during.append(app.status()))
+    asker = threading.Timer(args.seconds / 2, lambda: status_during.append(
+        ask_status(app.workdir / "var")))
     asker.daemon = True
     asker.start()
     swarm.run(until, tick)
@@ -997,7 +1115,7 @@ def run_attack(app: App, attack: Attack, key: str, args: argparse.Namespace,
     outcome = swarm.outcome(target.protocol, began, ended)
     prober.stopped.set()
     prober.join(PROBE_TIMEOUT + 1)
-    asker.join(STATUS_TIMEOUT + 1)
+    asker.join(STATUS_TIMEOUT + 5)
     swarm.close()
     # The attackers are gone: the app must answer again and let its memory go.
     settle_end = time.time() + args.settle
@@ -1010,14 +1128,18 @@ def run_attack(app: App, attack: Attack, key: str, args: argparse.Namespace,
         if after[0] == 200:
             break
     time.sleep(max(0.0, settle_end - time.time()))
-    status_after = app.status() if app.alive() else ("app gone", 0.0, {})
     checked_until = time.time()
+    waited_until = app.waited()
+    status_after = app.status() if app.alive() else ("app gone", 0.0, {})
     peak = app.peak_rss(began, checked_until)
-    gap, runs = max_gap(app.runs(), began, checked_until)
-    control_gap, _ = max_gap(app.runs(workdir_control(app)), began, checked_until)
-    allowed = GAP_GOAL + max(0.0, control_gap - RUN_EVERY)
-    opens_failed = sum(1 for at, opened in app.runs() if began <= at <= checked_until
-                       and opened != "ok")
+    gap, stall, runs = max_gap(app.runs(), began, checked_until, waited_began, waited_until)
+    control_gap, _, _ = max_gap(app.runs(workdir_control(app)), began, checked_until)
+    # The app's own stall when the kernel says how long it waited for a CPU; else the
+    # gap less the lateness a plain sleeper showed (a rougher share of the machine's).
+    gap_ok = (stall <= GAP_GOAL if stall is not None
+              else gap <= GAP_GOAL + max(0.0, control_gap - RUN_EVERY))
+    opens_failed = sum(1 for r in app.runs() if began <= r.at <= checked_until
+                       and r.opened != "ok")
     label, size = budget
     rss_ok = None if size is None else (peak - rss_before) * 1024 <= size
     ok, tried, slowest, error = prober.summary()
@@ -1039,7 +1161,7 @@ def run_attack(app: App, attack: Attack, key: str, args: argparse.Namespace,
         rss_before_mib=rss_before / 1024, rss_peak_mib=peak / 1024,
         rss_after_mib=app.rss_now() / 1024, budget=label,
         budget_mib=None if size is None else size / MiB, rss_ok=rss_ok, attackers=outcome,
-        runs=runs, max_gap=gap, control_gap=control_gap, gap_ok=gap <= allowed,
+        runs=runs, max_gap=gap, max_stall=stall, control_gap=control_gap, gap_ok=gap_ok,
         opens_failed=opens_failed,
         probes_ok=ok, probes=tried, probe_slowest=slowest, probe_error=error,
         after=(f"{after[0]} in {after[1]:.2f} s" if after[0] else after[2]),
@@ -1068,19 +1190,24 @@ def report(result: Result) -> str:
     r = result
     budget = (f"bound {r.budget} = +{r.budget_mib:.0f} MiB" if r.budget_mib is not None
               else f"bound: {r.budget}")
+    stall = (f"less its wait for a CPU {r.max_stall:.2f} s (goal <= {GAP_GOAL})"
+             if r.max_stall is not None else
+             f"(goal <= {GAP_GOAL} + the plain sleeper's lateness: the kernel keeps no "
+             "schedstat)")
     return textwrap.dedent(f"""\
         == {r.listener} / {r.attack}: {r.what}
            RSS         {r.rss_before_mib:.0f} MiB -> peak {r.rss_peak_mib:.0f} MiB \
 (+{r.rss_peak_mib - r.rss_before_mib:.0f}), after {r.rss_after_mib:.0f} MiB; {budget} \
 [{mark(r.rss_ok)}]
            attackers   {r.attackers}
-           daemon      {r.runs} runs, max gap {r.max_gap:.2f} s vs run_every {RUN_EVERY} s \
-(goal <= {GAP_GOAL} + the machine's own lateness: a plain sleeper's max gap \
-{r.control_gap:.2f} s) [{mark(r.gap_ok)}]; open() failed in {r.opens_failed} runs
+           daemon      {r.runs} runs, max gap {r.max_gap:.2f} s vs run_every {RUN_EVERY} s, \
+{stall} [{mark(r.gap_ok)}]; a plain sleeper's max gap {r.control_gap:.2f} s; open() failed \
+in {r.opens_failed} runs
            requests    during: {r.probes_ok}/{r.probes} answered 200, slowest \
 {r.probe_slowest:.2f} s{' (' + r.probe_error + ')' if r.probe_error else ''}; after: \
 {r.after} [{mark(r.probes_ok == r.probes and r.after_ok)}]
-           status      during: {r.status_during}; after: {r.status_after} \
+           status      socket during: {r.status_during}; daemonapp status after: \
+{r.status_after} \
 [{mark(r.status_ok)}]; server connections mid-attack: {r.server_connections}
            app         {r.log_lines} log lines{'' if r.app_alive else '; THE APP DIED (or was killed at the RSS safety limit)'}; \
 SIGTERM after the attack: exit {r.exit_status} in {r.stop_seconds:.1f} s \

@@ -6,12 +6,13 @@ here is every goal the listeners meet today (issue 14's acceptance, DESIGN §4 "
 by default"):
 
 - every attack: the daemon keeps its schedule (no gap between runs over run_every +
-  0.25 s, plus the machine's own lateness), a normal request is answered once the
-  attackers are gone, and SIGTERM ends the app with exit status 0;
+  0.25 s once the time its reactor waited for a CPU is taken off: a loaded machine's
+  share, not the app's), a normal request is answered once the attackers are gone, and
+  SIGTERM ends the app with exit status 0;
 - every attack: peak RSS within the documented bound (the listener's memory budget,
   max_listener_buffer_bytes, + 8 MiB);
-- every attack: `daemonapp status` answers during and after it (at the connection cap
-  too);
+- every attack: the status socket answers during it (at the connection cap too) and
+  `daemonapp status` after it;
 - normal requests answered during every attack but fd exhaustion, multiplexed greed
   and endless bodies included (with request buffering a body still arriving holds no
   WSGI thread).
