@@ -224,7 +224,7 @@ def test_fire_times_past_the_grace_raise_an_alert(state_dir: str) -> None:
 
 
 ALERT_APP = """
-import json, sys
+import json, sys, time
 from daemonapp.app import DaemonApp
 from daemonapp.testing import FakeDaemon
 
@@ -235,18 +235,22 @@ class Broken(FakeDaemon):
 app = DaemonApp(shutdown_after=2.0, alerts=sys.argv[2:])
 daemon = Broken(name="broken", run_every=0.1, alert_after=2)
 app.add(daemon)
+started = time.monotonic()
 status = app.run()
+ended = time.monotonic()
 with open(sys.argv[1], "w") as f:
-    json.dump({"status": status, "runs": daemon.stats["runs"]}, f)
+    json.dump({"status": status, "runs": daemon.stats["runs"], "started": started,
+               "ended": ended}, f)
 """
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    received: list[tuple[float, dict[str, Any]]] = []
+    received: list[tuple[str, float, dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        _Recorder.received.append((time.monotonic(), json.loads(self.rfile.read(length))))
+        _Recorder.received.append((self.path, time.monotonic(),
+                                   json.loads(self.rfile.read(length))))
         self.send_response(204)
         self.end_headers()
 
@@ -257,8 +261,10 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.mark.integration
 def test_a_webhook_alert_reaches_a_real_server_and_dead_ones_delay_nothing(
         tmp_path: Path) -> None:
-    """The alert is POSTed to a live local HTTP server at once, while a webhook that
-    never answers and one whose port refuses hold up neither it nor the daemon's runs."""
+    """The alert is POSTed to a live local HTTP server while the app runs, while a
+    webhook that never answers and one whose port refuses hold up neither it nor the
+    daemon's runs: the app runs as many as the same app with the live webhook only,
+    beside it at the same time (so that a loaded machine slows both alike)."""
     _Recorder.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -269,24 +275,35 @@ def test_a_webhook_alert_reaches_a_real_server_and_dead_ones_delay_nothing(
     closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
     script = tmp_path / "alert_app.py"
     script.write_text(ALERT_APP)
-    out = tmp_path / "out.json"
-    urls = [f"http://127.0.0.1:{silent.getsockname()[1]}/hook",
-            f"http://127.0.0.1:{closed.getsockname()[1]}/hook",
-            f"http://127.0.0.1:{server.server_address[1]}/hook"]
-    started = time.monotonic()
+    live = f"http://127.0.0.1:{server.server_address[1]}"
+    hooks = {"dead": [f"http://127.0.0.1:{silent.getsockname()[1]}/hook",
+                      f"http://127.0.0.1:{closed.getsockname()[1]}/hook", f"{live}/dead"],
+             "control": [f"{live}/control"]}
+    procs = {name: subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / f"{name}.json"), *urls],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True) for name, urls in hooks.items()}
     try:
-        done = subprocess.run([sys.executable, str(script), str(out), *urls],
-                              env={**os.environ, "PYTHONPATH": str(ROOT)},
-                              capture_output=True, text=True, timeout=60, check=False)
+        errors = {name: proc.communicate(timeout=60)[1] for name, proc in procs.items()}
     finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         server.shutdown()
         silent.close()
         closed.close()
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["status"] == 0
-    assert result["runs"] >= 10  # every 0.1 s for 2 s: the dead hooks did not stall them
-    [(arrived, event)] = _Recorder.received
-    assert event == {"event": "alert", "daemon": "broken", "count": 2,
-                     "error": "get_work: RuntimeError: database down"}
-    assert arrived - started < 1.5  # well before the app's end at 2 s (+ its start)
+    for name, proc in procs.items():
+        assert proc.returncode == 0, errors[name][-3000:]
+    dead, control = (json.loads((tmp_path / f"{name}.json").read_text())
+                     for name in ("dead", "control"))
+    assert dead["status"] == control["status"] == 0
+    arrived = {path: (at, event) for path, at, event in _Recorder.received}
+    assert sorted(path for path, _, _ in _Recorder.received) == ["/control", "/dead"]
+    assert arrived["/dead"][1] == {"event": "alert", "daemon": "broken", "count": 2,
+                                   "error": "get_work: RuntimeError: database down"}
+    # While the app ran: one held up by the hook that never answers would come never.
+    assert dead["started"] < arrived["/dead"][0] < dead["ended"]
+    # Every 0.1 s for 2 s: a loop held up by the dead hooks would run far fewer.
+    assert control["runs"] >= 5, control
+    assert dead["runs"] >= control["runs"] // 2, (dead, control)
