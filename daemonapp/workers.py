@@ -10,7 +10,8 @@ processes blocked in accept) and builds only the listeners and their application
 the configuration the supervisor runs (daemonapp.worker: the pipes' protocol and what
 runs inside a worker). A reload's ``app.log`` and a SIGHUP's reopening of the log file
 reach every worker; a worker whose supervisor is gone (EOF on its pipe, also after a
-SIGKILL) drains and exits, so no process outlives the app.
+SIGKILL) drains and exits, and one still draining when the app ends (its stop abandoned
+at stop_timeout, a second signal) is killed and reaped, so no process outlives the app.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ STABLE_AFTER = 10.0
 #: The first delay before restarting a worker that died young, doubled each time.
 RESTART_BASE = 0.5
 RESTART_MAX = 30.0
+#: Longest the reactor's shutdown waits for the workers killed as the app ended to be
+#: reaped (a SIGKILL takes effect at once, unless a process is stuck in the kernel).
+REAP_TIMEOUT = 5.0
 #: Environment variables of the supervisor's own, never a worker's: systemd's socket
 #: activation and notification (the worker gets its sockets from us).
 SUPERVISOR_ONLY_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
@@ -159,7 +163,8 @@ class Supervisor(Service):
 
     A child service of the DaemonApp, added after its listeners: it starts the workers
     once they are bound. Hooks on the app: a graceful stop drains every worker and
-    waits for them (``stop_timeout`` bounds it, as for the rest); the supervisor's own
+    waits for them (``stop_timeout`` bounds it, as for the rest; when the app ends, the
+    workers still running are killed and reaped); the supervisor's own
     max_requests hands its share of the requests to one more worker instead of stopping
     the app; its snapshot lists every process and sums the listeners' counts; SIGHUP
     has every worker reopen its log file, and a reload that applied a new ``app.log``
@@ -194,6 +199,7 @@ class Supervisor(Service):
         app.add_snapshot_hook(self._snapshot)
         app.on_reopen_logs(self._reopen_logs)
         app.on_alert(lambda event: self.share_alerts())
+        app.when_ended().addCallback(self._app_ended)
         from daemonapp.control import controller_of
 
         self._controller = controller_of(app)
@@ -486,6 +492,34 @@ class Supervisor(Service):
                     os.unlink(path)
             except OSError:
                 pass
+
+    def _app_ended(self, status: int) -> int:
+        """The app has ended: a worker still running is killed (its stop was abandoned at
+        stop_timeout, or a second signal stops at once), and the reactor's shutdown
+        waits, within REAP_TIMEOUT, until each is reaped."""
+        if not self.stopping:
+            self._stopping("the app ended")
+        left = [worker for worker in self.workers if worker.state != ENDED]
+        if not left:
+            return status
+        log.error("the app ended: killing {count} worker(s) still running: {pids}",
+                  count=len(left), pids=", ".join(str(worker.pid) for worker in left))
+        for worker in left:
+            worker.kill()
+        add_trigger = getattr(self.reactor, "addSystemEventTrigger", None)
+        if add_trigger is not None:
+            add_trigger("before", "shutdown", self._reaped)
+        return status
+
+    def _reaped(self) -> defer.Deferred[None]:
+        """Fires once the killed workers are reaped, or after REAP_TIMEOUT."""
+        def late(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            log.error("worker(s) {pids} not reaped {timeout:g} s after SIGKILL",
+                      pids=", ".join(str(worker.pid) for worker in self.workers),
+                      timeout=REAP_TIMEOUT)
+
+        return self.workers_ended().addTimeout(REAP_TIMEOUT, self.reactor).addErrback(late)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]

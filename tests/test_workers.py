@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +54,16 @@ class FakeTransport:
 
 
 class SpawningClock(Clock):
-    """A Clock with a spawnProcess that records each worker."""
+    """A Clock with a spawnProcess that records each worker, and the reactor's system
+    event triggers (recorded, fired by the test)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[tuple[WorkerProcess, list[str], dict[str, str], dict[int, Any]]] = []
+        self.triggers: list[tuple[str, str, Any]] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, callable: Any) -> None:
+        self.triggers.append((phase, event, callable))
 
     def spawnProcess(self, protocol: WorkerProcess, executable: str, args: list[str],
                      env: dict[str, str], childFDs: dict[int, Any]) -> FakeTransport:
@@ -101,6 +107,10 @@ class FakeApp:
         self.controller: Controller | None = None
         self.lifetime = SimpleNamespace(stopping=False)
         self.stop_reason: str | None = None
+        self.ended: Deferred[int] = Deferred()
+
+    def when_ended(self) -> Deferred[int]:
+        return self.ended
 
     def getServiceNamed(self, name: str) -> Controller:
         if name != "control" or self.controller is None:
@@ -320,6 +330,77 @@ def test_a_stop_drains_every_worker_and_waits(tmp_path: Path,
     clock.advance(60)
     assert ended.called
     assert len(clock.spawned) == 2
+
+
+def _real_app_with_workers(tmp_path: Path) -> tuple[Any, Supervisor, SpawningClock]:
+    """A DaemonApp (stop_timeout 30 s) whose supervisor has two workers serving."""
+    clock = SpawningClock()
+    app, _ = make_app(clock, stop_timeout=30)
+    config = load_config(write_file(tmp_path / "d.yaml", _yaml(3)))
+    supervisor = Supervisor(app, config, reactor=clock,
+                            command=["python", "-m", "daemonapp.workers"])
+    supervisor.setServiceParent(app)  # type: ignore[no-untyped-call]
+    app.startService()
+    clock.advance(0)
+    for _ in range(2):  # (the app has no listener of its own here to hand them)
+        _ready(supervisor.spawn())
+    return app, supervisor, clock
+
+
+def _reap_trigger(clock: SpawningClock) -> Any:
+    """The one 'before shutdown' trigger the supervisor added."""
+    [(phase, event, trigger)] = clock.triggers
+    assert (phase, event) == ("before", "shutdown")
+    return trigger
+
+
+def test_an_abandoned_stop_kills_the_workers_still_draining(tmp_path: Path) -> None:
+    """When the app abandons its stop at stop_timeout, each worker still draining is sent
+    SIGKILL (one that ended is not), and the reactor's shutdown waits until they are
+    reaped."""
+    app, supervisor, clock = _real_app_with_workers(tmp_path)
+    one, two = supervisor.workers
+    statuses: list[int] = []
+    app.when_ended().addCallback(statuses.append)
+    app.stop("signal SIGTERM")
+    assert _orders(one) == ["drain"] and _orders(two) == ["drain"]
+    _end(one)
+    clock.advance(29.9)
+    transports: list[Any] = [one.transport, two.transport]
+    assert [t.signals for t in transports] == [[], []]
+    assert clock.triggers == []
+    clock.advance(0.1)
+    assert statuses == [1]
+    assert [t.signals for t in transports] == [[], ["KILL"]]
+    reaped = _reap_trigger(clock)()
+    assert not reaped.called
+    _end(two, None, 9)
+    assert reaped.called
+    assert supervisor.workers == []
+    assert len(clock.spawned) == 2
+
+
+def test_a_second_sigterm_kills_the_workers_still_draining(tmp_path: Path) -> None:
+    """A second SIGTERM ends the app at once: its workers too, by SIGKILL."""
+    app, supervisor, clock = _real_app_with_workers(tmp_path)
+    transports: list[Any] = [worker.transport for worker in supervisor.workers]
+    app.lifetime.handle_signal(signal.SIGTERM)
+    assert [t.signals for t in transports] == [[], []]
+    app.lifetime.handle_signal(signal.SIGTERM)
+    assert [t.signals for t in transports] == [["KILL"], ["KILL"]]
+    assert _reap_trigger(clock) is not None
+
+
+def test_workers_never_reaped_end_the_wait_after_its_bound(tmp_path: Path) -> None:
+    """A killed worker whose end never comes holds the reactor's shutdown 5 s at most."""
+    app, _, clock = _real_app_with_workers(tmp_path)
+    app.stop("signal SIGTERM")
+    clock.advance(30)
+    reaped = _reap_trigger(clock)()
+    clock.advance(4.9)
+    assert not reaped.called
+    clock.advance(0.1)
+    assert reaped.called
 
 
 def test_the_snapshot_lists_processes_and_sums_counts(

@@ -193,6 +193,35 @@ def test_a_killed_supervisor_takes_its_workers_along(tmp_path: Path, nginx: Ngin
         assert wait_until(lambda: not any(pid_alive(pid) for pid in workers), timeout=5)
 
 
+def test_an_abandoned_stop_kills_a_worker_still_running(tmp_path: Path) -> None:
+    """A worker that cannot drain (stopped by SIGSTOP) when the supervisor's stop_timeout
+    passes is killed: the app exits 1 (abandoned) and takes it along."""
+    cfg = write_file(tmp_path / "d.yaml", f"""\
+app:
+  state_dir: ./var
+  processes: 2
+  stop_timeout: 1s
+listeners:
+  - protocol: fastcgi
+    endpoint: unix:./run/app.sock
+    {PID_NATIVE}
+""")
+    proc = _start(tmp_path, cfg, 2)
+    with running(proc):
+        [worker] = _worker_pids(proc.pid)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=TIMEOUT) == 1
+            assert wait_until(lambda: not pid_alive(worker), timeout=5), \
+                (tmp_path / "app.log").read_text()
+            assert f"killing 1 worker(s) still running: {worker}" in \
+                (tmp_path / "app.log").read_text()
+        finally:
+            if pid_alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
 def test_a_lock_daemon_runs_once(tmp_path: Path, nginx: Nginx) -> None:
     """A lock: daemon runs in the supervisor only, whatever the number of processes."""
     runs = tmp_path / "runs"
