@@ -5,13 +5,12 @@ are multiplexed by id; GET_VALUES, KEEP_CONN, ABORT_REQUEST, UNKNOWN_TYPE and
 UNKNOWN_ROLE are handled as the spec says. Records for a request id that is not active
 are ignored; the connection is closed only for a bad version or unparsable bytes.
 Output goes out in STDOUT records of at most 65,535 bytes, with flow control through
-the transport's producer API.
+the transport's producer API. The records' format and codec are fastcgi_records's.
 """
 
 from __future__ import annotations
 
 import collections
-import struct
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -22,110 +21,60 @@ from zope.interface import implementer
 from daemonapp.listeners.budget import BODY_READ_SIZE, ConnectionBuffer, read_in_large_pieces
 from daemonapp.listeners.connections import LINGER_TIMEOUT, ListenerFactory, TrackedProtocol
 from daemonapp.listeners.exchange import DONE, NEW, Exchange, Headers, cgi_head, parse_length
+from daemonapp.listeners.fastcgi_records import (
+    BEGIN_BODY,
+    FCGI_ABORT_REQUEST,
+    FCGI_BEGIN_REQUEST,
+    FCGI_CANT_MPX_CONN,
+    FCGI_DATA,
+    FCGI_END_REQUEST,
+    FCGI_GET_VALUES,
+    FCGI_GET_VALUES_RESULT,
+    FCGI_KEEP_CONN,
+    FCGI_OVERLOADED,
+    FCGI_PARAMS,
+    FCGI_REQUEST_COMPLETE,
+    FCGI_RESPONDER,
+    FCGI_STDERR,
+    FCGI_STDIN,
+    FCGI_STDOUT,
+    FCGI_UNKNOWN_ROLE,
+    FCGI_UNKNOWN_TYPE,
+    FCGI_VERSION_1,
+    HEADER,
+    MAX_RECORD_CONTENT,
+    STDOUT_EMPTY_AND_END,
+    ProtocolError,
+    decode_pairs,
+    encode_pairs,
+    end_request,
+    pack_header,
+    record,
+    unpack_header,
+)
 from daemonapp.listeners.limits import Dispatcher
+
+# The record codec (fastcgi_records) is re-exported: callers of the wire protocol
+# (tests, bench) take the record types and encoders from here.
+__all__ = [
+    "DEFAULT_MAX_REQS", "FCGI_ABORT_REQUEST", "FCGI_BEGIN_REQUEST", "FCGI_CANT_MPX_CONN",
+    "FCGI_DATA", "FCGI_END_REQUEST", "FCGI_GET_VALUES", "FCGI_GET_VALUES_RESULT",
+    "FCGI_KEEP_CONN", "FCGI_OVERLOADED", "FCGI_PARAMS", "FCGI_REQUEST_COMPLETE",
+    "FCGI_RESPONDER", "FCGI_STDERR", "FCGI_STDIN", "FCGI_STDOUT", "FCGI_UNKNOWN_ROLE",
+    "FCGI_UNKNOWN_TYPE", "FCGI_VERSION_1", "HEADER", "MAX_RECORD_CONTENT",
+    "FastCGIExchange", "FastCGIFactory", "FastCGIProtocol", "ProtocolError",
+    "decode_pairs", "encode_pairs", "end_request", "record",
+]
 
 log = Logger()
 
-FCGI_VERSION_1 = 1
-FCGI_BEGIN_REQUEST = 1
-FCGI_ABORT_REQUEST = 2
-FCGI_END_REQUEST = 3
-FCGI_PARAMS = 4
-FCGI_STDIN = 5
-FCGI_STDOUT = 6
-FCGI_STDERR = 7
-FCGI_DATA = 8
-FCGI_GET_VALUES = 9
-FCGI_GET_VALUES_RESULT = 10
-FCGI_UNKNOWN_TYPE = 11
-
-FCGI_RESPONDER = 1
-FCGI_KEEP_CONN = 1
-
-FCGI_REQUEST_COMPLETE = 0
-FCGI_CANT_MPX_CONN = 1
-FCGI_OVERLOADED = 2
-FCGI_UNKNOWN_ROLE = 3
-
-MAX_RECORD_CONTENT = 65535
 _TEXT_HEAD = (b"Status: 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
               b"Content-Length: %d\r\n\r\n")
 #: FCGI_MAX_REQS (and FCGI_MAX_CONNS) without max_concurrent (a native handler).
 DEFAULT_MAX_REQS = 1000
 
-HEADER = struct.Struct("!BBHHBx")
-_BEGIN_BODY = struct.Struct("!HB5x")
-_END = struct.Struct("!BBHHBxIB3x")
-_STDOUT_EMPTY_AND_END = struct.Struct("!BBHHBxBBHHBxIB3x")
-_unpack_header = HEADER.unpack_from
-_unpack_u32 = struct.Struct("!I").unpack_from
-_pack_header = HEADER.pack
-
-
-class ProtocolError(ValueError):
-    """Unparsable bytes from the web server."""
-
-
-def encode_pairs(pairs: list[tuple[bytes, bytes]]) -> bytes:
-    """FastCGI name-value pairs (1-byte lengths below 128, else 4-byte)."""
-    out = bytearray()
-    for name, value in pairs:
-        for item in (name, value):
-            size = len(item)
-            if size < 128:
-                out.append(size)
-            else:
-                out += struct.pack("!I", size | 0x80000000)
-        out += name
-        out += value
-    return bytes(out)
-
-
-def decode_pairs(data: bytes) -> dict[str, str]:
-    """Decode name-value pairs into a dict of latin-1 strings (raises ProtocolError)."""
-    text = data.decode("latin-1")  # one decode; str offsets equal byte offsets
-    end = len(data)
-    pos = 0
-    out: dict[str, str] = {}
-    try:
-        while pos < end:
-            name_len = data[pos]
-            if name_len < 128:
-                pos += 1
-            else:
-                name_len = _unpack_u32(data, pos)[0] & 0x7FFFFFFF
-                pos += 4
-            value_len = data[pos]
-            if value_len < 128:
-                pos += 1
-            else:
-                value_len = _unpack_u32(data, pos)[0] & 0x7FFFFFFF
-                pos += 4
-            name_end = pos + name_len
-            value_end = name_end + value_len
-            if value_end > end:
-                raise ProtocolError("name-value pair longer than its record")
-            out[text[pos:name_end]] = text[name_end:value_end]
-            pos = value_end
-    except (IndexError, struct.error):
-        raise ProtocolError("truncated name-value pair length") from None
-    return out
-
-
 #: FCGI_UNKNOWN_TYPE answers by record type (at most 256)
 _UNKNOWN_REPLIES: dict[int, bytes] = {}
-
-
-def record(rtype: int, request_id: int, content: bytes = b"") -> bytes:
-    """One record (no padding); content must fit (≤ 65,535 bytes)."""
-    return _pack_header(FCGI_VERSION_1, rtype, request_id, len(content), 0) + content
-
-
-def end_request(request_id: int, app_status: int = 0,
-                protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
-    """An FCGI_END_REQUEST record."""
-    return _END.pack(FCGI_VERSION_1, FCGI_END_REQUEST, request_id, 8, 0,
-                     app_status, protocol_status)
 
 
 class FastCGIExchange(Exchange):
@@ -397,7 +346,7 @@ class FastCGIProtocol(TrackedProtocol):
         replies = self._replies
         view: memoryview | None = None
         while size - offset >= 8:
-            version, rtype, rid, clen, plen = _unpack_header(data, offset)
+            version, rtype, rid, clen, plen = unpack_header(data, offset)
             if version != FCGI_VERSION_1:
                 self._protocol_error("unsupported record version {version}", version=version)
                 return -1
@@ -474,7 +423,7 @@ class FastCGIProtocol(TrackedProtocol):
                 if clen != 8:
                     self._protocol_error("BEGIN_REQUEST body of {size} bytes", size=clen)
                     return -1
-                role, flags = _BEGIN_BODY.unpack_from(data, start)
+                role, flags = BEGIN_BODY.unpack_from(data, start)
                 if role != FCGI_RESPONDER:
                     self.transport.write(  # type: ignore[union-attr]
                         end_request(rid, 0, FCGI_UNKNOWN_ROLE))
@@ -572,16 +521,16 @@ class FastCGIProtocol(TrackedProtocol):
         size = len(data)
         if size <= MAX_RECORD_CONTENT:
             if end:
-                tail = _STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
+                tail = STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
                                                   1, FCGI_END_REQUEST, rid, 8, 0, 0, 0)
                 if size:
-                    self.send(b"".join((_pack_header(1, FCGI_STDOUT, rid, size, 0),
+                    self.send(b"".join((pack_header(1, FCGI_STDOUT, rid, size, 0),
                                         data, tail)))
                 else:
                     self.send(tail)
                 self._ended(ex)
             elif size:
-                self.send(_pack_header(1, FCGI_STDOUT, rid, size, 0) + data)
+                self.send(pack_header(1, FCGI_STDOUT, rid, size, 0) + data)
             return
         self._write_records(ex, memoryview(data), end)
 
@@ -597,14 +546,14 @@ class FastCGIProtocol(TrackedProtocol):
         while pos < size:
             chunk = view[pos:pos + MAX_RECORD_CONTENT]
             pos += len(chunk)
-            transport.write(_pack_header(1, FCGI_STDOUT, rid, len(chunk), 0) + chunk)
+            transport.write(pack_header(1, FCGI_STDOUT, rid, len(chunk), 0) + chunk)
             if self._closed:
                 return True
             if self._output_paused and (pos < size or end):
                 self._out.appendleft((ex, view[pos:], end))
                 return False
         if end:
-            transport.write(_STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
+            transport.write(STDOUT_EMPTY_AND_END.pack(1, FCGI_STDOUT, rid, 0, 0,
                                                        1, FCGI_END_REQUEST, rid, 8, 0, 0, 0))
             self._ended(ex)
         return True
