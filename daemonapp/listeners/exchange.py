@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from daemonapp.listeners.budget import BodyBudget, ConnectionBuffer, Spool
+from daemonapp.listeners.budget import BodyBudget, BodyBuffer, ConnectionBuffer, Spool
 
 Headers = list[tuple[str, str]]
 
@@ -101,8 +101,8 @@ class Exchange:
     ``params`` are the CGI variables (``REQUEST_METHOD``, ``PATH_INFO``, ``HTTP_*``...),
     str to str, latin-1 decoded as PEP 3333 wants. The body arrives through
     :meth:`feed_body` / :meth:`end_body`; while nobody reads it yet it is kept in
-    ``body``, within the listener's memory budget (see daemonapp.listeners.budget), and
-    past it in ``spool``, a private temporary file.
+    ``received``, a :class:`~daemonapp.listeners.budget.BodyBuffer`: in memory within the
+    listener's budget (``body``), past it in a private temporary file (``spool``).
     """
 
     # Defaults live on the class: a request sets only what differs (the hot path).
@@ -119,19 +119,29 @@ class Exchange:
     _held: tuple[str, Headers, list[bytes]] | None = None
     _held_len = 0
     _hold_paused = False
-    #: the connection's share of the listener's body budget (None: not counted per
-    #: connection, as for HTTP, where twisted.web buffers the body)
+    #: the connection's share of the listener's body budget (None: counted for the
+    #: listener only)
     buffer: ConnectionBuffer | None = None
-    #: bytes of ``body`` counted in the budget (given back when the request ends)
-    _buffered = 0
-    #: the body on disk once it went over the budget
-    spool: Spool | None = None
+    #: the body so far while nobody reads it (made at its first byte; its memory is
+    #: counted in the budget until the request ends)
+    received: BodyBuffer | None = None
 
     def __init__(self, dispatcher: ExchangeOwner) -> None:
         #: the owner (a limits.Dispatcher), seen through ExchangeOwner only
         self.dispatcher = dispatcher
         self.params: dict[str, str] = {}
-        self.body: list[bytes] = []
+
+    @property
+    def body(self) -> list[bytes]:
+        """The body received so far while it is in memory (empty once spooled)."""
+        received = self.received
+        return received.chunks if received is not None else []
+
+    @property
+    def spool(self) -> Spool | None:
+        """The body on disk once it went over the budget."""
+        received = self.received
+        return received.spool if received is not None else None
 
     # -- what the wire protocol implements -------------------------------------------
 
@@ -301,45 +311,19 @@ class Exchange:
         if self.input is not None:
             self.input.feed(data)
             return
-        spool = self.spool
-        if spool is not None:
-            try:
-                spool.write(data)
-            except OSError as err:
-                self.dispatcher.spool_failed(self, err)
-            return
-        budget = self.dispatcher.budget
-        size = len(data)
-        if budget.fits(self.buffer, size):
-            budget.take(self.buffer, size)
-            self._buffered += size
-            self.body.append(data)
-            return
-        # over the connection's or the listener's budget: to disk, with what came before
+        received = self.received
+        if received is None:
+            received = self.received = BodyBuffer(self.dispatcher.budget, self.buffer)
         try:
-            spool = Spool(budget)
-            for chunk in self.body:
-                spool.write(chunk)
-            spool.write(data)
-        except OSError as err:
-            if spool is not None:
-                spool.close()
+            received.write(data)
+        except OSError as err:  # over the budget, and no spool file to be had
             self.dispatcher.spool_failed(self, err)
-            return
-        self.spool = spool
-        self.body = []
-        budget.give_back(self.buffer, self._buffered)
-        self._buffered = 0
 
     def release_body(self) -> None:
         """The request ended: give its memory back to the budget, delete its spool."""
-        if self._buffered:
-            self.dispatcher.budget.give_back(self.buffer, self._buffered)
-            self._buffered = 0
-        self.body = []
-        spool, self.spool = self.spool, None
-        if spool is not None:
-            spool.close()
+        received, self.received = self.received, None
+        if received is not None:
+            received.close()
 
     def end_body(self) -> None:
         """The request body is complete."""
@@ -356,15 +340,18 @@ class Exchange:
 
     def body_bytes(self) -> bytes:
         """The whole body (only once complete), read back from disk when spooled."""
-        if self.spool is not None:
-            return self.spool.read_all()
-        body = self.body
+        received = self.received
+        if received is None:
+            return b""
+        if received.spool is not None:
+            return received.spool.read_all()
+        body = received.chunks
         if not body:
             return b""
         if len(body) == 1:
             return body[0]
         joined = b"".join(body)
-        self.body = [joined]
+        received.chunks = [joined]
         return joined
 
     # -- output flow control, driven by the wire protocol's transport ----------------

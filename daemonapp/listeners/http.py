@@ -84,20 +84,10 @@ class _PieceWriter:
 class HTTPExchange(Exchange):
     """A twisted.web request seen as an Exchange."""
 
-
-    #: the body as received (its memory is counted in the budget until the request ends)
-    content: BodyBuffer | None = None
-
     def __init__(self, dispatcher: Dispatcher, request: server.Request) -> None:
         super().__init__(dispatcher)
         self.request = request
         self.producing = False
-
-    def release_body(self) -> None:
-        super().release_body()
-        content, self.content = self.content, None
-        if content is not None:
-            content.close()
 
     def _start(self, status: str, headers: Headers) -> None:
         code, _, reason = status.partition(" ")
@@ -260,14 +250,8 @@ class _Root(resource.Resource):
             # the exchange owns the body now (twisted.web would close it when the client
             # leaves, under an app still reading it: "read of closed file")
             req.content = None
-            ex.content = content
+            ex.received = content
             size = content.size
-            spool = content.spool
-            if spool is not None:
-                content.spool = None
-                ex.spool = spool
-            elif content.chunks:
-                ex.body, content.chunks = content.chunks, []
         ex.params = _environ(request, size)
         ex.body_len = size
         ex.body_complete = True

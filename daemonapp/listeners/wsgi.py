@@ -166,8 +166,9 @@ class StreamingInput:
         # what arrives from now on is buffered here
         spool = exchange.spool
         self._file: IO[bytes] | None = spool.reader() if spool is not None else None
-        self._buf = bytearray(b"".join(exchange.body))
-        exchange.body = []
+        body = exchange.body
+        self._buf = bytearray(b"".join(body))
+        body.clear()  # the memory stays counted in the budget until the request ends
         self._eof = exchange.body_complete
         self._error: str | None = None
         self._paused = False

@@ -11,7 +11,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemonapp.listeners.budget import BODY_READ_SIZE, BodyBudget, FdLimits, Spool
+from daemonapp.listeners.budget import (
+    BODY_READ_SIZE,
+    BodyBudget,
+    BodyBuffer,
+    ConnectionBuffer,
+    FdLimits,
+    Spool,
+)
 from daemonapp.listeners.fastcgi import FCGI_END_REQUEST, FCGI_STDIN, FCGI_STDOUT, record
 from daemonapp.listeners.wsgi import StreamingInput
 from daemonapp.metrics import render_metrics
@@ -109,6 +116,21 @@ class BodyBudgetTests(SynchronousTestCase):
         self.assertEqual(listener.dispatcher.budget.used, 0)
         self.assertEqual(listener.dispatcher.snapshot()["spool_failed"], 1)
 
+    def test_a_spool_that_fails_to_write_is_answered_503(self) -> None:
+        """A body already on disk whose next bytes cannot be written (the disk is full):
+        503, and its spool file closed."""
+        listener = make_listener(native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=100)
+        proto, transport = connect(listener)
+        proto.dataReceived(_post(1, 3000) + record(FCGI_STDIN, 1, b"x" * 200))
+        spool = proto.requests[1].spool
+        spool.file = _FullDisk(spool.file)
+        proto.dataReceived(record(FCGI_STDIN, 1, b"y" * 200))
+        out = stdout_of(transport.value())
+        self.assertTrue(out.startswith(b"Status: 503 "), out)
+        budget = listener.dispatcher.budget
+        self.assertEqual((budget.used, budget.fds.spools, budget.spool_failed), (0, 0, 1))
+
     def test_wsgi_input_reads_the_spool_then_what_arrives_later(self) -> None:
         """A body partly spooled before the app started reads as one stream."""
 
@@ -134,6 +156,55 @@ class BodyBudgetTests(SynchronousTestCase):
         self.assertEqual(stream.readline(), b"line one\n")
         self.assertEqual(stream.readline(), b"line two\n")
         self.assertEqual(stream.read(), b"rest")
+
+
+class _FullDisk:
+    """A spool file on a full disk: every write fails with ENOSPC."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        self.real.close()
+
+
+class BodyBufferTests(SynchronousTestCase):
+    """A body as it arrives: in memory within the budget, past it on disk."""
+
+    def test_a_body_over_the_budget_moves_to_disk_and_gives_its_memory_back(self) -> None:
+        """The bytes held in memory are written to the spool before the new ones, and
+        the budget gets them back; close() deletes the spool."""
+        budget = BodyBudget(per_connection=1000, per_listener=10_000,
+                            fds=FdLimits(limit=1000))
+        conn = ConnectionBuffer()
+        body = BodyBuffer(budget, conn)
+        body.write(b"a" * 600)
+        self.assertEqual((budget.used, conn.used, body.chunks, body.spool),
+                         (600, 600, [b"a" * 600], None))
+        body.write(b"b" * 600)
+        self.assertEqual((budget.used, conn.used, body.chunks, budget.fds.spools),
+                         (0, 0, [], 1))
+        body.write(b"c")
+        assert body.spool is not None
+        self.assertEqual((body.spool.read_all(), body.size),
+                         (b"a" * 600 + b"b" * 600 + b"c", 1201))
+        body.close()
+        self.assertEqual((body.spool, budget.fds.spools), (None, 0))
+
+    def test_close_gives_the_memory_back(self) -> None:
+        """A body that stayed in memory gives its bytes back to the connection and the
+        listener when closed."""
+        budget = BodyBudget(fds=FdLimits(limit=1000))
+        conn = ConnectionBuffer()
+        body = BodyBuffer(budget, conn)
+        body.write(b"x" * 10)
+        body.write(b"y" * 5)
+        self.assertEqual((budget.used, conn.used), (15, 15))
+        body.close()
+        self.assertEqual((budget.used, conn.used, body.chunks), (0, 0, []))
 
 
 class RequestIdCapTests(SynchronousTestCase):
