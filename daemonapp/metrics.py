@@ -128,6 +128,15 @@ class _SnapshotCollector:
                 buffered.add_metric([_listener_label(listener, i)],
                                     float(listener["buffered_bytes"]))
         yield buffered
+        receiving = GaugeMetricFamily(
+            "daemonapp_listener_receiving",
+            "Requests whose body is still arriving, admitted once it is complete "
+            "(request buffering: uploads in progress)", labels=["listener"])
+        for i, listener in enumerate(listeners):
+            if "receiving" in listener:
+                receiving.add_metric([_listener_label(listener, i)],
+                                     float(listener["receiving"]))
+        yield receiving
         jobs = snap.get("jobs") or {}
         by_state = jobs.get("by_state") if isinstance(jobs, Mapping) else None
         if by_state:

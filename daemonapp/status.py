@@ -44,6 +44,7 @@ _LISTENER_COLUMNS = {
     "listening": "LISTENING",
     "draining": "DRAINING",
     "connections": "CONNECTIONS",
+    "receiving": "RECEIVING",
     "in_flight": "IN_FLIGHT",
     "queued": "QUEUED",
     "requests": "REQUESTS",

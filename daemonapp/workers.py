@@ -65,7 +65,7 @@ SUPERVISOR_ONLY_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOC
 SUMMED = ("requests", "answered", "rejected_503", "timeouts_504", "errors_500",
           "too_large_413", "too_large_431", "bad_request_400", "spooled", "spool_failed",
           "refused", "accept_errors", "denied", "connections", "connections_total",
-          "in_flight", "queued", "active")
+          "in_flight", "queued", "active", "receiving")
 
 STARTING = "starting"
 SERVING = "serving"
@@ -429,7 +429,7 @@ class Supervisor(Service):
                 self._gone.append({})
             kept = self._gone[index]
             for key in SUMMED:
-                if key in ("connections", "in_flight", "queued", "active"):
+                if key in ("connections", "in_flight", "queued", "active", "receiving"):
                     continue  # gauges of a process that is gone
                 value = entry.get(key)
                 if isinstance(value, int) and not isinstance(value, bool):

@@ -34,6 +34,15 @@ def test_listener_and_jobs() -> None:
     assert 'daemonapp_jobs{state="pending"} 3.0' in text
 
 
+def test_listener_receiving_is_a_gauge() -> None:
+    """Requests whose body still arrives are a gauge per listener."""
+    text = render_metrics({"state": "running", "daemons": [], "listeners": [
+        {"name": "web", "receiving": 3}, {"name": "old"}]}).decode()
+    assert "# TYPE daemonapp_listener_receiving gauge" in text
+    assert 'daemonapp_listener_receiving{listener="web"} 3.0' in text
+    assert 'daemonapp_listener_receiving{listener="old"}' not in text
+
+
 def test_misfires_by_reason() -> None:
     """A clock schedule's misfires appear as a counter by daemon and reason."""
     text = render_metrics({"state": "running", "listeners": [], "daemons": [

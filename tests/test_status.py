@@ -222,6 +222,16 @@ def test_format_status_table() -> None:
     ])
 
 
+def test_format_status_shows_uploads_in_progress() -> None:
+    """A listener's requests whose body still arrives have their own column."""
+    listener = {**SNAPSHOT["listeners"][0], "receiving": 3}
+    text = format_status({**SNAPSHOT, "listeners": [listener]})
+    assert text.splitlines()[-2:] == [
+        "NAME                   LISTENING  RECEIVING  IN_FLIGHT  REQUESTS  503",
+        "scgi:unix:/run/a.sock  True       3          2          10        1",
+    ]
+
+
 def test_format_status_shows_pauses() -> None:
     """A paused daemon shows "paused" as its next run, and the time left and reason."""
     paused = {**SNAPSHOT["daemons"][0], "paused": True, "paused_since": 900.0,

@@ -427,6 +427,23 @@ def test_the_snapshot_lists_processes_and_sums_counts(
     assert [entry["requests"] for entry in snap["listeners"]] == [15, 3]
 
 
+def test_uploads_in_progress_are_summed_and_not_kept_once_a_worker_ended(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """receiving is the sum over the processes, and a gauge: an ended worker's is dropped."""
+    supervisor, app, _ = _supervisor(tmp_path, sockets, processes=2)
+    worker = supervisor.workers[0]
+    _ready(worker)
+    report = {"t": "snapshot", "snapshot": {"listeners": [{"requests": 5, "receiving": 2}]}}
+    worker.childDataReceived(REPORT_FD, json.dumps(report).encode() + b"\n")
+    snap: dict[str, Any] = {"state": "running", "listeners": [{"receiving": 1}]}
+    app.snapshot_hooks[0](snap)
+    assert snap["listeners"][0]["receiving"] == 3
+    _end(worker, None, 9)
+    snap = {"state": "running", "listeners": [{"receiving": 1}]}
+    app.snapshot_hooks[0](snap)
+    assert snap["listeners"][0]["receiving"] == 1
+
+
 def test_a_restarted_worker_serves_the_config_the_supervisor_runs(
         tmp_path: Path, sockets: list[socket.socket]) -> None:
     """A worker started after the file was edited (here: broken) gets the listeners the

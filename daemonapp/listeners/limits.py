@@ -579,9 +579,16 @@ class Dispatcher:
 
     # -- status -----------------------------------------------------------------------
 
+    @property
+    def receiving(self) -> int:
+        """Requests counted whose body is still arriving: with request buffering they are
+        admitted (queued or run) only once it is complete (an upload in progress)."""
+        return self.active - self.in_flight - self.queued
+
     def snapshot(self) -> dict[str, object]:
         """Counters, JSON-able."""
         return {
+            "receiving": self.receiving,
             "in_flight": self.in_flight,
             "queued": self.queued,
             "requests": self.requests,

@@ -13,6 +13,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from daemonapp.listeners.fastcgi import FCGI_ABORT_REQUEST, FCGI_STDIN, record
 from daemonapp.listeners.limits import Dispatcher
 from tests._processes import (
     free_port,
@@ -25,8 +26,10 @@ from tests._processes import (
 from tests.listeners import apps
 from tests.listeners.helpers import (
     Monitor,
+    begin,
     connect,
     make_listener,
+    params,
     request,
     stdout_of,
 )
@@ -81,6 +84,47 @@ class ConcurrencyTests(SynchronousTestCase):
         proto, transport = connect(listener)
         proto.dataReceived(request(1) + request(2))
         self.assertTrue(stdout_of(transport.value(), 2).startswith(b"Status: 503 "))
+
+
+class ReceivingTests(SynchronousTestCase):
+    """A request whose body still arrives is counted as receiving, not in flight."""
+
+    def setUp(self) -> None:
+        apps.PENDING.clear()
+        self.listener = make_listener(native="tests.listeners.apps:pending_native",
+                                      max_concurrent=1, backlog=1)
+        self.proto, self.transport = connect(self.listener)
+
+    def _counts(self) -> tuple[object, object, object]:
+        snap = self.listener.snapshot()
+        return snap["receiving"], snap["in_flight"], snap["queued"]
+
+    def _upload(self, rid: int) -> None:
+        """A POST of 10 bytes of which 4 arrived."""
+        self.proto.dataReceived(begin(rid) + params(rid, REQUEST_METHOD="POST",
+                                                    CONTENT_LENGTH="10", PATH_INFO="/")
+                                + record(FCGI_STDIN, rid, b"half"))
+
+    def test_an_upload_is_receiving_until_its_body_is_complete(self) -> None:
+        """Receiving while the body arrives, then in flight, then queued behind it."""
+        self._upload(1)
+        self._upload(2)
+        self.assertEqual(self._counts(), (2, 0, 0))
+        self.proto.dataReceived(record(FCGI_STDIN, 1, b"whole!") + record(FCGI_STDIN, 1))
+        self.assertEqual(self._counts(), (1, 1, 0))
+        self.proto.dataReceived(record(FCGI_STDIN, 2, b"whole!") + record(FCGI_STDIN, 2))
+        self.assertEqual(self._counts(), (0, 1, 1))
+        self.assertEqual(len(apps.PENDING), 1)
+
+    def test_an_upload_the_peer_gives_up_is_no_longer_receiving(self) -> None:
+        """The web server aborting the request (or going away) ends it."""
+        self._upload(1)
+        self._upload(2)
+        self.proto.dataReceived(record(FCGI_ABORT_REQUEST, 1))
+        self.assertEqual(self._counts(), (1, 0, 0))
+        self.proto.connectionLost(None)
+        self.assertEqual(self._counts(), (0, 0, 0))
+        self.assertEqual(apps.PENDING, [])
 
 
 class TimeoutTests(SynchronousTestCase):
