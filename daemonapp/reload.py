@@ -72,7 +72,7 @@ class Reloader:
         self._wanted: dict[str, DaemonSpec | None] = {}
         self._leaving: set[str] = set()
         #: Names whose replacement runs once as soon as it starts (a trigger came
-        #: while the daemon it replaces finished its run).
+        #: while the daemon it replaces finished its run, or was pending at the reload).
         self._triggered: set[str] = set()
         #: Reads the file away from the reactor: ``run_in_thread(function, *args)``.
         self.run_in_thread: Callable[..., Deferred[Any]] = partial(in_thread, app.reactor)
@@ -209,6 +209,10 @@ class Reloader:
         if current is None:
             self._start_wanted(name)
             return
+        if spec is not None and self.app.scheduler.trigger_pending(current):
+            # A trigger accepted before this reload goes to the replacement: the old
+            # daemon stops without the run it was asked for.
+            self._triggered.add(name)
         if name in self._leaving:
             return  # its stop is under way; the wanted one starts when it is over
         self._leaving.add(name)

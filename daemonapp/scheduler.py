@@ -282,6 +282,15 @@ class Scheduler:
         slot = self._slots.get(daemon)
         return slot.trigger if slot is not None else None
 
+    def trigger_pending(self, daemon: Daemon) -> bool:
+        """Whether a manual run asked of ``daemon`` has yet to start: one after its
+        run in flight ("after-run") or one queued ("queued", "merged")."""
+        slot = self._slots.get(daemon)
+        if slot is None:
+            return False
+        return bool(slot.control & _TRIGGER_AFTER_RUN
+                    or (slot.control & _MANUAL_RUN and not slot.in_run))
+
     def _hold(self, slot: Slot, delay: float) -> None:
         """Keep a paused daemon's next due time without queueing it: its heap and
         ready entries are stale from now on."""

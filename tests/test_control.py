@@ -424,6 +424,55 @@ class ControllerTests(SynchronousTestCase):
         self.clock.advance(1800)
         self.assertEqual(new.stats["runs"], 1)  # once
 
+    def test_a_trigger_before_a_reload_that_replaces_the_daemon_runs_its_replacement(
+            self) -> None:
+        """A trigger accepted during a run (after-run), then a reload that replaces the
+        daemon: the trigger is not lost, the replacement runs once as it starts."""
+        app, controller = self.build(PENDING_B)
+        self.clock.advance(0)
+        old = app.daemons["b"]
+        self.assertEqual(self.command(controller, "trigger", daemon="b")["state"], "after-run")
+        write_config(self.dir, TWO.replace("20s", "1h\n    start_delay: 1h"))
+        self.assertEqual(self.command(controller, "reload")["replaced"], ["b"])
+        self.assertEqual(self.command(controller, "trigger", daemon="b")["state"], "merged")
+        old.pending[0].callback(None)
+        new = app.daemons["b"]
+        self.assertIsNot(new, old)
+        self.clock.advance(0)
+        self.assertEqual((old.stats["runs"], new.stats["runs"]), (1, 1))  # at once
+        self.clock.advance(1800)
+        self.assertEqual(new.stats["runs"], 1)  # once
+
+    def test_a_queued_trigger_then_a_reload_that_replaces_the_daemon(self) -> None:
+        """A trigger queued (not yet started) when a reload replaces the daemon: the
+        replacement runs once at once instead."""
+        app, controller = self.build()
+        self.clock.advance(0)
+        old = app.daemons["b"]
+        self.assertEqual(old.stats["runs"], 1)
+        self.assertEqual(self.command(controller, "trigger", daemon="b")["state"], "queued")
+        write_config(self.dir, TWO.replace("20s", "1h\n    start_delay: 1h"))
+        self.assertEqual(self.command(controller, "reload")["replaced"], ["b"])
+        new = app.daemons["b"]
+        self.assertIsNot(new, old)
+        self.clock.advance(0)
+        self.assertEqual((old.stats["runs"], new.stats["runs"]), (1, 1))
+        self.clock.advance(1800)
+        self.assertEqual(new.stats["runs"], 1)
+
+    def test_a_reload_that_changes_nothing_keeps_a_pending_trigger(self) -> None:
+        """A trigger accepted during a run stays with its daemon across a reload that
+        leaves that daemon unchanged: it runs once after its run, as it would have."""
+        app, controller = self.build(PENDING_B)
+        self.clock.advance(0)
+        old = app.daemons["b"]
+        self.assertEqual(self.command(controller, "trigger", daemon="b")["state"], "after-run")
+        self.assertEqual(self.command(controller, "reload")["unchanged"], ["a", "b"])
+        old.pending[0].callback(None)
+        self.assertIs(app.daemons["b"], old)
+        self.clock.advance(0)
+        self.assertEqual(old.stats["runs"], 2)
+
     def test_the_file_is_read_in_a_thread_and_applied_on_the_reactor(self) -> None:
         """A reload checks the file away from the reactor thread; the difference is
         applied when its result comes back to the reactor."""

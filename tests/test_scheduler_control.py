@@ -81,6 +81,29 @@ class TriggerTests(SynchronousTestCase):
         self.assertEqual(daemon.stats["runs"], 1)
         self.successResultOf(app.stop("test"))
 
+    def test_trigger_pending_until_the_manual_run_starts(self) -> None:
+        """trigger_pending: true from a trigger until its manual run has started, for
+        a trigger queued and one after the run in flight; false otherwise."""
+        app, clock = make_app()
+        idle = Recorder(name="r", run_every=30, start_delay=100)
+        busy = PendingDaemon(["a"], name="p", run_every=30)
+        app.add(idle)
+        app.add(busy)
+        app.startService()
+        clock.advance(0)
+        self.assertEqual((app.scheduler.trigger_pending(idle),
+                          app.scheduler.trigger_pending(busy)), (False, False))
+        self.assertEqual(app.scheduler.trigger(idle), "queued")
+        self.assertEqual(app.scheduler.trigger(busy), "after-run")
+        self.assertEqual((app.scheduler.trigger_pending(idle),
+                          app.scheduler.trigger_pending(busy)), (True, True))
+        clock.advance(0)
+        busy.pending.pop(0).callback(None)  # its run ends; the manual one follows at once
+        self.assertEqual((idle.stats["runs"], busy.stats["runs"]), (1, 2))
+        self.assertEqual((app.scheduler.trigger_pending(idle),
+                          app.scheduler.trigger_pending(busy)), (False, False))
+        self.successResultOf(app.stop("test"))
+
     def test_trigger_of_a_daemon_not_started_is_refused(self) -> None:
         """Only a started daemon can be triggered."""
         app, _ = make_app()
