@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from daemonapp.app import DaemonApp
-    from daemonapp.daemon import Daemon, OptionError, SeedDaemon
+    from daemonapp.daemon import Daemon, OptionError
     from daemonapp.daemons._build import (
         UnknownOptionError,
         build_daemon,
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         LockUnavailable,
     )
     from daemonapp.locks import HighlanderBusy, highlander
+    from daemonapp.seed import SeedDaemon
 del TYPE_CHECKING  # not part of the facade
 
 _LAZY = {
@@ -55,7 +56,7 @@ _LAZY = {
     "ISchedule": "daemonapp.interfaces",
     "LockUnavailable": "daemonapp.interfaces",
     "OptionError": "daemonapp.daemon",
-    "SeedDaemon": "daemonapp.daemon",
+    "SeedDaemon": "daemonapp.seed",
     "UnknownOptionError": "daemonapp.daemons._build",
     "build_daemon": "daemonapp.daemons._build",
     "class_options": "daemonapp.daemons._build",

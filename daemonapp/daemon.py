@@ -7,26 +7,34 @@ IScheduler, normally the DaemonApp), which it never imports.
 
 from __future__ import annotations
 
-import sys
 import threading
-import traceback
-from collections.abc import Callable, Mapping
 from inspect import iscoroutine
-from types import CoroutineType
 from typing import Any, ClassVar
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemonapp.interfaces import IAsyncLock, IDaemon, ISchedule, IScheduler, LockUnavailable
-from daemonapp.options import CLOCK_EXCLUDES, DAEMON_OPTIONS, OptionError, clock_conflict
+from daemonapp.options import DAEMON_OPTIONS, OptionError, read_options
+from daemonapp.runlock import LOCK_POLL, LOCK_YIELD_PAUSE, release_lock
+from daemonapp.runstack import (
+    coroutine_stack,
+    error_summary,
+    log_timed_out,
+    safe_repr,
+    thread_stack,
+    timed_out_error,
+)
+from daemonapp.runstats import new_stats, send_alert, streak_ended, streak_grew
+from daemonapp.runstep import ENDED, READY, WAITING, ThreadFailure, in_thread
+from daemonapp.runstep import SYNC_TYPES as _SYNC_TYPES
+from daemonapp.runstep import is_async as _is_async
 from daemonapp.schedules import (
     FAILED,
     IDLE,
     LOCKED_OUT,
-    OUTCOMES,
     TIMED_OUT,
     WORKED,
     YIELDED,
@@ -37,60 +45,13 @@ from daemonapp.schedules import (
     next_idle_delay,
 )
 
-__all__ = [
-    "ENDED",
-    "FAILED",
-    "IDLE",
-    "LOCKED_OUT",
-    "READY",
-    "TIMED_OUT",
-    "WAITING",
-    "WORKED",
-    "YIELDED",
-    "Daemon",
-    "OptionError",
-    "SeedDaemon",
-    "default_maximum_idle",
-    "idle_delays",
-    "next_idle_delay",
-    "safe_repr",
-]
+# SeedDaemon comes from this module's __getattr__ (below).
+__all__ = ["ENDED", "FAILED", "IDLE", "LOCKED_OUT", "READY", "TIMED_OUT", "WAITING", "WORKED",
+           "YIELDED", "Daemon", "OptionError", "SeedDaemon",  # noqa: F822
+           "default_maximum_idle", "idle_delays", "next_idle_delay", "safe_repr"]
 
 log = Logger()
 
-# What Daemon.run_step tells the scheduler.
-READY = 0  # the run goes on: keep the daemon in the ready queue
-WAITING = 1  # waiting (a Deferred, a thread, its lock); IScheduler.wake follows
-ENDED = 2  # the run ended and the daemon told the scheduler when it is due again
-
-#: How often a daemon waiting for its lock tries it again. The wait goes through the
-#: scheduler's heap, so waiting daemons arm no timers of their own (DESIGN §2).
-LOCK_POLL = 0.02
-
-#: After a yielded run a daemon holding a lock waits this long before it takes the
-#: lock again, so that a waiter elsewhere gets its turn (DESIGN §5).
-LOCK_YIELD_PAUSE = 0.05
-
-_ASYNC = (Deferred, CoroutineType)  # what a hook returns when its result comes later
-# Exact types already seen not to be _ASYNC. isinstance against Deferred (an ABC via
-# typing.Awaitable) goes through ABCMeta.__instancecheck__, ~0.4 us per item; a set
-# lookup by type is ~40 ns. Bounded, so a program making classes on the fly stays small.
-_SYNC_TYPES: set[type] = {int, str, bytes, tuple, list, dict, float, bool}
-_SYNC_TYPES_MAX = 1024
-
-
-def _is_async(value: object) -> bool:
-    """True for a Deferred or a coroutine; remembers the exact types that are neither."""
-    if isinstance(value, _ASYNC):
-        return True
-    if len(_SYNC_TYPES) < _SYNC_TYPES_MAX:
-        _SYNC_TYPES.add(type(value))
-    return False
-
-
-_JOB_REPR_MAX = 1000
-#: The longest error summary a run keeps for its history and alerts.
-_ERROR_MAX = 500
 
 # Markers for results that arrive later (a Deferred, a coroutine or a thread).
 _GOT_JOB = "got_job"
@@ -100,65 +61,6 @@ _HOOK_FAILED = "hook_failed"
 _LOCK_RESULT = "lock_result"
 _LOCK_FAILED = "lock_failed"
 _LOCK_OUTAGE = "lock_outage"
-
-
-class _ThreadFailure(Exception):
-    """Carries the phase and job of a hook that failed in a worker thread."""
-
-    def __init__(self, phase: str, job: object, failure: Failure) -> None:
-        super().__init__(phase)
-        self.phase = phase
-        self.job = job
-        self.failure = failure
-
-
-def _call_now(function: Callable[..., object], *args: object) -> None:
-    function(*args)
-
-
-def error_summary(failure: Failure, phase: str) -> str:
-    """One line for the run history and alerts: ``phase: Type: message``, bounded."""
-    try:
-        text = f"{phase}: {type(failure.value).__name__}: {failure.getErrorMessage()}"
-    except Exception:
-        text = f"{phase}: {safe_repr(failure.value)}"
-    text = " ".join(text.split())
-    return text if len(text) <= _ERROR_MAX else text[:_ERROR_MAX] + "..."
-
-
-def coroutine_stack(coro: Any) -> str:
-    """Where a suspended coroutine (and what it awaits, inner last) is, as a traceback."""
-    frames: list[tuple[Any, int]] = []
-    while coro is not None and len(frames) < 100:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is None:
-            break
-        frames.append((frame, frame.f_lineno))
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return "".join(traceback.StackSummary.extract(frames).format())
-
-
-def thread_stack(ident: int | None) -> str:
-    """The current stack of thread ``ident`` (PHP-FPM's slowlog), or "" when it is gone."""
-    frame = sys._current_frames().get(ident) if ident is not None else None
-    return "".join(traceback.format_stack(frame)) if frame is not None else ""
-
-
-def safe_repr(value: object, limit: int = _JOB_REPR_MAX) -> str:
-    """``repr(value)`` cut to ``limit`` characters; never raises.
-
-    A job's ``__repr__`` is user code: when it raises, the failure being logged must
-    still be logged (and the run still ended), not replaced by the repr's exception.
-    """
-    try:
-        text = repr(value)
-    except Exception as e:
-        text = f"<{type(value).__name__} object; repr() raised {type(e).__name__}>"
-    if not isinstance(text, str):
-        text = f"<{type(value).__name__} object>"
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return text
 
 
 @implementer(IDaemon)
@@ -173,30 +75,10 @@ class Daemon:
     # ≤ 1 KB above a LoopingCall), and a subclass's own attributes keep its instance
     # dict under CPython's shared-key limit. The scheduler keeps its own record.
     __slots__ = (
-        "__dict__",
-        "__weakref__",
-        "_active",
-        "_history",
-        "_in_run",
-        "_inside",
-        "_lock_deadline",
-        "_lock_handle",
-        "_lock_held",
-        "_outcomes",
-        "_resume",
-        "_run_error",
-        "_run_items",
-        "_run_started",
-        "_schedule",
-        "_stop_waiters",
-        "_stopping",
-        "_streak",
-        "_thread_ident",
-        "_timed_out",
-        "_waiting",
-        "_waiting_on",
-        "_worker",
-        "run_trigger",
+        "__dict__", "__weakref__", "_active", "_history", "_in_run", "_inside", "_lock_deadline",
+        "_lock_handle", "_lock_held", "_outcomes", "_resume", "_run_error", "_run_items",
+        "_run_started", "_schedule", "_stop_waiters", "_stopping", "_streak", "_thread_ident",
+        "_timed_out", "_waiting", "_waiting_on", "_worker", "run_trigger",
     )
 
     #: The attribute names of DESIGN §1, in its order.
@@ -239,48 +121,15 @@ class Daemon:
                 f"daemonapp.Daemon's internals; rename your method")
 
     def __init__(self, *, name: str | None = None, **attributes: Any) -> None:
-        for key in attributes:
-            if key not in DAEMON_OPTIONS:
-                raise TypeError(
-                    f"{type(self).__name__}() got an unexpected keyword argument {key!r}: "
-                    f"it is neither a Daemon attribute nor a parameter of "
-                    f"{type(self).__name__}.__init__")
-        clock = attributes.get("schedule", type(self).schedule) is not None
-        for key, convert in DAEMON_OPTIONS.items():
-            value = attributes.get(key, getattr(type(self), key))
-            if key == "run_every" and not value:
-                if not clock:
-                    raise OptionError(key, "is required: a duration above zero, like \"30s\"")
-                value = 0.0  # unused: a clock schedule decides
-                setattr(self, key, value)
-                continue
-            setattr(self, key, convert(key, value))
-        if clock:
-            both = [key for key in CLOCK_EXCLUDES if key in attributes]
-            if both:
-                raise clock_conflict(both[0])
+        for key, value in read_options(type(self), attributes).items():
+            setattr(self, key, value)
         if self.maximum_idle is None:
             self.maximum_idle = default_maximum_idle(
                 self.run_every, self.increase_idle_by, self.multiply_idle_by)
         if name is not None and (not isinstance(name, str) or not name):
             raise OptionError("name", f"expected a non-empty string, got {name!r}")
         self.name: str = name or type(self).__name__
-        self.stats: dict[str, Any] = {
-            "runs": 0,
-            "items": 0,
-            "failures": 0,
-            "last_outcome": None,
-            "last_run_at": None,
-            "next_run_at": None,
-            "current_delay": None,
-            "last_duration": None,  # seconds of the last run
-            "run_seconds": 0.0,  # seconds of all runs (the duration summary's sum)
-            # DESIGN §10: what supervision (alerts, metrics, /healthz) reads.
-            "consecutive_failures": 0,
-            "in_alert": False,
-            "last_success_at": None,
-            "outcomes": dict.fromkeys(OUTCOMES, 0),
-        }
+        self.stats: dict[str, Any] = new_stats()
         self._outcomes: dict[str, int] = self.stats["outcomes"]
         self._streak = 0  # consecutive failed or timed-out runs
         #: "manual" while a run an operator triggered (``daemonapp trigger``) is in
@@ -537,9 +386,9 @@ class Daemon:
             self.app.wake(self)
 
     def _arrived_failure(self, failure: Failure, phase: str, job: object) -> None:
-        if failure.check(_ThreadFailure):
+        if failure.check(ThreadFailure):
             exc = failure.value
-            assert isinstance(exc, _ThreadFailure)
+            assert isinstance(exc, ThreadFailure)
             failure, phase, job = exc.failure, exc.phase, exc.job
         self._arrived((failure, phase, job), _HOOK_FAILED)
 
@@ -547,15 +396,7 @@ class Daemon:
         """One item (get_work, then do_work when there is a job) in the app's thread pool."""
         app = self.app
         assert app is not None
-        d: Deferred[object] = Deferred()
-        reactor = app.reactor
-        # A task.Clock has no callFromThread: tests pair it with a synchronous pool.
-        call_from_thread = getattr(reactor, "callFromThread", _call_now)
-
-        def on_result(ok: bool, result: object) -> None:
-            call_from_thread(d.callback if ok else d.errback, result)
-
-        app.threadpool.callInThreadWithCallback(on_result, self._thread_item)
+        d = in_thread(app, self._thread_item)
         status = self._wait(d, _THREAD_ITEM, "get_work", None)
         self._worker = status == WAITING
         return status
@@ -565,13 +406,13 @@ class Daemon:
         try:
             job = self.get_work()
         except Exception:
-            raise _ThreadFailure("get_work", None, Failure()) from None
+            raise ThreadFailure("get_work", None, Failure()) from None
         if job is None:
             return None
         try:
             self.do_work(job)
         except Exception:
-            raise _ThreadFailure("do_work", job, Failure()) from None
+            raise ThreadFailure("do_work", job, Failure()) from None
         return _DID_WORK
 
     def _take_lock(self) -> int:
@@ -663,34 +504,28 @@ class Daemon:
         app = self.app
         assert app is not None
         elapsed = app.seconds() - self._run_started
+        timeout = self.run_timeout
         phase, job, coroutine = self._waiting_on if self._waiting is not None else (
             "", None, None)
         if self._worker:
-            log.error("daemon {daemon} timed out after {elapsed:.3f} s (timeout {timeout:g} s) "
-                      "in a thread, which cannot be stopped: no new run until it returns. "
-                      "Its stack:\n{stack}", daemon=self.name, elapsed=elapsed,
-                      timeout=self.run_timeout, stack=thread_stack(self._thread_ident)
-                      or "(the thread is gone)\n", outcome=TIMED_OUT)
+            log_timed_out(self.name, elapsed, timeout, "in a thread, which cannot be stopped: "
+                          "no new run until it returns. Its stack:\n{stack}",
+                          stack=thread_stack(self._thread_ident) or "(the thread is gone)\n")
             return
         pending = self._waiting
         if pending is not None:
             stack = coroutine_stack(coroutine) if coroutine is not None else ""
-            log.error("daemon {daemon} timed out after {elapsed:.3f} s (timeout {timeout:g} s) "
-                      "waiting in {phase} (job {job}); cancelling it.{where}",
-                      daemon=self.name, elapsed=elapsed, timeout=self.run_timeout,
-                      phase=phase, job=safe_repr(job), outcome=TIMED_OUT,
-                      where=f" Its stack:\n{stack}" if stack else f" It waits on {pending!r}")
+            log_timed_out(self.name, elapsed, timeout,
+                          "waiting in {phase} (job {job}); cancelling it.{where}",
+                          phase=phase, job=safe_repr(job),
+                          where=f" Its stack:\n{stack}" if stack else f" It waits on {pending!r}")
             self.cancel_work(pending)
             return
         if self._lock_deadline is not None and not self._lock_held and self._resume is None:
-            log.error("daemon {daemon} timed out after {elapsed:.3f} s (timeout {timeout:g} s) "
-                      "waiting for lock {lock}", daemon=self.name, elapsed=elapsed,
-                      timeout=self.run_timeout, lock=self.lock, outcome=TIMED_OUT)
+            log_timed_out(self.name, elapsed, timeout, "waiting for lock {lock}", lock=self.lock)
             return  # it ends at its next try of the lock, within LOCK_POLL
-        log.error("daemon {daemon} timed out after {elapsed:.3f} s (timeout {timeout:g} s) "
-                  "between two items ({items} done): the run ends now",
-                  daemon=self.name, elapsed=elapsed, timeout=self.run_timeout,
-                  items=self._run_items, outcome=TIMED_OUT)
+        log_timed_out(self.name, elapsed, timeout, "between two items ({items} done): the run "
+                      "ends now", items=self._run_items)
         resume, self._resume = self._resume, None
         if resume is not None and resume[0] == _LOCK_RESULT and resume[1]:
             self._lock_held = True  # taken just now: _end gives it back
@@ -702,59 +537,34 @@ class Daemon:
         self._timed_out = False
         self._waiting = None
         self._worker = False
-        timeout = self.run_timeout
-        error = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
         if kind == _HOOK_FAILED:
             failure, phase, job = value
-            if not failure.check(CancelledError):
-                # What the cancel (or the kill) left: a command's exit, a hook's own error.
-                log.failure("daemon {daemon} timed out in {phase} (job {job})", failure,
-                            daemon=self.name, phase=phase, job=safe_repr(job),
-                            outcome=TIMED_OUT)
-                error = f"{error}; {error_summary(failure, phase)}"
-            else:
-                error = f"{error} in {phase}"
-        elif kind == _THREAD_ITEM:
+            error = timed_out_error(self.name, self.run_timeout, failure, phase, job)
+        else:
+            error = timed_out_error(self.name, self.run_timeout)
+        if kind == _THREAD_ITEM:
             app = self.app
             assert app is not None
             log.warn("daemon {daemon}: the thread that timed out returned after {elapsed:.3f} s",
                      daemon=self.name, elapsed=app.seconds() - self._run_started)
         elif kind == _LOCK_RESULT and value:
             self._lock_held = True  # taken just now: _end gives it back
-        self._run_error = error[:_ERROR_MAX]
+        self._run_error = error
         return self._end(TIMED_OUT)
 
     def _failure_streak(self, error: str | None) -> None:
         """One more failed or timed-out run: at alert_after of them in a row, one alert."""
         streak = self._streak = self._streak + 1
-        stats = self.stats
-        stats["consecutive_failures"] = streak
-        if streak == self.alert_after:
-            stats["in_alert"] = True
-            self._send_alert({"event": "alert", "daemon": self.name, "count": streak,
-                              "error": error})
+        alert = streak_grew(self.stats, streak, self.alert_after, self.name, error)
+        if alert is not None:
+            send_alert(self.app, alert)
 
     def _recovered(self) -> None:
         """A run worked after failed ones: the streak ends; one recovery if it alerted."""
         streak, self._streak = self._streak, 0
-        stats = self.stats
-        stats["consecutive_failures"] = 0
-        if stats["in_alert"]:
-            stats["in_alert"] = False
-            self._send_alert({"event": "recovery", "daemon": self.name, "count": streak,
-                              "error": None})
-
-    def _send_alert(self, event: dict[str, Any]) -> None:
-        alert = getattr(self.app, "alert", None)
-        if alert is None:
-            log.warn("daemon {daemon}: {event} ({count} failed run(s) in a row): {error}",
-                     **event)
-            return
-        try:
-            alert(event)
-        except Exception:
-            log.failure("daemon {daemon}: its {event} could not be sent", daemon=self.name,
-                        event=event["event"])
+        recovery = streak_ended(self.stats, streak, self.name)
+        if recovery is not None:
+            send_alert(self.app, recovery)
 
     def abort_run(self, failure: Failure, phase: str) -> None:
         """End the run as failed after an exception escaped the run's own handling.
@@ -857,84 +667,18 @@ class Daemon:
             app.run_ended(self, delay)
 
     def _release_lock(self) -> None:
-        handle = self._lock_handle
-        assert handle is not None
-        try:
-            result = handle.release()
-        except Exception:
-            log.failure("daemon {daemon} could not release lock {lock}",
-                        daemon=self.name, lock=self.lock)
-            return
-        if isinstance(result, Deferred):
-            result.addErrback(
-                lambda f: log.failure("daemon {daemon} could not release lock {lock}", f,
-                                      daemon=self.name, lock=self.lock))
+        assert self._lock_handle is not None
+        release_lock(self._lock_handle, self.name, self.lock)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-class SeedDaemon(Daemon):
-    """A daemon whose work is to decide which other daemons exist.
+def __getattr__(name: str) -> Any:
+    # SeedDaemon lives in daemonapp.seed, which imports this module: re-exported lazily
+    # (PEP 562), so that `from daemonapp.daemon import SeedDaemon` keeps working.
+    if name == "SeedDaemon":
+        from daemonapp.seed import SeedDaemon
 
-    :meth:`reconcile` returns the wanted children as a mapping of key to a
-    zero-argument factory (or a Deferred of one). New keys are built and added
-    to the app as ``"<seed name>/<key>"``; keys that vanished are stopped and
-    removed. A run that changes nothing is idle, so the seed backs off.
-    """
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.children: dict[str, Daemon] = {}
-        self._reconciled_run = -1  # stats["runs"] when reconcile() last ran
-
-    def reconcile(self) -> Any:
-        """Return {key: factory} of the children that should run now."""
-        return {}
-
-    def get_work(self) -> Any:
-        # Once per run: a failed reconcile() still counts as this run's try.
-        if self._reconciled_run == self.stats["runs"]:
-            return None
-        self._reconciled_run = self.stats["runs"]
-        wanted = self.reconcile()
-        if isinstance(wanted, Deferred) or iscoroutine(wanted):
-            d = Deferred.fromCoroutine(wanted) if iscoroutine(wanted) else wanted
-            return d.addCallback(self._changes)
-        return self._changes(wanted)
-
-    def _changes(self, wanted: Mapping[str, Callable[[], Daemon]]) -> Any:
-        return None if set(wanted) == set(self.children) else wanted
-
-    def stop(self) -> Deferred[None]:
-        """Stop the seed, and stop and remove its children too."""
-        d = super().stop()
-        children, self.children = list(self.children.values()), {}
-        if self.app is None or not children:
-            return d
-        removals: list[Deferred[Any]] = [d]
-        removals += [self.app.remove(child) for child in children]  # type: ignore[misc]
-        return gatherResults(removals, consumeErrors=True).addCallback(lambda _: None)
-
-    def do_work(self, wanted: Mapping[str, Callable[[], Daemon]]) -> Any:
-        app = self.app
-        assert app is not None
-        stops: list[Deferred[None]] = []
-        for key in sorted(set(self.children) - set(wanted)):
-            child = self.children.pop(key)
-            log.info("seed {daemon} stops {child}", daemon=self.name, child=child.name)
-            stops.append(app.remove(child))  # type: ignore[arg-type]
-        for key in sorted(set(wanted) - set(self.children)):
-            try:
-                child = wanted[key]()
-            except Exception:
-                log.failure("seed {daemon} could not build child {key}",
-                            daemon=self.name, key=key)
-                continue
-            child.name = f"{self.name}/{key}"
-            self.children[key] = child
-            log.info("seed {daemon} starts {child}", daemon=self.name, child=child.name)
-            app.add(child)
-        if stops:
-            return gatherResults(stops)
-        return None
+        return SeedDaemon
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from daemonapp.crontimes import load_zone, shared_times
 from daemonapp.durations import parse_duration
 
 __all__ = ["CATCH_UP", "CLOCK_EXCLUDES", "DAEMON_OPTIONS", "OptionError", "clock_conflict",
-           "suggest"]
+           "read_options", "suggest"]
 
 #: The catch_up choices of a clock schedule (DESIGN §8).
 CATCH_UP = ("none", "once", "all")
@@ -152,3 +153,33 @@ DAEMON_OPTIONS: dict[str, Callable[[str, object], object]] = {
     "timeout": _optional_duration,
     "alert_after": _optional_count,
 }
+
+
+def read_options(cls: type[Any], attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Every DESIGN §1 attribute of a ``cls`` built with ``attributes``, checked.
+
+    A keyword that is no option is a TypeError (as for any unexpected keyword); a
+    missing value is the class's default; run_every is required unless a clock
+    schedule decides, which the backoff options may then not be set beside.
+    """
+    for key in attributes:
+        if key not in DAEMON_OPTIONS:
+            raise TypeError(
+                f"{cls.__name__}() got an unexpected keyword argument {key!r}: "
+                f"it is neither a Daemon attribute nor a parameter of "
+                f"{cls.__name__}.__init__")
+    clock = attributes.get("schedule", cls.schedule) is not None
+    values: dict[str, Any] = {}
+    for key, convert in DAEMON_OPTIONS.items():
+        value = attributes.get(key, getattr(cls, key))
+        if key == "run_every" and not value:
+            if not clock:
+                raise OptionError(key, "is required: a duration above zero, like \"30s\"")
+            values[key] = 0.0  # unused: a clock schedule decides
+            continue
+        values[key] = convert(key, value)
+    if clock:
+        both = [key for key in CLOCK_EXCLUDES if key in attributes]
+        if both:
+            raise clock_conflict(both[0])
+    return values

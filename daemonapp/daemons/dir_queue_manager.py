@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from twisted.logger import Logger
 
-from daemonapp.daemon import Daemon, OptionError, SeedDaemon
+from daemonapp.daemon import Daemon, OptionError
 from daemonapp.daemons._build import (
     UnknownOptionError,
     build_daemon,
@@ -22,6 +22,7 @@ from daemonapp.daemons._build import (
     resolve_type,
 )
 from daemonapp.daemons.dir_queue import DIR_MODE
+from daemonapp.seed import SeedDaemon
 
 __all__ = ["DirQueueManager"]
 
