@@ -98,7 +98,11 @@ def test_hostile_peers_short_run(listener: str, attacks: tuple[str, ...]) -> Non
         if rss:
             assert r["rss_ok"] is True, where
         if answered:
-            assert r["probes"] >= 2, where
+            # The prober is a thread of the bench's process, sharing its GIL with the
+            # swarm that drives the attack: how many probes it gets through in the short
+            # run measures the bench on a loaded machine, not the app. One answered probe
+            # during the attack is the claim; each one tried must be answered.
+            assert r["probes"] >= 1, where
             assert r["probes_ok"] == r["probes"], where
         if status:
             assert r["status_ok"], where
