@@ -636,26 +636,35 @@ def _exchange(path: str, line: bytes, deadline: float, timeout: float,
             skt.sendall(line)
         except (BrokenPipeError, ConnectionResetError):
             pass  # answered (with the status) and closed before the line came: read it
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no answer within {timeout:g} s")
-            skt.settimeout(left)
-            try:
-                chunk = skt.recv(65536)
-            except ConnectionResetError:
-                if not chunks:  # (the answer, if any, comes before the reset)
-                    raise
-                break
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > max_bytes:
-                raise ValueError(f"answer larger than {max_bytes} bytes")
-            chunks.append(chunk)
+        return read_answer(skt, deadline, timeout, max_bytes, "answer")
+
+
+def read_answer(skt: socket.socket, deadline: float, timeout: float, max_bytes: int,
+                what: str) -> dict[str, Any]:
+    """Read the app's one JSON object until it closes (or resets after it): at most
+    ``max_bytes``, by ``deadline`` (``time.monotonic()``; ``timeout`` is its length, for
+    the message). Raises TimeoutError, ValueError (too large, not a JSON object), or
+    the OSError of a connection the app reset before answering."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {what} within {timeout:g} s")
+        skt.settimeout(left)
+        try:
+            chunk = skt.recv(65536)
+        except ConnectionResetError:
+            if not chunks:  # (the answer, if any, comes before the reset)
+                raise
+            break
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > max_bytes:
+            raise ValueError(f"{what} larger than {max_bytes} bytes")
+        chunks.append(chunk)
     value = json.loads(b"".join(chunks))
     if not isinstance(value, dict):
-        raise ValueError("the answer is not a JSON object")
+        raise ValueError(f"the {what} is not a JSON object")
     return value

@@ -144,7 +144,7 @@ def fetch_status(path: str, *, timeout: float = 5.0) -> dict[str, Any]:
     if os.path.isdir(path):
         path = status_socket_path(path)
     deadline = time.monotonic() + timeout
-    from daemonapp.control import connect_unix
+    from daemonapp.control import connect_unix, read_answer
 
     with connect_unix(path, timeout) as skt:
         # Asked for at once: a client that says nothing gets it only after a grace. (An
@@ -153,26 +153,7 @@ def fetch_status(path: str, *, timeout: float = 5.0) -> dict[str, Any]:
             skt.sendall(STATUS_REQUEST)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            skt.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = skt.recv(65536)
-            except ConnectionResetError:
-                if not chunks:
-                    raise
-                break
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > MAX_STATUS_BYTES:
-                raise ValueError(f"status answer larger than {MAX_STATUS_BYTES} bytes")
-            chunks.append(chunk)
-    value = json.loads(b"".join(chunks))
-    if not isinstance(value, dict):
-        raise ValueError("status answer is not a JSON object")
-    return value
+        return read_answer(skt, deadline, timeout, MAX_STATUS_BYTES, "status answer")
 
 
 def _seconds(value: object) -> str:
