@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 from twisted.logger import Logger
 
+from daemonapp.state_dir import write_private_file
+
 __all__ = ["DEFAULT_SIZE", "FILE", "Run", "RunHistory", "RunLog", "history_path",
            "read_history"]
 
@@ -287,12 +289,8 @@ class RunHistory:
                 lines.append(_line(run_log.name, list(run_log)))
                 count += len(run_log)
             run_log.written = run_log[-1] if run_log else None
-        tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("".join(lines))
-            os.replace(tmp, self.path)
+            write_private_file(self.path, "".join(lines))
         except OSError as e:
             log.warn("cannot write the run history {path}: {error}", path=self.path, error=e)
             return

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from daemonapp.scheduler import Pause
+from daemonapp.state_dir import write_private_file
 
 __all__ = [
     "MAX_PAUSE_SECONDS",
@@ -97,21 +98,7 @@ class PauseStore:
     def save(self, pauses: Mapping[str, Pause]) -> None:
         """Write ``pauses`` (atomically: a temp file renamed over the file)."""
         data = {name: dataclasses.asdict(pause) for name, pause in sorted(pauses.items())}
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_private_file(self.path, json.dumps(data, indent=1), fsync=True)
 
 
 def _pause_from_json(record: object) -> Pause | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from daemonapp.state_dir import ensure_private_subdir
+from daemonapp.state_dir import ensure_private_subdir, write_private_file
 
 __all__ = ["PIDS_DIR", "PidEntries", "take_over"]
 
@@ -86,11 +86,7 @@ class PidEntries:
         ensure_private_subdir(os.path.dirname(self.directory), PIDS_DIR)
         entry = {"pid": self.pid, "start": _process_start(self.pid) or "",
                  "config": self.config_path, "argv": sys.argv, "spawned": spawned}
-        temporary = self.path + ".tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(entry))
-        os.replace(temporary, self.path)
+        write_private_file(self.path, json.dumps(entry))
 
     def remove(self) -> None:
         try:

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from daemonapp.crontimes import load_zone, shared_times
 from daemonapp.interfaces import ISchedule
+from daemonapp.state_dir import write_private_file
 
 __all__ = [
     "FAILED",
@@ -422,12 +423,8 @@ class ScheduleState:
             return
         self._dirty = False
         self._written_at = self.reactor.seconds()
-        tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._fires, f)
-            os.replace(tmp, self.path)
+            write_private_file(self.path, json.dumps(self._fires))
         except OSError as e:
             self._dirty = True
             _log.warn("cannot write {path}: {error}", path=self.path, error=e)

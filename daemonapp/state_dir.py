@@ -25,6 +25,7 @@ __all__ = [
     "ensure_state_dir",
     "path_problems",
     "state_dir_problems",
+    "write_private_file",
 ]
 
 #: sun_path holds 108 bytes, the terminating NUL included.
@@ -202,3 +203,26 @@ def _ensure_private(path: str, owners: frozenset[int], *, warn: bool) -> None:
         raise StateDirError(f"{path}: {e.strerror or e}") from None
     finally:
         os.close(fd)
+
+
+def write_private_file(path: str, text: str, *, fsync: bool = False) -> None:
+    """Replace ``path`` with ``text`` atomically: a temporary file beside it (mode 0600,
+    never through a symlink), renamed over it, so a reader sees the old file or the new
+    one, never a part. ``fsync``: on disk before the rename (for what must survive a
+    crash of the machine). Raises OSError, having removed the temporary file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

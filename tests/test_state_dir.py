@@ -169,3 +169,42 @@ def test_existing_state_dir_made_private_or_refused(tmp_path: Path) -> None:
     mode = stat.S_IMODE(state.stat().st_mode)
     refused = result.returncode == 2 and str(state) in result.stderr
     assert refused or (result.returncode == 0 and mode == 0o700), (result.returncode, oct(mode))
+
+
+def test_write_private_file_replaces_atomically_with_mode_0600(tmp_path: Path) -> None:
+    """The file is replaced whole, private, and no temporary file is left behind."""
+    from daemonapp.state_dir import write_private_file
+
+    path = tmp_path / "pauses.json"
+    path.write_text("old")
+    write_private_file(str(path), "new", fsync=True)
+    assert path.read_text() == "new"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pauses.json"]
+
+
+def test_write_private_file_failure_leaves_the_old_file_and_no_temporary(
+        tmp_path: Path) -> None:
+    """A rename that fails keeps the old file and removes the temporary one."""
+    from daemonapp.state_dir import write_private_file
+
+    target = tmp_path / "history.jsonl"
+    target.mkdir()  # a directory where the file should be: os.replace fails
+    with pytest.raises(OSError):
+        write_private_file(str(target), "runs")
+    assert target.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl"]
+
+
+def test_write_private_file_never_writes_through_a_symlinked_temporary(
+        tmp_path: Path) -> None:
+    """A symlink planted at the temporary name is not followed."""
+    from daemonapp.state_dir import write_private_file
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    path = tmp_path / "schedules.json"
+    (tmp_path / f"schedules.json.{os.getpid()}.tmp").symlink_to(victim)
+    with pytest.raises(OSError):
+        write_private_file(str(path), "data")
+    assert victim.read_text() == "keep"
