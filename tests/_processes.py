@@ -366,3 +366,15 @@ def run_as_cgi(root: Path, args: list[str], **extra: str) -> subprocess.Complete
                                                **cgi_env(root, **extra)},
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=SUBPROCESS_TIMEOUT, check=False)
+
+
+def finish(process: subprocess.Popen[bytes], timeout: float = 30.0) -> tuple[int, str]:
+    """Wait for ``process`` (killed if it outlives ``timeout``): its exit status and
+    output, decoded."""
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, out.decode(errors="replace")

@@ -27,6 +27,7 @@ from tests._processes import (
     HTTPOXY_WSGI,
     cgi_setup,
     child_env,
+    finish,
     popen_run,
     run_as_cgi,
     run_process,
@@ -252,16 +253,6 @@ def start(directory: Path, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
     popen.setdefault("stdin", subprocess.DEVNULL)
     return subprocess.Popen([DAEMONAPP, *args], cwd=directory, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, **popen)
-
-
-def finish(process: subprocess.Popen[bytes], timeout: float = 30.0) -> tuple[int, str]:
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return process.returncode, out.decode(errors="replace")
 
 
 def status_of(state_dir: Path, timeout: float = 20.0) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._processes import finish
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WAIT = 20.0
@@ -142,16 +144,6 @@ def start(directory: Path, systemd: Systemd, *args: str,
 
 def run(directory: Path, systemd: Systemd, path: str, **env: str) -> subprocess.Popen[bytes]:
     return start(directory, systemd, str(BIN / "daemonapp"), "run", path, **env)
-
-
-def finish(process: subprocess.Popen[bytes], timeout: float = 30.0) -> tuple[int, str]:
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return process.returncode, out.decode(errors="replace")
 
 
 def stop(process: subprocess.Popen[bytes]) -> tuple[int, str]:

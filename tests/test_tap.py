@@ -19,6 +19,7 @@ from daemonapp.app import DaemonApp
 from daemonapp.tap import Options, makeService
 from tests._processes import (
     BAD_CONFIG,
+    finish,
     log_shows,
     popen_twistd,
     run_process,
@@ -156,16 +157,6 @@ def wait_for(path: Path, timeout: float = 20.0) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
         time.sleep(0.02)
-
-
-def finish(process: subprocess.Popen[bytes], timeout: float = 30.0) -> tuple[int, str]:
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return process.returncode, out.decode(errors="replace")
 
 
 @pytest.mark.integration
