@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from daemonapp import alerts as alerts_module
+from daemonapp import gcfreeze
 from daemonapp.crontimes import load_zone
 from daemonapp.daemon import Daemon
 from daemonapp.durations import parse_duration
@@ -182,6 +183,7 @@ class DaemonApp(MultiService):
         def forget(_: object) -> None:
             if self.daemons.get(daemon.name) is daemon:
                 del self.daemons[daemon.name]
+            gcfreeze.release()  # its objects may be frozen, and it holds cycles
 
         return daemon.stop().addCallback(forget)
 
@@ -334,6 +336,10 @@ class DaemonApp(MultiService):
             self.health_check.probe.start()
         for daemon in list(self.daemons.values()):
             daemon.start()
+        if gcfreeze.owns_process(self.reactor):
+            # Start-up's objects leave the collector's passes while the app runs.
+            gcfreeze.freeze()
+            self.lifetime.when_ended().addCallback(lambda _: gcfreeze.thaw())
         self.lifetime.start_soft_deadline()
 
     def _prepare_sockets(self) -> None:

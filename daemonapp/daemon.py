@@ -249,12 +249,13 @@ class Daemon:
 
     # ------------------------------------------------------------------- runs
 
-    def run_step(self, deadline: float) -> int:
+    def run_step(self, deadline: float, now: float | None = None) -> int:
         """Run items until the run ends, waits, or the clock passes ``deadline``.
 
         Runs at least one item. Called by the scheduler only (it starts a run, or goes
         on with one after a yield or a wake); returns READY, WAITING or ENDED. The
-        synchronous path is the scheduler's hot loop.
+        synchronous path is the scheduler's hot loop. ``now``: the scheduler's
+        ``seconds()`` (a run that starts here starts then; None: read it).
         """
         app = self.app
         assert app is not None
@@ -263,7 +264,7 @@ class Daemon:
         try:
             if not self._in_run:
                 self._in_run = True
-                self._run_started = seconds()
+                self._run_started = seconds() if now is None else now
                 self._run_items = 0
                 self._resume = None
                 if self.lock is not None:
@@ -278,8 +279,8 @@ class Daemon:
                 status = self._take_lock()  # back from a wait for the lock
                 if status != READY:
                     return status
-            get_work = self.get_work
-            do_work = self.do_work
+            # (get_work and do_work are looked up at each call: a bound method kept in a
+            # local is an allocation per step, and most steps are runs of one item.)
             max_items = self.max_items
             max_seconds = self.max_seconds
             in_thread = self.in_thread
@@ -322,7 +323,7 @@ class Daemon:
                         self._run_items = items
                         return self._in_thread()
                     try:
-                        job = get_work()
+                        job = self.get_work()
                     except Exception:
                         self._run_items = items
                         return self._failed(Failure(), "get_work", None)
@@ -337,7 +338,7 @@ class Daemon:
                     return self._end(WORKED if items else IDLE)
                 if job is not _DID_WORK:
                     try:
-                        result = do_work(job)
+                        result = self.do_work(job)
                     except Exception:
                         self._run_items = items
                         return self._failed(Failure(), "do_work", job)
@@ -647,7 +648,7 @@ class Daemon:
         else:  # _hand_back's common path, inline: every run ends here
             self._in_run = False
             stats["next_run_at"] = now + delay
-            app.run_ended(self, delay)
+            app.run_ended(self, delay, now)
         return ENDED
 
     def _hand_back(self, app: IScheduler, now: float, delay: float | None) -> None:

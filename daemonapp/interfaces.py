@@ -85,8 +85,10 @@ class IScheduler(Interface):
     def daemon_stopped(daemon: Any) -> None:
         """Forget ``daemon``: it will not be run again."""
 
-    def run_ended(daemon: Any, delay: float | None) -> None:
-        """A run ended: due again ``delay`` seconds from now (None: the daemon stopped)."""
+    def run_ended(daemon: Any, delay: float | None, now: float | None = None) -> None:
+        """A run ended: due again ``delay`` seconds from now (None: the daemon stopped).
+
+        ``now``: the ``seconds()`` the daemon read as its run ended, if it has one."""
 
     def wake(daemon: Any) -> None:
         """A daemon that waited on a Deferred or a thread can go on with its run."""

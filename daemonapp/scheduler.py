@@ -144,8 +144,12 @@ class Scheduler:
         if slot is not None:
             slot.seq = -1
 
-    def run_ended(self, daemon: Daemon, delay: float | None) -> None:
-        """A run ended: due again ``delay`` seconds from now (None: it stopped)."""
+    def run_ended(self, daemon: Daemon, delay: float | None, now: float | None = None,
+                  ) -> None:
+        """A run ended: due again ``delay`` seconds from ``now`` (None: it stopped).
+
+        ``now``: the daemon's ``seconds()`` at the run's end (None: read it here).
+        """
         self.runs_in_flight -= 1
         slot = self._slots.get(daemon)
         if slot is not None:
@@ -156,7 +160,7 @@ class Scheduler:
                 if delay <= 0 and self._in_slice:
                     # A yield inside a slice, the busy path: _schedule's first branch.
                     seq = slot.seq = next(self._seq)
-                    due = slot.due = self.seconds() + delay
+                    due = slot.due = (self.seconds() if now is None else now) + delay
                     queue = self._queues.get(slot.daemon.priority)
                     if queue is None or (queue and due < queue[-1][0]):
                         self._push_ready(slot.daemon.priority, (due, seq, slot))
@@ -539,6 +543,7 @@ class Scheduler:
             timed = self._timed
             if timed and timed[0][0] <= now:
                 self._run_timed(now)
+                now = seconds()  # (a chore may take a while: runs start after it)
             self._promote(now)
             while True:
                 for queue in levels:  # the highest priority with a daemon ready
@@ -561,7 +566,7 @@ class Scheduler:
                         self._run_supervised(slot, now)
                 daemon = slot.daemon
                 try:
-                    status = daemon.run_step(deadline)
+                    status = daemon.run_step(deadline, now)
                 except Exception:
                     # A bug around the run (not a hook's: those are caught inside):
                     # end this run as failed, and let the slice go on with the others.

@@ -589,7 +589,7 @@ class FrameworkFailureTests(SynchronousTestCase):
         app, clock = make_app()
         broken = FakeDaemon(["x"], name="broken", run_every=10)
 
-        def advance(deadline: float) -> int:
+        def advance(deadline: float, now: float | None = None) -> int:
             raise KeyError("scheduler bug")
 
         broken.run_step = advance  # type: ignore[method-assign]
