@@ -26,6 +26,10 @@
 # root (or $DAEMONAPP_ANCHORS). Absolute figures are noisy on a shared machine: compare
 # the ratios, and check the load average printed in the header. --nginx-workers N runs
 # nginx with N worker processes (default 1, as the anchors' config) for every row.
+# wrk runs under bench/fastcgi_cpu.py, which reads the CPU the app (all its processes),
+# nginx and wrk used in its window and the machine's idle share; a second table gives
+# them per request, with each process's share for processes 2 and the ceiling the 2
+# cores allow for p2/p1 (information: the verdicts above stand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -40,7 +44,7 @@ while [ $# -gt 0 ]; do
         --duration) duration=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --nginx-workers) nginx_workers=$2; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "fastcgi.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -98,7 +102,10 @@ EOF
         load=(-t1 -c16)
         case "$name" in flup32|*_p1|*_p2) load=(-t2 -c32) ;; esac
         wrk "${load[@]}" -d1s "$url" >/dev/null 2>&1 || true     # warm-up
-        wrk "${load[@]}" -d"$duration" --latency "$url" >"$tmp/$name.wrk.$round" 2>&1 || true
+        # wrk as a child of fastcgi_cpu.py, which reads the CPU of the app, nginx and wrk
+        "$python" "$root/bench/fastcgi_cpu.py" "$tmp/$name.cpu.$round" "$server_pid" \
+            "$nginx_pid" -- wrk "${load[@]}" -d"$duration" --latency "$url" \
+            >"$tmp/$name.wrk.$round" 2>&1 || true
         stop_server
     done
 done

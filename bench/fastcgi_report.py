@@ -1,16 +1,21 @@
-"""The table of bench/fastcgi.sh, from the wrk outputs it left in its temp dir.
+"""The tables of bench/fastcgi.sh, from the files it left in its temp dir.
 
 Usage: python bench/fastcgi_report.py TMPDIR ROUNDS NAME...
-Reads TMPDIR/NAME.wrk.R (wrk --latency output) and TMPDIR/NAME.check.R (one request's
-status and body) for each round R; prints medians, ratios to the anchors and PASS/MISS.
+Reads TMPDIR/NAME.wrk.R (wrk --latency output), TMPDIR/NAME.check.R (one request's
+status and body) and TMPDIR/NAME.cpu.R (bench/fastcgi_cpu.py's JSON) for each round R;
+prints medians, ratios to the anchors and PASS/MISS, then where the CPU went per request
+and the ceiling the machine allows for processes 2 against 1 (information: a MISS
+stays a MISS).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 LABELS = {
     "floor": "twisted_fcgi_floor.py (anchor)",
@@ -63,6 +68,148 @@ def parse_wrk(text: str) -> tuple[float, float, int]:
     if sockets is not None:
         errors += sum(int(value) for value in sockets.groups())
     return float(rps.group(1)), _ms(p99.group(1)), errors
+
+
+#: processes 2 -> the processes 1 it is judged against (the ceiling of their ratio)
+PAIRS = {"native_p2": "native_p1", "wsgi_p2": "wsgi_p1"}
+#: Figures of one wrk window per request (us), as shares, or in cores.
+CPU_KEYS = ("app", "nginx", "wrk", "rest", "idle", "app_cores", "nginx_cores", "wrk_cores",
+            "rest_cores")
+
+
+def wrk_requests(text: str) -> int:
+    """The requests wrk completed (its line "N requests in 5.00s")."""
+    match = re.search(r"(\d+) requests in", text)
+    if match is None:
+        raise ValueError("no 'requests in' line")
+    return int(match.group(1))
+
+
+def cpu_round(cpu: dict[str, Any], requests: int) -> dict[str, Any]:
+    """One window's figures: CPU per request (us) of the app (all its processes), nginx,
+    wrk and the rest of the machine (other work, the kernel's irq time unless charged
+    to the processes), the idle share, each in cores too, and each app process's
+    share of the app's CPU and requests."""
+    ticks = cpu["machine_ticks"]
+    window, tck = float(cpu["window_s"]), float(cpu["clk_tck"])
+    busy_s = (ticks["total"] - ticks["idle"]) / tck
+    seconds = {"app": float(cpu["app_s"]), "nginx": float(cpu["nginx_s"]),
+               "wrk": float(cpu["wrk_s"])}
+    seconds["rest"] = max(0.0, busy_s - sum(seconds.values()))
+    figures: dict[str, Any] = {key: value * 1e6 / requests for key, value in seconds.items()}
+    figures.update({f"{key}_cores": value / window for key, value in seconds.items()})
+    figures["idle"] = ticks["idle"] / ticks["total"] if ticks["total"] else 0.0
+    figures["cpus"] = int(cpu["cpus"])
+    processes = sorted(cpu["app_processes"], key=lambda entry: (
+        entry["role"] != "supervisor", entry["pid"]))
+    counted = sum(int(entry.get("requests", 0)) for entry in processes)
+    figures["processes"] = [
+        {"role": entry["role"],
+         "cpu": entry["cpu_s"] / seconds["app"] if seconds["app"] else 0.0,
+         "requests": entry["requests"] / counted if "requests" in entry and counted
+         else None,
+         "us": entry["cpu_s"] * 1e6 / entry["requests"] if entry.get("requests")
+         else None,
+         "connections": statistics.median(entry["connections"])
+         if entry.get("connections") else None}
+        for entry in processes]
+    return figures
+
+
+def ratio_ceiling(app_us: float, others_us: float, cores: int) -> float:
+    """The most processes 2 can do against 1 when a request costs the app ``app_us`` and
+    nginx + wrk ``others_us`` of CPU: p1 = 1e6/a (the app on its one core), p2 at most
+    cores * 1e6/(a + c) (every core busy) and 2e6/a (each process on its core)."""
+    return min(2.0, cores * app_us / (app_us + others_us))
+
+
+def rate_ceiling(app_us: float, others_us: float, cores: int) -> float:
+    """Requests/s the cores allow two app processes at these costs per request."""
+    return min(2e6 / app_us, cores * 1e6 / (app_us + others_us))
+
+
+def cpu_medians(tmp: Path, rounds: int, name: str) -> dict[str, Any] | None:
+    """Medians over the rounds of ``cpu_round`` (None: no round measured)."""
+    measured = []
+    for round_number in range(1, rounds + 1):
+        try:
+            cpu = json.loads((tmp / f"{name}.cpu.{round_number}").read_text())
+            requests = wrk_requests((tmp / f"{name}.wrk.{round_number}").read_text())
+        except (OSError, ValueError):
+            continue
+        if requests:
+            measured.append(cpu_round(cpu, requests))
+    if not measured:
+        return None
+    medians: dict[str, Any] = {key: statistics.median(m[key] for m in measured)
+                               for key in CPU_KEYS}
+    shapes = {len(m["processes"]) for m in measured}
+    medians["cpus"] = measured[0]["cpus"]
+    medians["processes"] = []
+    if len(shapes) == 1:  # the same processes in every round: each one's medians
+        for index in range(shapes.pop()):
+            entries = [m["processes"][index] for m in measured]
+            entry: dict[str, Any] = {"role": entries[0]["role"]}
+            for key in ("cpu", "requests", "us", "connections"):
+                values = [e[key] for e in entries if e[key] is not None]
+                entry[key] = statistics.median(values) if values else None
+            medians["processes"].append(entry)
+    return medians
+
+
+def print_cpu(tmp: Path, rounds: int, names: list[str],
+              results: dict[str, tuple[float, float, int]]) -> None:
+    """Where the CPU went in the wrk windows, and the ceiling of processes 2 / 1."""
+    figures = {name: f for name in names if (f := cpu_medians(tmp, rounds, name)) is not None}
+    if not figures:
+        return
+    print("# CPU in the wrk window per request, in us (utime + stime from /proc/PID/stat;"
+          " wrk's rusage;\n# rest: the machine's busy time less those three), medians:")
+    print(f"{'configuration':<34} {'app':>7} {'nginx':>7} {'wrk':>7} {'rest':>7} "
+          f"{'idle':>6}  cores app/nginx/wrk/rest")
+    for name in names:
+        f = figures.get(name)
+        if f is None:
+            continue
+        print(f"{LABELS.get(name, name):<34} {f['app']:>7.1f} {f['nginx']:>7.1f} "
+              f"{f['wrk']:>7.1f} {f['rest']:>7.1f} {f['idle']:>6.1%}  "
+              f"{f['app_cores']:.2f}/{f['nginx_cores']:.2f}/{f['wrk_cores']:.2f}/"
+              f"{f['rest_cores']:.2f}")
+    for name in names:
+        f = figures.get(name)
+        if f is None or len(f["processes"]) < 2:
+            continue
+        parts = []
+        for entry in f["processes"]:
+            text = f"{entry['role']} {entry['cpu']:.0%} of the CPU"
+            if entry["requests"] is not None:
+                text += f", {entry['requests']:.0%} of the requests"
+            if entry["us"] is not None:
+                text += f", {entry['us']:.0f} us each"
+            if entry["connections"] is not None:
+                text += f", {entry['connections']:g} connections"
+            parts.append(text)
+        print(f"# {name}: " + "; ".join(parts))
+    for p2, p1 in PAIRS.items():
+        if p2 not in figures or p1 not in figures or p2 not in results \
+                or p1 not in results:
+            continue
+        a1, a2 = figures[p1]["app"], figures[p2]["app"]
+        c2 = figures[p2]["nginx"] + figures[p2]["wrk"]
+        cores = figures[p2]["cpus"]
+        ceiling = ratio_ceiling(a1, c2, cores)
+        machine = rate_ceiling(a2, c2, cores)
+        rps1, rps2 = results[p1][0], results[p2][0]
+        print(f"# {p2}/{p1}: measured {rps2 / rps1:.2f}x; ceiling {cores}a/(a+c) = "
+              f"{ceiling:.2f}x (a = {a1:.1f} us, the app at p1; c = {c2:.1f} us, nginx + "
+              f"wrk at p2; {cores} cores)")
+        print(f"#   at p2's own app cost (a = {a2:.1f} us) the cores allow "
+              f"{machine:,.0f} req/s = {machine / rps1:.2f}x p1's {rps1:,.0f}; p2 left "
+              f"{figures[p2]['idle']:.1%} idle, the rest of the machine took "
+              f"{figures[p2]['rest_cores']:.2f} cores")
+        if figures[p1]["app_cores"] < 0.9:
+            print(f"#   p1's app used {figures[p1]['app_cores']:.2f} of a core: p1 was not "
+                  f"bound by the app's one core alone (the model's p1 = 1e6/a)")
 
 
 def main() -> int:
@@ -125,6 +272,7 @@ def main() -> int:
             verdict = "PASS" if ratio >= bound and not errors else "MISS"
             print(f"{'  the same':<34} {'':>9} {'':>8} {f'{ratio:.2f}x {anchor}':>16} "
                   f"{f'>= {bound:g}x {anchor}':>14}  {verdict}")
+    print_cpu(tmp, rounds, names, results)
     for note in notes:
         print(f"# {note}")
     return 1 if failed else 0

@@ -9,7 +9,7 @@ app.processes 1 or 2: DESIGN §11).
 A DaemonApp serves the listener; SIGTERM stops it (every process of it).
 With $FASTCGI_BENCH_PROFILE set to a file name, the app runs under cProfile and the
 stats are dumped there when it ends (python -m pstats FILE to read them).
-$FASTCGI_BENCH_THREADS sets the pool size of the wsgi mode and
+$FASTCGI_BENCH_THREADS sets the pool size of the wsgi modes (each process's) and
 $FASTCGI_BENCH_TIME_SLICE the app's time_slice, $FASTCGI_BENCH_SWITCH_INTERVAL the GIL's
 switch interval in seconds (for experiments).
 """
@@ -77,6 +77,8 @@ def run_processes(mode: str, sock: str) -> None:
     processes = int(mode[-1])
     app_line = "native: fastcgi_apps:hello" if mode.startswith("native") else \
         "wsgi: hello_wsgi:app"
+    if mode.startswith("wsgi") and os.environ.get("FASTCGI_BENCH_THREADS"):
+        app_line += f"\n    threads: {int(os.environ['FASTCGI_BENCH_THREADS'])}"
     directory = tempfile.mkdtemp(prefix="fcgi-processes.", dir=os.path.dirname(sock))
     config = os.path.join(directory, "d.yaml")
     with open(config, "w") as f:
