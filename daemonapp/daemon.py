@@ -264,29 +264,31 @@ class Daemon:
         try:
             if not self._in_run:
                 self._in_run = True
-                self._run_started = seconds() if now is None else now
-                self._run_items = 0
-                self._resume = None
+                started = self._run_started = seconds() if now is None else now
+                self._run_items = items = 0
+                self._resume = resume = None
                 if self.lock is not None:
-                    self._lock_deadline = self._run_started + app.lock_wait
+                    self._lock_deadline = started + app.lock_wait
                     status = self._take_lock()
                     if status != READY:
                         return status
-            elif self._lock_deadline is not None and not self._lock_held \
-                    and self._resume is None:
-                if self._timed_out:
-                    return self._timed_out_end(None, None)
-                status = self._take_lock()  # back from a wait for the lock
-                if status != READY:
-                    return status
+                    resume = self._resume  # (the lock's answer, when it came at once)
+            else:
+                if self._lock_deadline is not None and not self._lock_held \
+                        and self._resume is None:
+                    if self._timed_out:
+                        return self._timed_out_end(None, None)
+                    status = self._take_lock()  # back from a wait for the lock
+                    if status != READY:
+                        return status
+                items = self._run_items
+                resume = self._resume
             # (get_work and do_work are looked up at each call: a bound method kept in a
             # local is an allocation per step, and most steps are runs of one item.)
             max_items = self.max_items
             max_seconds = self.max_seconds
             in_thread = self.in_thread
             sync_types = _SYNC_TYPES
-            items = self._run_items
-            resume = self._resume
             while True:
                 if resume is not None:
                     self._resume = None
@@ -622,12 +624,13 @@ class Daemon:
                 delay = max(delay, LOCK_YIELD_PAUSE)
             self._release_lock()
         stats = self.stats
+        started = self._run_started
         stats["runs"] += 1
         stats["items"] += self._run_items
         stats["last_outcome"] = outcome
-        stats["last_run_at"] = self._run_started
+        stats["last_run_at"] = started
         stats["current_delay"] = delay
-        duration = now - self._run_started
+        duration = now - started
         stats["last_duration"] = duration
         stats["run_seconds"] += duration
         self._outcomes[outcome] += 1
@@ -640,7 +643,7 @@ class Daemon:
             error, self._run_error = self._run_error, None
             self._failure_streak(error)
         if history is not None:
-            history.append((self._run_started, now, outcome, self._run_items, trigger, error))
+            history.append((started, now, outcome, self._run_items, trigger, error))
             if not history.dirty:
                 history.mark()
         if self._stopping or delay is None:

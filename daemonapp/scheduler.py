@@ -62,11 +62,13 @@ class Slot:
     it). It is reset when the run ends (`Scheduler.run_ended`).
     """
 
-    __slots__ = ("control", "daemon", "deadline_queued", "due", "in_run", "lateness", "seq",
-                 "timeout", "trigger")
+    __slots__ = ("control", "daemon", "deadline_queued", "due", "in_run", "lateness", "queue",
+                 "seq", "timeout", "trigger")
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, queue: deque[_Entry] | None = None) -> None:
         self.daemon = daemon
+        #: The ready FIFO of the daemon's priority (read once: the daemon stays cold).
+        self.queue: deque[_Entry] = deque() if queue is None else queue
         self.due = 0.0
         self.seq = -1  # the live heap/ready entry's sequence; -1: none (stopped)
         self.in_run = False
@@ -129,7 +131,7 @@ class Scheduler:
         """Make ``daemon`` due ``delay`` seconds from now."""
         slot = self._slots.get(daemon)
         if slot is None:
-            slot = self._slots[daemon] = Slot(daemon)
+            slot = self._slots[daemon] = Slot(daemon, self._queue_for(daemon.priority))
         daemon.stats["next_run_at"] = self.seconds() + delay
         if self._pauses and daemon.name in self._pauses:
             slot.control |= _PAUSED
@@ -161,9 +163,9 @@ class Scheduler:
                     # A yield inside a slice, the busy path: _schedule's first branch.
                     seq = slot.seq = next(self._seq)
                     due = slot.due = (self.seconds() if now is None else now) + delay
-                    queue = self._queues.get(slot.daemon.priority)
-                    if queue is None or (queue and due < queue[-1][0]):
-                        self._push_ready(slot.daemon.priority, (due, seq, slot))
+                    queue = slot.queue
+                    if queue and due < queue[-1][0]:
+                        _enqueue(queue, (due, seq, slot))
                     else:
                         queue.append((due, seq, slot))
                 else:
@@ -176,7 +178,7 @@ class Scheduler:
         slot = self._slots.get(daemon)
         if slot is None or (slot.seq < 0 and not slot.in_run):
             return
-        self._push_ready(daemon.priority, (slot.due, slot.seq, slot))
+        _enqueue(slot.queue, (slot.due, slot.seq, slot))
         if not self._in_slice:
             # Go on at once, like any Deferred callback: a slice of its own, in
             # priority order with whatever else is ready.
@@ -443,9 +445,9 @@ class Scheduler:
         if delay <= 0:
             # Due at once: behind equal-priority daemons already due (round robin).
             # Its sequence is the newest, so it goes last unless the clock went back.
-            queue = self._queues.get(slot.daemon.priority)
-            if queue is None or (queue and due < queue[-1][0]):
-                self._push_ready(slot.daemon.priority, (due, seq, slot))
+            queue = slot.queue
+            if queue and due < queue[-1][0]:
+                _enqueue(queue, (due, seq, slot))
             else:
                 queue.append((due, seq, slot))
             if not self._in_slice and self._yield_call is None:
@@ -490,28 +492,24 @@ class Scheduler:
         self.run_slice()
 
     def _push_ready(self, priority: int, entry: _Entry) -> None:
-        """Queue ``entry`` at its place in its priority's FIFO: (due, seq) order."""
+        """Queue ``entry`` at its place in the FIFO of ``priority``."""
+        _enqueue(self._queue_for(priority), entry)
+
+    def _queue_for(self, priority: int) -> deque[_Entry]:
+        """The ready FIFO of ``priority`` (made on first use, in its place in _levels)."""
         queue = self._queues.get(priority)
         if queue is None:
             queue = self._queues[priority] = deque()
             # In place: a slice in progress holds this list.
             self._levels[:] = [self._queues[p] for p in sorted(self._queues, reverse=True)]
-        if queue:
-            last = queue[-1]
-            due = entry[0]
-            if due < last[0] or (due == last[0] and entry[1] < last[1]):
-                # Behind the tail (a woken run, a promotion after a yield): its place.
-                queue.insert(bisect_left(queue, entry[:2]), entry)
-                return
-        queue.append(entry)
+        return queue
 
     def _promote(self, now: float) -> None:
         heap = self._heap
-        push = self._push_ready
         while heap and heap[0][0] <= now:
             due, seq, slot = heapq.heappop(heap)
             if slot.seq == seq:
-                push(slot.daemon.priority, (due, seq, slot))
+                _enqueue(slot.queue, (due, seq, slot))
 
     def run_slice(self) -> None:
         """Run ready work for at most time_slice, then yield to the reactor."""
@@ -600,6 +598,18 @@ class Scheduler:
         if wait is None:
             return end
         return min(end, max(now + wait, start + self.time_slice / 10))
+
+
+def _enqueue(queue: deque[_Entry], entry: _Entry) -> None:
+    """Queue ``entry`` at its place in its priority's FIFO: (due, seq) order."""
+    if queue:
+        last = queue[-1]
+        due = entry[0]
+        if due < last[0] or (due == last[0] and entry[1] < last[1]):
+            # Behind the tail (a woken run, a promotion after a yield): its place.
+            queue.insert(bisect_left(queue, entry[:2]), entry)
+            return
+    queue.append(entry)
 
 
 def _policy_call(daemon: Daemon, hook: str, now: float, default: Any = None) -> Any:

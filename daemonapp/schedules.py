@@ -114,11 +114,15 @@ class BackoffSchedule:
 
     def next_delay(self, outcome: str, now: float) -> float:
         """The delay after a run with ``outcome``: jittered, except after a yield."""
-        daemon = self.daemon
-        if outcome in (WORKED, YIELDED):
+        if outcome == YIELDED:  # a busy daemon's every run: due again at once, unjittered
             self.idle_delay = None
             self.trigger = "schedule"
-            delay: float = daemon.run_every if outcome == WORKED else 0.0
+            return 0.0
+        daemon = self.daemon
+        if outcome == WORKED:
+            self.idle_delay = None
+            self.trigger = "schedule"
+            delay: float = daemon.run_every
         else:
             self.trigger = "backoff"
             # next_idle_delay(), inline: this is every idle run's path.
@@ -130,7 +134,7 @@ class BackoffSchedule:
                 delay = maximum
             self.idle_delay = delay
         jitter = daemon.jitter
-        if jitter and outcome != YIELDED:
+        if jitter:
             delay *= 1.0 + jitter * (2.0 * random.random() - 1.0)  # noqa: S311
         return delay
 
