@@ -650,7 +650,7 @@ class Daemon:
             self._hand_back(app, now, delay)
         else:  # _hand_back's common path, inline: every run ends here
             self._in_run = False
-            stats["next_run_at"] = now + delay
+            stats["next_run_at"] = now + delay if delay else now
             app.run_ended(self, delay, now)
         return ENDED
 

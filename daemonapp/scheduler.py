@@ -162,7 +162,11 @@ class Scheduler:
                 if delay <= 0 and self._in_slice:
                     # A yield inside a slice, the busy path: _schedule's first branch.
                     seq = slot.seq = next(self._seq)
-                    due = slot.due = (self.seconds() if now is None else now) + delay
+                    if now is None:
+                        now = self.seconds()
+                    # (after a yield, the end's own float: no new one to make, and none
+                    # cold to free a rotation later)
+                    due = slot.due = now + delay if delay else now
                     queue = slot.queue
                     if queue and due < queue[-1][0]:
                         _enqueue(queue, (due, seq, slot))
