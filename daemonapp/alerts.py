@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -103,16 +104,21 @@ class Webhook:
 
     With ``retries``, a connection error or a 5xx answer is tried again after
     ``retry_delay`` seconds, doubling, on the reactor's timers (the loop never waits).
+    A target that takes the connection but answers nothing within ``answer_timeout``
+    seconds has its request cancelled (the connection closed), which counts as a
+    connection error: a hung server holds no connection and no send for ever.
     """
 
     def __init__(self, url: str, *, retries: int = 0, retry_delay: float = 1.0,
-                 connect_timeout: float = 10.0, key: str = "on_failure",
+                 connect_timeout: float = 10.0, answer_timeout: float = 30.0,
+                 key: str = "on_failure",
                  log: Logger = _log, agent: Callable[[Any], Any] | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise OptionError(key, f"a webhook must be an http(s) URL, got {url!r}")
         self.url = url
         self.retries = retries
         self.retry_delay = retry_delay
+        self.answer_timeout = answer_timeout
         self.key = key
         self._log = log
         # Imported when the target is made (the app's start), not at a failure: under
@@ -145,6 +151,7 @@ class Webhook:
               done: Deferred[None]) -> None:
         d = self._agent(reactor).request(b"POST", self.url.encode("ascii"), self._headers,
                                          self._body(data))
+        d.addTimeout(self.answer_timeout, reactor)  # (cancels the request: TimeoutError)
 
         def answered(response: Any) -> None:
             if 200 <= response.code < 300:
@@ -157,6 +164,9 @@ class Webhook:
                 done.callback(None)
 
         def failed(failure: Failure) -> None:
+            if failure.check(defer.TimeoutError):
+                failure = Failure(defer.TimeoutError(
+                    f"no answer within {self.answer_timeout:g} s"))
             if tried < self.retries:
                 again(str(failure.value))
             else:

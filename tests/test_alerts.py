@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -126,6 +127,34 @@ class WebhookTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.failureResultOf(d, ConnectionRefusedError)
         self.assertEqual(len(agent.requests), 2)
+
+    def test_a_target_that_never_answers_is_given_up_after_answer_timeout(self) -> None:
+        """A server that takes the connection and answers nothing: the request is
+        cancelled after answer_timeout and tried again like a connection error."""
+        cancelled: list[float] = []
+
+        class SilentAgent(ScriptedAgent):
+            def request(self, method: bytes, url: bytes, headers: Any,
+                        body: Any) -> Deferred[Any]:
+                self.requests.append((self.clock.seconds(), method, url))
+                return Deferred(lambda _: cancelled.append(self.clock.seconds()))
+
+        agent = SilentAgent(self.clock, [])
+        hook = Webhook("http://127.0.0.1:9/hook", retries=1, retry_delay=1.0,
+                       answer_timeout=5.0, agent=agent)
+        d = hook({"id": 1}, self.clock)
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)  # the first request cancelled; tried again 1 s later
+        self.assertEqual(cancelled, [5.0])
+        self.clock.advance(1.0)
+        self.assertNoResult(d)
+        self.clock.advance(5.0)
+        self.assertEqual(cancelled, [5.0, 11.0])
+        failure = self.failureResultOf(d, defer.TimeoutError)
+        self.assertEqual(str(failure.value), "no answer within 5 s")
+        self.assertEqual([at for at, _, _ in agent.requests], [0.0, 6.0])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_client_error_is_not_retried(self) -> None:
         """A 4xx answer is not retried: asking again would get the same answer."""
