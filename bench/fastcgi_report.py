@@ -123,9 +123,10 @@ def ratio_ceiling(app_us: float, others_us: float, cores: int) -> float:
     return min(2.0, cores * app_us / (app_us + others_us))
 
 
-def rate_ceiling(app_us: float, others_us: float, cores: int) -> float:
-    """Requests/s the cores allow two app processes at these costs per request."""
-    return min(2e6 / app_us, cores * 1e6 / (app_us + others_us))
+def rate_ceiling(app_us: float, others_us: float, cores: int, processes: int) -> float:
+    """Requests/s the cores allow ``processes`` app processes at these costs per request:
+    each process on at most one core, and every core busy at most."""
+    return min(processes * 1e6 / app_us, cores * 1e6 / (app_us + others_us))
 
 
 def cpu_medians(tmp: Path, rounds: int, name: str) -> dict[str, Any] | None:
@@ -198,18 +199,21 @@ def print_cpu(tmp: Path, rounds: int, names: list[str],
         c2 = figures[p2]["nginx"] + figures[p2]["wrk"]
         cores = figures[p2]["cpus"]
         ceiling = ratio_ceiling(a1, c2, cores)
-        machine = rate_ceiling(a2, c2, cores)
         rps1, rps2 = results[p1][0], results[p2][0]
         print(f"# {p2}/{p1}: measured {rps2 / rps1:.2f}x; ceiling {cores}a/(a+c) = "
               f"{ceiling:.2f}x (a = {a1:.1f} us, the app at p1; c = {c2:.1f} us, nginx + "
               f"wrk at p2; {cores} cores)")
-        print(f"#   at p2's own app cost (a = {a2:.1f} us) the cores allow "
-              f"{machine:,.0f} req/s = {machine / rps1:.2f}x p1's {rps1:,.0f}; p2 left "
-              f"{figures[p2]['idle']:.1%} idle, the rest of the machine took "
-              f"{figures[p2]['rest_cores']:.2f} cores")
-        if figures[p1]["app_cores"] < 0.9:
-            print(f"#   p1's app used {figures[p1]['app_cores']:.2f} of a core: p1 was not "
-                  f"bound by the app's one core alone (the model's p1 = 1e6/a)")
+        # each at its own costs: independent of the share of the cores other work took
+        c1 = figures[p1]["nginx"] + figures[p1]["wrk"]
+        bound1 = rate_ceiling(a1, c1, cores, 1)
+        bound2 = rate_ceiling(a2, c2, cores, 2)
+        print(f"#   what the cores allow each at its own costs: p1 {bound1:,.0f} req/s, p2 "
+              f"{bound2:,.0f} (a = {a2:.1f} us): {bound2 / bound1:.2f}x; measured p1 "
+              f"{rps1:,.0f} ({rps1 / bound1:.0%} of it), p2 {rps2:,.0f} ({rps2 / bound2:.0%})")
+        print(f"#   idle: p1 {figures[p1]['idle']:.1%}, p2 {figures[p2]['idle']:.1%}; the "
+              f"rest of the machine took {figures[p1]['rest_cores']:.2f} cores at p1, "
+              f"{figures[p2]['rest_cores']:.2f} at p2; the app at p1 used "
+              f"{figures[p1]['app_cores']:.2f} of its core")
 
 
 def main() -> int:

@@ -57,9 +57,11 @@ def test_ratio_ceiling_is_at_most_two_processes_worth() -> None:
 
 
 def test_rate_ceiling_is_every_core_busy_or_each_process_on_its_core() -> None:
-    """2 cores at 100 + 50 us make 13,333 req/s; on 8 cores 2 processes of 100 us, 20,000."""
-    assert report.rate_ceiling(100.0, 50.0, 2) == pytest.approx(13333.33, abs=0.01)
-    assert report.rate_ceiling(100.0, 50.0, 8) == pytest.approx(20000.0)
+    """2 cores at 100 + 50 us make 13,333 req/s; on 8 cores 2 processes of 100 us, 20,000;
+    one process of 100 us, 10,000 on any number of cores."""
+    assert report.rate_ceiling(100.0, 50.0, 2, 2) == pytest.approx(13333.33, abs=0.01)
+    assert report.rate_ceiling(100.0, 50.0, 8, 2) == pytest.approx(20000.0)
+    assert report.rate_ceiling(100.0, 50.0, 2, 1) == pytest.approx(10000.0)
 
 
 def test_cpu_round_per_request_cores_idle_and_processes() -> None:
@@ -83,16 +85,17 @@ def test_report_prints_the_ceiling_and_keeps_the_miss(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """native p2 at 1.2x p1 is a MISS of the 1.6x goal; the ceiling is printed beside it."""
-    # p1: 50,000 requests, the app 100 us each; p2: 60,000, the app 90 us, nginx + wrk 30
-    runs = {"native_p1": (10000, 50000, [("process", 5.0, None)], 1.0, 0.5),
+    # p1: 50,000 requests, the app 100 us each; p2: 60,000, the app 90 us, nginx + wrk 30;
+    # 10 s of CPU in each 5 s window, 6.5 and 7.2 busy: nothing else ran
+    runs = {"native_p1": (10000, 50000, [("process", 5.0, None)], 1.0, 0.5, 350),
             "native_p2": (12000, 60000, [("supervisor", 2.7, 30000), ("worker", 2.7, 30000)],
-                          1.2, 0.6)}
-    for name, (rps, requests, app, nginx_s, wrk_s) in runs.items():
+                          1.2, 0.6, 280)}
+    for name, (rps, requests, app, nginx_s, wrk_s, idle) in runs.items():
         (tmp_path / f"{name}.check.1").write_text("200 Hello, world!\n")
         (tmp_path / f"{name}.wrk.1").write_text(
             WRK.format(p99="4.00ms", requests=requests, rps=rps))
         (tmp_path / f"{name}.cpu.1").write_text(json.dumps(
-            cpu_file(app, nginx_s, wrk_s, idle_ticks=10, total_ticks=1000)))
+            cpu_file(app, nginx_s, wrk_s, idle_ticks=idle, total_ticks=1000)))
     monkeypatch.setattr(sys, "argv", ["fastcgi_report.py", str(tmp_path), "1",
                                       "native_p1", "native_p2"])
     assert report.main() == 0
@@ -102,10 +105,11 @@ def test_report_prints_the_ceiling_and_keeps_the_miss(tmp_path: Path,
     assert "# native_p2: supervisor 50% of the CPU, 50% of the requests, 90 us each, " \
         "8 connections; worker 50% of the CPU, 50% of the requests, 90 us each, " \
         "8 connections" in lines
-    # a = 100 us at p1, c = 20 + 10 us at p2: 2 * 100/130 = 1.54x; at a = 90 us,
-    # 2e6/120 = 16,667 req/s = 1.67x p1's 10,000
+    # a = 100 us at p1, c = 20 + 10 us at p2: 2 * 100/130 = 1.54x; p1 at its own costs
+    # 1e6/100 = 10,000 req/s, p2 at a = 90 us 2e6/120 = 16,667 req/s: 1.67x
     assert "# native_p2/native_p1: measured 1.20x; ceiling 2a/(a+c) = 1.54x (a = 100.0 " \
         "us, the app at p1; c = 30.0 us, nginx + wrk at p2; 2 cores)" in lines
-    assert any(line.startswith("#   at p2's own app cost (a = 90.0 us) the cores allow "
-                               "16,667 req/s = 1.67x p1's 10,000; p2 left 1.0% idle")
-               for line in lines)
+    assert "#   what the cores allow each at its own costs: p1 10,000 req/s, p2 16,667 " \
+        "(a = 90.0 us): 1.67x; measured p1 10,000 (100% of it), p2 12,000 (72%)" in lines
+    assert "#   idle: p1 35.0%, p2 28.0%; the rest of the machine took 0.00 cores at p1, " \
+        "0.00 at p2; the app at p1 used 1.00 of its core" in lines
