@@ -140,6 +140,10 @@ def cpu_medians(tmp: Path, rounds: int, name: str) -> dict[str, Any] | None:
             continue
         if requests:
             measured.append(cpu_round(cpu, requests))
+        if cpu.get("app_ended_in_window"):
+            print(f"# {name}: round {round_number}: app process(es) "
+                  f"{', '.join(map(str, cpu['app_ended_in_window']))} ended in the window: "
+                  f"their CPU is missing from it")
     if not measured:
         return None
     medians: dict[str, Any] = {key: statistics.median(m[key] for m in measured)
@@ -196,6 +200,8 @@ def print_cpu(tmp: Path, rounds: int, names: list[str],
                 or p1 not in results:
             continue
         a1, a2 = figures[p1]["app"], figures[p2]["app"]
+        if a1 <= 0 or a2 <= 0:
+            continue  # no app CPU read (it ended before the window did)
         c2 = figures[p2]["nginx"] + figures[p2]["wrk"]
         cores = figures[p2]["cpus"]
         ceiling = ratio_ceiling(a1, c2, cores)
