@@ -319,6 +319,28 @@ class Exchange:
         except OSError as err:  # over the budget, and no spool file to be had
             self.dispatcher.spool_failed(self, err)
 
+    def feed_body_pieces(self, pieces: list[memoryview]) -> None:
+        """Several parts of the request body arrived in one read (FastCGI records): as
+        :meth:`feed_body`, with one write of them all to a spool file."""
+        if len(pieces) == 1 or self.received is None or self.received.spool is None:
+            for piece in pieces:
+                self.feed_body(piece)  # type: ignore[arg-type]
+            return
+        if self.state == DONE or self.body_complete:
+            return
+        self.body_len += sum(len(piece) for piece in pieces)
+        if self.body_len > self.dispatcher.max_body_bytes:
+            self.dispatcher.body_too_large(self)
+            return
+        if self.input is not None:
+            for piece in pieces:
+                self.input.feed(piece)
+            return
+        try:
+            self.received.write_pieces(pieces)
+        except OSError as err:  # the spool file cannot be written (the disk is full)
+            self.dispatcher.spool_failed(self, err)
+
     def release_body(self) -> None:
         """The request ended: give its memory back to the budget, delete its spool."""
         received, self.received = self.received, None

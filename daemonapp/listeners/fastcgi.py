@@ -345,6 +345,9 @@ class FastCGIProtocol(TrackedProtocol):
         ready = self._ready
         replies = self._replies
         view: memoryview | None = None
+        # a spooled body's records of this read, written at once (nginx's are 32 KiB)
+        spooling: FastCGIExchange | None = None
+        pieces: list[memoryview] = []
         while size - offset >= 8:
             version, rtype, rid, clen, plen = unpack_header(data, offset)
             if version != FCGI_VERSION_1:
@@ -356,6 +359,15 @@ class FastCGIProtocol(TrackedProtocol):
                 self._need = end - offset
                 break
             offset = end
+            if spooling is not None:
+                if rtype == FCGI_STDIN and clen and requests.get(rid) is spooling:
+                    assert view is not None
+                    pieces.append(view[start:start + clen])
+                    continue
+                spooling.feed_body_pieces(pieces)
+                spooling = None
+                if self._closed:
+                    return -1
             if rtype == FCGI_STDIN:
                 ex = requests.get(rid)
                 if ex is None:
@@ -378,7 +390,10 @@ class FastCGIProtocol(TrackedProtocol):
                     else:  # copied on (to the spool file, the app's buffer): no slice copy
                         if view is None:
                             view = memoryview(data)
-                        ex.feed_body(view[start:start + clen])  # type: ignore[arg-type]
+                        if ex.input is None:
+                            spooling, pieces = ex, [view[start:start + clen]]
+                        else:
+                            ex.feed_body(view[start:start + clen])  # type: ignore[arg-type]
                 else:
                     ex.end_body()
                     if self._large_reads and all(other.body_complete
@@ -466,6 +481,10 @@ class FastCGIProtocol(TrackedProtocol):
                 return -1
         else:
             self._need = 8
+        if spooling is not None:
+            spooling.feed_body_pieces(pieces)
+            if self._closed:
+                return -1
         self._ready = ready
         self._replies = replies
         return offset

@@ -329,7 +329,7 @@ class _Channel(http.HTTPChannel):
         budget = dispatcher.budget
         fds = budget.fds
         if (length is not None and length > budget.per_connection
-                and fds.spools >= fds.max_spools):
+                and not budget.can_spool()):
             # a body that must go to disk, and no descriptor to spare for its file (half
             # the fd reserve is taken by spools): 503 at once
             self.refuse_body(503, f"{fds.spools} spool files open")

@@ -174,7 +174,8 @@ class Dispatcher:
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.budget = BodyBudget(per_connection=max_buffer_bytes,
-                                 per_listener=max_listener_buffer_bytes, fds=fds)
+                                 per_listener=max_listener_buffer_bytes, fds=fds,
+                                 clock=reactor)
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         if max_requests is not None:

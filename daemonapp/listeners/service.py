@@ -108,6 +108,7 @@ class Listener(service.Service):
             self.app.start()
         # the fd limit as it is now (twistd, a web server or a test may have lowered it)
         self.dispatcher.budget.fds.refresh()
+        self.dispatcher.budget.open()  # spool files are kept again (close() stopped it)
         result: list[object] = []
         listening: defer.Deferred[IListeningPort]
         try:

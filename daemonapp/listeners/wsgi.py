@@ -14,11 +14,12 @@ import io
 import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daemonapp.listeners.budget import SpoolReader
 from daemonapp.listeners.exchange import Exchange, Headers, ascii_digits
 
 log = Logger()
@@ -165,7 +166,8 @@ class StreamingInput:
         # a body spooled to disk (over the memory budget) is read from there first;
         # what arrives from now on is buffered here
         spool = exchange.spool
-        self._file: IO[bytes] | None = spool.reader() if spool is not None else None
+        self._file: SpoolReader | None = (spool.reader(call_from_thread) if spool is not None
+                                          else None)
         body = exchange.body
         self._buf = bytearray(b"".join(body))
         body.clear()  # the memory stays counted in the budget until the request ends
@@ -260,8 +262,15 @@ class StreamingInput:
             return b""
         data = spool.readline(size) if line else spool.read(size)
         if not data:
-            self._file = None  # the spool itself is closed when the request ends
+            self._close_file()
         return data
+
+    def _close_file(self) -> None:
+        """The spooled part is read: its file goes back to the listener (in the app's
+        thread, which alone reads it)."""
+        spool, self._file = self._file, None
+        if spool is not None:
+            spool.close()
 
     def read(self, size: int | None = -1) -> bytes:
         """Read ``size`` bytes (all remaining when negative or None)."""
@@ -270,12 +279,12 @@ class StreamingInput:
         if self._file is not None:
             if size is None or size < 0:
                 head = self._from_file(-1)
-                self._file = None
+                self._close_file()
                 return head + self.read(-1)
             head = self._from_file(size)
             if len(head) == size:
                 return head
-            self._file = None
+            self._close_file()
             return head + self.read(size - len(head))
         with self._cond:
             if size is None or size < 0:
@@ -293,7 +302,7 @@ class StreamingInput:
             head = self._from_file(most, line=True)
             if head.endswith(b"\n") or (most >= 0 and len(head) >= most):
                 return head
-            self._file = None
+            self._close_file()
             return head + self.readline(-1 if most < 0 else most - len(head))
         with self._cond:
             limit = size if size is not None and size >= 0 else None
@@ -497,7 +506,7 @@ class _WSGICall:
             stream = self._input
             if stream is not None and not isinstance(stream, StreamingInput | io.BytesIO):
                 # a spooled body handed to the app (Spool.reader): the app is done with
-                # it, and only it may close it (a thread may read after the request
+                # it, and only it may give it back (a thread may read after the request
                 # ended: a 504, the client gone)
                 try:
                     stream.close()
@@ -604,7 +613,7 @@ class WSGIApp:
                 # that ignore wsgi.input_terminated (Django)
                 environ["CONTENT_LENGTH"] = str(exchange.body_len)
             spool = exchange.spool
-            stream: Any = (spool.reader() if spool is not None
+            stream: Any = (spool.reader(self.reactor.callFromThread) if spool is not None
                            else io.BytesIO(exchange.body_bytes()))
         else:
             stream = StreamingInput(exchange, self.reactor.callFromThread)
