@@ -27,6 +27,7 @@ import sys
 __all__ = ["freeze", "frozen", "owns_process", "release", "thaw"]
 
 _holders = 0
+_pending = False  # a removal unfroze: freeze again after the next full pass
 
 
 def owns_process(reactor: object) -> bool:
@@ -56,21 +57,29 @@ def thaw() -> None:
 def release() -> None:
     """A daemon was removed: hand the frozen objects back to the collector, and freeze
     again once its next full pass (the oldest generation) has freed what died."""
+    global _pending
     if _holders == 0:
         return
     gc.unfreeze()
+    _pending = True
     if _refreeze not in gc.callbacks:
         gc.callbacks.append(_refreeze)
 
 
 def _refreeze(phase: str, info: dict[str, int]) -> None:
-    if phase == "stop" and info.get("generation") == 2:
-        _stop_waiting()
+    # It stays in gc.callbacks until the freeze ends (`thaw`): the collector walks that
+    # list by index as it calls it, so a removal from here would rob the next callback
+    # of this call.
+    global _pending
+    if _pending and phase == "stop" and info.get("generation") == 2:
+        _pending = False
         if _holders:
             gc.freeze()
 
 
 def _stop_waiting() -> None:
+    global _pending
+    _pending = False
     if _refreeze in gc.callbacks:
         gc.callbacks.remove(_refreeze)
 
