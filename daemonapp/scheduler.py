@@ -534,6 +534,7 @@ class Scheduler:
                 if events:
                     for watcher in list(self._clock_watchers):
                         watcher(events, now)
+                    now = seconds()  # (they may take a while: runs start after them)
             start = now
             # End the slice early when another timer on the reactor (a listener's
             # timeout, a LoopingCall) comes due first, so it is not late by a slice;
