@@ -12,7 +12,8 @@ Usage:
   python bench/uploads_load.py reset PID      resets VmHWM of PID and its descendants;
                                               prints {"reset": ..., "cpu_s": ...}
   python bench/uploads_load.py hwm PID        prints {"rss_kb": ..., "hwm_kb": ..., "cpu_s": ...}
-(sums over PID and its descendants; cpu_s: user + system CPU seconds of all their threads).
+(sums over PID and its descendants; cpu_s: user + system CPU seconds of all their threads;
+main_cpu_s: the same of PID's main thread alone, daemonapp's reactor).
 
 Every request has a timeout (120 s); the burst gives up after 300 s.
 """
@@ -59,12 +60,14 @@ def status_kb(pid: int, field: str) -> int:
     return 0
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (all threads), from /proc/PID/stat."""
+def cpu_seconds(pids: list[int], main_thread: bool = False) -> float:
+    """User + system CPU time of these processes (all threads; with ``main_thread``,
+    each one's main thread only), from /proc/PID/stat (/proc/PID/task/PID/stat)."""
     ticks = 0
     for pid in pids:
+        path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            fields = Path(path).read_text().rpartition(")")[2].split()
         except OSError:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
@@ -160,13 +163,15 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) == 2 and argv[0] == "reset":
         pids = tree(int(argv[1]))
-        print(json.dumps({"reset": reset_hwm(pids), "cpu_s": cpu_seconds(pids)}))
+        print(json.dumps({"reset": reset_hwm(pids), "cpu_s": cpu_seconds(pids),
+                          "main_cpu_s": cpu_seconds(pids[:1], main_thread=True)}))
         return 0
     if len(argv) == 2 and argv[0] == "hwm":
         pids = tree(int(argv[1]))
         print(json.dumps({"rss_kb": sum(status_kb(p, "VmRSS") for p in pids),
                           "hwm_kb": sum(status_kb(p, "VmHWM") for p in pids),
-                          "cpu_s": cpu_seconds(pids)}))
+                          "cpu_s": cpu_seconds(pids),
+                          "main_cpu_s": cpu_seconds(pids[:1], main_thread=True)}))
         return 0
     print(__doc__, file=sys.stderr)
     return 2

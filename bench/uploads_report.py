@@ -5,8 +5,9 @@ Usage: python bench/uploads_report.py TMPDIR ROUNDS CONNECTIONS SYNC_WORKERS SER
 R it reads ``NAME.SIZE.READ.R.wrk`` (wrk --latency), ``.burst`` (uploads_load.py burst's
 JSON) and ``.hwm`` (the peak RSS during wrk). Prints medians over the rounds:
 
-- throughput: req/s, p99 and CPU time per request (the server's processes, all threads)
-  of each server; each daemonapp listener's req/s over the
+- throughput: req/s, p99 and CPU time per request (the server's processes, all threads;
+  for daemonapp also its reactor thread's share) of each server; each daemonapp
+  listener's req/s over the
   better of the two gunicorn workers (named); goal >= 1.0x, no failed request;
 - memory: (peak RSS - idle RSS) / N for N uploads at once, next to the body size;
   goal <= 2x the body for daemonapp's listeners (gunicorn: info).
@@ -56,12 +57,14 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def _cpu_ms_per_request(wrk_text: str, before: dict[str, Any] | None,
-                        after: dict[str, Any] | None) -> float | None:
-    """The server's CPU time (all its processes and threads) per request under wrk."""
+                        after: dict[str, Any] | None, field: str = "cpu_s") -> float | None:
+    """The server's CPU time (all its processes and threads; ``main_cpu_s``: its main
+    thread's) per request under wrk."""
     match = re.search(r"(\d+) requests in", wrk_text)
-    if match is None or before is None or after is None or not int(match.group(1)):
+    if (match is None or before is None or after is None or not int(match.group(1))
+            or field not in before or field not in after):
         return None
-    return float(after["cpu_s"] - before["cpu_s"]) * 1000 / int(match.group(1))
+    return float(after[field] - before[field]) * 1000 / int(match.group(1))
 
 
 def main(argv: list[str]) -> int:
@@ -81,6 +84,7 @@ def main(argv: list[str]) -> int:
     sampled: dict[tuple[str, int, str], float] = {}
     under_wrk: dict[tuple[str, int, str], float] = {}
     cpu: dict[tuple[str, int, str], float] = {}
+    reactor: dict[tuple[str, int, str], float] = {}
     for server in servers:
         for size in sizes:
             for read in reads:
@@ -88,17 +92,21 @@ def main(argv: list[str]) -> int:
                 rps_list, p99_list, mem_list, idle_list, sampled_list, wrk_list = (
                     [], [], [], [], [], [])
                 cpu_list: list[float] = []
+                reactor_list: list[float] = []
                 errors[key] = 0
                 for number in range(1, rounds + 1):
                     base = tmp / f"{server}.{size}.{read}.{number}"
                     try:
                         wrk_text = base.with_name(base.name + ".wrk").read_text()
                         r, p, e = parse_wrk(wrk_text)
-                        cpu_ms = _cpu_ms_per_request(wrk_text,
-                                                     _load(base.with_name(base.name + ".pre")),
-                                                     _load(base.with_name(base.name + ".hwm")))
+                        pre = _load(base.with_name(base.name + ".pre"))
+                        post = _load(base.with_name(base.name + ".hwm"))
+                        cpu_ms = _cpu_ms_per_request(wrk_text, pre, post)
                         if cpu_ms is not None:
                             cpu_list.append(cpu_ms)
+                        reactor_ms = _cpu_ms_per_request(wrk_text, pre, post, "main_cpu_s")
+                        if reactor_ms is not None and server in OURS:
+                            reactor_list.append(reactor_ms)
                         rps_list.append(r)
                         p99_list.append(p)
                         errors[key] += e
@@ -127,7 +135,8 @@ def main(argv: list[str]) -> int:
                         wrk_list.append((hwm["hwm_kb"] - burst["idle_kb"]) * 1024 / connections)
                 for target, values in ((rps, rps_list), (p99, p99_list), (per_upload, mem_list),
                                        (idle, idle_list), (sampled, sampled_list),
-                                       (under_wrk, wrk_list), (cpu, cpu_list)):
+                                       (under_wrk, wrk_list), (cpu, cpu_list),
+                                       (reactor, reactor_list)):
                     middle = _median(values)
                     if middle is not None:
                         target[key] = middle
@@ -138,7 +147,7 @@ def main(argv: list[str]) -> int:
     verdicts: list[str] = []
     print(f"\n## Throughput (wrk -t1 -c{connections}), medians of {rounds} round(s)")
     print(f"{'body':>6} {'read':<7} {'server':<22} {'req/s':>8} {'p99 ms':>9} "
-          f"{'CPU ms/req':>10} {'vs best gunicorn':>24}  result")
+          f"{'CPU ms/req':>10} {'reactor':>8} {'vs best gunicorn':>24}  result")
     for size in sizes:
         for read in reads:
             best: tuple[float, str] | None = None
@@ -162,8 +171,9 @@ def main(argv: list[str]) -> int:
                 elif server in GUNICORN and best is not None and best[1] == server:
                     verdict = "(best gunicorn)"
                 cpu_text = f"{cpu[key]:>10.1f}" if key in cpu else f"{'—':>10}"
+                reactor_text = f"{reactor[key]:>8.1f}" if key in reactor else f"{'':>8}"
                 print(f"{size:>4}MB {read:<7} {names.get(server, server):<22} {rps[key]:>8.1f} "
-                      f"{p99[key]:>9.1f} {cpu_text} {ratio_text:>24}  {verdict}")
+                      f"{p99[key]:>9.1f} {cpu_text} {reactor_text} {ratio_text:>24}  {verdict}")
 
     print(f"\n## Memory: N uploads at once; (peak RSS - idle RSS) / N, medians of {rounds} "
           f"round(s); MB = 10^6 bytes")

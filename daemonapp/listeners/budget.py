@@ -255,6 +255,12 @@ def _close_quietly(spool: IO[bytes]) -> None:
 _IOV_MAX = 512
 
 
+def _write_rest(fd: int, rest: memoryview) -> None:
+    """Write what a short write left (a signal, a nearly full disk)."""
+    while rest:
+        rest = rest[os.write(fd, rest):]
+
+
 class Spool:
     """A request body on disk: written on the reactor, then read by the application.
 
@@ -272,7 +278,16 @@ class Spool:
 
     def write(self, data: bytes) -> None:
         """Append body bytes (raises OSError: the disk is full...)."""
-        self.writev([data])
+        spool = self.file
+        assert spool is not None
+        try:
+            fd = spool.fileno()
+            done = os.write(fd, data)
+            if done < len(data):
+                _write_rest(fd, memoryview(data)[done:])
+        except OSError:
+            self._broken = True  # what the file holds is unknown: not kept
+            raise
 
     def writev(self, pieces: list[Any]) -> None:
         """Append pieces of body (bytes or memoryviews) in one system call (FastCGI
@@ -284,10 +299,8 @@ class Spool:
             for first in range(0, len(pieces), _IOV_MAX):
                 batch = pieces[first:first + _IOV_MAX]
                 done = os.writev(fd, batch)
-                if done < sum(len(piece) for piece in batch):  # short: the rest
-                    rest = memoryview(b"".join(batch))[done:]
-                    while rest:
-                        rest = rest[os.write(fd, rest):]
+                if done < sum(map(len, batch)):
+                    _write_rest(fd, memoryview(b"".join(batch))[done:])
         except OSError:
             self._broken = True  # what the file holds is unknown: not kept
             raise
@@ -403,7 +416,8 @@ class BodyBuffer:
     headers and written on the reactor), so HTTP bodies follow the FastCGI and SCGI rule.
     """
 
-    def __init__(self, budget: BodyBudget, conn: ConnectionBuffer | None) -> None:
+    def __init__(self, budget: BodyBudget, conn: ConnectionBuffer | None,
+                 expected: int | None = None) -> None:
         self._budget = budget
         self._conn = conn
         #: the body so far while it is in memory
@@ -412,6 +426,8 @@ class BodyBuffer:
         self.spool: Spool | None = None
         self.size = 0
         self._counted = 0  # bytes of ``chunks`` taken from the budget
+        #: the length the peer declared (Content-Length), if any
+        self.expected = expected
 
     def write(self, data: bytes) -> None:
         """Append body bytes; raises OSError when the body must go to disk and cannot."""
@@ -422,14 +438,23 @@ class BodyBuffer:
             spool.write(data)
             return
         budget = self._budget
-        if budget.fits(self._conn, size):
+        expected = self.expected
+        if self.size == size and expected is not None and not budget.fits(self._conn, expected):
+            # the first bytes of a body declared too long for the budget: to disk at once
+            # (not kept in memory up to the budget, then written there all the same)
+            self._to_disk([data])
+        elif budget.fits(self._conn, size):
             budget.take(self._conn, size)
             self._counted += size
             self.chunks.append(data)
-            return
-        spool = Spool(budget)
+        else:
+            self._to_disk([*self.chunks, data])
+
+    def _to_disk(self, pieces: list[bytes]) -> None:
+        """Move the body to a new spool file, starting with ``pieces``."""
+        spool = Spool(self._budget)
         try:
-            spool.writev([*self.chunks, data])
+            spool.writev(pieces)
         except OSError:
             spool.close()
             raise

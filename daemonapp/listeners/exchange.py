@@ -313,7 +313,9 @@ class Exchange:
             return
         received = self.received
         if received is None:
-            received = self.received = BodyBuffer(self.dispatcher.budget, self.buffer)
+            received = self.received = BodyBuffer(
+                self.dispatcher.budget, self.buffer,
+                parse_length(self.params.get("CONTENT_LENGTH", "")))
         try:
             received.write(data)
         except OSError as err:  # over the budget, and no spool file to be had

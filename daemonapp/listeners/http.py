@@ -188,7 +188,7 @@ class _Request(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         channel: _Channel = self.channel  # type: ignore[assignment]
-        self.content = BodyBuffer(channel.site.dispatcher.budget, channel.buffer)
+        self.content = BodyBuffer(channel.site.dispatcher.budget, channel.buffer, length)
 
     def drop_body(self) -> None:
         """The body is of no more use: give its memory back, delete its spool."""

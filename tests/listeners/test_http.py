@@ -180,8 +180,26 @@ class BodyFileTests(SynchronousTestCase):
         self.assertEqual(fds.spools, 0)
 
     def test_a_big_body_is_spooled_in_memory_up_to_the_budget(self) -> None:
-        """A body within max_buffer_bytes stays in memory (counted); the one that goes over
-        it moves to a spool file, whose descriptor is given back with the request."""
+        """A chunked body within max_buffer_bytes stays in memory (counted); past it, it
+        moves to a spool file, whose descriptor is given back with the request."""
+        fds = FdLimits(limit=200)
+        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
+                                 native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=1000)
+        budget = listener.dispatcher.budget
+        channel, transport = self._channel(listener)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+                             b"\r\n320\r\n" + b"a" * 800 + b"\r\n")
+        self.assertEqual((budget.used, fds.spools), (800, 0))
+        channel.dataReceived(b"12c\r\n" + b"b" * 300 + b"\r\n")
+        self.assertEqual((budget.used, fds.spools, budget.spooled), (0, 1, 1))
+        channel.dataReceived(b"190\r\n" + b"c" * 400 + b"\r\n0\r\n\r\n")
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"a" * 800 + b"b" * 300
+                                                   + b"c" * 400))
+        self.assertEqual((budget.used, fds.spools), (0, 0))
+
+    def test_a_body_declared_over_the_budget_goes_to_disk_from_its_first_byte(self) -> None:
+        """A Content-Length over max_buffer_bytes: spooled from its first piece."""
         fds = FdLimits(limit=200)
         listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
                                  native="tests.listeners.apps:echo_native",
@@ -189,13 +207,10 @@ class BodyFileTests(SynchronousTestCase):
         budget = listener.dispatcher.budget
         channel, transport = self._channel(listener)
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n"
-                             + b"a" * 800)
-        self.assertEqual((budget.used, fds.spools), (800, 0))
-        channel.dataReceived(b"b" * 300)
+                             + b"a" * 10)
         self.assertEqual((budget.used, fds.spools, budget.spooled), (0, 1, 1))
-        channel.dataReceived(b"c" * 400)
-        self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"a" * 800 + b"b" * 300
-                                                   + b"c" * 400))
+        channel.dataReceived(b"b" * 1490)
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"a" * 10 + b"b" * 1490))
         self.assertEqual((budget.used, fds.spools), (0, 0))
 
     def test_a_body_that_cannot_be_spooled_is_answered_503(self) -> None:
