@@ -215,12 +215,15 @@ class Assembly:
             if callable(getattr(daemon, "job_status", None)):
                 jobs_status = daemon.job_status  # type: ignore[attr-defined]
                 break
+        # PEP 3333: other processes run the same application (app.processes, or the
+        # siblings a web server spawns, as mod_fcgid does).
+        multiprocess = config.app.processes > 1 or bool(self.inherited)
         messages = []
         for spec in specs:
             try:
                 listener = build(spec.options, reactor=app.reactor,
                                  base_dir=config.base_dir, state_dir=config.app.state_dir,
-                                 jobs_status=jobs_status)
+                                 jobs_status=jobs_status, multiprocess=multiprocess)
             except OptionError as e:
                 line = spec.key_lines.get(e.key, spec.line)
                 messages.append(f"{config.path}:{line}: listeners[{spec.index}].{e.key}: "

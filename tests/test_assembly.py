@@ -150,3 +150,30 @@ def test_an_unbound_listener_stops_the_app_with_status_1(tmp_path: Path) -> None
     reactor.advance(0)
     assert told == [False]
     assert app.stop_reason is not None and "not listening" in app.stop_reason
+
+
+@pytest.mark.parametrize(("app_yaml", "inherited", "expected"), [
+    ("{}", False, False),
+    ("{processes: 2}", False, True),
+    ("{}", True, True),
+])
+def test_wsgi_multiprocess_says_whether_other_processes_serve_the_app(
+        tmp_path: Path, app_yaml: str, inherited: bool, expected: bool) -> None:
+    """PEP 3333's wsgi.multiprocess is true when app.processes > 1 or a web server
+    spawned the process (it may spawn siblings), false for one process of its own."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from daemonapp.assembly import Assembly
+
+    endpoint = "" if inherited else f", endpoint: 'unix:{tmp_path}/app.sock'"
+    path = write(tmp_path, f"""
+        app: {app_yaml}
+        listeners:
+          - {{protocol: fastcgi, wsgi: "tests.test_config:app"{endpoint}}}
+    """)
+    app = Assembly(load_config(path), inherited=inherited).build(
+        reactor=MemoryReactorClock(), stop_reactor=False, handle_signals=False,
+        status_server=False)
+    (listener,) = app.listeners
+    # what every request's environ starts from
+    assert listener.app._base["wsgi.multiprocess"] is expected  # type: ignore[attr-defined]

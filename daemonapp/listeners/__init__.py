@@ -311,7 +311,7 @@ def _import_app(key: str, target: str) -> Any:
 def build_listener(options: Mapping[str, Any], *, reactor: Any, base_dir: str,
                    state_dir: str | None = None,
                    jobs_status: JobsStatus | None = None,
-                   fds: FdLimits | None = None) -> IListener:
+                   fds: FdLimits | None = None, multiprocess: bool = False) -> IListener:
     """Build the listener one config item describes (not started yet).
 
     ``options``: the :class:`ListenerOptions` of :func:`check_listener`, used as they
@@ -319,7 +319,10 @@ def build_listener(options: Mapping[str, Any], *, reactor: Any, base_dir: str,
     means the default; ``protocol`` defaults to fastcgi).
     Relative unix socket paths are resolved against ``base_dir``. ``jobs_status`` is
     what ``jobs: true`` serves at ``/jobs/<id>``. ``fds`` is the process's fd limits
-    (tests pass their own). Raises OptionError(key, message), the first error found.
+    (tests pass their own). ``multiprocess``: other processes serve the same WSGI
+    application (``app.processes`` > 1, or processes a web server spawned): the
+    environ's ``wsgi.multiprocess`` (PEP 3333). Raises OptionError(key, message), the
+    first error found.
     """
     if isinstance(options, ListenerOptions):
         values = options
@@ -347,7 +350,8 @@ def build_listener(options: Mapping[str, Any], *, reactor: Any, base_dir: str,
     app: NativeApp | WSGIApp | None = None
     if "wsgi" in values:
         app = WSGIApp(_import_app("wsgi", values["wsgi"]), reactor=reactor, threads=threads,
-                      request_buffering=values.get("request_buffering", True))
+                      request_buffering=values.get("request_buffering", True),
+                      multiprocess=multiprocess)
     elif "native" in values:
         app = NativeApp(_import_app("native", values["native"]))
     max_concurrent = values.get("max_concurrent")

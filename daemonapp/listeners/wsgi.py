@@ -572,7 +572,7 @@ class WSGIApp:
     """Runs a WSGI application for each exchange, in a bounded pool or on the loop."""
 
     def __init__(self, app: WSGIApplication, *, reactor: Any, threads: int = 10,
-                 request_buffering: bool = True) -> None:
+                 request_buffering: bool = True, multiprocess: bool = False) -> None:
         self.app = app
         self.reactor = reactor
         self.threads = threads
@@ -590,7 +590,7 @@ class WSGIApp:
             "SERVER_NAME": "localhost", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.0",
             "REQUEST_METHOD": "GET",
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-            "wsgi.multithread": threads > 0, "wsgi.multiprocess": False,
+            "wsgi.multithread": threads > 0, "wsgi.multiprocess": multiprocess,
             "wsgi.run_once": False,
             # every listener ends wsgi.input at the body's end, chunked or not
             "wsgi.input_terminated": True,
