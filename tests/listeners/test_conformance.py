@@ -10,7 +10,6 @@ and answers its size, its SHA-256 and ``wsgi.input_terminated``.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import signal
 import socket
@@ -22,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from tests._env import unavailable
 from tests.listeners.live import (
     LiveListener,
     cgi_answer,
@@ -33,6 +31,7 @@ from tests.listeners.live import (
     nginx_params,
     scgi_request,
 )
+from tests.listeners.nginx import config_head, free_port, start_nginx
 
 PROTOCOLS = ["fastcgi", "scgi", "http"]
 MODES = ["readn", "readall", "readline", "iter"]
@@ -133,18 +132,7 @@ def test_client_abort_mid_body(served: dict[str, LiveListener], protocol: str) -
     assert _answer(protocol, data)[::2] == (200, _expected(b"again"))
 
 
-NGINX_CONF = """\
-worker_processes 1;
-{user}
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/client_body;
-  fastcgi_temp_path {tmp}/fastcgi;
-  proxy_temp_path {tmp}/proxy;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  client_max_body_size 32m;
+NGINX_SERVERS = """\
   upstream fastcgi {{ server unix:{tmp}/fastcgi.sock; keepalive 8; }}
   server {{
     listen 127.0.0.1:{port};
@@ -175,32 +163,10 @@ class _Nginx:
     """nginx in the foreground in front of the three listeners' unix sockets in ``tmp``."""
 
     def __init__(self, tmp: str, *, buffering: bool) -> None:
-        binary = shutil.which("nginx") or (
-            "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-        if binary is None:
-            unavailable("nginx is not installed (apt-get install nginx-light)")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
-        conf = os.path.join(tmp, "nginx.conf")
-        with open(conf, "w") as out:
-            out.write(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "",
-                                        tmp=tmp, port=self.port,
-                                        buffering="on" if buffering else "off"))
-        log = os.path.join(tmp, "nginx-error.log")
-        self.proc = subprocess.Popen(
-            [binary, "-p", tmp, "-c", conf, "-e", log,
-             "-g", f"daemon off; pid {tmp}/nginx.pid; error_log {log} warn;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "nginx exited at start"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError("nginx did not start listening")
+        self.port: int = free_port()
+        conf = config_head(tmp, connections=256, max_body="32m") + NGINX_SERVERS.format(
+            tmp=tmp, port=self.port, buffering="on" if buffering else "off")
+        self.proc = start_nginx(tmp, conf, self.port)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

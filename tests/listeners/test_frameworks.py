@@ -32,7 +32,8 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from tests.listeners.framework_apps import DJANGO_DIR
-from tests.listeners.test_integration import Nginx, Served, _free_port, _need
+from tests.listeners.nginx import free_port
+from tests.listeners.test_integration import Nginx, Served, _need
 
 pytestmark = pytest.mark.integration
 
@@ -269,7 +270,7 @@ def sites(django_dir: Path) -> Iterator[Any]:
         options: dict[str, Any] = {"wsgi": f"tests.listeners.framework_apps:{framework}_app",
                                    "script_name": PREFIX}
         if via == "http":
-            port = _free_port()
+            port = free_port()
             options.update(protocol="http", endpoint=f"tcp:{port}:interface=127.0.0.1")
         else:
             _need("nginx", "nginx")

@@ -25,6 +25,7 @@ import pytest
 
 from tests._env import unavailable
 from tests.listeners.apps import BIG
+from tests.listeners.nginx import config_head, free_port, start_nginx
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +40,6 @@ def _need(program: str, package: str) -> str:
         message = f"{program} is not installed (apt-get install {package})"
         unavailable(message)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Served:
@@ -90,18 +84,7 @@ class Served:
                 stream.close()
 
 
-NGINX_CONF = """\
-worker_processes 1;
-{user}
-events {{ worker_connections 512; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/client_body;
-  fastcgi_temp_path {tmp}/fastcgi;
-  proxy_temp_path {tmp}/proxy;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  client_max_body_size 20m;
+NGINX_SERVERS = """\
   upstream app {{ server unix:{sock}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{port};
@@ -126,28 +109,12 @@ class Nginx:
     """nginx in the foreground, in front of ``sock``."""
 
     def __init__(self, tmp: Path, sock: Path) -> None:
-        binary = _need("nginx", "nginx")
-        self.port = _free_port()
-        self.scgi_port = _free_port()
-        conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(
-            user="user root;" if os.geteuid() == 0 else "", tmp=tmp, sock=sock,
-            port=self.port, scgi_port=self.scgi_port))
+        self.port = free_port()
+        self.scgi_port = free_port()
         self.error_log = tmp / "nginx-error.log"
-        self.proc = subprocess.Popen(
-            [binary, "-p", str(tmp), "-c", str(conf), "-e", str(self.error_log), "-g",
-             f"daemon off; pid {tmp}/nginx.pid; error_log {self.error_log} warn;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"nginx exited: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                select.select([], [], [], 0.05)
-        raise AssertionError("nginx did not start listening")
+        conf = config_head(tmp, connections=512, max_body="20m") + NGINX_SERVERS.format(
+            sock=sock, port=self.port, scgi_port=self.scgi_port)
+        self.proc = start_nginx(tmp, conf, self.port, timeout=TIMEOUT, stderr=subprocess.PIPE)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 port: int | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -261,7 +228,7 @@ def test_scgi_through_nginx(stack: Any) -> None:
 
 def test_http_listener(tmp_path: Path) -> None:
     """The HTTP listener answers a WSGI app over tcp."""
-    port = _free_port()
+    port = free_port()
     served = Served({"protocol": "http", "endpoint": f"tcp:{port}:interface=127.0.0.1",
                      "wsgi": "tests.listeners.apps:echo_wsgi"}, tmp_path)
     try:
