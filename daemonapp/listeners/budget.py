@@ -200,9 +200,15 @@ class BodyBudget:
             return
         self._idle.append((spool, born))
         fds.idle_spools += 1
-        if self._trim_call is None and self._clock is not None:
-            self._trim_call = self._clock.callLater(
-                born + SPOOL_REUSE_FOR - self._now(), self._trim)
+        if self._clock is None:
+            return
+        trim = self._trim_call
+        if trim is not None:
+            if trim.getTime() <= born + SPOOL_REUSE_FOR:
+                return
+            trim.cancel()  # this file is older than those kept: its time comes first
+        self._trim_call = self._clock.callLater(
+            born + SPOOL_REUSE_FOR - self._now(), self._trim)
 
     def _trim(self) -> None:
         """Close the kept files too old to be reused; come back for the others."""
