@@ -14,6 +14,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -357,10 +358,12 @@ class SpoolReader:
 
     close() (the WSGI call does it once the app is done) gives the file back for the
     next body; this object then reads nothing more, so an app that kept a reference
-    past its request never sees another request's body.
+    past its request never sees another request's body. A read in flight in another
+    thread (an app that reads its body in a thread of its own) finishes before the file
+    is given back: detaching the buffer under it would crash the interpreter.
     """
 
-    __slots__ = ("_born", "_budget", "_call", "_file")
+    __slots__ = ("_born", "_budget", "_call", "_file", "_lock")
 
     def __init__(self, spool: IO[bytes], budget: BodyBudget, born: float,
                  call_on_reactor: Callable[..., Any]) -> None:
@@ -369,24 +372,29 @@ class SpoolReader:
         self._budget = budget
         self._born = born
         self._call = call_on_reactor
+        self._lock = threading.Lock()
 
     def read(self, size: int | None = -1) -> bytes:
         """Read ``size`` bytes (all remaining when negative or None)."""
-        return self._file.read(size)
+        with self._lock:
+            return self._file.read(size)
 
     def readline(self, size: int | None = -1) -> bytes:
         """Read one line (at most ``size`` bytes)."""
-        return self._file.readline(size)
+        with self._lock:
+            return self._file.readline(size)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         """Read lines until EOF (or about ``hint`` bytes)."""
-        return self._file.readlines(hint)
+        with self._lock:
+            return self._file.readlines(hint)
 
     def __iter__(self) -> SpoolReader:
         return self
 
     def __next__(self) -> bytes:
-        line = self._file.readline()
+        with self._lock:
+            line = self._file.readline()
         if not line:
             raise StopIteration
         return line
@@ -398,10 +406,11 @@ class SpoolReader:
     def close(self) -> None:
         """The app is done with the body: its file goes back to the listener (on the
         reactor) for the next one."""
-        reader, self._file = self._file, _CLOSED
-        if reader is _CLOSED:
-            return
-        spool: Any = reader.detach()  # the file without closing it
+        with self._lock:  # after a read in flight in another thread
+            reader, self._file = self._file, _CLOSED
+            if reader is _CLOSED:
+                return
+            spool: Any = reader.detach()  # the file without closing it
         try:
             self._call(self._budget.keep_spool, spool, self._born)
         except Exception:  # the reactor stopped: nobody reuses it
