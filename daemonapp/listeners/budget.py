@@ -41,6 +41,11 @@ KEEP_SPOOLS = 8
 #: back after vm.dirty_expire_centisecs (30 s by default); a file closed before then
 #: never reaches the disk.
 SPOOL_REUSE_FOR = 10.0
+#: A body whose declared length does not fit the memory budget goes to its spool file
+#: once this much of it is in (not held in memory up to the budget first): a peer that
+#: declares a huge length takes a spool file (an fd of the reserve) only after sending
+#: this much, not with its first byte.
+DECLARED_SPILL_AFTER = 256 * 1024
 #: Bytes asked of the socket per read while a body at least this long arrives, instead
 #: of Twisted's 64 KiB: a 20 MB upload takes ~80 turns of the reactor instead of ~320
 #: (reactor CPU per 20 MB SCGI upload 19 -> 12 ms).
@@ -454,10 +459,12 @@ class BodyBuffer:
             return
         budget = self._budget
         expected = self.expected
-        if self.size == size and expected is not None and not budget.fits(self._conn, expected):
-            # the first bytes of a body declared too long for the budget: to disk at once
-            # (not kept in memory up to the budget, then written there all the same)
-            self._to_disk([data])
+        if expected is not None and self.size >= DECLARED_SPILL_AFTER \
+                and not budget.fits(self._conn, expected - self._counted):
+            # a body declared too long for the budget: to disk once DECLARED_SPILL_AFTER
+            # of it is in (not kept in memory up to the budget, then written there all
+            # the same)
+            self._to_disk([*self.chunks, data])
         elif budget.fits(self._conn, size):
             budget.take(self._conn, size)
             self._counted += size

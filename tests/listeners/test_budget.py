@@ -12,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from daemonapp.listeners import budget as budget_module
 from daemonapp.listeners.budget import (
     BODY_READ_SIZE,
     KEEP_SPOOLS,
@@ -46,14 +47,12 @@ class BodyBudgetTests(SynchronousTestCase):
     """Bodies nobody reads yet stay within the memory budget; the rest goes to disk."""
 
     def test_body_over_the_connection_budget_is_spooled_to_a_private_file(self) -> None:
-        """Past max_buffer_bytes a body of no declared length (chunked, through nginx
-        without request buffering) moves to a 0600 file without a name, in a 0700
-        directory, and the memory it held is given back."""
+        """Past max_buffer_bytes the body moves to a 0600 file without a name, in a
+        0700 directory, and the memory it held is given back."""
         listener = make_listener(native="tests.listeners.apps:echo_native",
                                  max_buffer_bytes=1000)
         proto, transport = connect(listener)
-        proto.dataReceived(begin(1) + params(1, REQUEST_METHOD="POST")
-                           + record(FCGI_STDIN, 1, b"a" * 800))
+        proto.dataReceived(_post(1, 3000) + record(FCGI_STDIN, 1, b"a" * 800))
         budget = listener.dispatcher.budget
         self.assertEqual((budget.used, budget.spooled), (800, 0))
         proto.dataReceived(record(FCGI_STDIN, 1, b"b" * 800))
@@ -68,18 +67,22 @@ class BodyBudgetTests(SynchronousTestCase):
                          b"a" * 800 + b"b" * 800 + b"c" * 1400)
         self.assertEqual((budget.used, budget.fds.spools), (0, 0))
 
-    def test_a_body_declared_over_the_budget_goes_to_disk_from_its_first_byte(self) -> None:
-        """A CONTENT_LENGTH over max_buffer_bytes: the body is spooled from its first
-        piece, never held in memory up to the budget first."""
+    def test_a_body_declared_over_the_budget_goes_to_disk_once_a_part_is_in(self) -> None:
+        """A CONTENT_LENGTH over max_buffer_bytes: the body is spooled once
+        DECLARED_SPILL_AFTER bytes are in, never held in memory up to the budget; a peer
+        that declares a long body and sends a few bytes takes no spool file."""
+        self.patch(budget_module, "DECLARED_SPILL_AFTER", 100)
         listener = make_listener(native="tests.listeners.apps:echo_native",
                                  max_buffer_bytes=1000)
         proto, transport = connect(listener)
         proto.dataReceived(_post(1, 1500) + record(FCGI_STDIN, 1, b"a" * 10))
         budget = listener.dispatcher.budget
+        self.assertEqual((budget.used, budget.spooled, budget.fds.spools), (10, 0, 0))
+        proto.dataReceived(record(FCGI_STDIN, 1, b"b" * 90))
         self.assertEqual((budget.used, budget.spooled, budget.fds.spools), (0, 1, 1))
-        proto.dataReceived(record(FCGI_STDIN, 1, b"b" * 1490) + record(FCGI_STDIN, 1))
+        proto.dataReceived(record(FCGI_STDIN, 1, b"c" * 1400) + record(FCGI_STDIN, 1))
         self.assertEqual(stdout_of(transport.value()).split(b"\r\n\r\n", 1)[1],
-                         b"a" * 10 + b"b" * 1490)
+                         b"a" * 10 + b"b" * 90 + b"c" * 1400)
 
     def test_an_scgi_body_over_the_connection_budget_is_spooled(self) -> None:
         """An SCGI connection's body counts against max_buffer_bytes too, not only
@@ -92,8 +95,10 @@ class BodyBudgetTests(SynchronousTestCase):
         data = scgi_request(b"a" * 3000, REQUEST_METHOD="POST")
         proto.dataReceived(data[:-2200])
         budget = listener.dispatcher.budget
+        self.assertEqual((budget.used, budget.spooled), (800, 0))
+        proto.dataReceived(data[-2200:-1400])
         self.assertEqual((budget.used, budget.spooled), (0, 1))
-        proto.dataReceived(data[-2200:])
+        proto.dataReceived(data[-1400:])
         self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"a" * 3000))
         self.assertEqual((budget.used, budget.fds.spools), (0, 0))
 
@@ -104,8 +109,8 @@ class BodyBudgetTests(SynchronousTestCase):
                                  max_buffer_bytes=1000, max_listener_buffer_bytes=1500)
         first, _ = connect(listener)
         second, _ = connect(listener)
-        first.dataReceived(_post(1, 950) + record(FCGI_STDIN, 1, b"x" * 900))
-        second.dataReceived(_post(1, 950) + record(FCGI_STDIN, 1, b"y" * 900))
+        first.dataReceived(_post(1, 2000) + record(FCGI_STDIN, 1, b"x" * 900))
+        second.dataReceived(_post(1, 2000) + record(FCGI_STDIN, 1, b"y" * 900))
         budget = listener.dispatcher.budget
         self.assertEqual((budget.used, budget.spooled), (900, 1))
         self.assertIsNone(first.requests[1].spool)

@@ -11,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from daemonapp.listeners import budget as budget_module
 from daemonapp.listeners.budget import FdLimits
 from tests.listeners import apps
 from tests.listeners.helpers import NonReader, ThreadReactor, connect, make_listener
@@ -180,26 +181,28 @@ class BodyFileTests(SynchronousTestCase):
         self.assertEqual(fds.spools, 0)
 
     def test_a_big_body_is_spooled_in_memory_up_to_the_budget(self) -> None:
-        """A chunked body within max_buffer_bytes stays in memory (counted); past it, it
-        moves to a spool file, whose descriptor is given back with the request."""
+        """A body within max_buffer_bytes stays in memory (counted); the one that goes over
+        it moves to a spool file, whose descriptor is given back with the request."""
         fds = FdLimits(limit=200)
         listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
                                  native="tests.listeners.apps:echo_native",
                                  max_buffer_bytes=1000)
         budget = listener.dispatcher.budget
         channel, transport = self._channel(listener)
-        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
-                             b"\r\n320\r\n" + b"a" * 800 + b"\r\n")
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n"
+                             + b"a" * 800)
         self.assertEqual((budget.used, fds.spools), (800, 0))
-        channel.dataReceived(b"12c\r\n" + b"b" * 300 + b"\r\n")
+        channel.dataReceived(b"b" * 300)
         self.assertEqual((budget.used, fds.spools, budget.spooled), (0, 1, 1))
-        channel.dataReceived(b"190\r\n" + b"c" * 400 + b"\r\n0\r\n\r\n")
+        channel.dataReceived(b"c" * 400)
         self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"a" * 800 + b"b" * 300
                                                    + b"c" * 400))
         self.assertEqual((budget.used, fds.spools), (0, 0))
 
-    def test_a_body_declared_over_the_budget_goes_to_disk_from_its_first_byte(self) -> None:
-        """A Content-Length over max_buffer_bytes: spooled from its first piece."""
+    def test_a_body_declared_over_the_budget_goes_to_disk_once_a_part_is_in(self) -> None:
+        """A Content-Length over max_buffer_bytes: spooled once DECLARED_SPILL_AFTER
+        bytes are in (no spool file for a peer that declares much and sends little)."""
+        self.patch(budget_module, "DECLARED_SPILL_AFTER", 100)
         fds = FdLimits(limit=200)
         listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
                                  native="tests.listeners.apps:echo_native",
@@ -208,8 +211,10 @@ class BodyFileTests(SynchronousTestCase):
         channel, transport = self._channel(listener)
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n"
                              + b"a" * 10)
+        self.assertEqual((budget.used, fds.spools, budget.spooled), (10, 0, 0))
+        channel.dataReceived(b"b" * 90)
         self.assertEqual((budget.used, fds.spools, budget.spooled), (0, 1, 1))
-        channel.dataReceived(b"b" * 1490)
+        channel.dataReceived(b"b" * 1400)
         self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"a" * 10 + b"b" * 1490))
         self.assertEqual((budget.used, fds.spools), (0, 0))
 
