@@ -45,7 +45,7 @@ SPOOL_REUSE_FOR = 10.0
 #: once this much of it is in (not held in memory up to the budget first): a peer that
 #: declares a huge length takes a spool file (an fd of the reserve) only after sending
 #: this much, not with its first byte.
-DECLARED_SPILL_AFTER = 256 * 1024
+DECLARED_SPILL_AFTER = 64 * 1024
 #: Bytes asked of the socket per read while a body at least this long arrives, instead
 #: of Twisted's 64 KiB: a 20 MB upload takes ~80 turns of the reactor instead of ~320
 #: (reactor CPU per 20 MB SCGI upload 19 -> 12 ms).
