@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from daemonapp.listeners import build_listener
-from daemonapp.listeners.budget import FdLimits
+from daemonapp.listeners.budget import BodyBudget, BodyBuffer, FdLimits
 from daemonapp.listeners.fastcgi import (
     FCGI_BEGIN_REQUEST,
     FCGI_PARAMS,
@@ -153,3 +153,17 @@ class Monitor:
 
     def request_limit_reached(self, reason: str) -> None:
         self.calls.append(("limit", reason))
+
+
+def spooled(budget: BodyBudget, body: bytes) -> BodyBuffer:
+    """A body written to ``budget``, which is too small for it: on disk."""
+    buffer = BodyBuffer(budget, None)
+    buffer.write(body)
+    assert buffer.spool is not None
+    return buffer
+
+
+def spool_file_of(buffer: BodyBuffer) -> Any:
+    """The open file of a body on disk."""
+    assert buffer.spool is not None
+    return buffer.spool.file

@@ -35,6 +35,8 @@ from tests.listeners.helpers import (
     params,
     parse_records,
     request,
+    spool_file_of,
+    spooled,
     stdout_of,
 )
 
@@ -182,19 +184,6 @@ class BodyBudgetTests(SynchronousTestCase):
         self.assertEqual(stream.read(), b"rest")
 
 
-def _spooled(budget: BodyBudget, body: bytes) -> BodyBuffer:
-    """A body written to ``budget``, which is too small for it: on disk."""
-    buffer = BodyBuffer(budget, None)
-    buffer.write(body)
-    assert buffer.spool is not None
-    return buffer
-
-
-def _file_of(buffer: BodyBuffer) -> Any:
-    assert buffer.spool is not None
-    return buffer.spool.file
-
-
 class SpoolReuseTests(SynchronousTestCase):
     """A spool file whose body is done with is overwritten by the next bodies, for
     SPOOL_REUSE_FOR seconds (a new file costs the kernel a page, buffer heads and a block
@@ -208,12 +197,12 @@ class SpoolReuseTests(SynchronousTestCase):
     def test_the_next_body_overwrites_the_kept_file_and_reads_only_itself(self) -> None:
         """The second body goes to the first one's file, and reads back as itself though
         shorter (the first body's tail is cut off)."""
-        first = _spooled(self.budget, b"a" * 100)
-        file = _file_of(first)
+        first = spooled(self.budget, b"a" * 100)
+        file = spool_file_of(first)
         first.close()
         self.assertEqual((self.fds.spools, self.fds.idle_spools, file.closed), (0, 1, False))
-        second = _spooled(self.budget, b"b" * 30)
-        self.assertIs(_file_of(second), file)
+        second = spooled(self.budget, b"b" * 30)
+        self.assertIs(spool_file_of(second), file)
         self.assertEqual((self.fds.spools, self.fds.idle_spools, self.budget.spooled),
                          (1, 0, 2))
         assert second.spool is not None
@@ -223,8 +212,8 @@ class SpoolReuseTests(SynchronousTestCase):
         """SPOOL_REUSE_FOR seconds after its creation a kept file is closed (dirty pages
         go to the disk after 30 s by default; a file closed before never gets there),
         and the next body gets a new file."""
-        body = _spooled(self.budget, b"a" * 100)
-        file = _file_of(body)
+        body = spooled(self.budget, b"a" * 100)
+        file = spool_file_of(body)
         self.clock.advance(4)
         body.close()
         self.clock.advance(SPOOL_REUSE_FOR - 4.5)
@@ -232,25 +221,25 @@ class SpoolReuseTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.assertEqual((self.fds.idle_spools, file.closed, self.clock.getDelayedCalls()),
                          (0, True, []))
-        self.assertIsNot(_file_of(_spooled(self.budget, b"b" * 100)), file)
+        self.assertIsNot(spool_file_of(spooled(self.budget, b"b" * 100)), file)
 
     def test_a_file_given_back_past_its_reuse_time_is_closed(self) -> None:
         """A kept file reused near the end of its time is closed when its second body is
         done with, not kept again."""
-        first = _spooled(self.budget, b"a" * 100)
-        file = _file_of(first)
+        first = spooled(self.budget, b"a" * 100)
+        file = spool_file_of(first)
         first.close()
         self.clock.advance(SPOOL_REUSE_FOR - 1)
-        second = _spooled(self.budget, b"b" * 100)
-        self.assertIs(_file_of(second), file)
+        second = spooled(self.budget, b"b" * 100)
+        self.assertIs(spool_file_of(second), file)
         self.clock.advance(1)
         second.close()
         self.assertEqual((self.fds.spools, self.fds.idle_spools, file.closed), (0, 0, True))
 
     def test_at_most_keep_spools_files_are_kept(self) -> None:
         """Bodies done with at once keep KEEP_SPOOLS files; the others are closed."""
-        bodies = [_spooled(self.budget, b"x" * 100) for _ in range(KEEP_SPOOLS + 2)]
-        files = [_file_of(body) for body in bodies]
+        bodies = [spooled(self.budget, b"x" * 100) for _ in range(KEEP_SPOOLS + 2)]
+        files = [spool_file_of(body) for body in bodies]
         for body in bodies:
             body.close()
         self.assertEqual((self.fds.spools, self.fds.idle_spools), (0, KEEP_SPOOLS))
@@ -264,34 +253,34 @@ class SpoolReuseTests(SynchronousTestCase):
         fds = FdLimits(limit=64)  # reserve 32: 16 spool files
         budget = BodyBudget(per_listener=10, fds=fds, clock=self.clock)
         other = BodyBudget(per_listener=10, fds=fds, clock=self.clock)
-        _spooled(budget, b"a" * 100).close()
+        spooled(budget, b"a" * 100).close()
         fds.spools = fds.max_spools - 1  # the other spool files of the process
         self.assertEqual((budget.can_spool(), other.can_spool()), (True, False))
         with self.assertRaises(OSError):
-            _spooled(other, b"b" * 100)
-        self.assertEqual(_spooled(budget, b"c" * 100).size, 100)
+            spooled(other, b"b" * 100)
+        self.assertEqual(spooled(budget, b"c" * 100).size, 100)
         self.assertEqual((fds.spools, fds.idle_spools), (fds.max_spools, 0))
 
     def test_a_stopped_listener_keeps_no_file(self) -> None:
         """close() (the listener stopped) closes the kept files and cancels their timer;
         a body done with afterwards is closed, not kept, until open()."""
-        kept = _spooled(self.budget, b"a" * 100)
-        late = _spooled(self.budget, b"b" * 100)
-        kept_file, late_file = _file_of(kept), _file_of(late)
+        kept = spooled(self.budget, b"a" * 100)
+        late = spooled(self.budget, b"b" * 100)
+        kept_file, late_file = spool_file_of(kept), spool_file_of(late)
         kept.close()
         self.budget.close()
         late.close()
         self.assertEqual((kept_file.closed, late_file.closed, self.fds.idle_spools,
                           self.clock.getDelayedCalls()), (True, True, 0, []))
         self.budget.open()
-        _spooled(self.budget, b"c" * 100).close()
+        spooled(self.budget, b"c" * 100).close()
         self.assertEqual(self.fds.idle_spools, 1)
 
     def test_the_app_reads_its_body_then_gives_the_file_back(self) -> None:
         """wsgi.input of a spooled body (Spool.reader) reads it by lines and pieces; the
         file stays the app's after its request ended, and its close() gives it back
         through the reactor (callFromThread) for the next body."""
-        body = _spooled(self.budget, b"one\ntwo\nthree and the rest")
+        body = spooled(self.budget, b"one\ntwo\nthree and the rest")
         posted: list[tuple[Any, tuple[Any, ...]]] = []
         assert body.spool is not None
         stream = body.spool.reader(lambda f, *args: posted.append((f, args)))
@@ -307,13 +296,13 @@ class SpoolReuseTests(SynchronousTestCase):
     def test_a_body_kept_past_its_request_reads_nothing_more(self) -> None:
         """Once given back, the stream reads nothing (ValueError, as a closed file): the
         next body written to the same file is never seen through it."""
-        body = _spooled(self.budget, b"a" * 100)
+        body = spooled(self.budget, b"a" * 100)
         assert body.spool is not None
         stream = body.spool.reader(lambda f, *args: f(*args))
         self.assertEqual(stream.read(10), b"a" * 10)
         body.close()
         stream.close()
-        _spooled(self.budget, b"secret" * 20)
+        spooled(self.budget, b"secret" * 20)
         self.assertTrue(stream.closed)
         with self.assertRaises(ValueError):
             stream.read()

@@ -12,23 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from daemonapp.listeners.budget import (
     SPOOL_REUSE_FOR,
     BodyBudget,
-    BodyBuffer,
     FdLimits,
     SpoolReader,
 )
-
-
-def _spooled(budget: BodyBudget, body: bytes) -> BodyBuffer:
-    """A body written to ``budget``, which is too small for it: on disk."""
-    buffer = BodyBuffer(budget, None)
-    buffer.write(body)
-    assert buffer.spool is not None
-    return buffer
-
-
-def _file_of(buffer: BodyBuffer) -> Any:
-    assert buffer.spool is not None
-    return buffer.spool.file
+from tests.listeners.helpers import spool_file_of, spooled
 
 
 class KeptFileAgeTests(SynchronousTestCase):
@@ -39,16 +26,16 @@ class KeptFileAgeTests(SynchronousTestCase):
         clock = Clock()
         fds = FdLimits(limit=1000)
         budget = BodyBudget(per_listener=10, fds=fds, clock=clock)
-        old = _spooled(budget, b"a" * 100)
-        old_file = _file_of(old)
+        old = spooled(budget, b"a" * 100)
+        old_file = spool_file_of(old)
         clock.advance(5)
-        _spooled(budget, b"b" * 100).close()  # its timer: at 15 s
+        spooled(budget, b"b" * 100).close()  # its timer: at 15 s
         clock.advance(1)
         old.close()
         clock.advance(SPOOL_REUSE_FOR - 6)
         self.assertEqual((old_file.closed, fds.idle_spools), (True, 1))
         clock.advance(0.5)
-        self.assertIsNot(_file_of(_spooled(budget, b"c" * 100)), old_file)
+        self.assertIsNot(spool_file_of(spooled(budget, b"c" * 100)), old_file)
 
 
 class _SlowFile(io.RawIOBase):
