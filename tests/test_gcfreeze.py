@@ -118,3 +118,29 @@ class FreezeTests(SynchronousTestCase):
         self.assertFalse(gcfreeze.frozen())
         gcfreeze.release()
         self.assertNotIn(gcfreeze._refreeze, gc.callbacks)
+
+
+class GcCallbackTests(SynchronousTestCase):
+    def test_the_refreeze_leaves_other_gc_callbacks_their_calls(self) -> None:
+        """After a daemon's removal the refreeze waits on gc.callbacks; the pass that
+        refreezes still reaches every callback after it, 'start' and 'stop' alike
+        (the collector walks that list by index while it calls it)."""
+        reactor = Reactor()
+        installed(self, reactor)
+        app = app_on(reactor)
+        app.startService()
+        self.successResultOf(app.remove(app.daemons["d"]))
+        seen: list[tuple[str, int]] = []
+
+        def other(phase: str, info: dict[str, Any]) -> None:
+            seen.append((phase, info["generation"]))
+
+        gc.callbacks.append(other)
+        self.addCleanup(gc.callbacks.remove, other)
+        gc.collect()
+        self.assertEqual(seen, [("start", 2), ("stop", 2)])
+        self.assertGreater(gc.get_freeze_count(), 0)  # frozen again
+        app.stop("test")
+        reactor.advance(0)
+        self.assertEqual(gc.get_freeze_count(), 0)
+        self.assertNotIn(gcfreeze._refreeze, gc.callbacks)
