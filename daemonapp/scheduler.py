@@ -495,10 +495,6 @@ class Scheduler:
         self._timer_at = _INF
         self.run_slice()
 
-    def _push_ready(self, priority: int, entry: _Entry) -> None:
-        """Queue ``entry`` at its place in the FIFO of ``priority``."""
-        _enqueue(self._queue_for(priority), entry)
-
     def _queue_for(self, priority: int) -> deque[_Entry]:
         """The ready FIFO of ``priority`` (made on first use, in its place in _levels)."""
         queue = self._queues.get(priority)

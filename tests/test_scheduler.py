@@ -122,7 +122,7 @@ def test_stop_starts_no_new_run_while_another_drains() -> None:
 @settings(max_examples=200, deadline=None)
 def test_ready_queue_order_is_the_heap_order(ops: list[tuple[str, int, int]]) -> None:
     """The ready queue pops in (priority desc, due, sequence) order, as a heap would."""
-    from daemonapp.scheduler import Scheduler, Slot
+    from daemonapp.scheduler import Scheduler, Slot, _enqueue
 
     scheduler = Scheduler(Clock(), 0.01)
     reference: list[tuple[int, float, int]] = []
@@ -132,7 +132,7 @@ def test_ready_queue_order_is_the_heap_order(ops: list[tuple[str, int, int]]) ->
         seq = index * 37 % 61  # unique, in no order: a woken run keeps its old one
         if op == "push":
             slot = Slot(FakeDaemon(run_every=1))
-            scheduler._push_ready(priority, (float(due), seq, slot))
+            _enqueue(scheduler._queue_for(priority), (float(due), seq, slot))
             heapq.heappush(reference, (-priority, float(due), seq))
         elif reference:
             expected.append(heapq.heappop(reference)[1:])
