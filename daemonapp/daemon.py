@@ -27,8 +27,8 @@ from daemonapp.runstack import (
     thread_stack,
     timed_out_error,
 )
-from daemonapp.runstats import new_stats, send_alert, streak_ended, streak_grew
-from daemonapp.runstep import ENDED, READY, WAITING, ThreadFailure, in_thread
+from daemonapp.runstats import RunTally, send_alert, streak_ended, streak_grew
+from daemonapp.runstep import AGAIN, ENDED, READY, WAITING, ThreadFailure, in_thread
 from daemonapp.runstep import SYNC_TYPES as _SYNC_TYPES
 from daemonapp.runstep import is_async as _is_async
 from daemonapp.schedules import (
@@ -76,8 +76,8 @@ class Daemon:
     # dict under CPython's shared-key limit. The scheduler keeps its own record.
     __slots__ = (
         "__dict__", "__weakref__", "_active", "_history", "_in_run", "_inside", "_lock_deadline",
-        "_lock_handle", "_lock_held", "_outcomes", "_resume", "_run_error", "_run_items",
-        "_run_started", "_schedule", "_stop_waiters", "_stopping", "_streak", "_thread_ident",
+        "_lock_handle", "_lock_held", "_resume", "_run_error", "_run_items", "_run_started",
+        "_schedule", "_stop_waiters", "_stopping", "_streak", "_tally", "_thread_ident",
         "_timed_out", "_waiting", "_waiting_on", "_worker", "run_trigger",
     )
 
@@ -109,7 +109,7 @@ class Daemon:
         "_deactivate", "run_step", "_wait", "_arrived", "_arrived_failure", "_in_thread",
         "_thread_item", "_take_lock", "_lock_busy", "_lock_error", "_failed", "_end",
         "_release_lock", "abort_run", "_lock_still_held", "_hand_back", "run_timed_out",
-        "_timed_out_end", "_failure_streak", "_recovered",
+        "_timed_out_end", "_failure_streak", "_recovered", "_outcome_changed",
     })
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -129,8 +129,7 @@ class Daemon:
         if name is not None and (not isinstance(name, str) or not name):
             raise OptionError("name", f"expected a non-empty string, got {name!r}")
         self.name: str = name or type(self).__name__
-        self.stats: dict[str, Any] = new_stats()
-        self._outcomes: dict[str, int] = self.stats["outcomes"]
+        self._tally = RunTally()  # the stats, and the runs not yet counted in them
         self._streak = 0  # consecutive failed or timed-out runs
         #: "manual" while a run an operator triggered (``daemonapp trigger``) is in
         #: flight (set by the scheduler as it starts), else None.
@@ -190,6 +189,13 @@ class Daemon:
         if self.app is None:
             raise RuntimeError(f"daemon {self.name!r} was not added to a DaemonApp")
         return self.app.reactor
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """DESIGN §1's stats dict (the runs that ended since it was last read are counted
+        into it now: a run's end only tallies them)."""
+        tally = self._tally
+        return tally.stats if tally.last is None else tally.apply()
 
     @property
     def running(self) -> bool:
@@ -253,7 +259,7 @@ class Daemon:
         """Run items until the run ends, waits, or the clock passes ``deadline``.
 
         Runs at least one item. Called by the scheduler only (it starts a run, or goes
-        on with one after a yield or a wake); returns READY, WAITING or ENDED. The
+        on with one after a yield or a wake); returns READY, WAITING, ENDED or AGAIN. The
         synchronous path is the scheduler's hot loop. ``now``: the scheduler's
         ``seconds()`` (a run that starts here starts then; None: read it).
         """
@@ -320,7 +326,7 @@ class Daemon:
                 else:
                     if self._stopping:
                         self._run_items = items
-                        return self._end(WORKED if items else IDLE)
+                        return self._end(WORKED if items else IDLE, True)
                     if in_thread:
                         self._run_items = items
                         return self._in_thread()
@@ -337,7 +343,7 @@ class Daemon:
                         continue
                 if job is None:
                     self._run_items = items
-                    return self._end(WORKED if items else IDLE)
+                    return self._end(WORKED if items else IDLE, True)
                 if job is not _DID_WORK:
                     try:
                         result = self.do_work(job)
@@ -357,11 +363,11 @@ class Daemon:
                     return self._end(LOCKED_OUT)
                 if max_items is not None and items >= max_items:
                     self._run_items = items
-                    return self._end(YIELDED)
+                    return self._end(YIELDED, True)
                 now = seconds()
                 if max_seconds is not None and now - self._run_started >= max_seconds:
                     self._run_items = items
-                    return self._end(YIELDED)
+                    return self._end(YIELDED, True)
                 if now >= deadline:
                     self._run_items = items
                     return READY
@@ -555,6 +561,19 @@ class Daemon:
         self._run_error = error
         return self._end(TIMED_OUT)
 
+    def _outcome_changed(self, outcome: str) -> str | None:
+        """A run's outcome differs from the last run's, or it failed: count it, mind the
+        streak of failed runs (alerts, recoveries); the run's error summary."""
+        self._tally.count(outcome)
+        if outcome in (WORKED, YIELDED):
+            if self._streak:
+                self._recovered()
+        elif outcome in (FAILED, TIMED_OUT):
+            error, self._run_error = self._run_error, None
+            self._failure_streak(error)
+            return error
+        return None
+
     def _failure_streak(self, error: str | None) -> None:
         """One more failed or timed-out run: at alert_after of them in a row, one alert."""
         streak = self._streak = self._streak + 1
@@ -601,8 +620,11 @@ class Daemon:
         delay = self.maximum_idle if self.maximum_idle is not None else self.run_every
         self._hand_back(app, app.seconds(), delay)
 
-    def _end(self, outcome: str) -> int:
-        """Close the run, ask the schedule for the next delay, and hand the daemon back."""
+    def _end(self, outcome: str, own_loop: bool = False) -> int:
+        """Close the run, ask the schedule for the next delay, and hand the daemon back.
+
+        ``own_loop``: called from run_step's own loop, whose caller takes AGAIN.
+        """
         app = self.app
         schedule = self._schedule
         assert app is not None and schedule is not None
@@ -623,35 +645,29 @@ class Daemon:
             if outcome == YIELDED and delay is not None:
                 delay = max(delay, LOCK_YIELD_PAUSE)
             self._release_lock()
-        stats = self.stats
         started = self._run_started
-        stats["runs"] += 1
-        stats["items"] += self._run_items
-        stats["last_outcome"] = outcome
-        stats["last_run_at"] = started
-        stats["current_delay"] = delay
-        duration = now - started
-        stats["last_duration"] = duration
-        stats["run_seconds"] += duration
-        self._outcomes[outcome] += 1
+        common = not self._stopping and delay is not None  # (_hand_back's common path)
+        tally = self._tally  # (counted, not written: see daemonapp.runstats)
+        tally.runs += 1
+        tally.items += self._run_items
+        tally.seconds += now - started
         error = None
-        if outcome in (WORKED, YIELDED):
-            stats["last_success_at"] = now
-            if self._streak:
-                self._recovered()
-        elif outcome in (FAILED, TIMED_OUT):
-            error, self._run_error = self._run_error, None
-            self._failure_streak(error)
+        if outcome is tally.outcome and outcome is not FAILED and outcome is not TIMED_OUT:
+            tally.same += 1  # a run like the last one: no streak begins or ends
+        else:
+            error = self._outcome_changed(outcome)
+        tally.last = (started, now, outcome, delay, common)
         if history is not None:
             history.append((started, now, outcome, self._run_items, trigger, error))
             if not history.dirty:
                 history.mark()
-        if self._stopping or delay is None:
-            self._hand_back(app, now, delay)
-        else:  # _hand_back's common path, inline: every run ends here
+        if common:  # _hand_back's common path, inline: every run ends here
             self._in_run = False
-            stats["next_run_at"] = now + delay if delay else now
+            if delay == 0 and own_loop:
+                return AGAIN  # (run_step's caller, the scheduler, queues it again)
             app.run_ended(self, delay, now)
+        else:
+            self._hand_back(app, now, delay)
         return ENDED
 
     def _hand_back(self, app: IScheduler, now: float, delay: float | None) -> None:

@@ -1,5 +1,10 @@
 """A daemon's stats (DESIGN §10: what the status, metrics, alerts and /healthz read)
-and the alerts of its streak of failed runs, as functions of the values handed in."""
+and the alerts of its streak of failed runs, as functions of the values handed in.
+
+A run's end does not write the stats dict: it counts into a `RunTally` (a few slot
+stores, where a dozen dict stores cost a quarter of a busy daemon's run), and the
+dict takes what was counted whenever someone reads it (`Daemon.stats`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from twisted.logger import Logger
 
 from daemonapp.schedules import OUTCOMES
 
-__all__ = ["new_stats", "send_alert", "streak_ended", "streak_grew"]
+__all__ = ["RunTally", "new_stats", "send_alert", "streak_ended", "streak_grew"]
 
 # The namespace these lines had when they were written in daemon.py: filters keep matching.
 log = Logger(namespace="daemonapp.daemon")
@@ -33,6 +38,72 @@ def new_stats() -> dict[str, Any]:
         "last_success_at": None,
         "outcomes": dict.fromkeys(OUTCOMES, 0),
     }
+
+
+class RunTally:
+    """A daemon's stats dict, and what the runs that ended since it was last read add.
+
+    A run's end sets ``last`` (start, end, outcome, delay, whether next_run_at follows
+    from them) and adds to the counts; `apply` moves them into ``stats``. Counts are
+    added, not copied, so that a key the daemon's own code or a test sets keeps its
+    value plus the runs since. Runs by outcome are counted as a streak of one outcome
+    (``same`` runs of ``outcome``), the common case, moved to the dict when it changes.
+    """
+
+    __slots__ = ("items", "last", "outcome", "runs", "same", "seconds", "stats", "success_at")
+
+    #: The outcomes whose end is a daemon's last success (DESIGN §10).
+    SUCCESS = ("worked", "yielded")
+
+    def __init__(self) -> None:
+        self.stats = new_stats()
+        self.outcome: str | None = None
+        self.same = 0
+        self.runs = 0
+        self.items = 0
+        self.seconds = 0.0
+        self.last: tuple[float, float, str, float | None, bool] | None = None
+        self.success_at: float | None = None
+
+    def count(self, outcome: str) -> None:
+        """A run of another outcome than the streak's (or a failed one, counted here each
+        time): the streak goes to the dict; a streak of successes leaves its last end."""
+        if self.same:
+            self.stats["outcomes"][self.outcome] += self.same
+        last = self.last  # the run before this one, unless the stats were read since
+        if last is not None and last[2] in self.SUCCESS:
+            self.success_at = last[1]
+        self.outcome = outcome
+        self.same = 1
+
+    def apply(self) -> dict[str, Any]:
+        """The stats, with the runs counted since the last call in them."""
+        stats = self.stats
+        last = self.last
+        if last is None:
+            return stats
+        self.last = None
+        started, ended, outcome, delay, next_follows = last
+        stats["runs"] += self.runs
+        stats["items"] += self.items
+        stats["run_seconds"] += self.seconds
+        self.runs = self.items = 0
+        self.seconds = 0.0
+        if self.same:
+            stats["outcomes"][self.outcome] += self.same
+            self.same = 0
+        stats["last_outcome"] = outcome
+        stats["last_run_at"] = started
+        stats["current_delay"] = delay
+        stats["last_duration"] = ended - started
+        if next_follows:
+            stats["next_run_at"] = ended + delay if delay else ended
+        if outcome in self.SUCCESS:
+            stats["last_success_at"] = ended
+        elif self.success_at is not None:
+            stats["last_success_at"] = self.success_at
+        self.success_at = None
+        return stats
 
 
 def streak_grew(stats: dict[str, Any], streak: int, alert_after: int | None, name: str,

@@ -11,13 +11,16 @@ from twisted.python.failure import Failure
 
 from daemonapp.interfaces import IScheduler
 
-__all__ = ["ENDED", "READY", "SYNC_TYPES", "WAITING", "ThreadFailure", "call_now", "in_thread",
-           "is_async"]
+__all__ = ["AGAIN", "ENDED", "READY", "SYNC_TYPES", "WAITING", "ThreadFailure", "call_now",
+           "in_thread", "is_async"]
 
 # What Daemon.run_step tells the scheduler.
 READY = 0  # the run goes on: keep the daemon in the ready queue
 WAITING = 1  # waiting (a Deferred, a thread, its lock); IScheduler.wake follows
 ENDED = 2  # the run ended and the daemon told the scheduler when it is due again
+#: The run ended and the daemon is due again at once (a yield): run_step's caller queues
+#: it behind those ready, as run_ended would, without the call (a busy daemon's every run).
+AGAIN = 3
 
 _ASYNC = (Deferred, CoroutineType)  # what a hook returns when its result comes later
 # Exact types already seen not to be _ASYNC. isinstance against Deferred (an ABC via

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from daemonapp.clockwatch import ClockWatch
 from daemonapp.daemon import ENDED, READY, Daemon
+from daemonapp.runstep import AGAIN
 
 __all__ = ["MANUAL", "Pause", "Scheduler", "Slot"]
 
@@ -571,9 +572,23 @@ class Scheduler:
                     # end this run as failed, and let the slice go on with the others.
                     daemon.abort_run(Failure(), "scheduler")
                     status = ENDED
-                if status == READY:  # back at its place, ahead of those due after it
-                    queue.insert(bisect_left(queue, entry[:2]), entry)
                 now = seconds()
+                if status == AGAIN:
+                    # The run ended, due again at once: run_ended's yield path, inline
+                    # (due now: behind those already ready, round robin).
+                    self.runs_in_flight -= 1
+                    slot.in_run = False
+                    if slot.control:
+                        self._controlled_end(slot, 0.0)
+                    else:
+                        seq = slot.seq = next(self._seq)
+                        slot.due = now
+                        if queue and now < queue[-1][0]:
+                            _enqueue(queue, (now, seq, slot))
+                        else:
+                            queue.append((now, seq, slot))
+                elif status == READY:  # back at its place, ahead of those due after it
+                    queue.insert(bisect_left(queue, entry[:2]), entry)
                 if now >= deadline:
                     if timeout is None:
                         break

@@ -230,9 +230,9 @@ class OutcomeTests(SynchronousTestCase):
         d.get_work_calls = []
         original = d._end
 
-        def spy(outcome: str) -> int:
+        def spy(outcome: str, *args: bool) -> int:
             seen.append((outcome, len(d.done), len(d.get_work_calls)))
-            return original(outcome)
+            return original(outcome, *args)
 
         d._end = spy  # type: ignore[method-assign]
         self.clock.advance(0)
@@ -246,7 +246,7 @@ class OutcomeTests(SynchronousTestCase):
         self.app.startService()
         outcomes = []
         original = d._end
-        d._end = lambda o: (outcomes.append((o, d.stats["current_delay"])), original(o))[1]  # type: ignore[method-assign]
+        d._end = lambda o, *a: (outcomes.append((o, d.stats["current_delay"])), original(o, *a))[1]  # type: ignore[method-assign]
         self.clock.advance(0)
         self.assertEqual([o for o, _ in outcomes], ["yielded", "yielded", "idle"])
         self.assertEqual([t for t, _ in d.done], [0.0, 0.0])
