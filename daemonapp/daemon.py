@@ -27,7 +27,7 @@ from daemonapp.runstack import (
     thread_stack,
     timed_out_error,
 )
-from daemonapp.runstats import RunTally, send_alert, streak_ended, streak_grew
+from daemonapp.runstats import RunTally, send_alert
 from daemonapp.runstep import AGAIN, ENDED, READY, WAITING, ThreadFailure, in_thread
 from daemonapp.runstep import SYNC_TYPES as _SYNC_TYPES
 from daemonapp.runstep import is_async as _is_async
@@ -77,8 +77,8 @@ class Daemon:
     __slots__ = (
         "__dict__", "__weakref__", "_active", "_history", "_in_run", "_inside", "_lock_deadline",
         "_lock_handle", "_lock_held", "_resume", "_run_error", "_run_items", "_run_started",
-        "_schedule", "_stop_waiters", "_stopping", "_streak", "_tally", "_thread_ident",
-        "_timed_out", "_waiting", "_waiting_on", "_worker", "run_trigger",
+        "_schedule", "_stop_waiters", "_stopping", "_tally", "_thread_ident",
+        "_timed_out", "_waiting", "_waiting_on", "_worker", "_yield_delay", "run_trigger",
     )
 
     #: The attribute names of DESIGN §1, in its order.
@@ -109,7 +109,7 @@ class Daemon:
         "_deactivate", "run_step", "_wait", "_arrived", "_arrived_failure", "_in_thread",
         "_thread_item", "_take_lock", "_lock_busy", "_lock_error", "_failed", "_end",
         "_release_lock", "abort_run", "_lock_still_held", "_hand_back", "run_timed_out",
-        "_timed_out_end", "_failure_streak", "_recovered", "_outcome_changed",
+        "_timed_out_end", "_outcome_changed",
     })
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -130,7 +130,6 @@ class Daemon:
             raise OptionError("name", f"expected a non-empty string, got {name!r}")
         self.name: str = name or type(self).__name__
         self._tally = RunTally()  # the stats, and the runs not yet counted in them
-        self._streak = 0  # consecutive failed or timed-out runs
         #: "manual" while a run an operator triggered (``daemonapp trigger``) is in
         #: flight (set by the scheduler as it starts), else None.
         self.run_trigger: str | None = None
@@ -152,6 +151,7 @@ class Daemon:
         self._lock_held = False
         self._lock_deadline: float | None = None  # while a run waits for its lock
         self._schedule: ISchedule | None = None  # from make_schedule(), at the first start
+        self._yield_delay: float | None = None  # its optional yield_delay (ISchedule)
         # The run's supervision (DESIGN §10): what it waits on, whether it timed out.
         self._waiting: Deferred[Any] | None = None  # a hook's result (or a thread's)
         self._waiting_on: tuple[str, object, Any] = ("", None, None)  # phase, job, coroutine
@@ -225,6 +225,7 @@ class Daemon:
         self._stopping = False
         if self._schedule is None:
             self._schedule = self.make_schedule()
+            self._yield_delay = getattr(self._schedule, "yield_delay", None)
         if self._history is None:
             run_history = getattr(self.app, "run_history", None)
             if run_history is not None:
@@ -562,31 +563,14 @@ class Daemon:
         return self._end(TIMED_OUT)
 
     def _outcome_changed(self, outcome: str) -> str | None:
-        """A run's outcome differs from the last run's, or it failed: count it, mind the
-        streak of failed runs (alerts, recoveries); the run's error summary."""
-        self._tally.count(outcome)
-        if outcome in (WORKED, YIELDED):
-            if self._streak:
-                self._recovered()
-        elif outcome in (FAILED, TIMED_OUT):
-            error, self._run_error = self._run_error, None
-            self._failure_streak(error)
-            return error
-        return None
-
-    def _failure_streak(self, error: str | None) -> None:
-        """One more failed or timed-out run: at alert_after of them in a row, one alert."""
-        streak = self._streak = self._streak + 1
-        alert = streak_grew(self.stats, streak, self.alert_after, self.name, error)
-        if alert is not None:
-            send_alert(self.app, alert)
-
-    def _recovered(self) -> None:
-        """A run worked after failed ones: the streak ends; one recovery if it alerted."""
-        streak, self._streak = self._streak, 0
-        recovery = streak_ended(self.stats, streak, self.name)
-        if recovery is not None:
-            send_alert(self.app, recovery)
+        """A run's outcome differs from the last run's, or it failed: count it, and send
+        the alert or recovery of the streak of failed runs it makes or ends (DESIGN
+        §10); the run's error summary (a failed or timed-out run has one)."""
+        error, self._run_error = self._run_error, None
+        event = self._tally.count(outcome, error, self.alert_after, self.name)
+        if event is not None:
+            send_alert(self.app, event)
+        return error
 
     def abort_run(self, failure: Failure, phase: str) -> None:
         """End the run as failed after an exception escaped the run's own handling.
@@ -638,7 +622,11 @@ class Daemon:
                 trigger = schedule.trigger  # type: ignore[attr-defined] # (this run's)
             except AttributeError:
                 trigger = "schedule"  # a schedule that does not say
-        delay = schedule.next_delay(outcome, now)
+        tally = self._tally  # (counted, not written: see daemonapp.runstats)
+        same = outcome is tally.outcome  # like the last run (a failure never is)
+        delay = self._yield_delay  # a yield after a yield need not ask (ISchedule)
+        if not same or outcome is not YIELDED or delay is None:
+            delay = schedule.next_delay(outcome, now)
         self._lock_deadline = None
         if self._lock_held:
             self._lock_held = False
@@ -646,22 +634,20 @@ class Daemon:
                 delay = max(delay, LOCK_YIELD_PAUSE)
             self._release_lock()
         started = self._run_started
-        common = not self._stopping and delay is not None  # (_hand_back's common path)
-        tally = self._tally  # (counted, not written: see daemonapp.runstats)
-        tally.runs += 1
-        tally.items += self._run_items
+        items = self._run_items
+        tally.items += items
         tally.seconds += now - started
         error = None
-        if outcome is tally.outcome and outcome is not FAILED and outcome is not TIMED_OUT:
-            tally.same += 1  # a run like the last one: no streak begins or ends
+        if same:
+            tally.same += 1  # no streak begins or ends
         else:
             error = self._outcome_changed(outcome)
-        tally.last = (started, now, outcome, delay, common)
+        tally.last = (started, now, outcome, delay)
         if history is not None:
-            history.append((started, now, outcome, self._run_items, trigger, error))
+            history.append((started, now, outcome, items, trigger, error))
             if not history.dirty:
                 history.mark()
-        if common:  # _hand_back's common path, inline: every run ends here
+        if not self._stopping and delay is not None:  # _hand_back's common path, inline
             self._in_run = False
             if delay == 0 and own_loop:
                 return AGAIN  # (run_step's caller, the scheduler, queues it again)

@@ -54,6 +54,10 @@ class ISchedule(Interface):
     the pause ends, returning the delay to the next run (None: the one planned; without
     the hook the daemon runs at once); ``triggered(now)`` before a manual run, which
     serves no scheduled time.
+
+    Optional attribute ``yield_delay``: the delay a policy answers to a yield that
+    follows a yield, when that answer never changes and changes nothing in the policy
+    (both bundled ones: 0.0). The daemon then does not ask: a busy daemon's every run.
     """
 
     def first_delay(now: float) -> float:

@@ -43,38 +43,54 @@ def new_stats() -> dict[str, Any]:
 class RunTally:
     """A daemon's stats dict, and what the runs that ended since it was last read add.
 
-    A run's end sets ``last`` (start, end, outcome, delay, whether next_run_at follows
-    from them) and adds to the counts; `apply` moves them into ``stats``. Counts are
-    added, not copied, so that a key the daemon's own code or a test sets keeps its
-    value plus the runs since. Runs by outcome are counted as a streak of one outcome
-    (``same`` runs of ``outcome``), the common case, moved to the dict when it changes.
+    A run's end sets ``last`` (start, end, outcome, delay) and adds to the counts;
+    `apply` moves them into ``stats``. Counts are added, not copied, so that a key the
+    daemon's own code or a test sets keeps its value plus the runs since. A run like the
+    one before it (the common case) only adds to ``same``: the streak of ``outcome``;
+    any other run goes through `count`, which moves the streak to the dict. A failed or
+    timed-out run is never a streak: each one goes through `count` (its daemon minds
+    its streak of failures and alerts there).
     """
 
     __slots__ = ("items", "last", "outcome", "runs", "same", "seconds", "stats", "success_at")
 
     #: The outcomes whose end is a daemon's last success (DESIGN §10).
     SUCCESS = ("worked", "yielded")
+    #: The outcomes counted one by one (``outcome`` None after them).
+    FAILURES = ("failed", "timed-out")
 
     def __init__(self) -> None:
         self.stats = new_stats()
         self.outcome: str | None = None
-        self.same = 0
-        self.runs = 0
+        self.same = 0  # runs of ``outcome`` not yet in the stats
+        self.runs = 0  # other runs not yet in the stats
         self.items = 0
         self.seconds = 0.0
-        self.last: tuple[float, float, str, float | None, bool] | None = None
+        self.last: tuple[float, float, str, float | None] | None = None
         self.success_at: float | None = None
 
-    def count(self, outcome: str) -> None:
-        """A run of another outcome than the streak's (or a failed one, counted here each
-        time): the streak goes to the dict; a streak of successes leaves its last end."""
+    def count(self, outcome: str, error: str | None = None, alert_after: int | None = None,
+              name: str = "") -> dict[str, Any] | None:
+        """A run of another outcome than the last one's, or a failed one (``error``: its
+        summary): counted; the alert or recovery its daemon ``name`` sends, if any."""
+        outcomes = self.stats["outcomes"]
         if self.same:
-            self.stats["outcomes"][self.outcome] += self.same
+            outcomes[self.outcome] += self.same
+            self.runs += self.same
         last = self.last  # the run before this one, unless the stats were read since
         if last is not None and last[2] in self.SUCCESS:
             self.success_at = last[1]
+        if outcome in self.FAILURES:
+            outcomes[outcome] += 1
+            self.runs += 1
+            self.outcome = None
+            self.same = 0
+            return streak_grew(self.apply(), alert_after, name, error)
         self.outcome = outcome
         self.same = 1
+        if outcome in self.SUCCESS and self.stats["consecutive_failures"]:
+            return streak_ended(self.stats, name)
+        return None
 
     def apply(self) -> dict[str, Any]:
         """The stats, with the runs counted since the last call in them."""
@@ -83,20 +99,19 @@ class RunTally:
         if last is None:
             return stats
         self.last = None
-        started, ended, outcome, delay, next_follows = last
-        stats["runs"] += self.runs
-        stats["items"] += self.items
-        stats["run_seconds"] += self.seconds
-        self.runs = self.items = 0
-        self.seconds = 0.0
+        started, ended, outcome, delay = last
         if self.same:
             stats["outcomes"][self.outcome] += self.same
-            self.same = 0
+        stats["runs"] += self.runs + self.same
+        stats["items"] += self.items
+        stats["run_seconds"] += self.seconds
+        self.runs = self.items = self.same = 0
+        self.seconds = 0.0
         stats["last_outcome"] = outcome
         stats["last_run_at"] = started
         stats["current_delay"] = delay
         stats["last_duration"] = ended - started
-        if next_follows:
+        if delay is not None:  # (else the daemon stopped: next_run_at is None already)
             stats["next_run_at"] = ended + delay if delay else ended
         if outcome in self.SUCCESS:
             stats["last_success_at"] = ended
@@ -106,18 +121,20 @@ class RunTally:
         return stats
 
 
-def streak_grew(stats: dict[str, Any], streak: int, alert_after: int | None, name: str,
+def streak_grew(stats: dict[str, Any], alert_after: int | None, name: str,
                 error: str | None) -> dict[str, Any] | None:
-    """``streak`` failed or timed-out runs in a row: the alert to send at alert_after."""
-    stats["consecutive_failures"] = streak
+    """One more failed or timed-out run in a row: the alert to send at alert_after."""
+    streak = stats["consecutive_failures"] = stats["consecutive_failures"] + 1
     if streak != alert_after:
         return None
     stats["in_alert"] = True
     return {"event": "alert", "daemon": name, "count": streak, "error": error}
 
 
-def streak_ended(stats: dict[str, Any], streak: int, name: str) -> dict[str, Any] | None:
-    """A run worked after ``streak`` failed ones: the recovery to send if it alerted."""
+def streak_ended(stats: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A run worked after failed ones: the streak ends; the recovery to send if it
+    alerted."""
+    streak = stats["consecutive_failures"]
     stats["consecutive_failures"] = 0
     if not stats["in_alert"]:
         return None

@@ -100,6 +100,9 @@ class BackoffSchedule:
 
     __slots__ = ("daemon", "idle_delay", "trigger")
 
+    #: A yield after a yield: 0.0, and the state is already a yield's (ISchedule).
+    yield_delay = 0.0
+
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
         #: The un-jittered delay after the last run of the idle streak; None: no streak.
@@ -170,6 +173,9 @@ class ClockSchedule:
     up as catch_up says (none, once, all). Every missed fire time counts in
     ``stats["misfires"]`` under its reason, run or not.
     """
+
+    #: A yield continues at once and touches nothing (ISchedule).
+    yield_delay = 0.0
 
     def __init__(self, daemon: Any) -> None:
         app = daemon.app

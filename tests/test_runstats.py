@@ -46,16 +46,45 @@ def expected(script: list[str], ends: list[float]) -> dict[str, Any]:
         outcomes[outcome] += 1
         if outcome == "worked":
             last_success = end
+    streak, in_alert = 0, False
+    for step in script:  # DESIGN §10: an idle run neither breaks the streak nor recovers
+        if step == BOOM:
+            streak += 1
+            in_alert = in_alert or streak == ALERT_AFTER
+        elif step == WORK:
+            streak, in_alert = 0, False
     return {"runs": len(script), "items": script.count(WORK), "failures": script.count(BOOM),
-            "last_success_at": last_success, "outcomes": outcomes}
+            "last_success_at": last_success, "outcomes": outcomes,
+            "consecutive_failures": streak, "in_alert": in_alert}
+
+
+#: The daemons' alert_after in these tests.
+ALERT_AFTER = 2
+
+
+def events_of(script: list[str]) -> list[tuple[str, int]]:
+    """The alerts and recoveries (event, count) that ``script``'s runs send."""
+    events, streak, alerted = [], 0, False
+    for step in script:
+        if step == BOOM:
+            streak += 1
+            if streak == ALERT_AFTER:
+                events.append(("alert", streak))
+                alerted = True
+        elif step == WORK:
+            if alerted:
+                events.append(("recovery", streak))
+            streak, alerted = 0, False
+    return events
 
 
 class TallyTests(SynchronousTestCase):
     def run_script(self, script: list[str], read_after: set[int]) -> tuple[Scripted, list[Any]]:
         """Run ``script`` one run per 10 s (run_every 10, no backoff), reading the stats
         after the runs in ``read_after``; the ends of the runs."""
-        app, clock = make_app()
-        daemon = Scripted(script, name="s", run_every=10)
+        self.events: list[tuple[str, int]] = []
+        app, clock = make_app(alerts=[lambda e: self.events.append((e["event"], e["count"]))])
+        daemon = Scripted(script, name="s", run_every=10, alert_after=ALERT_AFTER)
         app.add(daemon)
         app.startService()
         ends = []
@@ -81,6 +110,7 @@ class TallyTests(SynchronousTestCase):
         got["outcomes"] = {key: stats["outcomes"][key] for key in want["outcomes"]}
         self.assertEqual(got, want)
         self.assertEqual(sum(stats["outcomes"].values()), len(script))
+        self.assertEqual(self.events, events_of(script))
         self.assertEqual(stats["last_outcome"],
                          {WORK: "worked", NOTHING: "idle", BOOM: "failed"}[script[-1]])
         self.assertEqual(stats["last_run_at"], ends[-1])

@@ -87,6 +87,61 @@ class NewPolicyTests(SynchronousTestCase):
         self.successResultOf(app.stop("test"))
 
 
+@implementer(ISchedule)
+class Asked:
+    """A test-only policy that records each question: 0 after a yield, else 10 s."""
+
+    def __init__(self, yield_delay: float | None) -> None:
+        self.asked: list[str] = []
+        if yield_delay is not None:
+            self.yield_delay = yield_delay
+
+    def first_delay(self, now: float) -> float:
+        return 0.0
+
+    def next_delay(self, outcome: str, now: float) -> float | None:
+        self.asked.append(outcome)
+        return 0.0 if outcome == YIELDED else 10.0
+
+
+class AskedDaemon(FakeDaemon):
+    def __init__(self, schedule: Asked, jobs: Any = (), **kw: Any) -> None:
+        super().__init__(jobs, **kw)
+        self.policy = schedule
+
+    def make_schedule(self) -> ISchedule:
+        return self.policy
+
+
+class YieldDelayTests(SynchronousTestCase):
+    def runs(self, yield_delay: float | None) -> tuple[AskedDaemon, list[str]]:
+        """Three yields, a worked run, two yields and an idle run; what the policy heard."""
+        app, clock = make_app()
+        daemon = AskedDaemon(Asked(yield_delay), ["a", "b", "c", "d"], name="asked",
+                             run_every=10, max_items=1)
+        app.add(daemon)
+        app.startService()
+        clock.advance(0)  # a, b, c, d: one yield each; then an idle run (nothing left)
+        daemon.max_items = 2
+        daemon.add_jobs("e", "f", "g")
+        clock.advance(10)  # e f (yield), g (worked)
+        self.successResultOf(app.stop("test"))
+        return daemon, daemon.policy.asked
+
+    def test_asked_every_time_without_it(self) -> None:
+        """A policy without yield_delay hears of every run's outcome."""
+        _, asked = self.runs(None)
+        self.assertEqual(asked, [YIELDED] * 4 + [IDLE, YIELDED, WORKED])
+
+    def test_yield_after_yield_not_asked(self) -> None:
+        """With yield_delay, a yield that follows a yield is not asked about: its delay
+        is yield_delay; the first yield of a streak and every other outcome are."""
+        daemon, asked = self.runs(0.0)
+        self.assertEqual(asked, [YIELDED, IDLE, YIELDED, WORKED])
+        self.assertEqual([job for _, job in daemon.done], list("abcdefg"))
+        self.assertEqual(daemon.stats["outcomes"][YIELDED], 5)
+
+
 def epoch(text: str) -> float:
     """Epoch seconds of an ISO 8601 time with its offset."""
     from datetime import datetime
