@@ -642,9 +642,11 @@ class Daemon:
             tally.same += 1  # no streak begins or ends
         else:
             error = self._outcome_changed(outcome)
-        tally.last = (started, now, outcome, delay)
+        # The run as the history keeps it, and the tally's last run: one tuple for both.
+        tally.last = run = (started, now, outcome, items, trigger, error)
+        tally.delay = delay
         if history is not None:
-            history.append((started, now, outcome, items, trigger, error))
+            history.append(run)
             if not history.dirty:
                 history.mark()
         if not self._stopping and delay is not None:  # _hand_back's common path, inline

@@ -43,7 +43,8 @@ def new_stats() -> dict[str, Any]:
 class RunTally:
     """A daemon's stats dict, and what the runs that ended since it was last read add.
 
-    A run's end sets ``last`` (start, end, outcome, delay) and adds to the counts;
+    A run's end sets ``last`` (start, end, outcome, items, trigger, error: the run as
+    the history keeps it) and ``delay`` (the delay chosen after it) and adds to the counts;
     `apply` moves them into ``stats``. Counts are added, not copied, so that a key the
     daemon's own code or a test sets keeps its value plus the runs since. A run like the
     one before it (the common case) only adds to ``same``: the streak of ``outcome``;
@@ -52,7 +53,8 @@ class RunTally:
     its streak of failures and alerts there).
     """
 
-    __slots__ = ("items", "last", "outcome", "runs", "same", "seconds", "stats", "success_at")
+    __slots__ = ("delay", "items", "last", "outcome", "runs", "same", "seconds", "stats",
+                 "success_at")
 
     #: The outcomes whose end is a daemon's last success (DESIGN §10).
     SUCCESS = ("worked", "yielded")
@@ -66,7 +68,8 @@ class RunTally:
         self.runs = 0  # other runs not yet in the stats
         self.items = 0
         self.seconds = 0.0
-        self.last: tuple[float, float, str, float | None] | None = None
+        self.last: tuple[float, float, str, int, str | None, str | None] | None = None
+        self.delay: float | None = None
         self.success_at: float | None = None
 
     def count(self, outcome: str, error: str | None = None, alert_after: int | None = None,
@@ -99,7 +102,8 @@ class RunTally:
         if last is None:
             return stats
         self.last = None
-        started, ended, outcome, delay = last
+        started, ended, outcome = last[0], last[1], last[2]
+        delay = self.delay
         if self.same:
             stats["outcomes"][self.outcome] += self.same
         stats["runs"] += self.runs + self.same
