@@ -78,7 +78,8 @@ class Daemon:
         "__dict__", "__weakref__", "_active", "_history", "_in_run", "_inside", "_lock_deadline",
         "_lock_handle", "_lock_held", "_resume", "_run_error", "_run_items", "_run_started",
         "_schedule", "_stop_waiters", "_stopping", "_tally", "_thread_ident",
-        "_timed_out", "_waiting", "_waiting_on", "_worker", "_yield_delay", "run_trigger",
+        "_timed_out", "_waiting", "_waiting_on", "_worker", "_yield_delay", "last_end",
+        "run_trigger",
     )
 
     #: The attribute names of DESIGN §1, in its order.
@@ -146,6 +147,8 @@ class Daemon:
         self._inside = False  # inside run_step: results that arrive now are not woken
         self._resume: tuple[str, Any] | None = None
         self._run_started = 0.0
+        #: When the last run ended (``reactor.seconds()``; 0.0 before the first).
+        self.last_end = 0.0
         self._run_items = 0
         self._lock_handle: IAsyncLock | None = None
         self._lock_held = False
@@ -612,7 +615,7 @@ class Daemon:
         app = self.app
         schedule = self._schedule
         assert app is not None and schedule is not None
-        now = app.seconds()
+        now = self.last_end = app.seconds()
         history = self._history
         trigger = self.run_trigger
         if trigger is not None:

@@ -572,10 +572,11 @@ class Scheduler:
                     # end this run as failed, and let the slice go on with the others.
                     daemon.abort_run(Failure(), "scheduler")
                     status = ENDED
-                now = seconds()
                 if status == AGAIN:
                     # The run ended, due again at once: run_ended's yield path, inline
-                    # (due now: behind those already ready, round robin).
+                    # (due as it ended: behind those already ready, round robin). Its end
+                    # is the clock's latest reading: the next run starts then.
+                    now = daemon.last_end
                     self.runs_in_flight -= 1
                     slot.in_run = False
                     if slot.control:
@@ -587,8 +588,10 @@ class Scheduler:
                             _enqueue(queue, (now, seq, slot))
                         else:
                             queue.append((now, seq, slot))
-                elif status == READY:  # back at its place, ahead of those due after it
-                    queue.insert(bisect_left(queue, entry[:2]), entry)
+                else:
+                    now = seconds()
+                    if status == READY:  # back at its place, ahead of those due after it
+                        queue.insert(bisect_left(queue, entry[:2]), entry)
                 if now >= deadline:
                     if timeout is None:
                         break
