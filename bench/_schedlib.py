@@ -12,8 +12,10 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,11 +125,60 @@ def run(cmd: list[str], timeout: float) -> str:
 def run_child(script: Path, case: str, *args: object, timeout: float = 120.0) -> dict[str, Any]:
     """Run ``script --child case args`` and return its RESULT dict."""
     out = run([sys.executable, str(script), "--child", case, *map(str, args)], timeout)
+    return result_of(out, case)
+
+
+def run_alternating(commands: Sequence[list[str]], slice_s: float,
+                    timeout: float) -> list[str]:
+    """Run ``commands`` at once but one at a time: each in turn gets ``slice_s`` seconds
+    while the others are stopped (SIGSTOP/SIGCONT), until all have exited; their stdouts.
+
+    On a shared machine whose speed drifts over seconds, children measured one after
+    the other see different machines; children that take turns every few tens of
+    milliseconds see the same one. Compare what each did per second of its own CPU:
+    its wall-clock time includes the turns of the others.
+    """
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in commands]
+    for proc in procs[1:]:
+        proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    turn = 0
+    try:
+        while True:
+            alive = [proc for proc in procs if proc.poll() is None]
+            if not alive:
+                break
+            if time.monotonic() > deadline:
+                raise ChildError(f"timed out after {timeout:g} s: alternating children")
+            current = alive[turn % len(alive)]
+            current.send_signal(signal.SIGCONT)
+            time.sleep(slice_s)
+            if len(alive) > 1 and current.poll() is None:
+                current.send_signal(signal.SIGSTOP)
+            turn += 1
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+    outputs = []
+    for cmd, proc in zip(commands, procs, strict=True):
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            tail = (err or out).strip().splitlines()[-5:]
+            raise ChildError(f"exit {proc.returncode}: {' '.join(cmd)}: " + " | ".join(tail))
+        outputs.append(out)
+    return outputs
+
+
+def result_of(out: str, what: str) -> dict[str, Any]:
+    """The RESULT dict a child printed on ``out``."""
     for line in out.splitlines():
         if line.startswith(RESULT_PREFIX):
             result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX):])
             return result
-    raise ChildError(f"no result from child {case}: {out.strip()[-300:]}")
+    raise ChildError(f"no result from child {what}: {out.strip()[-300:]}")
 
 
 def parse_fields(text: str) -> dict[str, float]:
