@@ -43,6 +43,7 @@ from daemonapp.schedules import (
     default_maximum_idle,
     idle_delays,
     next_idle_delay,
+    yield_delay_of,
 )
 
 # SeedDaemon comes from this module's __getattr__ (below).
@@ -228,7 +229,7 @@ class Daemon:
         self._stopping = False
         if self._schedule is None:
             self._schedule = self.make_schedule()
-            self._yield_delay = getattr(self._schedule, "yield_delay", None)
+            self._yield_delay = yield_delay_of(self._schedule)
         if self._history is None:
             run_history = getattr(self.app, "run_history", None)
             if run_history is not None:
@@ -565,15 +566,18 @@ class Daemon:
         self._run_error = error
         return self._end(TIMED_OUT)
 
-    def _outcome_changed(self, outcome: str) -> str | None:
+    def _outcome_changed(self, run: tuple[Any, ...], delay: float | None) -> tuple[Any, ...]:
         """A run's outcome differs from the last run's, or it failed: count it, and send
         the alert or recovery of the streak of failed runs it makes or ends (DESIGN
-        §10); the run's error summary (a failed or timed-out run has one)."""
+        §10), the run counted in the stats by then; the run with its error summary (a
+        failed or timed-out run has one), as the history keeps it."""
         error, self._run_error = self._run_error, None
-        event = self._tally.count(outcome, error, self.alert_after, self.name)
+        if error is not None:
+            run = (*run[:5], error)
+        event = self._tally.count(run, delay, self.alert_after, self.name)
         if event is not None:
             send_alert(self.app, event)
-        return error
+        return run
 
     def abort_run(self, failure: Failure, phase: str) -> None:
         """End the run as failed after an exception escaped the run's own handling.
@@ -628,7 +632,9 @@ class Daemon:
         tally = self._tally  # (counted, not written: see daemonapp.runstats)
         same = outcome is tally.outcome  # like the last run (a failure never is)
         delay = self._yield_delay  # a yield after a yield need not ask (ISchedule)
-        if not same or outcome is not YIELDED or delay is None:
+        # quick: no policy asked, no alert: the next run may start at this run's end.
+        quick = same and outcome is YIELDED and delay is not None
+        if not quick:
             delay = schedule.next_delay(outcome, now)
         self._lock_deadline = None
         if self._lock_held:
@@ -640,21 +646,20 @@ class Daemon:
         items = self._run_items
         tally.items += items
         tally.seconds += now - started
-        error = None
+        run = (started, now, outcome, items, trigger, None)  # history's record, tally's last
         if same:
             tally.same += 1  # no streak begins or ends
+            tally.last = run
+            tally.delay = delay
         else:
-            error = self._outcome_changed(outcome)
-        # The run as the history keeps it, and the tally's last run: one tuple for both.
-        tally.last = run = (started, now, outcome, items, trigger, error)
-        tally.delay = delay
+            run = self._outcome_changed(run, delay)
         if history is not None:
             history.append(run)
             if not history.dirty:
                 history.mark()
         if not self._stopping and delay is not None:  # _hand_back's common path, inline
             self._in_run = False
-            if delay == 0 and own_loop:
+            if quick and own_loop and delay == 0:
                 return AGAIN  # (run_step's caller, the scheduler, queues it again)
             app.run_ended(self, delay, now)
         else:

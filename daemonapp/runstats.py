@@ -8,6 +8,7 @@ dict takes what was counted whenever someone reads it (`Daemon.stats`).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from twisted.logger import Logger
@@ -38,6 +39,10 @@ def new_stats() -> dict[str, Any]:
         "last_success_at": None,
         "outcomes": dict.fromkeys(OUTCOMES, 0),
     }
+
+
+#: Taken while counts move into a stats dict (`RunTally.apply`).
+_APPLYING = threading.Lock()
 
 
 class RunTally:
@@ -72,10 +77,12 @@ class RunTally:
         self.delay: float | None = None
         self.success_at: float | None = None
 
-    def count(self, outcome: str, error: str | None = None, alert_after: int | None = None,
+    def count(self, run: tuple[Any, ...], delay: float | None, alert_after: int | None = None,
               name: str = "") -> dict[str, Any] | None:
-        """A run of another outcome than the last one's, or a failed one (``error``: its
-        summary): counted; the alert or recovery its daemon ``name`` sends, if any."""
+        """A run (start, end, outcome, items, trigger, error) of another outcome than the
+        last one's, or a failed one, and the delay chosen after it: counted; the alert or
+        recovery its daemon ``name`` sends, if any, with the stats holding the run."""
+        outcome = run[2]
         outcomes = self.stats["outcomes"]
         if self.same:
             outcomes[self.outcome] += self.same
@@ -83,23 +90,35 @@ class RunTally:
         last = self.last  # the run before this one, unless the stats were read since
         if last is not None and last[2] in self.SUCCESS:
             self.success_at = last[1]
+        self.last = run
+        self.delay = delay
         if outcome in self.FAILURES:
             outcomes[outcome] += 1
             self.runs += 1
             self.outcome = None
             self.same = 0
-            return streak_grew(self.apply(), alert_after, name, error)
+            return streak_grew(self.apply(), alert_after, name, run[5])
         self.outcome = outcome
         self.same = 1
         if outcome in self.SUCCESS and self.stats["consecutive_failures"]:
-            return streak_ended(self.stats, name)
+            return streak_ended(self.apply(), name)
         return None
 
     def apply(self) -> dict[str, Any]:
-        """The stats, with the runs counted since the last call in them."""
+        """The stats, with the runs counted since the last call in them.
+
+        A read moves counts, so two reads at once (an in_thread daemon's hook in its
+        thread, a status snapshot on the reactor's) take turns: none is counted twice.
+        """
         stats = self.stats
+        if self.last is None:
+            return stats
+        with _APPLYING:
+            return self._apply(stats)
+
+    def _apply(self, stats: dict[str, Any]) -> dict[str, Any]:
         last = self.last
-        if last is None:
+        if last is None:  # (another reader's, just now)
             return stats
         self.last = None
         started, ended, outcome = last[0], last[1], last[2]

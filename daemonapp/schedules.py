@@ -40,6 +40,7 @@ __all__ = [
     "default_maximum_idle",
     "idle_delays",
     "next_idle_delay",
+    "yield_delay_of",
 ]
 
 WORKED = "worked"
@@ -87,6 +88,23 @@ def idle_delays(run_every: float, increase_idle_by: float = 0.0, multiply_idle_b
                                    maximum_idle)
         delays.append(previous)
     return delays
+
+
+def yield_delay_of(schedule: Any) -> float | None:
+    """A policy's optional ``yield_delay`` (ISchedule), where it speaks for the
+    ``next_delay`` in use: on the policy itself, or on its class or a base class below
+    the one that defines ``next_delay``. A subclass that overrides next_delay without
+    declaring one inherits none, so it hears of every run."""
+    declared = getattr(schedule, "__dict__", {}).get("yield_delay")
+    if declared is not None:
+        return float(declared)
+    for klass in type(schedule).__mro__:
+        own = vars(klass)
+        if "yield_delay" in own:
+            return None if own["yield_delay"] is None else float(own["yield_delay"])
+        if "next_delay" in own:
+            return None
+    return None
 
 
 @implementer(ISchedule)

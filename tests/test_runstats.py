@@ -149,3 +149,47 @@ class TallyTests(SynchronousTestCase):
                           stats["outcomes"]["idle"], stats["last_outcome"],
                           stats["current_delay"]), (51, 50, 50, 1, "idle", 10.0))
         self.assertEqual(len(daemon.done), 50)
+
+
+class AlertTimeTests(SynchronousTestCase):
+    def test_alert_target_sees_the_run(self) -> None:
+        """An alert target reading the stats sees the run that raised the alert (or the
+        recovery) counted: runs, last outcome, runs by outcome, last success."""
+        seen: list[tuple[Any, ...]] = []
+        daemon = FakeDaemon([1, RuntimeError("x"), None, 2], name="d", run_every=10,
+                            alert_after=1)
+
+        def target(event: dict[str, Any]) -> None:
+            stats = daemon.stats
+            seen.append((event["event"], stats["runs"], stats["last_outcome"],
+                         stats["outcomes"]["failed"], stats["outcomes"]["worked"],
+                         stats["last_success_at"], stats["last_run_at"]))
+
+        app, clock = make_app(alerts=[target], history=0)
+        app.add(daemon)
+        app.startService()
+        self.addCleanup(app.stopService)
+        for _ in range(4):
+            clock.advance(10)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(seen, [("alert", 1, "failed", 1, 0, None, 10.0),
+                                ("recovery", 3, "worked", 1, 1, 30.0, 30.0)])
+
+    def test_slow_alert_is_not_the_next_runs_time(self) -> None:
+        """A yield whose end sends a recovery that takes 5 s: the next run starts after
+        it (its lateness shows the 5 s), not at the yield's end."""
+        app, clock = make_app(alerts=[lambda e: clock.advance(5) if e["event"] == "recovery"
+                                      else None])
+        daemon = FakeDaemon([RuntimeError("x"), 1, 2], name="d", run_every=10,
+                            alert_after=1, max_items=1)
+        app.add(daemon)
+        app.startService()
+        self.addCleanup(app.stopService)
+        for _ in range(3):
+            clock.advance(10)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(daemon.done, [(20.0, 1), (25.0, 2)])
+        runs = [run[:3] for run in app.run_history.runs("d")][::-1]  # oldest first
+        self.assertEqual(runs[:3], [(10.0, 10.0, "failed"), (20.0, 20.0, "yielded"),
+                                    (25.0, 25.0, "yielded")])
+        self.assertEqual(daemon.stats["run_seconds"], 0.0)

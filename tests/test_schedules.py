@@ -12,7 +12,15 @@ from zope.interface.verify import verifyObject
 import daemonapp.crontimes
 import daemonapp.schedules
 from daemonapp.interfaces import ISchedule
-from daemonapp.schedules import FAILED, IDLE, LOCKED_OUT, WORKED, YIELDED, BackoffSchedule
+from daemonapp.schedules import (
+    FAILED,
+    IDLE,
+    LOCKED_OUT,
+    WORKED,
+    YIELDED,
+    BackoffSchedule,
+    yield_delay_of,
+)
 from daemonapp.testing import FakeDaemon, PendingDaemon, make_app
 
 
@@ -140,6 +148,30 @@ class YieldDelayTests(SynchronousTestCase):
         self.assertEqual(asked, [YIELDED, IDLE, YIELDED, WORKED])
         self.assertEqual([job for _, job in daemon.done], list("abcdefg"))
         self.assertEqual(daemon.stats["outcomes"][YIELDED], 5)
+
+
+class Quicker(BackoffSchedule):
+    """A subclass with its own next_delay and no yield_delay of its own."""
+
+    def next_delay(self, outcome: str, now: float) -> float:
+        return 1.0 if outcome == YIELDED else super().next_delay(outcome, now)
+
+
+class Declared(Quicker):
+    yield_delay = 1.0
+
+
+class YieldDelayOfTests(SynchronousTestCase):
+    def test_where_declared(self) -> None:
+        """yield_delay counts where it speaks for the next_delay in use: on the class
+        that defines next_delay, or on the policy itself; an inherited one does not."""
+        daemon = FakeDaemon(run_every=30)
+        self.assertEqual(yield_delay_of(BackoffSchedule(daemon)), 0.0)
+        self.assertIsNone(yield_delay_of(Quicker(daemon)))
+        self.assertEqual(yield_delay_of(Declared(daemon)), 1.0)
+        self.assertEqual(yield_delay_of(Asked(0.0)), 0.0)
+        self.assertIsNone(yield_delay_of(Asked(None)))
+        self.assertIsNone(yield_delay_of(FixedTimes([1.0])))
 
 
 def epoch(text: str) -> float:
