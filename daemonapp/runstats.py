@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from daemonapp.schedules import OUTCOMES
+from daemonapp.schedules import FAILED, OUTCOMES, TIMED_OUT, WORKED, YIELDED
 
 __all__ = ["RunTally", "new_stats", "send_alert", "streak_ended", "streak_grew"]
 
@@ -62,9 +62,9 @@ class RunTally:
                  "success_at")
 
     #: The outcomes whose end is a daemon's last success (DESIGN §10).
-    SUCCESS = ("worked", "yielded")
+    SUCCESS = (WORKED, YIELDED)
     #: The outcomes counted one by one (``outcome`` None after them).
-    FAILURES = ("failed", "timed-out")
+    FAILURES = (FAILED, TIMED_OUT)
 
     def __init__(self) -> None:
         self.stats = new_stats()

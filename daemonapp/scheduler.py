@@ -160,21 +160,9 @@ class Scheduler:
             if slot.control:
                 self._controlled_end(slot, delay)
             elif delay is not None:
-                if delay <= 0 and self._in_slice:
-                    # A yield inside a slice, the busy path: _schedule's first branch.
-                    seq = slot.seq = next(self._seq)
-                    if now is None:
-                        now = self.seconds()
-                    # (after a yield, the end's own float: no new one to make, and none
-                    # cold to free a rotation later)
-                    due = slot.due = now + delay if delay else now
-                    queue = slot.queue
-                    if queue and due < queue[-1][0]:
-                        _enqueue(queue, (due, seq, slot))
-                    else:
-                        queue.append((due, seq, slot))
-                else:
-                    self._schedule(slot, delay)
+                # A yield is due from the run's end (the busy path of a yield after a
+                # yield is run_slice's AGAIN, inline); any later run from now.
+                self._schedule(slot, delay, now if delay <= 0 else None)
         if self.idle_hook is not None:
             self.idle_hook()
 
@@ -441,9 +429,11 @@ class Scheduler:
 
     # -------------------------------------------------------------- scheduling
 
-    def _schedule(self, slot: Slot, delay: float) -> None:
-        now = self.seconds()
-        due = now + delay
+    def _schedule(self, slot: Slot, delay: float, now: float | None = None) -> None:
+        """Make ``slot`` due ``delay`` from ``now`` (None: read the clock)."""
+        if now is None:
+            now = self.seconds()
+        due = now + delay if delay else now
         seq = next(self._seq)
         slot.seq = seq
         slot.due = due
