@@ -152,6 +152,16 @@ class TallyTests(SynchronousTestCase):
 
 
 class AlertTimeTests(SynchronousTestCase):
+    def run_runs(self, app: Any, clock: Any, daemon: FakeDaemon, steps: int) -> None:
+        """Start ``daemon`` in ``app`` and advance ``clock`` 10 s ``steps`` times (its
+        scripted RuntimeError logged and flushed)."""
+        app.add(daemon)
+        app.startService()
+        self.addCleanup(app.stopService)
+        for _ in range(steps):
+            clock.advance(10)
+        self.flushLoggedErrors(RuntimeError)
+
     def test_alert_target_sees_the_run(self) -> None:
         """An alert target reading the stats sees the run that raised the alert (or the
         recovery) counted: runs, last outcome, runs by outcome, last success."""
@@ -166,28 +176,18 @@ class AlertTimeTests(SynchronousTestCase):
                          stats["last_success_at"], stats["last_run_at"]))
 
         app, clock = make_app(alerts=[target], history=0)
-        app.add(daemon)
-        app.startService()
-        self.addCleanup(app.stopService)
-        for _ in range(4):
-            clock.advance(10)
-        self.flushLoggedErrors(RuntimeError)
+        self.run_runs(app, clock, daemon, 4)
         self.assertEqual(seen, [("alert", 1, "failed", 1, 0, None, 10.0),
                                 ("recovery", 3, "worked", 1, 1, 30.0, 30.0)])
 
     def test_slow_alert_is_not_the_next_runs_time(self) -> None:
         """A yield whose end sends a recovery that takes 5 s: the next run starts after
-        it (its lateness shows the 5 s), not at the yield's end."""
+        it (its start in the history is 5 s on), not at the yield's end."""
         app, clock = make_app(alerts=[lambda e: clock.advance(5) if e["event"] == "recovery"
                                       else None])
         daemon = FakeDaemon([RuntimeError("x"), 1, 2], name="d", run_every=10,
                             alert_after=1, max_items=1)
-        app.add(daemon)
-        app.startService()
-        self.addCleanup(app.stopService)
-        for _ in range(3):
-            clock.advance(10)
-        self.flushLoggedErrors(RuntimeError)
+        self.run_runs(app, clock, daemon, 3)
         self.assertEqual(daemon.done, [(20.0, 1), (25.0, 2)])
         runs = [run[:3] for run in app.run_history.runs("d")][::-1]  # oldest first
         self.assertEqual(runs[:3], [(10.0, 10.0, "failed"), (20.0, 20.0, "yielded"),

@@ -166,6 +166,15 @@ class BodyFileTests(SynchronousTestCase):
         channel.makeConnection(transport)
         return channel, transport
 
+    def _budgeted(self) -> tuple[FdLimits, Any]:
+        """An HTTP listener with a 1,000-byte memory budget and its fd limits (reserve 50:
+        25 spool files at most)."""
+        fds = FdLimits(limit=200)
+        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
+                                 native="tests.listeners.apps:echo_native",
+                                 max_buffer_bytes=1000)
+        return fds, listener
+
     def test_a_body_announced_but_not_sent_holds_no_file(self) -> None:
         """123 chunked POSTs that sent no body filled a 256-fd table with twisted.web's
         temporary files (the daemons' open() and the status socket failed); now such a
@@ -183,10 +192,7 @@ class BodyFileTests(SynchronousTestCase):
     def test_a_big_body_is_spooled_in_memory_up_to_the_budget(self) -> None:
         """A body within max_buffer_bytes stays in memory (counted); the one that goes over
         it moves to a spool file, whose descriptor is given back with the request."""
-        fds = FdLimits(limit=200)
-        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
-                                 native="tests.listeners.apps:echo_native",
-                                 max_buffer_bytes=1000)
+        fds, listener = self._budgeted()
         budget = listener.dispatcher.budget
         channel, transport = self._channel(listener)
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n"
@@ -203,10 +209,7 @@ class BodyFileTests(SynchronousTestCase):
         """A Content-Length over max_buffer_bytes: spooled once DECLARED_SPILL_AFTER
         bytes are in (no spool file for a peer that declares much and sends little)."""
         self.patch(budget_module, "DECLARED_SPILL_AFTER", 100)
-        fds = FdLimits(limit=200)
-        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
-                                 native="tests.listeners.apps:echo_native",
-                                 max_buffer_bytes=1000)
+        fds, listener = self._budgeted()
         budget = listener.dispatcher.budget
         channel, transport = self._channel(listener)
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n"
@@ -221,10 +224,7 @@ class BodyFileTests(SynchronousTestCase):
     def test_a_body_that_cannot_be_spooled_is_answered_503(self) -> None:
         """Over the budget with half the fd reserve taken by spools: 503 at once for a
         Content-Length over max_buffer_bytes, and when a chunked body outgrows it."""
-        fds = FdLimits(limit=200)
-        listener = make_listener(MemoryReactorClock(), protocol="http", fds=fds,
-                                 native="tests.listeners.apps:echo_native",
-                                 max_buffer_bytes=1000)
+        fds, listener = self._budgeted()
         fds.spools = fds.max_spools
         channel, transport = self._channel(listener)
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1500\r\n\r\n")
