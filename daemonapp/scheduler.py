@@ -563,9 +563,10 @@ class Scheduler:
                     daemon.abort_run(Failure(), "scheduler")
                     status = ENDED
                 if status == AGAIN:
-                    # The run ended, due again at once: run_ended's yield path, inline
-                    # (due as it ended: behind those already ready, round robin). Its end
-                    # is the clock's latest reading: the next run starts then.
+                    # The run ended, due again at once: run_ended and _schedule(slot,
+                    # 0.0, its end), inline, as this is a busy daemon's every run (due as
+                    # it ended: behind those already ready, round robin). Its end is the
+                    # clock's latest reading: the next run starts then.
                     now = daemon.last_end
                     self.runs_in_flight -= 1
                     slot.in_run = False
