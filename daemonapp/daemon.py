@@ -135,9 +135,8 @@ class Daemon:
         #: "manual" while a run an operator triggered (``daemonapp trigger``) is in
         #: flight (set by the scheduler as it starts), else None.
         self.run_trigger: str | None = None
-        #: The last runs, (start, end, outcome, items, trigger, error): the app's
-        #: daemonapp.history.RunLog for this name, from the first start in an app that
-        #: keeps a history.
+        #: The last runs: the app's daemonapp.history.RunLog for this name, from the
+        #: first start in an app that keeps a history.
         self._history: Any = None
         self.app: IScheduler | None = None
         self._active = False
@@ -654,9 +653,10 @@ class Daemon:
         else:
             run = self._outcome_changed(run, delay)
         if history is not None:
-            history.append(run)
-            if not history.dirty:
-                history.mark()
+            new = history.new  # (its runs not written yet: see daemonapp.history)
+            if not new:
+                history.mark()  # the first since the last write: have one arranged
+            new.append(run)
         if not self._stopping and delay is not None:  # _hand_back's common path, inline
             self._in_run = False
             if quick and own_loop and delay == 0:

@@ -1,14 +1,15 @@
 """The run history: the last runs of each daemon, in memory and in state_dir (DESIGN §10).
 
-Each daemon appends one tuple per run to its `RunLog` (a bounded deque: the last
-``app.history`` runs), and that is all a run costs. The app's `RunHistory` writes
-what is new to ``state_dir/history.jsonl`` at most about once a second (through the
-scheduler's one timer; every few seconds when a write holds thousands of runs) and
-when the app stops: appended, one line per daemon and write (``[name, [[start, end,
-outcome, items, trigger, error], ...]]``), at most ``size`` runs per daemon per write
-whatever the rate of runs; the file is rewritten from memory once it holds more than
-three times the runs it keeps. `read_history`
-reads it back, for the next start and for ``daemonapp history`` (with the app down too).
+Each daemon appends one tuple per run to its `RunLog`'s runs not written yet (a
+bounded deque: the last ``app.history`` runs), and that is all a run costs. The app's
+`RunHistory` writes them to ``state_dir/history.jsonl`` at most about once a second
+(through the scheduler's one timer; every few seconds when a write holds thousands of
+runs) and when the app stops: appended, one line per daemon and write (``[name,
+[[start, end, outcome, items, trigger, error], ...]]``), at most ``size`` runs per
+daemon per write whatever the rate of runs; the file is rewritten from memory once it
+holds more than three times the runs it keeps. A write that fails is tried again
+MAX_FLUSH_INTERVAL later, its runs kept. `read_history` reads the file back, for the
+next start and for ``daemonapp history`` (with the app down too).
 """
 
 from __future__ import annotations
@@ -59,44 +60,47 @@ class Run(NamedTuple):
         return self._asdict()
 
 
-class RunLog(deque):  # type: ignore[type-arg]
-    """The last runs of one daemon, oldest first: a deque whose ``append`` is the C one.
+class RunLog:
+    """The last ``size`` runs of one daemon, oldest first: those written to the file
+    (``kept``) and those not yet (``new``, which its daemon's runs append to).
 
-    ``dirty`` is set (through `mark`) once a run was appended since the last write,
-    so that a run only reads one attribute to know whether a write is arranged.
+    A run appends its tuple to ``new``, a plain deque (its C ``append`` called straight,
+    which a subclass's is not), and when ``new`` was empty calls `mark`: the first run
+    since the last write has the next one arranged. A write moves ``new`` to ``kept``.
     """
 
-    __slots__ = ("_mark", "dirty", "name", "written")
+    __slots__ = ("_mark", "kept", "name", "new", "size")
 
     def __init__(self, name: str, size: int, runs: Iterable[tuple[Any, ...]] = (),
                  mark: Callable[[RunLog], None] | None = None) -> None:
-        super().__init__(runs, size)
         self.name = name
-        self.dirty = False
-        #: The last run written to the file (None: none of those in memory was).
-        self.written: tuple[Any, ...] | None = self[-1] if self else None
+        self.size = size
+        self.kept: deque[tuple[Any, ...]] = deque(runs, size)
+        self.new: deque[tuple[Any, ...]] = deque(maxlen=size)
         self._mark = mark
 
+    def __len__(self) -> int:
+        return min(self.size, len(self.kept) + len(self.new))
+
     def mark(self) -> None:
-        """A run was appended: have it written soon."""
-        self.dirty = True
+        """The first run since the last write: have it written soon."""
         if self._mark is not None:
             self._mark(self)
 
-    def unwritten(self) -> list[tuple[Any, ...]]:
-        """The runs appended since the last write, oldest first (at most maxlen)."""
-        written = self.written
-        new: list[tuple[Any, ...]] = []
-        for run in reversed(self):
-            if run is written:
-                break
-            new.append(run)
-        new.reverse()
-        return new
+    def written(self) -> None:
+        """The runs of ``new`` are in the file now."""
+        self.kept.extend(self.new)
+        self.new.clear()
+
+    def all(self) -> list[tuple[Any, ...]]:
+        """The runs kept, oldest first."""
+        return [*self.kept, *self.new][-self.size:]
 
     def runs(self, limit: int | None = None) -> list[Run]:
         """The runs, newest first."""
-        chosen = list(self)[-limit:] if limit else list(self)
+        chosen = self.all()
+        if limit:
+            chosen = chosen[-limit:]
         return [Run(*run) for run in reversed(chosen)]
 
 
@@ -246,14 +250,11 @@ class RunHistory:
         self._written_at = self.seconds()
         self._load()
         chunks: list[str] = []
-        last: list[tuple[RunLog, tuple[Any, ...]]] = []
         count = 0
         for run_log in dirty:
-            run_log.dirty = False
-            new = run_log.unwritten()
+            new = run_log.new
             if new:
-                last.append((run_log, new[-1]))
-                chunks.append(_line(run_log.name, new))
+                chunks.append(_line(run_log.name, list(new)))
                 count += len(new)
         self._interval = min(MAX_FLUSH_INTERVAL, max(FLUSH_INTERVAL, count / FLUSH_RUNS))
         if not chunks:
@@ -269,10 +270,22 @@ class RunHistory:
                 f.write("".join(chunks))
         except OSError as e:
             log.warn("cannot write the run history {path}: {error}", path=self.path, error=e)
-            return  # tried again with the next runs' write
-        for run_log, run in last:
-            run_log.written = run
+            self._retry(dirty)
+            return
+        for run_log in dirty:
+            run_log.written()
         self._lines += count
+
+    def _retry(self, logs: Iterable[RunLog]) -> None:
+        """A write failed: the unwritten runs of ``logs`` wait for the next write,
+        arranged MAX_FLUSH_INTERVAL on (their daemons' next runs arrange none: runs wait
+        there already)."""
+        self._dirty = [run_log for run_log in logs if run_log.new] + self._dirty
+        self._written_at = self.seconds()
+        self._interval = MAX_FLUSH_INTERVAL
+        if self._flush_at is None and self.call_at is not None:
+            self._flush_at = at = self._written_at + MAX_FLUSH_INTERVAL
+            self.call_at(at, self._scheduled_flush, None)
 
     def _rewrite(self) -> None:
         """Write the whole history anew (atomically): what memory keeps, and the runs of
@@ -285,13 +298,16 @@ class RunHistory:
         lines = [_line(name, list(runs)) for name, runs in gone]
         count = sum(len(runs) for _, runs in gone)
         for run_log in self.logs.values():
-            if run_log:
-                lines.append(_line(run_log.name, list(run_log)))
-                count += len(run_log)
-            run_log.written = run_log[-1] if run_log else None
+            runs = run_log.all()
+            if runs:
+                lines.append(_line(run_log.name, runs))
+                count += len(runs)
         try:
             write_private_file(self.path, "".join(lines))
         except OSError as e:
             log.warn("cannot write the run history {path}: {error}", path=self.path, error=e)
+            self._retry(self.logs.values())
             return
+        for run_log in self.logs.values():
+            run_log.written()
         self._lines = count

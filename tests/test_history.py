@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 
 from daemonapp.app import DaemonApp
 from daemonapp.cli import main
-from daemonapp.history import FILE, Run, read_history
+from daemonapp.history import FILE, MAX_FLUSH_INTERVAL, Run, read_history
 from daemonapp.testing import FakeDaemon, make_app
 from tests._apps import start_app
 
@@ -114,6 +114,29 @@ def test_flushes_arm_no_timer_of_their_own(tmp_path: Path) -> None:
     for _ in range(20):
         assert len(clock.getDelayedCalls()) == 1
         clock.advance(0.5)
+
+
+def test_a_failed_write_is_tried_again_without_new_runs(tmp_path: Path) -> None:
+    """Runs a write could not store wait in memory and go out with a later write,
+    arranged by the failure itself (the daemons may not run again for hours); none is
+    written twice."""
+    (tmp_path / FILE).mkdir()  # the file cannot be opened for writing
+    busy = FakeDaemon(run_every=100, name="busy")
+    quiet = FakeDaemon(run_every=100, name="quiet")
+    app, clock = start_app(busy, quiet, state_dir=str(tmp_path))
+    clock.advance(0)  # both idle at 0; the first write fails
+    run_once(busy, clock, "a")  # at 100, both
+    assert app.run_history is not None
+    assert (tmp_path / FILE).is_dir()
+    (tmp_path / FILE).rmdir()
+    clock.advance(MAX_FLUSH_INTERVAL)  # no run since: the failure's own retry
+    assert sorted((name, start) for name, start, *_ in lines_of(tmp_path)) == [
+        ("busy", 0.0), ("busy", 100.0), ("quiet", 0.0), ("quiet", 100.0)]
+    assert len(app.run_history.logs["busy"]) == 2
+    run_once(busy, clock, "b")  # at 200: the next write holds only the new runs
+    clock.advance(MAX_FLUSH_INTERVAL)
+    assert [start for name, start, *_ in lines_of(tmp_path) if name == "busy"] == [
+        0.0, 100.0, 200.0]
 
 
 def life(state_dir: Path, start: float, runs: int) -> DaemonApp:
