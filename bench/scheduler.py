@@ -463,6 +463,23 @@ def child_idle_spread(n: int, period: float, warm: float, secs: float) -> None:
           "delays_at_end": delays[:5]})
 
 
+def child_sleep(gap: float, warm: float, secs: float) -> None:
+    """A process that only sleeps GAP s and wakes, again and again (no reactor, no
+    timer heap): CPU per wake-up. What the machine charges a process for a wake-up
+    itself, below which no scheduler that wakes once per run can go (section 3s)."""
+    start = time.monotonic()
+    wakes = 0
+    while time.monotonic() - start < warm:
+        time.sleep(gap)
+    cpu_warm = cpu_seconds()
+    end = start + secs
+    while time.monotonic() < end:
+        time.sleep(gap)
+        wakes += 1
+    cpu = cpu_seconds() - cpu_warm
+    emit({"window_calls": wakes, "us_per_call": cpu / wakes * 1e6 if wakes else float("nan")})
+
+
 def child_floor(gap: float, warm: float, secs: float) -> None:
     """One bare callLater re-armed every GAP s: CPU per reactor wake-up.
 
@@ -629,6 +646,7 @@ CHILDREN: dict[str, Callable[[list[str]], None]] = {
     "loopingcall": lambda a: child_loopingcall(int(a[0]), float(a[1]), float(a[2]),
                                                float(a[3])),
     "floor": lambda a: child_floor(float(a[0]), float(a[1]), float(a[2])),
+    "sleep": lambda a: child_sleep(float(a[0]), float(a[1]), float(a[2])),
     "idle_spread": lambda a: child_idle_spread(int(a[0]), float(a[1]), float(a[2]),
                                                float(a[3])),
     "memory": lambda a: child_memory(a[0], a[1], int(a[2]), float(a[3])),
@@ -828,20 +846,25 @@ class Bench:
         # starts once every daemon and every LoopingCall has run once.
         period = 15.0
         warm, secs = period + 0.5, period + (3.5 if self.quick else 8.0)
-        ours, lcs, floors = [], [], []
+        ours, lcs, floors, sleeps = [], [], [], []
         gap = period / N_TIMERS
         for _ in range(self.repeat):  # interleaved, so load drifts hit all alike
             ours.append(self.child("idle_spread", N_TIMERS, period, warm, secs))
             lcs.append(self.child("loopingcall", N_TIMERS, period, warm, secs))
             floors.append(self.child("floor", gap, 1.0, 1.0 + secs - warm))
+            sleeps.append(self.child("sleep", gap, 1.0, 1.0 + secs - warm))
         us = median([r["us_per_run"] for r in ours])
         lc_us = median([r["us_per_call"] for r in lcs])
         floor_us = median([r["us_per_call"] for r in floors])
+        sleep_us = median([r["us_per_call"] for r in sleeps])
         r = _ratio(us, lc_us)
         self.row("3s", "10k idle backed-off, spread: CPU per idle run", _fmt(us, " us"),
                  _fmt(lc_us, " us"), f"{r:.2f}x", "<= 0.5x", r <= 0.5)
         self.row("3s", "floor: one bare callLater every 1.5 ms, CPU per wake-up",
                  _fmt(floor_us, " us"), _fmt(lc_us, " us"), f"{_ratio(floor_us, lc_us):.2f}x",
+                 "info", None)
+        self.row("3s", "floor: a process that only sleeps 1.5 ms, CPU per wake-up",
+                 _fmt(sleep_us, " us"), _fmt(lc_us, " us"), f"{_ratio(sleep_us, lc_us):.2f}x",
                  "info", None)
         self.notes.append(
             f"3s: due times {period / N_TIMERS * 1000:g} ms apart (backoff capped at "
@@ -849,11 +872,14 @@ class Bench:
             f"{secs - warm:g} s, {median([r['runs_per_wake'] for r in ours]):.2f} runs per "
             f"sleep of the process (LoopingCall: "
             f"{median([r['calls_per_wake'] for r in lcs]):.2f} calls per sleep); per repeat, "
-            "ours / anchor / floor: " + ", ".join(
-                f"{o['us_per_run']:.1f} / {a['us_per_call']:.1f} / {f['us_per_call']:.1f} us"
-                for o, a, f in zip(ours, lcs, floors, strict=True))
-            + "; the floor row is the least any scheduler on this reactor spends when each "
-            "run is a wake-up of its own")
+            "ours / anchor / callLater floor / sleep floor: " + ", ".join(
+                f"{o['us_per_run']:.1f} / {a['us_per_call']:.1f} / {f['us_per_call']:.1f} / "
+                f"{z['us_per_call']:.1f} us"
+                for o, a, f, z in zip(ours, lcs, floors, sleeps, strict=True))
+            + "; the callLater floor is the least any scheduler on this reactor spends when "
+            "each run is a wake-up of its own, the sleep floor what this machine charges a "
+            "process that does nothing but wake up as often (no reactor at all): a goal "
+            "below it cannot be met by any scheduler that wakes once per run")
 
     # 4 ---------------------------------------------------------------------------
     def memory(self) -> None:
