@@ -112,19 +112,28 @@ def history_path(state_dir: str) -> str:
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
-def _line(name: str, runs: list[tuple[Any, ...]]) -> str:
+def _line(name: str, runs: list[tuple[Any, ...]], size: int) -> str:
     """Runs of one daemon as a line of JSON: ``[name, [[start, end, outcome, items,
-    trigger, error], ...]]``: one encoder call per daemon and write, not per run (a write
-    of thousands of runs spent most of its time in json.dumps's per-call setup)."""
-    return _encode([name, runs]) + "\n"
+    trigger, error], ...], size]``, ``size`` the runs the app keeps (``app.history``):
+    one encoder call per daemon and write, not per run (a write of thousands of runs
+    spent most of its time in json.dumps's per-call setup)."""
+    return _encode([name, runs, size]) + "\n"
 
 
-def read_history(path: str, size: int = DEFAULT_SIZE) -> tuple[dict[str, deque[Run]], int, int]:
+#: The largest ``size`` a line of the file may record (more is a damaged line).
+MAX_RECORDED_SIZE = 10_000_000
+
+
+def read_history(path: str, size: int | None = DEFAULT_SIZE,
+                 ) -> tuple[dict[str, deque[Run]], int, int]:
     """The last ``size`` runs of each daemon in the file at ``path``, how many of its
-    runs (or lines) could not be read, and how many runs it holds. A missing file is an
-    empty history; only the last MAX_READ bytes of a larger one are read. OSError when
-    it cannot be."""
+    runs (or lines) could not be read, and how many runs it holds. ``size`` None: as
+    many as the app that wrote each daemon's last line kept (``app.history``, which
+    each line records; DEFAULT_SIZE for a line of an older version that does not). A
+    missing file is an empty history; only the last MAX_READ bytes of a larger one are
+    read. OSError when it cannot be."""
     runs: dict[str, deque[Run]] = {}
+    recorded: dict[str, int] = {}
     bad = 0
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below
@@ -142,15 +151,19 @@ def read_history(path: str, size: int = DEFAULT_SIZE) -> tuple[dict[str, deque[R
         if not raw.strip():
             continue
         try:
-            name, items = json.loads(raw)
-            if not isinstance(name, str) or not isinstance(items, list):
+            name, items, *rest = json.loads(raw)
+            kept_by_app = rest[0] if rest else DEFAULT_SIZE
+            if not isinstance(name, str) or not isinstance(items, list) or len(rest) > 1 \
+                    or isinstance(kept_by_app, bool) or not isinstance(kept_by_app, int) \
+                    or not 1 <= kept_by_app <= MAX_RECORDED_SIZE:
                 raise TypeError(name)
         except (ValueError, TypeError):
             bad += 1
             continue
+        recorded[name] = kept_by_app
         kept = runs.get(name)
         if kept is None:
-            kept = runs[name] = deque(maxlen=size)
+            kept = runs[name] = deque(maxlen=size or MAX_RECORDED_SIZE)
         for item in items:
             count += 1
             try:
@@ -159,6 +172,10 @@ def read_history(path: str, size: int = DEFAULT_SIZE) -> tuple[dict[str, deque[R
                                 str(trigger), None if error is None else str(error)))
             except (ValueError, TypeError):
                 bad += 1
+    if size is None:  # each daemon's runs as its last line's app kept them
+        for name, kept in runs.items():
+            while len(kept) > recorded[name]:
+                kept.popleft()
     return runs, bad, count
 
 
@@ -254,7 +271,7 @@ class RunHistory:
         for run_log in dirty:
             new = run_log.new
             if new:
-                chunks.append(_line(run_log.name, list(new)))
+                chunks.append(_line(run_log.name, list(new), self.size))
                 count += len(new)
         self._interval = min(MAX_FLUSH_INTERVAL, max(FLUSH_INTERVAL, count / FLUSH_RUNS))
         if not chunks:
@@ -295,12 +312,12 @@ class RunHistory:
                        if name not in self.logs and runs),
                       key=lambda item: item[1][-1].end)[-MAX_GONE:]
         self._earlier = dict(gone)
-        lines = [_line(name, list(runs)) for name, runs in gone]
+        lines = [_line(name, list(runs), self.size) for name, runs in gone]
         count = sum(len(runs) for _, runs in gone)
         for run_log in self.logs.values():
             runs = run_log.all()
             if runs:
-                lines.append(_line(run_log.name, runs))
+                lines.append(_line(run_log.name, runs, self.size))
                 count += len(runs)
         try:
             write_private_file(self.path, "".join(lines))

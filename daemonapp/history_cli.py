@@ -37,8 +37,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "need not run.")
     parser.add_argument("name", metavar="NAME", help="the daemon's name")
     parser.add_argument("--limit", type=_limit, metavar="N",
-                        help=f"at most N runs (default: all kept, {DEFAULT_SIZE} unless "
-                             "app.history says otherwise)")
+                        help=f"at most N runs (default: all those the app keeps, "
+                             f"app.history: {DEFAULT_SIZE} unless it says otherwise)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--app", metavar="TARGET",
                         help="the app's state_dir, or its YAML file (default: as for "
@@ -55,14 +55,15 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(found, int):
         return found
     path = history_path(found.state_dir)
-    kept = found.app.history if found.app is not None else None
-    limit = args.limit or kept or DEFAULT_SIZE
+    # The runs the app keeps: app.history of its YAML file, else as the file records it
+    # (a state_dir target); --limit shows fewer, never more.
+    kept = (found.app.history or None) if found.app is not None else None
     try:
-        runs, _bad, _lines = read_history(path, limit)
+        runs, _bad, _lines = read_history(path, kept)
     except OSError as e:
         print(f"daemonapp history: cannot read {path}: {e}", file=sys.stderr)
         return 1
-    mine = list(reversed(runs.get(args.name, ())))
+    mine = list(reversed(runs.get(args.name, ())))[:args.limit]
     if not mine:
         print(f"daemonapp history: no runs of daemon {args.name!r} recorded in {path}",
               file=sys.stderr)

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 
 from daemonapp.app import DaemonApp
 from daemonapp.cli import main
-from daemonapp.history import FILE, MAX_FLUSH_INTERVAL, Run, read_history
+from daemonapp.history import DEFAULT_SIZE, FILE, MAX_FLUSH_INTERVAL, Run, read_history
 from daemonapp.testing import FakeDaemon, make_app
 from tests._apps import start_app
 
@@ -34,7 +34,7 @@ def lines_of(state_dir: Path) -> list[list[Any]]:
     if not path.exists():
         return []
     return [[name, *run] for line in path.read_text().splitlines()
-            for name, runs in [json.loads(line)] for run in runs]
+            for name, runs, _kept in [json.loads(line)] for run in runs]
 
 
 def test_a_run_is_recorded_with_its_facts() -> None:
@@ -180,6 +180,43 @@ def test_cli_history_reads_the_state_dir(tmp_path: Path,
     assert main(["history", "nope", "--app", str(tmp_path)]) == 1
     assert "no runs of daemon 'nope'" in capsys.readouterr().err
     assert main(["history", "d", "--app", str(tmp_path), "--limit", "0"]) == 2
+
+
+def test_cli_history_shows_no_more_than_the_app_keeps(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With app.history 3, ten runs (a write each) leave 3 to print, whether TARGET is
+    the state_dir (the file records the size) or the YAML file, and whatever --limit."""
+    state = tmp_path / "var"
+    state.mkdir(mode=0o700)
+    daemon = FakeDaemon(run_every=10, name="d")
+    app, clock = start_app(daemon, state_dir=str(state), history=3)
+    clock.advance(0)
+    for _ in range(9):
+        run_once(daemon, clock, "x")
+        clock.advance(1)  # its write
+    app.stop("test")
+    assert len(lines_of(state)) > 3  # appended: the file holds more than the app keeps
+    config = tmp_path / "daemons.yaml"
+    config.write_text("app:\n  state_dir: ./var\n  history: 3\ndaemons: {}\n")
+    for target in ([str(state)], [str(state), "--limit", "10"], [str(config), "--limit", "10"]):
+        assert main(["history", "d", "--json", "--app", *target]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert [r["start"] for r in printed["runs"]] == [90.0, 80.0, 70.0], target
+    assert main(["history", "d", "--json", "--app", str(state), "--limit", "2"]) == 0
+    assert [r["start"] for r in json.loads(capsys.readouterr().out)["runs"]] == [90.0, 80.0]
+
+
+def test_lines_of_an_earlier_version_read_with_the_default_size(tmp_path: Path) -> None:
+    """A line without the size it was kept at (written before it was recorded) reads
+    as DEFAULT_SIZE; a bad size makes a bad line."""
+    runs = [[float(i), float(i), "idle", 0, "backoff", None] for i in range(150)]
+    (tmp_path / FILE).write_text(json.dumps(["d", runs]) + "\n"
+                                 + json.dumps(["e", runs[:5], 2]) + "\n"
+                                 + json.dumps(["f", runs[:5], 0]) + "\n"
+                                 + json.dumps(["g", runs[:5], True]) + "\n")
+    found, bad, _ = read_history(str(tmp_path / FILE), None)
+    assert (len(found["d"]), len(found["e"]), bad) == (DEFAULT_SIZE, 2, 2)
+    assert [r.start for r in found["e"]] == [3.0, 4.0]
 
 
 def test_a_damaged_file_loses_only_its_bad_lines(tmp_path: Path) -> None:
