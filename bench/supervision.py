@@ -208,10 +208,9 @@ def child_write(n: int) -> None:
         for _ in range(100):
             for run_log in logs:  # as Daemon._end has it
                 now[0] += 6e-6
-                new = run_log.new
-                if not new:
-                    run_log.mark()
-                new.append((now[0], now[0] + 5e-6, "yielded", 1, "schedule", None))
+                if not run_log.new:
+                    history.mark(run_log.name)
+                run_log.new.append((now[0], now[0] + 5e-6, "yielded", 1, "schedule", None))
         started = cpu_seconds()
         history.flush()
         cpu = cpu_seconds() - started

@@ -135,8 +135,8 @@ class Daemon:
         #: "manual" while a run an operator triggered (``daemonapp trigger``) is in
         #: flight (set by the scheduler as it starts), else None.
         self.run_trigger: str | None = None
-        #: The last runs: the app's daemonapp.history.RunLog for this name, from the
-        #: first start in an app that keeps a history.
+        #: The runs not written yet of the app's daemonapp.history.RunLog for this
+        #: name (its ``new``), from the first start in an app that keeps a history.
         self._history: Any = None
         self.app: IScheduler | None = None
         self._active = False
@@ -232,7 +232,7 @@ class Daemon:
         if self._history is None:
             run_history = getattr(self.app, "run_history", None)
             if run_history is not None:
-                self._history = run_history.attach(self.name)
+                self._history = run_history.attach(self.name).new
         self.app.daemon_started(self, self._schedule.first_delay(self.app.seconds()))
 
     def stop(self) -> Deferred[None]:
@@ -652,11 +652,10 @@ class Daemon:
             tally.delay = delay
         else:
             run = self._outcome_changed(run, delay)
-        if history is not None:
-            new = history.new  # (its runs not written yet: see daemonapp.history)
-            if not new:
-                history.mark()  # the first since the last write: have one arranged
-            new.append(run)
+        if history is not None:  # (its runs not written yet: see daemonapp.history)
+            if not history:  # the first since the last write: have one arranged
+                app.run_history.mark(self.name)
+            history.append(run)
         if not self._stopping and delay is not None:  # _hand_back's common path, inline
             self._in_run = False
             if quick and own_loop and delay == 0:

@@ -64,9 +64,10 @@ class RunLog:
     """The last ``size`` runs of one daemon, oldest first: those written to the file
     (``kept``) and those not yet (``new``, which its daemon's runs append to).
 
-    A run appends its tuple to ``new``, a plain deque (its C ``append`` called straight,
-    which a subclass's is not), and when ``new`` was empty calls `mark`: the first run
-    since the last write has the next one arranged. A write moves ``new`` to ``kept``.
+    A run appends its tuple to ``new``, a plain deque its daemon holds (its C ``append``
+    called straight, which a subclass's is not; no other object read), and when ``new``
+    was empty has `mark` called (`RunHistory.mark`): the first run since the last write
+    has the next one arranged. A write moves ``new`` to ``kept``.
     """
 
     __slots__ = ("_mark", "kept", "name", "new", "size")
@@ -217,6 +218,13 @@ class RunHistory:
                          mark=self._marked if self.path is not None else None)
         self.logs[name] = run_log
         return run_log
+
+    def mark(self, name: str) -> None:
+        """The first run of the daemon ``name`` since the last write (its daemon appends
+        to the log's ``new`` itself): have the next write arranged."""
+        found = self.logs.get(name)
+        if found is not None:
+            found.mark()
 
     def runs(self, name: str, limit: int | None = None) -> list[Run]:
         """The last runs of the daemon ``name``, newest first (also of one that stopped)."""

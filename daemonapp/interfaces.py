@@ -79,6 +79,8 @@ class IScheduler(Interface):
     timezone = Attribute("str | None: the zone of clock schedules without their own")
     schedule_state = Attribute("the last fire time of each clock-scheduled daemon "
                                "(daemonapp.schedules.ScheduleState), or None")
+    run_history = Attribute("the last runs of each daemon (daemonapp.history.RunHistory), "
+                            "or None")
 
     def seconds() -> float:
         """The scheduler's clock, ``reactor.seconds()``."""
