@@ -5,16 +5,19 @@ bounded deque: the last ``app.history`` runs), and that is all a run costs. The 
 `RunHistory` writes them to ``state_dir/history.jsonl`` at most about once a second
 (through the scheduler's one timer; every few seconds when a write holds thousands of
 runs) and when the app stops: appended, one line per daemon and write (``[name,
-[[start, end, outcome, items, trigger, error], ...]]``), at most ``size`` runs per
-daemon per write whatever the rate of runs; the file is rewritten from memory once it
-holds more than three times the runs it keeps. A write that fails is tried again
-MAX_FLUSH_INTERVAL later, its runs kept. `read_history` reads the file back, for the
-next start and for ``daemonapp history`` (with the app down too).
+[[start, end, outcome, items, trigger, error], ...], size]``), at most ``size`` runs
+per daemon per write whatever the rate of runs; the file is rewritten from memory
+(atomically) once it holds more than three times the runs it keeps, and after a write
+that failed, which may have left part of its lines. A write that fails is tried again
+MAX_FLUSH_INTERVAL later, its runs kept; the log says so once a minute at most.
+`read_history` reads the file back, for the next start and for ``daemonapp history``
+(with the app down too), never raising on what it holds.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -22,6 +25,7 @@ from typing import Any, NamedTuple
 
 from twisted.logger import Logger
 
+from daemonapp.ratelog import Episode, RateLog
 from daemonapp.state_dir import write_private_file
 
 __all__ = ["DEFAULT_SIZE", "FILE", "Run", "RunHistory", "RunLog", "history_path",
@@ -44,6 +48,10 @@ MAX_FLUSH_INTERVAL = 10.0
 MAX_READ = 64 * 1024 * 1024
 #: Daemons kept that no longer run (removed, renamed): the most recently active first.
 MAX_GONE = 1000
+#: Seconds between two log lines about failing writes, at least.
+OUTAGE_LOG_EVERY = 60.0
+#: What a damaged or hostile line of the file may raise as it is read: it is skipped.
+_BAD = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 class Run(NamedTuple):
@@ -152,13 +160,13 @@ def read_history(path: str, size: int | None = DEFAULT_SIZE,
         if not raw.strip():
             continue
         try:
-            name, items, *rest = json.loads(raw)
+            name, items, *rest = json.loads(raw)  # (RecursionError: nested too deep)
             kept_by_app = rest[0] if rest else DEFAULT_SIZE
             if not isinstance(name, str) or not isinstance(items, list) or len(rest) > 1 \
                     or isinstance(kept_by_app, bool) or not isinstance(kept_by_app, int) \
                     or not 1 <= kept_by_app <= MAX_RECORDED_SIZE:
                 raise TypeError(name)
-        except (ValueError, TypeError):
+        except _BAD:
             bad += 1
             continue
         recorded[name] = kept_by_app
@@ -169,10 +177,14 @@ def read_history(path: str, size: int | None = DEFAULT_SIZE,
             count += 1
             try:
                 start, stop, outcome, done, trigger, error = item
-                kept.append(Run(float(start), float(stop), str(outcome), int(done),
-                                str(trigger), None if error is None else str(error)))
-            except (ValueError, TypeError):
+                run = Run(float(start), float(stop), str(outcome), int(done), str(trigger),
+                          None if error is None else str(error))
+                if not (math.isfinite(run.start) and math.isfinite(run.end)):
+                    raise ValueError(run)
+            except _BAD:
                 bad += 1
+                continue
+            kept.append(run)
     if size is None:  # each daemon's runs as its last line's app kept them
         for name, kept in runs.items():
             while len(kept) > recorded[name]:
@@ -189,8 +201,7 @@ class RunHistory:
 
     def __init__(self, size: int = DEFAULT_SIZE, state_dir: str | None = None, *,
                  seconds: Callable[[], float],
-                 call_at: Callable[[float, Callable[[Any], None], Any], None] | None = None,
-                 ) -> None:
+                 call_at: Callable[[float, Callable[[Any], None], Any], None]) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"history: expected a whole number of runs of at least 1, "
                              f"got {size!r}")
@@ -205,6 +216,10 @@ class RunHistory:
         self._written_at = float("-inf")
         self._interval = FLUSH_INTERVAL  # until the next write
         self._lines = 0  # runs in the file (as far as this process knows)
+        #: The next write rewrites the file: one failed (it may have left part of its
+        #: lines), or the file did not end with a whole line.
+        self._rewrite_next = False
+        self._outage = RateLog(seconds, every=OUTAGE_LOG_EVERY)
 
     # ------------------------------------------------------------------ runs
 
@@ -244,7 +259,8 @@ class RunHistory:
                 bad = 0
                 try:
                     self._earlier, bad, self._lines = read_history(self.path, self.size)
-                except OSError as e:
+                    self._rewrite_next = not _ends_a_line(self.path)
+                except Exception as e:  # (OSError; anything else would be a bug here)
                     log.warn("cannot read the run history {path} ({error}): it starts "
                              "empty", path=self.path, error=e)
                 if bad:
@@ -258,10 +274,7 @@ class RunHistory:
             return
         at = max(self.seconds(), self._written_at + self._interval)
         self._flush_at = at
-        if self.call_at is None:
-            self.flush()
-        else:
-            self.call_at(at, self._scheduled_flush, None)
+        self.call_at(at, self._scheduled_flush, None)
 
     def _scheduled_flush(self, _: object = None) -> None:
         self._flush_at = None
@@ -285,7 +298,7 @@ class RunHistory:
         if not chunks:
             return
         kept = sum(len(run_log) for run_log in self.logs.values())
-        if self._lines + count > 3 * max(kept, self.size) + 1000:
+        if self._rewrite_next or self._lines + count > 3 * max(kept, self.size) + 1000:
             self._rewrite()
             return
         try:
@@ -294,12 +307,36 @@ class RunHistory:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write("".join(chunks))
         except OSError as e:
-            log.warn("cannot write the run history {path}: {error}", path=self.path, error=e)
-            self._retry(dirty)
+            self._failed(e, dirty)
             return
         for run_log in dirty:
             run_log.written()
         self._lines += count
+        self._recovered()
+
+    def _failed(self, error: OSError, logs: Iterable[RunLog]) -> None:
+        """A write failed (logged once a minute at most): the next one, MAX_FLUSH_INTERVAL
+        on, rewrites the file whole, as this one may have left part of its lines."""
+        self._rewrite_next = True
+
+        def write(episode: Episode) -> None:
+            if episode.first:
+                log.warn("cannot write the run history {path}: {error}; the runs wait in "
+                         "memory, tried again every {every:g} s", path=self.path,
+                         error=error, every=MAX_FLUSH_INTERVAL)
+            else:
+                log.warn("the run history {path} still cannot be written ({count} more "
+                         "failed writes): {error}", path=self.path, count=episode.count,
+                         error=error)
+
+        self._outage.occurred("write", write)
+        self._retry(logs)
+
+    def _recovered(self) -> None:
+        episode = self._outage.ended("write")
+        if episode is not None:
+            log.info("the run history {path} is written again, after {count} failed "
+                     "write(s)", path=self.path, count=episode.total)
 
     def _retry(self, logs: Iterable[RunLog]) -> None:
         """A write failed: the unwritten runs of ``logs`` wait for the next write,
@@ -308,7 +345,7 @@ class RunHistory:
         self._dirty = [run_log for run_log in logs if run_log.new] + self._dirty
         self._written_at = self.seconds()
         self._interval = MAX_FLUSH_INTERVAL
-        if self._flush_at is None and self.call_at is not None:
+        if self._flush_at is None:
             self._flush_at = at = self._written_at + MAX_FLUSH_INTERVAL
             self.call_at(at, self._scheduled_flush, None)
 
@@ -330,9 +367,22 @@ class RunHistory:
         try:
             write_private_file(self.path, "".join(lines))
         except OSError as e:
-            log.warn("cannot write the run history {path}: {error}", path=self.path, error=e)
-            self._retry(self.logs.values())
+            self._failed(e, self.logs.values())
             return
         for run_log in self.logs.values():
             run_log.written()
         self._lines = count
+        self._rewrite_next = False
+        self._recovered()
+
+
+def _ends_a_line(path: str) -> bool:
+    """Whether the file at ``path`` is missing, empty or ends with a whole line."""
+    try:
+        with open(path, "rb") as f:
+            if not f.seek(0, os.SEEK_END):
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except FileNotFoundError:
+        return True

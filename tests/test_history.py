@@ -3,16 +3,19 @@ whatever the rate, kept in state_dir across restarts; ``daemonapp history``."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from daemonapp.app import DaemonApp
 from daemonapp.cli import main
@@ -256,3 +259,206 @@ def test_daemonapp_history_after_a_restart(tmp_path: Path) -> None:
         assert shown.returncode == 0, shown.stderr
         counts.append(len(json.loads(shown.stdout)["runs"]))
     assert 0 < counts[0] < counts[1]
+
+
+GOOD = '["d",[[1,2,"worked",1,"schedule",null]],100]\n'
+
+
+HOSTILE = {
+    # json accepts Infinity; int(inf) is an OverflowError, not a ValueError
+    "infinite items": '["d",[[3,4,"worked",Infinity,"schedule",null]],100]\n',
+    "1e400 items": '["d",[[3,4,"worked",1e400,"schedule",null]],100]\n',
+    # a 401-digit int parses; float() of it is an OverflowError
+    "huge start": '["d",[[1' + "0" * 400 + ',4,"worked",1,"schedule",null]],100]\n',
+    # nesting deeper than the recursion limit: json raises RecursionError
+    "deep line": "[" * 100_000 + "\n",
+    "deep error": '["d",[[3,4,"failed",0,"schedule",' + "[" * 100_000 + "]" * 100_000
+                  + "]],100]\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("size", [100, None])
+def test_read_history_never_raises_on_a_hostile_line(tmp_path: Path, case: str,
+                                                      size: int | None) -> None:
+    """A damaged or hostile line is counted as bad; the good lines are kept."""
+    path = tmp_path / FILE
+    path.write_text(GOOD + HOSTILE[case])
+    runs, bad, _count = read_history(str(path), size)
+    assert bad >= 1
+    assert [r.start for r in runs["d"]] == [1.0]
+
+
+def test_cli_history_survives_a_hostile_line(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`daemonapp history` prints the good runs (no traceback) whatever one line holds."""
+    state = tmp_path / "var"
+    state.mkdir(mode=0o700)
+    (state / FILE).write_text(GOOD + HOSTILE["infinite items"])
+    assert main(["history", "d", "--json", "--app", str(state)]) == 0
+    assert [r["start"] for r in json.loads(capsys.readouterr().out)["runs"]] == [1.0]
+
+
+def test_an_app_starts_on_a_hostile_history_and_keeps_the_good_runs(tmp_path: Path) -> None:
+    """A restart on a state_dir whose history.jsonl holds a hostile line starts, runs the
+    daemon, and keeps the earlier good runs (_load must not raise out of attach)."""
+    (tmp_path / FILE).write_text(GOOD + HOSTILE["deep line"])
+    daemon = FakeDaemon(run_every=10, name="d")
+    app, clock = start_app(daemon, state_dir=str(tmp_path))
+    clock.advance(0)
+    assert daemon.stats["runs"] == 1
+    assert app.run_history is not None
+    assert [r.start for r in app.run_history.runs("d")] == [0.0, 1.0]
+
+
+def short_fdopen(cut: Callable[[bytes], int]) -> Callable[..., Any]:
+    """An os.fdopen whose file writes the first cut(data) bytes and then fails with
+    ENOSPC, as write(2) does on a disk that fills up during the write."""
+
+    class ShortFile:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def __enter__(self) -> ShortFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            os.close(self.fd)
+
+        def write(self, text: str) -> int:
+            data = text.encode()
+            os.write(self.fd, data[:cut(data)])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    return lambda fd, *args, **kw: ShortFile(fd)
+
+
+def two_daemons_and_a_short_first_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        cut: Callable[[bytes], int]) -> None:
+    """Daemons a and b run idle at 0; the write at 0 is cut short; the retry succeeds."""
+    a = FakeDaemon(run_every=100, name="a")
+    b = FakeDaemon(run_every=100, name="b")
+    app, clock = start_app(a, b, state_dir=str(tmp_path))
+    with monkeypatch.context() as m:
+        m.setattr(os, "fdopen", short_fdopen(cut))
+        clock.advance(0)  # both idle at 0: the write fails part way
+    assert (tmp_path / FILE).exists()
+    clock.advance(MAX_FLUSH_INTERVAL)  # the failure's own retry: it succeeds
+    app.stop("test")
+
+
+def test_a_write_cut_short_writes_no_run_twice(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed append that wrote a whole line before failing: the next write rewrites
+    the file, so no run is there twice after a restart."""
+    two_daemons_and_a_short_first_write(tmp_path, monkeypatch, lambda data: data.index(b"\n") + 1)
+    runs, bad, _ = read_history(str(tmp_path / FILE))
+    assert bad == 0
+    assert sorted((name, len(found)) for name, found in runs.items()) == [("a", 1), ("b", 1)]
+
+
+def test_a_write_cut_short_loses_no_run(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed append that wrote half a line: the next write rewrites the file, so no
+    line is glued to that half and no run is lost after a restart."""
+    two_daemons_and_a_short_first_write(tmp_path, monkeypatch, lambda data: data.index(b"\n") // 2)
+    runs, bad, _ = read_history(str(tmp_path / FILE))
+    assert sorted((name, len(found)) for name, found in runs.items()) == [("a", 1), ("b", 1)]
+    assert bad == 0
+
+
+def test_restart_on_the_same_state_dir_keeps_each_run_once(tmp_path: Path) -> None:
+    """Two lives with a failed write and its retry in each: every run once."""
+    for start in (1000.0, 5000.0):
+        clock = Clock()
+        clock.advance(start)
+        app, _ = make_app(clock, state_dir=str(tmp_path))
+        daemon = FakeDaemon(run_every=10, name="d")
+        app.add(daemon)
+        app.startService()
+        clock.advance(0)
+        daemon.add_jobs("x")
+        clock.advance(10)
+        app.stop("test")
+    runs, bad, _ = read_history(str(tmp_path / FILE))
+    assert bad == 0
+    starts = [r.start for r in runs["d"]]
+    assert starts == sorted(set(starts))
+
+
+def test_a_failure_while_a_write_is_arranged_still_writes_later(tmp_path: Path) -> None:
+    """A direct flush (as the stop hook's) fails while a write is arranged: the arranged
+    write fails too and arranges its own retry; once the disk is back every run is
+    written, once."""
+    daemon = FakeDaemon(run_every=0.5, name="d")
+    app, clock = start_app(daemon, state_dir=str(tmp_path))
+    clock.advance(0)  # idle at 0, written at 0
+    assert app.run_history is not None
+    (tmp_path / FILE).rename(tmp_path / "saved")
+    (tmp_path / FILE).mkdir()
+    clock.advance(0.5)  # a run at 0.5: a write arranged for 1.0
+    app.run_history.flush()  # fails: retry left to the arranged write
+    for _ in range(4):
+        clock.advance(0.5)
+    (tmp_path / FILE).rmdir()
+    (tmp_path / "saved").rename(tmp_path / FILE)
+    clock.advance(MAX_FLUSH_INTERVAL + 1)
+    app.stop("test")
+    runs, bad, count = read_history(str(tmp_path / FILE), None)
+    starts = [r.start for r in runs["d"]]
+    assert bad == 0 and starts == sorted(set(starts)) and count == len(starts)
+    assert starts == [r.start for r in reversed(app.run_history.runs("d"))]
+
+
+def test_a_daemon_removed_and_added_again_during_an_outage(tmp_path: Path) -> None:
+    """Runs of a daemon removed and added again while writes fail are written once."""
+    (tmp_path / FILE).mkdir()
+    daemon = FakeDaemon(run_every=100, name="d")
+    app, clock = start_app(daemon, state_dir=str(tmp_path))
+    clock.advance(0)  # idle at 0; the write fails
+    app.remove(daemon)
+    clock.advance(1)
+    assert "d" not in app.daemons
+    app.add(FakeDaemon(run_every=100, name="d"))  # idle at 1, its run waits too
+    clock.advance(0)
+    (tmp_path / FILE).rmdir()
+    clock.advance(MAX_FLUSH_INTERVAL)
+    app.stop("test")
+    runs, bad, count = read_history(str(tmp_path / FILE))
+    starts = [r.start for r in runs["d"]]
+    assert bad == 0 and starts == sorted(set(starts)) and count == len(starts)
+    assert starts == [0.0, 1.0]
+
+
+def test_a_file_cut_in_a_line_is_rewritten_by_the_next_write(tmp_path: Path) -> None:
+    """A file whose last line was cut (a crash during a write) is rewritten whole by the
+    next life's first write: its next line is not glued to the cut one."""
+    (tmp_path / FILE).write_text(GOOD + '["d",[[3,4,"wor')
+    daemon = FakeDaemon(run_every=10, name="d")
+    app, clock = start_app(daemon, state_dir=str(tmp_path))
+    clock.advance(0)
+    app.stop("test")
+    runs, bad, _ = read_history(str(tmp_path / FILE))
+    assert bad == 0
+    assert [r.start for r in runs["d"]] == [1.0, 0.0]
+
+
+def test_a_long_outage_logs_a_line_a_minute_at_most(tmp_path: Path) -> None:
+    """Writes failing for ten minutes (one try every MAX_FLUSH_INTERVAL) log about a
+    line a minute; the first good write says so, and everything is written then."""
+    (tmp_path / FILE).mkdir()
+    daemon = FakeDaemon(run_every=1, name="d")
+    app, clock = start_app(daemon, state_dir=str(tmp_path))
+    with capturedLogs() as events:
+        clock.advance(0)
+        for _ in range(600):
+            daemon.add_jobs("x")
+            clock.advance(1)
+        (tmp_path / FILE).rmdir()
+        clock.advance(MAX_FLUSH_INTERVAL)
+    text = [formatEvent(event) for event in events]
+    failing = [line for line in text if "run history" in line and "written again" not in line]
+    assert 10 <= len(failing) <= 11, failing
+    assert sum("is written again, after" in line for line in text) == 1
+    assert len(lines_of(tmp_path)) == 100  # the last `history` runs: a rewrite
+    app.stop("test")
