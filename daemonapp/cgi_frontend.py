@@ -273,7 +273,7 @@ def sidecar_settings(config_path: str, document: object) -> dict[str, object]:
         wsgi = next((i["wsgi"] for i in items if isinstance(i.get("wsgi"), str)), None)
     return {
         "socket": os.path.normpath(os.path.join(base, os.path.expanduser(socket_path))),
-        "protocol": item["protocol"],
+        "protocol": _protocol(item),
         "min_load": loads["min_load"],
         "max_load": loads["max_load"],
         "start_timeout": timeouts["start_timeout"],
@@ -302,7 +302,7 @@ def _choose_listener(
             for item in items:
                 endpoint = item.get("endpoint")
                 if (
-                    item.get("protocol") == protocol
+                    _protocol(item) == protocol
                     and isinstance(endpoint, str)
                     and _unix_path(endpoint) is not None
                 ):
@@ -314,9 +314,14 @@ def _choose_listener(
             "expected the index of a listener item (0 is the first) or its endpoint string, "
             f"got {choice!r}",
         )
-    if chosen.get("protocol") not in ("scgi", "fastcgi"):
+    if _protocol(chosen) not in ("scgi", "fastcgi"):
         raise fail("cgi.listener", "expected an scgi or fastcgi listener on a unix: endpoint")
     return chosen
+
+
+def _protocol(item: dict[str, object]) -> str:
+    """A listener item's protocol, as daemonapp reads it: case does not matter."""
+    return str(item.get("protocol", "")).lower()
 
 
 def _unix_path(endpoint: str) -> str | None:

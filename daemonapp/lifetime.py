@@ -136,6 +136,10 @@ class Lifetime:
         self._soft_passed = True
         if self.shutdown_if_idle is not None:
             self.scheduler.idle_hook = self.check_idle
+            if self._last_request_end is not None:
+                # A request ended before the deadline: idle exit is decided again at its
+                # end + threshold too (DESIGN §2), whatever else comes to an end by then.
+                self._arm_idle_timer()
             self.check_idle()
 
     def _hard_deadline(self) -> None:

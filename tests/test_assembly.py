@@ -86,6 +86,27 @@ def test_the_sidecar_is_the_frontends_reading_of_the_file(tmp_path: Path) -> Non
     assert config.cgi_listener() == config.listeners[2]
 
 
+@pytest.mark.parametrize("protocol", ["SCGI", "FastCGI"])
+def test_the_frontend_reads_a_protocol_in_any_case(tmp_path: Path, protocol: str) -> None:
+    """`protocol` is case-insensitive for daemonapp, so for the frontend too: with no
+    sidecar yet (a first start on demand) it finds the listener `run` would write."""
+    import yaml
+
+    from daemonapp.cgi_frontend import sidecar_settings
+
+    path = write(tmp_path, f"""
+        listeners:
+          - {{protocol: {protocol}, endpoint: "unix:./run/app.sock", wsgi: "tests.test_config:app"}}
+        cgi: {{max_load: 4}}
+    """)
+    config = load_config(path)
+    with open(path) as f:
+        settings = sidecar_settings(path, yaml.safe_load(f))
+    assert settings["protocol"] == protocol.lower()
+    assert settings["socket"] == str(tmp_path / "run" / "app.sock")
+    assert config.cgi_listener() == config.listeners[0]
+
+
 # ----------------------------------------------------------------- assembling
 
 

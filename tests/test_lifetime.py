@@ -171,6 +171,22 @@ def test_idle_exit_at_last_request_end_plus_threshold() -> None:
     assert result_of(ended) == 0
 
 
+def test_a_request_ended_before_the_soft_deadline_is_waited_for_after_it() -> None:
+    """A request that ended within the threshold before the soft deadline: idle exit
+    comes at its end + threshold, with nothing else ending meanwhile (no daemon)."""
+    app, clock = make_app(stay_alive_for=10, shutdown_if_idle=5)
+    app.startService()
+    ended = app.when_ended()
+    clock.advance(7)
+    app.begin("request")
+    clock.advance(1)
+    app.end("request")  # at 8: idle from 13 on
+    advance_to(clock, 12.9)
+    assert not fired(ended)
+    advance_to(clock, 13)
+    assert result_of(ended) == 0
+
+
 def test_hard_deadline_stops_whatever_the_work() -> None:
     """shutdown_after starts a graceful stop then, whatever the work; exit status 0."""
     app, clock = start_app(FakeDaemon(["x"] * 10_000, run_every=1, max_items=1),
