@@ -341,6 +341,7 @@ class _Validator:
         nested_types = getattr(cls, "NESTED_DEFAULT_TYPES", {})
         options: dict[str, Any] = {}
         misspelt: set[str] = set()  # parameters an unknown key probably meant
+        bad: set[str] = set()  # options whose error is reported already
         ok = True
         for key in body:
             if key == "type":
@@ -365,6 +366,7 @@ class _Validator:
                                         default_type=nested_types.get(key))
                     if child is None:
                         ok = False
+                        bad.add(key)
                         continue
                     # The parent receives the checked section as a plain mapping and
                     # builds each child with daemonapp.daemons._build.build_daemon.
@@ -383,16 +385,21 @@ class _Validator:
                     + (f" or a parameter of {cls.__name__} ({', '.join(known)})" if known
                        else f" ({cls.__name__} takes no parameters of its own)"))
                 ok = False
-        if not self._check_attributes(cls, options, body, line, prefix):
+        if not self._check_attributes(cls, options, body, line, prefix, bad=bad):
             ok = False
         # A nested section's parent supplies some parameters (a queue's directory) and
         # checks the rest when it is built below.
+        missing = False
         for key in sorted(required) if not nested else ():
             if key not in body and key not in misspelt:
                 check.error(line, f"{prefix}.{key}",
                             f"missing: {cls.__name__} needs this parameter")
-                ok = False
-        if not ok:
+                missing = True
+        if not ok or missing:
+            if not nested and not missing and "run_every" not in bad:
+                rest = {key: value for key, value in options.items() if key not in bad}
+                self._other_errors(DaemonSpec(name=str(name), type_name=type_name, cls=cls,
+                                              options=rest, line=line), bad, body, prefix)
             return None
         spec = DaemonSpec(name=str(name), type_name=type_name, cls=cls, options=options,
                           line=line)
@@ -409,15 +416,34 @@ class _Validator:
             return None
         return spec
 
+    def _other_errors(self, rest: DaemonSpec, bad: set[str], body: Mapping[Any, Any],
+                      prefix: str) -> None:
+        """A section with errors already: its class built without the options reported
+        (``rest``), so that what the class itself refuses (a parameter's own rule) shows
+        as well."""
+        try:
+            rest()
+        except OptionError as e:
+            # Only about a value the section gives and no error named yet: one about a
+            # key it lacks may come of the options left out (run_every, for a schedule).
+            if e.key in body and e.key not in bad:
+                self.check.error(dotted_line(body, e.key, rest.line), f"{prefix}.{e.key}",
+                                 e.message)
+        except Exception:  # noqa: S110 - the section's reported errors may be the cause
+            pass
+
     def _check_attributes(self, cls: type[Daemon], options: Mapping[str, Any],
-                          body: Mapping[Any, Any], line: int, prefix: str) -> bool:
+                          body: Mapping[Any, Any], line: int, prefix: str, *,
+                          bad: set[str]) -> bool:
         """Check each Daemon attribute of a section on its own, so all errors show
-        (daemonapp.options converts each value; the class builds the daemon once)."""
+        (daemonapp.options converts each value; the class builds the daemon once); the
+        keys of those reported go to ``bad``."""
         ok = True
         clock = options.get("schedule") is not None or cls.schedule is not None
         if not clock and not options.get("run_every") and not cls.run_every:
             self.check.error(line, f"{prefix}.run_every",
                              'missing: expected a duration above zero, like "30s"')
+            bad.add("run_every")
             ok = False
         for key, value in options.items():
             convert = DAEMON_OPTIONS.get(key)
@@ -426,6 +452,7 @@ class _Validator:
             if clock and key in CLOCK_EXCLUDES:
                 self.check.error(line_of(body, key), f"{prefix}.{key}",
                                  clock_conflict(key).message)
+                bad.add(key)
                 ok = False
                 continue
             try:
@@ -436,9 +463,11 @@ class _Validator:
                     convert(key, value)  # the option's own rule: nothing is built
             except OptionError as e:
                 self.check.error(line_of(body, key), f"{prefix}.{key}", e.message)
+                bad.add(key)
                 ok = False
             except (TypeError, ValueError) as e:
                 self.check.error(line_of(body, key), f"{prefix}.{key}", str(e))
+                bad.add(key)
                 ok = False
         lock = options.get("lock")
         # the flock file is state_dir/locks/NAME.lock: one file name, at most 255 bytes
@@ -446,6 +475,7 @@ class _Validator:
             self.check.error(line_of(body, "lock"), f"{prefix}.lock",
                              f"a lock name has at most {MAX_LOCK_NAME_BYTES} bytes (its file "
                              f"is locks/NAME.lock), got {len(lock.encode()):,}")
+            bad.add("lock")
             ok = False
         return ok
 

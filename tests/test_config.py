@@ -291,6 +291,28 @@ def test_constructor_option_error_points_at_its_key(tmp_path: Path) -> None:
     assert errors(path) == [f"{path}:6: daemons.c.record_count: expected at least 1, got 0"]
 
 
+@pytest.mark.parametrize(("other", "error"), [
+    ("jitter: 5", "daemons.c.jitter: expected a number from 0 up to (not including) 1, got 5"),
+    ("colour: red", "daemons.c.colour: unknown to both Daemon and tests.test_config:Replicator"),
+])
+def test_a_constructor_error_shows_beside_the_sections_other_errors(
+        tmp_path: Path, other: str, error: str) -> None:
+    """The class is built without the options already reported, so that what it refuses
+    itself (an OptionError) is reported at once too, not after the others are fixed."""
+    path = write(tmp_path, f"""
+        daemons:
+          c:
+            type: tests.test_config:Replicator
+            run_every: 30s
+            {other}
+            record_count: 0
+    """)
+    found = errors(path)
+    assert len(found) == 2, found
+    assert found[0].startswith(f"{path}:5: {error}")
+    assert found[1] == f"{path}:6: daemons.c.record_count: expected at least 1, got 0"
+
+
 def test_every_bad_attribute_is_reported(tmp_path: Path) -> None:
     """Bad Daemon attributes of one section are all reported, not just the first."""
     path = write(tmp_path, """
