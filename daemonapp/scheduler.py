@@ -23,7 +23,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daemonapp.clockwatch import ClockWatch
+from daemonapp.clockwatch import CLOCK_JUMP, TOLERANCE, ClockWatch
 from daemonapp.daemon import ENDED, READY, Daemon
 from daemonapp.runstep import AGAIN
 
@@ -114,6 +114,7 @@ class Scheduler:
         self._levels: list[deque[_Entry]] = []
         self._timer: Any = None
         self._timer_at = _INF
+        self._wake_at = _INF  # when the timer was set to fire (_timer_at, or earlier)
         self._yield_call: Any = None
         self._in_slice = False
         #: The reactor's time to its next timer (None: a reactor that cannot tell).
@@ -462,6 +463,7 @@ class Scheduler:
         else:
             self._timer = self.reactor.callLater(delay, self._on_timer)
         self._timer_at = due
+        self._wake_at = now + delay
 
     def _rearm(self) -> None:
         """Keep the one timer on the earliest live due time or timed call (or none)."""
@@ -484,7 +486,18 @@ class Scheduler:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = _INF
+        if self.watch is None and self._clock_watchers:
+            self._woke_late(self.seconds())
         self.run_slice()
+
+    def _woke_late(self, now: float) -> None:
+        """A test's Clock has no ClockWatch (its time moves when the test says): a timer
+        that fires more than TOLERANCE after its time means the clock jumped forward
+        past it at once, which clock schedules are told as a real watch would."""
+        if now - self._wake_at > TOLERANCE:
+            events = [(CLOCK_JUMP, self._wake_at, now)]
+            for watcher in list(self._clock_watchers):
+                watcher(events, now)
 
     def _queue_for(self, priority: int) -> deque[_Entry]:
         """The ready FIFO of ``priority`` (made on first use, in its place in _levels)."""

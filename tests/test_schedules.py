@@ -498,6 +498,42 @@ def watched_app(catch_up: str) -> tuple[Any, Any, FakeClocks, Ticker]:
     return app, clock, fake, daemon
 
 
+class FakeClockJumpTests(SynchronousTestCase):
+    """On a test's Clock there is no ClockWatch (time moves when the test says): a timer
+    firing more than TOLERANCE after its time is a forward clock jump (DESIGN §8)."""
+
+    def setUp(self) -> None:
+        self.clock = clock_at("2026-01-01T00:07:00+00:00")
+        self.app, _ = make_app(self.clock)
+        self.daemon = Ticker(["x"] * 20, name="q", schedule="*/15 * * * *", timezone="UTC")
+        self.app.add(self.daemon)
+        self.app.startService()
+        self.clock.advance(60)  # 00:08
+
+    def tearDown(self) -> None:
+        self.successResultOf(self.app.stop("test"))
+
+    def test_a_jump_is_counted_and_made_up_once(self) -> None:
+        """00:08 -> 01:08 at once: 00:15 ... 01:00 are four clock_jump misfires, one run."""
+        self.clock.advance(3600)
+        self.assertEqual(self.daemon.stats["misfires"], {"clock_jump": 4})
+        self.assertEqual([t for t, _ in self.daemon.done], [epoch("2026-01-01T01:08:00+00:00")])
+        self.assertEqual(self.daemon.stats["next_fire"], "2026-01-01T01:15:00+00:00")
+
+    def test_misses_older_than_the_grace_are_never_run(self) -> None:
+        """00:08 -> 03:08: twelve misses counted, the 1 h grace's four made up by one run."""
+        self.clock.advance(3 * 3600)
+        self.assertEqual(self.daemon.stats["misfires"], {"clock_jump": 12})
+        self.assertEqual([t for t, _ in self.daemon.done], [epoch("2026-01-01T03:08:00+00:00")])
+
+    def test_steps_of_the_timer_are_no_jump(self) -> None:
+        """Advancing a minute at a time (the timer's cap) is time passing: runs on time."""
+        for _ in range(60):
+            self.clock.advance(60)
+        self.assertEqual(self.daemon.stats["misfires"], {})
+        self.assertEqual(len(self.daemon.done), 4)
+
+
 class ClockChangeTests(SynchronousTestCase):
     """Suspends and clock jumps, told apart by comparing the wall clock with monotonic
     and boot time (DESIGN §8), through the real scheduler."""
