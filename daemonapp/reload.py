@@ -322,8 +322,9 @@ def _same_value(old: object, new: object) -> bool:
 
 def restart_keys(old: Config, new: Config) -> list[str]:
     """The keys whose change a reload leaves alone: they need a restart."""
+    # (log applies at once; a *_line field is where a key sits in the file, not a key)
     keys = [f"app.{field.name}" for field in dataclasses.fields(old.app)
-            if field.name not in ("log", "state_dir_line")
+            if field.name != "log" and not field.name.endswith("_line")
             and not _same_value(getattr(old.app, field.name), getattr(new.app, field.name))]
     if len(old.listeners) != len(new.listeners):
         keys.append("listeners")

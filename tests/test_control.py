@@ -316,6 +316,14 @@ class ControllerTests(SynchronousTestCase):
         self.assertEqual(sorted(app.daemons), ["a", "c"])
         self.assertEqual(app.stop_timeout, 30.0)
 
+    def test_a_key_moved_to_another_line_needs_no_restart(self) -> None:
+        """Where a key sits in the file is no setting: app keys moved down a line by one
+        added above them (app.log, applied at once) are no key to restart for."""
+        _, controller = self.build(extra="  processes: 1\n")
+        write_config(self.dir, TWO, extra="  log: {level: debug}\n  processes: 1\n")
+        reply = self.command(controller, "reload")
+        self.assertEqual((reply["ok"], reply["needs_restart"]), (True, []))
+
     def test_reload_applies_app_log_at_once(self) -> None:
         """A changed app.log is handed to reconfigure_log, logged, and answered
         "applied"; the daemons' difference is applied with it."""
