@@ -302,6 +302,10 @@ class ClockSchedule:
             missed = self.times.between(start, now)
             if missed:
                 self._missed(missed, ["paused"] * len(missed), now, self.catch_up)
+                if self.catch_up == "once" and self._pending:
+                    # One run for all: the make-up owed serves the latest missed time.
+                    self.serving = self._pending.pop()
+                    self._publish(self.serving)
             return 0.0
         if fire > now:
             return None
@@ -343,6 +347,8 @@ class ClockSchedule:
         if not recent:
             return
         if catch_up == "once":
+            if self.catch_up == "once":
+                self._pending.clear()  # one run for all misses, those owed already too
             self._pending.append(recent[-1])
         elif catch_up == "all":
             self._pending.extend(recent[-CATCH_UP_MAX:])

@@ -280,6 +280,34 @@ class ControllerTests(SynchronousTestCase):
         self.assertEqual(app2.daemons["b"].stats["runs"], 0)
         self.assertEqual(app2.scheduler.pause_of("b").reason, "disk full")
 
+    def test_a_resume_after_a_restart_while_paused_is_one_catch_up_run(self) -> None:
+        """Paused across a restart, a clock-scheduled daemon owes a make-up for the fire
+        times missed while down; at resume, catch_up once makes one run for those and
+        the ones the pause skipped (DESIGN §8, §9)."""
+        clocked = ('  q:\n    type: daemonapp.testing:FakeDaemon\n'
+                   '    schedule: "*/15 * * * *"\n    timezone: UTC\n')
+
+        def step_to(at: float) -> None:  # a minute at a time at most, as the timer wakes
+            while self.clock.seconds() < at:
+                self.clock.advance(min(30.0, at - self.clock.seconds()))
+
+        quarter = 1_700_000_100.0  # 22:15:00 UTC
+        app, controller = self.build(clocked)
+        step_to(quarter + 60)
+        self.assertEqual(app.daemons["q"].stats["runs"], 1)
+        self.command(controller, "pause", daemon="q")
+        step_to(quarter + 300)
+        self.successResultOf(app.stop("test"))
+        self.clock.advance(quarter + 35 * 60 - self.clock.seconds())  # down until 22:50
+        app2, controller2 = self.build(clocked)  # 22:30 and 22:45 missed while down
+        q = app2.daemons["q"]
+        step_to(quarter + 50 * 60)  # 23:05: 23:00 skipped by the pause
+        self.assertEqual(q.stats["runs"], 0)
+        self.command(controller2, "resume", daemon="q")
+        step_to(quarter + 55 * 60)
+        self.assertEqual(q.stats["runs"], 1)
+        self.assertEqual(q.stats["misfires"], {"downtime": 2, "paused": 1})
+
     def test_resume_of_a_daemon_not_paused_says_so(self) -> None:
         """resume on a running daemon succeeds and says it was not paused."""
         _, controller = self.build()
