@@ -35,6 +35,7 @@ from daemonapp.interfaces import (
 from daemonapp.lifetime import EXIT_ABANDONED, EXIT_CONFIG, EXIT_OK, Lifetime
 from daemonapp.scheduler import Scheduler
 from daemonapp.schedules import ScheduleState
+from daemonapp.state_dir import StateDirError, ensure_state_dir
 
 __all__ = ["EXIT_ABANDONED", "EXIT_CONFIG", "EXIT_OK", "DaemonApp"]
 
@@ -310,10 +311,35 @@ class DaemonApp(MultiService):
         return self.lifetime.stop(reason, status)
 
     def run(self) -> int:
-        """Start the app on its reactor, run the reactor, return the exit status."""
+        """Start the app on its reactor, run the reactor, return the exit status.
+
+        An app built in Python with a state_dir takes commands on its status socket, as
+        one that ``daemonapp run`` built does (DESIGN §3: the invocations are alike).
+        """
+        self._serve_status()
         self.reactor.callWhenRunning(self.startService)
         self.reactor.run()
         return EXIT_ABANDONED if self.exit_status is None else self.exit_status
+
+    def _serve_status(self) -> None:
+        """The status socket and its commands (state_dir/status.sock), unless the app
+        has them (`daemonapp.assembly` adds its own) or nowhere to serve them."""
+        if self.state_dir is None or not hasattr(self.reactor, "adoptStreamPort"):
+            return
+        from daemonapp.control import Controller
+        from daemonapp.status import StatusService, status_socket_path
+
+        if any(isinstance(service, (Controller, StatusService)) for service in self):
+            return
+        try:
+            ensure_state_dir(self.state_dir)  # (private, 0700: created when missing)
+        except StateDirError as e:
+            log.error("no status socket, so no commands: {error}", error=e)
+            return
+        controller = Controller(self)
+        controller.setServiceParent(self)  # type: ignore[no-untyped-call]
+        status = StatusService(self, status_socket_path(self.state_dir), controller)
+        status.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     # --------------------------------------------------------------- IService
 

@@ -24,6 +24,7 @@ import pytest
 
 from tests._processes import (
     DAEMONAPP,
+    PYTHON,
     child_env,
     stop_process,
     wait_until,
@@ -216,6 +217,40 @@ def test_a_bad_for_is_a_usage_error(root: Path) -> None:
     result = daemonapp("pause", "x", "--for", "soon", "--app", str(root), cwd=root)
     assert result.returncode == 2
     assert "--for" in result.stderr
+
+
+PYTHON_APP = """\
+from daemonapp import DaemonApp
+from ticks import Tick
+
+app = DaemonApp(state_dir="var", shutdown_after="60s", stop_timeout="10s")
+app.add(Tick(name="fast", run_every=0.2))
+raise SystemExit(app.run())
+"""
+
+
+def test_an_app_built_in_python_takes_commands(root: Path) -> None:
+    """DaemonApp(state_dir=...).run(), the Python invocation, serves the status socket
+    as `daemonapp run` does: status and pause answer (DESIGN §3, §9)."""
+    write_file(root / "app.py", PYTHON_APP)
+    with open(root / "run.log", "a") as out:
+        proc = subprocess.Popen([str(PYTHON), "app.py"], cwd=root, env=child_env(root),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: (root / "var" / "status.sock").exists()
+                          or proc.poll() is not None), (root / "run.log").read_text()
+        assert oct((root / "var").stat().st_mode & 0o777) == "0o700"
+        result = daemonapp("pause", "fast", "--app", str(root / "var"), cwd=root)
+        assert result.returncode == 0, result.stderr
+        status = daemonapp("status", str(root / "var"), "--json", cwd=root)
+        assert status.returncode == 0, status.stderr
+        fast = next(d for d in json.loads(status.stdout)["daemons"] if d["name"] == "fast")
+        assert fast["paused"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        if not wait_until(lambda: proc.poll() is not None, timeout=20):
+            stop_process(proc)
+    assert proc.returncode == 0, (root / "run.log").read_text()
 
 
 # ---------------------------------------------------------------- pause, resume
