@@ -368,18 +368,9 @@ def test_a_write_cut_short_loses_no_run(tmp_path: Path,
 
 
 def test_restart_on_the_same_state_dir_keeps_each_run_once(tmp_path: Path) -> None:
-    """Two lives with a failed write and its retry in each: every run once."""
+    """Two lives on one state_dir, each written at its stop: every run once."""
     for start in (1000.0, 5000.0):
-        clock = Clock()
-        clock.advance(start)
-        app, _ = make_app(clock, state_dir=str(tmp_path))
-        daemon = FakeDaemon(run_every=10, name="d")
-        app.add(daemon)
-        app.startService()
-        clock.advance(0)
-        daemon.add_jobs("x")
-        clock.advance(10)
-        app.stop("test")
+        life(tmp_path, start, 1)
     runs, bad, _ = read_history(str(tmp_path / FILE))
     assert bad == 0
     starts = [r.start for r in runs["d"]]
