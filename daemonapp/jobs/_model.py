@@ -14,7 +14,7 @@ from typing import Any
 STATES = ("pending", "running", "done", "failed", "cancelled")
 ACTIVE_STATES = ("pending", "running")
 MAX_PAYLOAD_BYTES = 1024 * 1024
-MAX_ERROR_CHARS = 64 * 1024
+MAX_ERROR_BYTES = 64 * 1024
 MAX_KIND_CHARS = 200
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE = 30.0
@@ -134,14 +134,18 @@ def absolute_time(when: float | None, now: float | None = None) -> float | None:
 
 
 def cap_error(error: str | None) -> str | None:
-    """The error text cut to 64 KiB of characters, keeping its end (the exception line)."""
+    """The error text cut to 64 KiB of UTF-8 (DESIGN §6), keeping its end (the exception
+    line); a character cut in two at the start is dropped."""
     if error is None:
         return None
     text = str(error)
-    if len(text) <= MAX_ERROR_CHARS:
+    if len(text) * 4 <= MAX_ERROR_BYTES:  # (no character takes more than 4 bytes)
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_ERROR_BYTES:
         return text
     marker = "...[cut]...\n"
-    return marker + text[-(MAX_ERROR_CHARS - len(marker)):]
+    return marker + data[-(MAX_ERROR_BYTES - len(marker)):].decode("utf-8", "ignore")
 
 
 def last_line(text: str | None) -> str:

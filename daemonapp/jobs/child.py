@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 RESULT_FD = 3
 PROGRESS_FD = 4
 MAX_INPUT_BYTES = 4 * 1024 * 1024
-MAX_TRACEBACK_CHARS = 64 * 1024
+MAX_TRACEBACK_BYTES = 64 * 1024  # of UTF-8, as the store keeps it (DESIGN §6)
 EXIT_ORPHANED = 70
 EXIT_USAGE = 64
 _PR_SET_PDEATHSIG = 1
@@ -84,8 +84,9 @@ def _format_failure(exc: BaseException, memory_limit: int | None) -> tuple[str, 
     import traceback
 
     text = "".join(traceback.format_exception(exc))
-    if len(text) > MAX_TRACEBACK_CHARS:
-        text = "...[cut]...\n" + text[-(MAX_TRACEBACK_CHARS - 12):]
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_TRACEBACK_BYTES:  # the end kept: the exception line
+        text = "...[cut]...\n" + data[-(MAX_TRACEBACK_BYTES - 12):].decode("utf-8", "ignore")
     summary = "".join(traceback.format_exception_only(exc)).strip()
     if isinstance(exc, MemoryError) and memory_limit:
         summary = f"MemoryError: the job exceeded its memory_limit of {memory_limit} bytes"

@@ -28,10 +28,10 @@ from daemonapp.daemon import Daemon, OptionError
 from daemonapp.durations import parse_duration, parse_size
 from daemonapp.jobs._model import (
     DEFAULT_LEASE,
-    MAX_ERROR_CHARS,
     Job,
     JobCancelled,
     StaleLease,
+    cap_error,
     last_line,
 )
 from daemonapp.jobs.children import (
@@ -57,6 +57,9 @@ log = Logger()
 #: An outcome the store could not take is written again after 0.25 s, doubling up to this.
 OUTCOME_RETRY = 2.0
 OUTCOME_RETRY_FIRST = 0.25
+#: A graceful stop kills the children this long before the app's stop_timeout (at most
+#: half of it), so that their jobs are back to pending before the app gives up.
+STOP_MARGIN = 1.0
 _KEPT = object()  # an outcome kept for a later try: the run keeps its slot
 
 
@@ -229,10 +232,13 @@ class JobDispatcher(Daemon):
         return d
 
     def _stop_wait(self) -> float:
+        """How long a graceful stop waits for running jobs: our own stop_timeout, else
+        the app's less a margin to kill the children and put their jobs back before the
+        app gives up on what is still in flight (1 s; half of it below 2 s)."""
         if self.stop_timeout is not None:
             return self.stop_timeout
-        app_timeout = getattr(self.app, "stop_timeout", 30.0)
-        return max(0.0, float(app_timeout) * 0.8 - 1.0)
+        app_timeout = float(getattr(self.app, "stop_timeout", 30.0))
+        return max(0.0, app_timeout - min(STOP_MARGIN, app_timeout / 2))
 
     def _drain_children(self) -> Deferred[None]:
         if not self._runs:
@@ -614,9 +620,7 @@ class JobDispatcher(Daemon):
             record = self._open_store().get(key)
             if record is None:
                 return None
-            error = record.error
-            if error is not None and len(error) > MAX_ERROR_CHARS:
-                error = error[-MAX_ERROR_CHARS:]
+            error = cap_error(record.error)
             return {"id": record.id, "kind": record.kind, "state": record.state,
                     "percent": record.percent, "message": record.message,
                     "attempts": record.attempts, "max_attempts": record.max_attempts,
@@ -655,7 +659,7 @@ class JobDispatcher(Daemon):
 
     def _call_failure_hooks(self, job: Job, error: str) -> None:
         event = {"id": job.id, "kind": job.kind, "attempts": job.attempt,
-                 "max_attempts": job.max_attempts, "error": error[-MAX_ERROR_CHARS:],
+                 "max_attempts": job.max_attempts, "error": cap_error(error),
                  "dispatcher": self.name, "holder": self.holder}
         alerts.send(event, self.on_failure, self.reactor, about="job {job_id}",
                     key="on_failure", log=log, job_id=job.id)

@@ -129,3 +129,21 @@ def test_rlimit_as_set() -> None:
     """--memory-limit sets RLIMIT_AS, soft and hard."""
     outcome = run_child(job("rlimit_as"), memory_limit=300 * 1024 * 1024)["outcome"]
     assert outcome["result"] == [314572800, 314572800]
+
+
+def test_a_traceback_is_capped_at_64_kib_of_utf8() -> None:
+    """Tracebacks are capped at 64 KiB (DESIGN §6) of UTF-8, not of characters: a
+    message of 100,000 two-byte characters keeps its end, a character never cut."""
+    from daemonapp.jobs._model import MAX_ERROR_BYTES, cap_error
+    from daemonapp.jobs.child import MAX_TRACEBACK_BYTES, _format_failure
+
+    message = "é" * 100_000
+    summary, text = _format_failure(ValueError(message), None)
+    capped = cap_error(text)
+    assert capped is not None
+    for cut, limit in ((text, MAX_TRACEBACK_BYTES), (capped, MAX_ERROR_BYTES)):
+        assert len(cut.encode()) <= limit == 64 * 1024
+        assert cut.startswith("...[cut]...\n") and cut.endswith("éé\n")
+        assert len(cut.encode()) > limit - 16  # cut at the limit, not far below
+    assert cap_error("short é") == "short é"
+    assert summary.startswith("ValueError: éé")

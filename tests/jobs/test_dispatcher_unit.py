@@ -303,6 +303,21 @@ def test_graceful_stop_releases(reactor: FakeReactor, store: Any) -> None:
     assert (record.state, record.attempts, stopped) == ("pending", 0, [None])
 
 
+def test_a_stop_waits_the_apps_stop_timeout_less_a_margin(reactor: FakeReactor,
+                                                          store: Any) -> None:
+    """Without a stop_timeout of its own, a stop waits the app's (30 s) less 1 s to put
+    the jobs back before the app gives up (DESIGN §6: up to stop_timeout)."""
+    store.submit("sleep", {})
+    _, dispatcher = start(reactor, store)
+    process = reactor.processes[0]
+    dispatcher.stop()
+    reactor.advance(28.9)
+    assert process.signals == []
+    reactor.advance(0.1)
+    assert process.signals == ["KILL"]
+    process.finish(signal=9)
+
+
 def test_stop_claims_nothing_new(reactor: FakeReactor, store: Any) -> None:
     """After stop() no job is claimed."""
     _, dispatcher = start(reactor, store)
