@@ -472,9 +472,12 @@ class PostgresLease(_Highlander):
                             self.name, self.token, why)
 
     def still_held(self) -> bool:
-        """False once the lease is lost: renewal found the row taken, or the lease ran out."""
+        """False once the lease is lost (renewal found the row taken), and whenever no
+        renewal has worked for ttl/2 (DESIGN §5): a renewal hanging in a network
+        partition raises nothing, yet the holder must stop well before a successor may
+        take over, ``ttl`` after the last renewal. True again once a renewal works."""
         return (self._held and not self._lost
-                and time.monotonic() < self._renewed_at + self.ttl)
+                and time.monotonic() < self._renewed_at + self.ttl / 2)
 
     def _release_held(self) -> None:
         self._stop.set()

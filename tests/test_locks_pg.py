@@ -199,14 +199,46 @@ def test_cgi_acquire_busy_is_a_503(
 
 @pytest.mark.integration
 def test_renewal_keeps_the_lease_past_its_ttl(make_lock: Callable[..., PostgresLease]) -> None:
-    """A holder keeps a 1 s lease for longer than 1 s: its thread renews it."""
-    holder, waiter = make_lock(ttl=1.0), make_lock(ttl=1.0)
+    """A holder keeps a 2 s lease for longer than 2 s: its thread renews it."""
+    holder, waiter = make_lock(ttl=2.0), make_lock(ttl=2.0)
     assert holder.acquire(timeout=0)
-    assert waiter.acquire(timeout=1.6) is False
+    assert waiter.acquire(timeout=2.6) is False
     assert holder.still_held() is True
     holder.release()
     assert waiter.acquire(timeout=0) is True
     waiter.release()
+
+
+@pytest.mark.integration
+def test_a_renewal_hanging_in_a_partition_is_not_held_past_half_the_ttl(
+    make_lock: Callable[..., PostgresLease]
+) -> None:
+    """A renewal that hangs (a partition drops packets: nothing fails) does not keep
+    still_held() True past ttl/2 after the last renewal that worked (DESIGN §5); once a
+    renewal works again, the lease is held again."""
+    import threading
+
+    lock = make_lock(ttl=2.0)
+    assert lock.acquire(timeout=0)
+    healed = threading.Event()
+    execute = lock._execute
+
+    def hanging(*args: Any, **kw: Any) -> Any:
+        healed.wait(DEADLINE)
+        return execute(*args, **kw)
+
+    lock._execute = hanging  # type: ignore[method-assign]
+    end = time.monotonic() + DEADLINE
+    while lock.still_held():
+        assert time.monotonic() < end, "still held with no renewal"
+        time.sleep(0.02)
+    assert time.monotonic() - lock._renewed_at < lock.ttl  # before a successor could take it
+    healed.set()
+    while not lock.still_held():
+        assert time.monotonic() < end, "not held again after the partition healed"
+        time.sleep(0.02)
+    lock._execute = execute  # type: ignore[method-assign]
+    lock.release()
 
 
 @pytest.mark.integration

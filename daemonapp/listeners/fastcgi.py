@@ -442,6 +442,9 @@ class FastCGIProtocol(TrackedProtocol):
                 if role != FCGI_RESPONDER:
                     self.transport.write(  # type: ignore[union-attr]
                         end_request(rid, 0, FCGI_UNKNOWN_ROLE))
+                    if not flags & FCGI_KEEP_CONN and not requests:
+                        self._close_now()  # as after any request without KEEP_CONN
+                        return -1
                     continue
                 if len(requests) >= self.max_reqs:
                     self._overloaded(rid, bool(flags & FCGI_KEEP_CONN))

@@ -172,6 +172,20 @@ class ResponderTests(SynchronousTestCase):
         self.proto.dataReceived(begin(3, role=2))
         self.assertEqual(parse_records(self.transport.value()),
                          [(FCGI_END_REQUEST, 3, struct.pack("!IB3x", 0, 3))])
+        self.assertFalse(self.transport.disconnecting)  # (KEEP_CONN)
+
+    def test_unknown_role_without_keep_conn_closes(self) -> None:
+        """Without KEEP_CONN the connection closes after the END_REQUEST, as after any
+        request (FastCGI 1.0, 5.1), unless other requests on it are still active."""
+        self.proto.dataReceived(begin(1) + begin(3, keep_conn=False, role=2))
+        self.assertEqual(parse_records(self.transport.value()),
+                         [(FCGI_END_REQUEST, 3, struct.pack("!IB3x", 0, 3))])
+        self.assertFalse(self.transport.disconnecting)  # request 1 is active
+        self.proto.dataReceived(request(1))
+        self.proto.dataReceived(begin(4, keep_conn=False, role=3))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(parse_records(self.transport.value())[-1],
+                         (FCGI_END_REQUEST, 4, struct.pack("!IB3x", 0, 3)))
 
     def test_records_for_inactive_ids_are_ignored(self) -> None:
         """PARAMS, STDIN, DATA and ABORT for a request id that is not active are ignored."""
