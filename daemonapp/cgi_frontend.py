@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import _socket
     from collections.abc import Callable, Iterable, Mapping
     from types import ModuleType
+    from wsgiref.handlers import CGIHandler
 
     _Params = list[tuple[bytes, bytes]]
 
@@ -1033,12 +1034,26 @@ def serve_in_process(settings: Settings) -> None:
         app = load_wsgi_app(wsgi)
     except Exception as e:
         raise CGIFrontendError(f"cannot load wsgi app {wsgi}: {e!r}", status=500) from e
+    cgi_handler().run(app)  # type: ignore[arg-type]
+
+
+def cgi_handler() -> CGIHandler:
+    """wsgiref's CGIHandler for this request, its environ as PEP 3333 has it (DESIGN
+    §4): CONTENT_TYPE and CONTENT_LENGTH, never the HTTP_CONTENT_* copies web servers
+    send too (HTTP_CONTENT_TYPE stands in for a missing CONTENT_TYPE). Then the request
+    headers (HTTP_*, HTTP_PROXY among them: httpoxy) leave os.environ, before any
+    application code runs: the handler took its copy."""
     from wsgiref.handlers import CGIHandler
 
     handler = CGIHandler()
+    environ = handler.base_env
+    content_type = environ.pop("HTTP_CONTENT_TYPE", None)
+    if content_type is not None and not environ.get("CONTENT_TYPE"):
+        environ["CONTENT_TYPE"] = content_type
+    environ.pop("HTTP_CONTENT_LENGTH", None)
     for name in [name for name in os.environ if name.startswith("HTTP_")]:
         del os.environ[name]
-    handler.run(app)  # type: ignore[arg-type]
+    return handler
 
 
 # -- the program --------------------------------------------------------------------------

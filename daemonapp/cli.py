@@ -179,13 +179,9 @@ def fd0_is_listening() -> bool:
 
 def _serve_cgi(path: str | None) -> int:
     """Answer one plain CGI request through wsgiref's CGIHandler; write nothing."""
-    from wsgiref.handlers import CGIHandler
+    from daemonapp.cgi_frontend import cgi_handler
 
-    # The handler takes its copy of the request first; then HTTP_* (request headers,
-    # HTTP_PROXY among them: httpoxy) leave os.environ before any application code runs.
-    handler = CGIHandler()
-    for name in [name for name in os.environ if name.startswith("HTTP_")]:
-        del os.environ[name]
+    handler = cgi_handler()  # (the request's copy taken, HTTP_* gone from os.environ)
 
     def fail(message: str) -> int:
         print(message, file=sys.stderr)

@@ -58,7 +58,9 @@ class LogTarget:
             self._owned = open(self.file, "a", encoding="utf-8")  # noqa: SIM115
             stream = self._owned
         if self.format == "json":
-            return jsonFileLogObserver(stream)
+            # JSON lines (DESIGN §7): one object a line, without RFC 7464's record
+            # separator before each, so that json.loads reads every line as it is.
+            return jsonFileLogObserver(stream, recordSeparator="")
         return textFileLogObserver(stream)
 
     def reopen(self) -> None:

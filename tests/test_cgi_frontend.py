@@ -1176,3 +1176,24 @@ def test_cgi_frontend_daemon_crash_is_503_not_truncated_200(tmp_path: Path) -> N
         assert "partial" not in crashed.stdout
     finally:
         kill_spawned(tmp_path)
+
+
+def test_the_cgi_handlers_environ_follows_pep3333(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain CGI (served in process, and `daemonapp run` as a CGI program): CONTENT_TYPE
+    and CONTENT_LENGTH, never the HTTP_CONTENT_* copies a web server sends as well
+    (DESIGN §4); HTTP_CONTENT_TYPE stands in for a missing CONTENT_TYPE; request
+    headers leave os.environ (httpoxy)."""
+    from daemonapp.cgi_frontend import cgi_handler
+
+    for name, value in (("GATEWAY_INTERFACE", "CGI/1.1"), ("REQUEST_METHOD", "POST"),
+                        ("CONTENT_LENGTH", "7"), ("HTTP_CONTENT_LENGTH", "7"),
+                        ("HTTP_CONTENT_TYPE", "text/plain"), ("HTTP_PROXY", "evil:1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CONTENT_TYPE", raising=False)
+    handler = cgi_handler()
+    handler.setup_environ()
+    environ = handler.environ
+    assert (environ["CONTENT_TYPE"], environ["CONTENT_LENGTH"]) == ("text/plain", "7")
+    assert not [name for name in environ if name.startswith("HTTP_CONTENT_")]
+    assert environ["HTTP_PROXY"] == "evil:1"  # the app sees its request's headers ...
+    assert "HTTP_PROXY" not in os.environ  # ... no library of it takes them for its own

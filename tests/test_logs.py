@@ -35,8 +35,11 @@ def test_json_format_writes_one_object_per_line() -> None:
     stream = io.StringIO()
     observer, _ = make_observer(format="json", stream=stream)
     observer(event("daemon {name} ran", name="collective"))
-    record = json.loads(stream.getvalue().strip("\x1e\n"))
-    assert (record["name"], record["log_format"]) == ("collective", "daemon {name} ran")
+    observer(event("daemon {name} ran again", name="collective"))
+    lines = stream.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]  # each line as it is: JSON lines
+    assert (records[0]["name"], records[0]["log_format"]) == ("collective", "daemon {name} ran")
+    assert len(records) == 2
 
 
 def test_level_filter_drops_lower_levels() -> None:
