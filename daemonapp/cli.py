@@ -223,6 +223,9 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
     if inherited is None:
         inherited = fd0_is_listening()
     assembly = Assembly(config, inherited=inherited)
+    # A previous process of this config still serves: bind its tcp ports too (takeover).
+    assembly.share_ports = not inherited and bool(
+        PidEntries(config.app.state_dir, config.path).others())
     try:
         # before the log: a log file in state_dir needs it, and refusals are config errors
         assembly.prepare()

@@ -28,6 +28,7 @@ from tests._processes import (
     cgi_setup,
     child_env,
     finish,
+    free_port,
     popen_run,
     run_as_cgi,
     run_process,
@@ -349,6 +350,49 @@ def test_second_run_takes_over(short_tmp: Path) -> None:
         assert os.path.exists(short_tmp / "run" / "app.sock")
         assert sorted(p.name for p in (short_tmp / "var" / "pids").iterdir()) == \
             [f"{second.pid}.json"]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                finish(process)
+
+
+def http_get(port: int) -> bytes:
+    """The status line of GET / on 127.0.0.1:port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")
+        return conn.makefile("rb").readline()
+
+
+@pytest.mark.integration
+def test_a_takeover_shares_a_tcp_port_then_serves_it_alone(short_tmp: Path) -> None:
+    """A second run of a config with a tcp listener binds its port too (SO_REUSEPORT),
+    the first drains and exits 0, the second serves the port; another config's app on
+    that port is refused (Address already in use), as without sharing."""
+    port = free_port()
+    config = f"""
+        listeners:
+          - {{protocol: http, endpoint: "tcp:{port}:interface=127.0.0.1",
+              wsgi: "tests.test_config:app"}}
+        daemons:
+          hello: {{type: "daemonapp.examples.hello:Hello"}}
+    """
+    path = write(short_tmp, config)
+    first = start(short_tmp, "run", path)
+    second = None
+    try:
+        assert status_of(short_tmp / "var")["pid"] == first.pid
+        assert b" 200 " in http_get(port)
+        other = short_tmp / "other"
+        other.mkdir()
+        intruder = start(other, "run", write(other, config))
+        status, out = finish(intruder)
+        assert status == 1 and "Address already in use" in out, out
+        second = start(short_tmp, "run", path)
+        status, out = finish(first)
+        assert status == 0, out
+        assert status_of(short_tmp / "var")["pid"] == second.pid
+        assert b" 200 " in http_get(port)
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -210,11 +216,48 @@ def adopt_fd(fd: int, factory: Factory, reactor: Any) -> IListeningPort:
     return result
 
 
+def _listen_tcp_shared(endpoint: TCP4ServerEndpoint | TCP6ServerEndpoint, factory: Factory,
+                       reactor: Any, *, share: bool) -> IListeningPort:
+    """Listen on a tcp endpoint's port with SO_REUSEPORT, so that the next process of
+    the same config (and user) binds it too while this one still serves: a takeover
+    of a tcp listener without downtime (DESIGN §4), as PATH.new does for unix. The
+    kernel spreads new connections over both until this one drains (its queue
+    accepted first). Unless ``share`` (a previous process of this config listens
+    there), a port already in use is refused, as without SO_REUSEPORT: two apps never
+    split a port by mistake."""
+    family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
+    # What Twisted's parser made of the string (the one owner of its syntax).
+    interface, number, backlog = endpoint._interface, endpoint._port, endpoint._backlog
+    if not share and number:
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface, number))
+        except OSError as e:
+            raise CannotListenError(interface, number, e) from None
+        finally:
+            probe.close()
+    skt = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's own
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            skt.bind((interface, number))
+        except OSError as e:
+            raise CannotListenError(interface, number, e) from None
+        skt.listen(backlog)
+        skt.setblocking(False)
+        port: IListeningPort = reactor.adoptStreamPort(skt.fileno(), family, factory)
+    finally:
+        skt.close()  # (the port holds its own duplicate)
+    return port
+
+
 class Prepared:
     """An endpoint bound as far as it can be without taking over anything (see `prepare`)."""
 
     def __init__(self, spec: EndpointSpec, factory: Factory, reactor: Any,
-                 socket_group: str | None = None) -> None:
+                 socket_group: str | None = None, *, share_port: bool = False) -> None:
         self.spec = spec
         self.factory = factory
         self.reactor = reactor
@@ -229,6 +272,10 @@ class Prepared:
             listening: defer.Deferred[IListeningPort]
             if isinstance(endpoint, AdoptedStreamServerEndpoint):  # systemd: an fd:N
                 listening = defer.succeed(adopt_fd(endpoint.fileno, factory, reactor))
+            elif isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) \
+                    and hasattr(reactor, "adoptStreamPort"):
+                listening = defer.succeed(_listen_tcp_shared(endpoint, factory, reactor,
+                                                             share=share_port))
             else:
                 listening = endpoint.listen(factory)
             if listening.called and isinstance(listening.result, Failure):
@@ -265,9 +312,10 @@ class Prepared:
 
 
 def prepare(spec: EndpointSpec, factory: Factory, reactor: Any,
-            socket_group: str | None = None) -> Prepared:
-    """Bind without taking over: unix at ``PATH.new``, ports for real; raises on errors."""
-    return Prepared(spec, factory, reactor, socket_group)
+            socket_group: str | None = None, *, share_port: bool = False) -> Prepared:
+    """Bind without taking over: unix at ``PATH.new``, ports for real (``share_port``:
+    one a previous process of this config listens on too); raises on errors."""
+    return Prepared(spec, factory, reactor, socket_group, share_port=share_port)
 
 
 def listen(spec: EndpointSpec, factory: Factory, reactor: Any,

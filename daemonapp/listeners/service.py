@@ -50,6 +50,8 @@ class Listener(service.Service):
         self.reactor = reactor
         self.app = app
         self.socket_group = socket_group
+        #: Bind a tcp port another process of this config still listens on (a takeover).
+        self.share_port = False
         self.drain_grace = drain_grace
         self.name = name or f"{protocol_name}:{endpoint.description}"  # type: ignore[assignment]
         self.port: IListeningPort | None = None
@@ -90,7 +92,7 @@ class Listener(service.Service):
         """
         if self._prepared is None:
             self._prepared = prepare(self.endpoint, self.factory, self.reactor,
-                                     self.socket_group)
+                                     self.socket_group, share_port=self.share_port)
 
     def abandon(self) -> None:
         """Undo `prepare` (the start failed elsewhere)."""
