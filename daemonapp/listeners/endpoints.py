@@ -32,6 +32,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -273,7 +274,7 @@ class Prepared:
             if isinstance(endpoint, AdoptedStreamServerEndpoint):  # systemd: an fd:N
                 listening = defer.succeed(adopt_fd(endpoint.fileno, factory, reactor))
             elif isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) \
-                    and hasattr(reactor, "adoptStreamPort"):
+                    and isinstance(reactor, PosixReactorBase):  # (a real one: real sockets)
                 listening = defer.succeed(_listen_tcp_shared(endpoint, factory, reactor,
                                                              share=share_port))
             else:
