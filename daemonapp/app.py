@@ -125,6 +125,9 @@ class DaemonApp(MultiService):
         self.alert_targets = alerts_module.parse_targets(
             alerts, key="app.alerts", compose_mail=_alert_mail, webhook_retries=3)
         #: The last ``history`` runs of each daemon (0: none kept), kept in state_dir.
+        #: What GET /metrics serves instead of this process's numbers (a worker of
+        #: app.processes: its supervisor's, through daemonapp.worker); None: ours.
+        self.metrics_from: Callable[[], Deferred[bytes]] | None = None
         self.run_history = (RunHistory(history, state_dir, seconds=self.seconds,
                                        call_at=scheduler.call_at) if history else None)
         #: The last fire time of each clock-scheduled daemon, kept across restarts.
@@ -476,8 +479,15 @@ class DaemonApp(MultiService):
         """What GET /healthz serves: (healthy, the JSON body with the reasons)."""
         return self.health_check.report()
 
-    def metrics_text(self) -> bytes:
-        """The Prometheus text of ``snapshot()`` (what GET /metrics serves)."""
+    def metrics_text(self) -> bytes | Deferred[bytes]:
+        """What GET /metrics serves: the Prometheus text of ``snapshot()``, or what
+        ``metrics_from`` gives (a worker of app.processes: its supervisor's)."""
+        if self.metrics_from is not None:
+            return self.metrics_from()
+        return self.render_metrics()
+
+    def render_metrics(self) -> bytes:
+        """The Prometheus text of this process's ``snapshot()``."""
         from daemonapp.metrics import render_metrics
 
         return render_metrics(self.snapshot())

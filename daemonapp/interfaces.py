@@ -149,8 +149,9 @@ class IAppHealth(Interface):
     def health_report() -> tuple[bool, dict[str, object]]:
         """(healthy, a JSON-able body: ``status``, ``reasons``, ...), cheap to ask."""
 
-    def metrics_text() -> bytes:
-        """The Prometheus text of the app's status (as ``daemonapp status --metrics``)."""
+    def metrics_text() -> Any:
+        """The Prometheus text of the app's status (as ``daemonapp status --metrics``):
+        bytes, or a Deferred of them."""
 
 
 class IListener(IService):

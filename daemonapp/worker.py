@@ -165,7 +165,7 @@ class WorkerChannel(Protocol):
                     check.share(message)
             if kind == "drain" and self.app is not None:
                 self.app.stop("the supervisor asked this worker to drain", 0)
-            elif kind == "job":
+            elif kind in ("job", "metrics"):
                 self._job_answered(message)
             elif kind == "reopen" and self.reopen_logs is not None:
                 self._apply("reopen the log file", self.reopen_logs)
@@ -224,12 +224,31 @@ class WorkerChannel(Protocol):
 
     def job_status(self, job_id: Any) -> defer.Deferred[Any]:
         """``/jobs/<id>``: the supervisor's job dispatcher answers."""
+        return self._ask({"t": "job", "job": str(job_id)})
+
+    def metrics_text(self) -> defer.Deferred[bytes]:
+        """``/metrics``: the supervisor's, whose snapshot sums every process and holds
+        the daemons (DESIGN §10: the app's numbers, whichever process is scraped). This
+        worker's own when the supervisor cannot say (gone, or a text over a line)."""
+        asked = self._ask({"t": "metrics"})
+
+        def text(answer: Any) -> bytes:
+            if isinstance(answer, str):
+                return answer.encode()
+            assert self.app is not None
+            own: bytes = self.app.render_metrics()
+            return own
+
+        return asked.addCallback(text)
+
+    def _ask(self, message: dict[str, Any]) -> defer.Deferred[Any]:
+        """Send ``message`` with a number; the supervisor's answer (None: none)."""
         if self.gone or len(self._pending) >= MAX_PENDING_JOBS:
             return defer.succeed(None)
         self._numbers += 1
         waiter: defer.Deferred[Any] = defer.Deferred()
         self._pending[self._numbers] = waiter
-        self.send({"t": "job", "id": self._numbers, "job": str(job_id)})
+        self.send({**message, "id": self._numbers})
         return waiter
 
 
@@ -275,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         target.close()
         return 2
     app.on_reopen_logs(target.reopen)
+    app.metrics_from = channel.metrics_text
     channel.app = app
     app.on_request_limit(channel.retire)
     standard_io: Any = stdio.StandardIO  # typed after Windows' one, without the fds

@@ -34,6 +34,7 @@ from daemonapp.health import alert_state
 from daemonapp.worker import (
     CONTROL_FD,
     FIRST_LISTEN_FD,
+    MAX_LINE_BYTES,
     REPORT_FD,
     Lines,
     encode,
@@ -65,7 +66,13 @@ SUPERVISOR_ONLY_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOC
 SUMMED = ("requests", "answered", "rejected_503", "timeouts_504", "errors_500",
           "too_large_413", "too_large_431", "bad_request_400", "spooled", "spool_failed",
           "refused", "accept_errors", "denied", "connections", "connections_total",
-          "in_flight", "queued", "active", "receiving")
+          "in_flight", "queued", "active", "receiving", "buffered_bytes", "cancelled",
+          "health_checks", "scrapes")
+#: Of those, the gauges: what a process that ended had then is not kept.
+GAUGES = frozenset(("connections", "in_flight", "queued", "active", "receiving",
+                    "buffered_bytes"))
+#: Listener counts by a key of their own ({waiting state: connections}), summed key by key.
+SUMMED_BY_KEY = ("timed_out",)
 
 STARTING = "starting"
 SERVING = "serving"
@@ -365,6 +372,12 @@ class Supervisor(Service):
                 self.reconcile()
         elif kind == "job":
             self._answer_job(worker, message)
+        elif kind == "metrics":
+            # The app's numbers, summed over the processes (a worker's /metrics); none
+            # (the worker serves its own) when they would not fit in a line.
+            text = self.app.render_metrics().decode()
+            worker.send({"t": "metrics", "id": message.get("id"),
+                         "status": text if len(text) < MAX_LINE_BYTES // 2 else None})
 
     def _answer_job(self, worker: WorkerProcess, message: Mapping[str, Any]) -> None:
         number = message.get("id")
@@ -429,11 +442,13 @@ class Supervisor(Service):
                 self._gone.append({})
             kept = self._gone[index]
             for key in SUMMED:
-                if key in ("connections", "in_flight", "queued", "active", "receiving"):
-                    continue  # gauges of a process that is gone
+                if key in GAUGES:
+                    continue  # of a process that is gone
                 value = entry.get(key)
                 if isinstance(value, int) and not isinstance(value, bool):
                     kept[key] = kept.get(key, 0) + value
+            for key in SUMMED_BY_KEY:
+                _add_counts(kept.setdefault(key, {}), entry.get(key))
 
     # -------------------------------------------------------- this process's share
 
@@ -556,6 +571,26 @@ class Supervisor(Service):
                     if isinstance(value, int) and not isinstance(value, bool):
                         mine = entry.get(key, 0)
                         entry[key] = (mine if isinstance(mine, int) else 0) + value
+                for key in SUMMED_BY_KEY:
+                    mine = entry.get(key)
+                    if not isinstance(mine, dict):
+                        mine = entry[key] = {}
+                    _add_counts(mine, other.get(key))
+        # The work in flight by kind (requests, jobs): a gauge of the workers there now.
+        in_flight = snap.get("in_flight")
+        if isinstance(in_flight, dict):
+            for worker in self.workers:
+                _add_counts(in_flight, worker.snapshot.get("in_flight"))
+
+
+def _add_counts(into: dict[str, Any], counts: object) -> None:
+    """Add ``counts`` ({key: int}, from a worker: checked) to ``into``, key by key."""
+    if not isinstance(counts, dict):
+        return
+    for key, value in counts.items():
+        if isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool):
+            mine = into.get(key, 0)
+            into[key] = (mine if isinstance(mine, int) else 0) + value
 
 
 if __name__ == "__main__":  # the command a supervisor starts a worker with

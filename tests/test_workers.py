@@ -112,6 +112,10 @@ class FakeApp:
     def when_ended(self) -> Deferred[int]:
         return self.ended
 
+    def render_metrics(self) -> bytes:
+        """The supervisor's own rendering (what its snapshot hooks sum over)."""
+        return b"daemonapp_up 1\n"
+
     def getServiceNamed(self, name: str) -> Controller:
         if name != "control" or self.controller is None:
             raise KeyError(name)
@@ -444,6 +448,34 @@ def test_uploads_in_progress_are_summed_and_not_kept_once_a_worker_ended(
     assert snap["listeners"][0]["receiving"] == 1
 
 
+def test_timed_out_counts_and_work_in_flight_are_summed_too(
+        tmp_path: Path, sockets: list[socket.socket]) -> None:
+    """Connections timed out (by waiting state), bytes buffered and the work in flight
+    by kind are sums over the processes as well; of a worker that ended, only the
+    counters are kept (docs/listeners.md: the counts and the metrics are the sums)."""
+    supervisor, app, _ = _supervisor(tmp_path, sockets, processes=2)
+    worker = supervisor.workers[0]
+    _ready(worker)
+    report = {"t": "snapshot", "snapshot": {"in_flight": {"request": 3}, "listeners": [
+        {"timed_out": {"header": 3, "body": 1}, "buffered_bytes": 100, "in_flight": 3}]}}
+    worker.childDataReceived(REPORT_FD, json.dumps(report).encode() + b"\n")
+    snap: dict[str, Any] = {"state": "running", "in_flight": {"request": 1, "job": 2},
+                            "listeners": [{"timed_out": {"header": 1}, "buffered_bytes": 10,
+                                           "in_flight": 1}]}
+    app.snapshot_hooks[0](snap)
+    assert snap["listeners"][0]["timed_out"] == {"header": 4, "body": 1}
+    assert (snap["listeners"][0]["buffered_bytes"], snap["listeners"][0]["in_flight"]) == (
+        110, 4)
+    assert snap["in_flight"] == {"request": 4, "job": 2}
+    _end(worker, None, 9)
+    snap = {"state": "running", "in_flight": {"request": 1},
+            "listeners": [{"timed_out": {}, "buffered_bytes": 10}]}
+    app.snapshot_hooks[0](snap)
+    assert snap["listeners"][0]["timed_out"] == {"header": 3, "body": 1}
+    assert snap["listeners"][0]["buffered_bytes"] == 10
+    assert snap["in_flight"] == {"request": 1}
+
+
 def test_a_restarted_worker_serves_the_config_the_supervisor_runs(
         tmp_path: Path, sockets: list[socket.socket]) -> None:
     """A worker started after the file was edited (here: broken) gets the listeners the
@@ -555,6 +587,29 @@ def test_a_workers_job_status_comes_from_the_supervisor() -> None:
     assert transport.lines == [{"t": "job", "id": 1, "job": "7"}]
     channel.dataReceived(b'{"t": "job", "id": 1, "status": {"state": "done"}}\n')
     assert answer.result == {"state": "done"}
+
+
+def test_a_workers_metrics_are_the_supervisors(tmp_path: Path,
+                                               sockets: list[socket.socket]) -> None:
+    """/metrics in a worker serves what its supervisor renders (the daemons, every
+    process's counts: DESIGN §10 "the app's"); its own when none comes (the supervisor
+    gone, or a text over a line)."""
+    supervisor, app, _ = _supervisor(tmp_path, sockets, processes=2)
+    worker = supervisor.workers[0]
+    _ready(worker)
+    channel, worker_app = _worker_app()
+    worker_app.metrics_from = channel.metrics_text
+    asked = worker_app.metrics_text()
+    request = channel.transport.lines[-1]  # type: ignore[union-attr]
+    assert request == {"t": "metrics", "id": 1}
+    worker.childDataReceived(REPORT_FD, json.dumps(request).encode() + b"\n")
+    answer = worker.transport.written[-1]  # type: ignore[union-attr]
+    assert answer["t"] == "metrics" and answer["status"] == app.render_metrics().decode()
+    channel.dataReceived(json.dumps(answer).encode() + b"\n")
+    assert asked.result == app.render_metrics()
+    own = worker_app.metrics_text()
+    channel.dataReceived(b'{"t": "metrics", "id": 2, "status": null}\n')
+    assert own.result == worker_app.render_metrics()
 
 
 def test_a_worker_carries_out_log_orders() -> None:

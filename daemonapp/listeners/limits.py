@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -565,18 +565,26 @@ class Dispatcher:
 
     def _serve_metrics(self, ex: Exchange) -> None:
         source = self.health_source
-        try:
-            if source is None:
-                raise RuntimeError("no app to read metrics from")
-            data = source.metrics_text()
-        except Exception:
-            self.log.failure("rendering the metrics failed")
+        if source is None:
+            deferred: Deferred[bytes] = fail(RuntimeError("no app to read metrics from"))
+        else:  # (a worker of app.processes asks its supervisor: later)
+            deferred = maybeDeferred(source.metrics_text)
+        ex.on_cancel(deferred.cancel)
+
+        def rendered(data: bytes) -> None:
+            if not ex.done:
+                ex.respond("200 OK", [("Content-Type", METRICS_CONTENT_TYPE),
+                                      ("Content-Length", str(len(data))),
+                                      ("Cache-Control", "no-store")], data)
+
+        def failed(failure: Failure) -> None:
+            if ex.done:
+                return
+            self.log.failure("rendering the metrics failed", failure)
             self.errors_500 += 1
             ex.respond(status_line(500), _PLAIN, b"Internal Server Error\n")
-            return
-        ex.respond("200 OK", [("Content-Type", METRICS_CONTENT_TYPE),
-                              ("Content-Length", str(len(data))),
-                              ("Cache-Control", "no-store")], data)
+
+        deferred.addCallbacks(rendered, failed)
 
     # -- status -----------------------------------------------------------------------
 
