@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -32,7 +33,13 @@ from daemonapp.interfaces import (
     ILockProvider,
     IScheduler,
 )
-from daemonapp.lifetime import EXIT_ABANDONED, EXIT_CONFIG, EXIT_OK, Lifetime
+from daemonapp.lifetime import (
+    EXIT_ABANDONED,
+    EXIT_CONFIG,
+    EXIT_OK,
+    Lifetime,
+    exit_status_at_exit,
+)
 from daemonapp.scheduler import Scheduler
 from daemonapp.schedules import ScheduleState
 from daemonapp.state_dir import StateDirError, ensure_state_dir
@@ -128,6 +135,7 @@ class DaemonApp(MultiService):
         #: What GET /metrics serves instead of this process's numbers (a worker of
         #: app.processes: its supervisor's, through daemonapp.worker); None: ours.
         self.metrics_from: Callable[[], Deferred[bytes]] | None = None
+        self._runs_reactor = False  # run() runs the reactor and returns the status
         self.run_history = (RunHistory(history, state_dir, seconds=self.seconds,
                                        call_at=scheduler.call_at) if history else None)
         #: The last fire time of each clock-scheduled daemon, kept across restarts.
@@ -320,6 +328,7 @@ class DaemonApp(MultiService):
         one that ``daemonapp run`` built does (DESIGN §3: the invocations are alike).
         """
         self._serve_status()
+        self._runs_reactor = True  # its status is run()'s: no atexit hook
         self.reactor.callWhenRunning(self.startService)
         self.reactor.run()
         return EXIT_ABANDONED if self.exit_status is None else self.exit_status
@@ -361,6 +370,11 @@ class DaemonApp(MultiService):
         log.info("daemonapp starting: {count} daemons, {listeners} listeners",
                  count=len(self.daemons), listeners=len(self.listeners))
         self.lifetime.start()
+        if self.stop_reactor and not self._runs_reactor \
+                and isinstance(self.reactor, PosixReactorBase):
+            # Another runs the reactor (twistd: the plugin, a .tac) and exits 0 after it
+            # stopped: abandoned work (1) becomes the process's exit status all the same.
+            self.lifetime.when_ended().addCallback(exit_status_at_exit)
         if any(listener.health for listener in self.listeners):
             self.health_check.probe.start()
         for daemon in list(self.daemons.values()):

@@ -9,8 +9,11 @@ children) itself; what a stop does to the app's parts is the app's ``shut_down``
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +25,7 @@ from twisted.python.failure import Failure
 
 from daemonapp.scheduler import Scheduler
 
-__all__ = ["EXIT_ABANDONED", "EXIT_CONFIG", "EXIT_OK", "Lifetime"]
+__all__ = ["EXIT_ABANDONED", "EXIT_CONFIG", "EXIT_OK", "Lifetime", "exit_status_at_exit"]
 
 log = Logger(namespace="daemonapp.app")
 
@@ -292,3 +295,24 @@ class Lifetime:
                 self.abandon(f"second {name}")
             else:
                 self.end_now(self.exit_status or 0)
+
+
+def exit_status_at_exit(status: int) -> int:
+    """Make a non-zero ``status`` the process's exit status when the interpreter exits:
+    for an app whose reactor someone else runs and stops (twistd, with the plugin or a
+    .tac), which would exit 0 whatever the app's status. Registered last, so it runs
+    first among the atexit hooks, after twistd removed its pid file."""
+    if status:
+        atexit.register(_exit_with, status)
+    return status
+
+
+def _exit_with(status: int) -> None:
+    """Replace a clean interpreter exit by ``status`` (after twistd's own cleanup)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: S110 - a closed stream must not prevent the exit
+            pass
+    os._exit(status)

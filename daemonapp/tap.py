@@ -9,11 +9,8 @@ twistd removed its pid file.
 
 from __future__ import annotations
 
-import atexit
-import logging
 import os
 import pwd
-import sys
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -50,25 +47,6 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(
                 f"{len(e.messages)} error(s) in {path}:\n" + "\n".join(e.messages)) from None
-
-
-def _exit_with(status: int) -> None:
-    """Replace a clean interpreter exit by ``status`` (after twistd's own cleanup)."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: S110 - a closed stream must not prevent the exit
-            pass
-    os._exit(status)
-
-
-def _remember_status(status: int) -> int:
-    if status:
-        # Registered last, so it runs first among the atexit hooks; twistd has removed
-        # its pid file and stopped logging by the time the interpreter exits.
-        atexit.register(_exit_with, status)
-    return status
 
 
 def _switched_ids(options: usage.Options) -> tuple[int | None, int | None]:
@@ -110,6 +88,6 @@ def makeService(options: Options) -> IService:
     assembly = Assembly(config, owners=_state_dir_owners(options))
     app = assembly.build(stop_reactor=True, handle_signals=True)
     _hand_over_state_dir(options, config.app.state_dir)
-    app.when_ended().addCallback(_remember_status)
+    # (its exit status reaches twistd's exit by itself: DaemonApp.startService)
     assembly.when_listening(app)
     return app

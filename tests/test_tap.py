@@ -223,6 +223,46 @@ def test_abandoned_work_exits_one(tmp_path: Path) -> None:
     assert "abandoned work after stop_timeout" in out
 
 
+TAC = """
+from twisted.application import service
+from twisted.internet.defer import Deferred
+
+from daemonapp import Daemon, DaemonApp
+
+
+class Stuck(Daemon):
+    run_every = 1
+
+    def get_work(self):
+        return 1
+
+    def do_work(self, job):
+        open("started", "w").close()
+        return Deferred()  # never fires: the stop abandons it
+
+
+application = service.Application("stuck")
+app = DaemonApp(shutdown_after="0.3s", stop_timeout="0.3s")
+app.add(Stuck())
+app.setServiceParent(application)
+"""
+
+
+@pytest.mark.integration
+def test_a_tac_app_that_abandons_work_exits_one(tmp_path: Path) -> None:
+    """A DaemonApp in a .tac (`twistd -ny app.tac`, no daemonapp plugin): abandoned work
+    makes the process exit 1 all the same (DESIGN §2)."""
+    (tmp_path / "app.tac").write_text(TAC)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "-y", "app.tac"], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    status, out = finish(process)
+    assert (tmp_path / "started").exists()
+    assert status == 1, out
+    assert "abandoned work after stop_timeout" in out
+
+
 @pytest.mark.integration
 def test_twistd_pidfile_and_logfile_work(tmp_path: Path) -> None:
     """twistd's own --pidfile and --logfile work as usual with the daemonapp plugin."""
