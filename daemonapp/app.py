@@ -8,6 +8,7 @@ idle exit computed from the schedule, graceful stop, signals and the exit status
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -371,9 +372,11 @@ class DaemonApp(MultiService):
                  count=len(self.daemons), listeners=len(self.listeners))
         self.lifetime.start()
         if self.stop_reactor and not self._runs_reactor \
-                and isinstance(self.reactor, PosixReactorBase):
-            # Another runs the reactor (twistd: the plugin, a .tac) and exits 0 after it
-            # stopped: abandoned work (1) becomes the process's exit status all the same.
+                and isinstance(self.reactor, PosixReactorBase) \
+                and "twisted.scripts.twistd" in sys.modules:
+            # twistd runs the reactor (the plugin, a .tac) and exits 0 after it stopped:
+            # abandoned work (1) becomes the process's exit status all the same. Not in
+            # a program of its own that runs the reactor: its exit is its own.
             self.lifetime.when_ended().addCallback(exit_status_at_exit)
         if any(listener.health for listener in self.listeners):
             self.health_check.probe.start()

@@ -492,9 +492,11 @@ class Scheduler:
 
     def _woke_late(self, now: float) -> None:
         """A test's Clock has no ClockWatch (its time moves when the test says): a timer
-        that fires more than TOLERANCE after its time means the clock jumped forward
-        past it at once, which clock schedules are told as a real watch would."""
-        if now - self._wake_at > TOLERANCE:
+        that fires later than the longest the scheduler sleeps (max_sleep, while clock
+        schedules exist) and TOLERANCE after its time means the clock jumped forward
+        past it at once, which clock schedules are told as a real watch would. Steps of
+        up to max_sleep are time passing, whatever their phase."""
+        if now - self._wake_at > (self.max_sleep or 0.0) + TOLERANCE:
             events = [(CLOCK_JUMP, self._wake_at, now)]
             for watcher in list(self._clock_watchers):
                 watcher(events, now)

@@ -533,6 +533,20 @@ class FakeClockJumpTests(SynchronousTestCase):
         self.assertEqual(self.daemon.stats["misfires"], {})
         self.assertEqual(len(self.daemon.done), 4)
 
+    def test_steps_of_a_minute_off_the_fire_times_are_no_jump(self) -> None:
+        """Steps of a minute that land 30 s past each fire time are time passing too:
+        no misfire, and a catch_up none schedule runs each fire time."""
+        clock = clock_at("2026-01-01T00:07:30+00:00")
+        app, _ = make_app(clock)
+        daemon = Ticker(["x"] * 20, name="q", schedule="*/15 * * * *", timezone="UTC",
+                        catch_up="none")
+        app.add(daemon)
+        app.startService()
+        for _ in range(60):
+            clock.advance(60)
+        self.assertEqual((daemon.stats["misfires"], len(daemon.done)), ({}, 4))
+        self.successResultOf(app.stop("test"))
+
 
 class ClockChangeTests(SynchronousTestCase):
     """Suspends and clock jumps, told apart by comparing the wall clock with monotonic

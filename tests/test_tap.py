@@ -263,6 +263,48 @@ def test_a_tac_app_that_abandons_work_exits_one(tmp_path: Path) -> None:
     assert "abandoned work after stop_timeout" in out
 
 
+EMBEDDER = """
+import atexit, sys
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from daemonapp import Daemon, DaemonApp
+
+atexit.register(lambda: open("atexit-ran", "w").close())  # (coverage saving its data)
+
+
+class Stuck(Daemon):
+    run_every = 1
+
+    def get_work(self):
+        return 1
+
+    def do_work(self, job):
+        return Deferred()  # never fires: the stop abandons it
+
+
+app = DaemonApp(shutdown_after="0.2s", stop_timeout="0.2s", handle_signals=False)
+app.add(Stuck())
+reactor.callWhenRunning(app.startService)
+reactor.run()
+print("embedder: app ended with", app.exit_status, flush=True)
+sys.exit(3)  # the program's own exit status
+"""
+
+
+@pytest.mark.integration
+def test_a_program_that_runs_the_reactor_keeps_its_own_exit(tmp_path: Path) -> None:
+    """Outside twistd, a program that runs the reactor itself decides its exit status,
+    and its atexit hooks run: abandoned work does not take its exit over."""
+    (tmp_path / "embed.py").write_text(EMBEDDER)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "embed.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert "app ended with 1" in done.stdout, done.stdout + done.stderr
+    assert (tmp_path / "atexit-ran").exists()
+    assert done.returncode == 3
+
+
 @pytest.mark.integration
 def test_twistd_pidfile_and_logfile_work(tmp_path: Path) -> None:
     """twistd's own --pidfile and --logfile work as usual with the daemonapp plugin."""
