@@ -71,9 +71,9 @@ class Assembly:
         self.owners = tuple(owners)
         self.worker_fds = worker_fds
         self.jobs_status = jobs_status
-        #: A previous process of this config still serves (a takeover): its tcp ports
-        #: are bound too, shared with it (SO_REUSEPORT) until it has drained.
-        self.share_ports = False
+        #: The tcp ports a previous process of this config still listens on (a takeover):
+        #: bound too, shared with it (SO_REUSEPORT) until it has drained.
+        self.share_ports: frozenset[int] = frozenset()
         self._listeners: tuple[ListenerSpec, ...] | None = None
 
     # ------------------------------------------------------------------ prepare
@@ -232,7 +232,7 @@ class Assembly:
                 messages.append(f"{config.path}:{line}: listeners[{spec.index}].{e.key}: "
                                 f"{e.message}")
                 continue
-            listener.share_port = self.share_ports
+            listener.share_ports = self.share_ports
             app.add_listener(listener)
         if messages:
             raise ConfigError(messages)

@@ -224,8 +224,8 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
         inherited = fd0_is_listening()
     assembly = Assembly(config, inherited=inherited)
     # A previous process of this config still serves: bind its tcp ports too (takeover).
-    assembly.share_ports = not inherited and bool(
-        PidEntries(config.app.state_dir, config.path).others())
+    if not inherited:
+        assembly.share_ports = PidEntries(config.app.state_dir, config.path).tcp_ports()
     try:
         # before the log: a log file in state_dir needs it, and refusals are config errors
         assembly.prepare()
@@ -263,9 +263,13 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
 
     # One entry per pid, never a shared pid file. Spawned by a web server, we only
     # announce ourselves: no takeover of siblings, no sidecar for the CGI frontend.
+    from daemonapp.listeners.endpoints import tcp_port
+
     entries = PidEntries(config.app.state_dir, config.path)
+    ports = [tcp_port(spec.options["endpoint"], reactor) for spec in config.listeners
+             if isinstance(spec.options.get("endpoint"), str)]
     try:
-        entries.write(spawned=inherited)
+        entries.write(spawned=inherited, tcp_ports=[port for port in ports if port])
     except OSError as e:  # a full disk (ENOSPC) or a read-only state_dir: say it, no traceback
         _error(f"cannot write the pid entry {entries.path}: {e.strerror or e}")
         target.close()

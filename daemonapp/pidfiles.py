@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.logger import Logger
@@ -81,12 +82,24 @@ class PidEntries:
                 found.append(entry)
         return found
 
-    def write(self, *, spawned: bool = False) -> None:
-        """This process's entry; ``spawned`` marks one that a web server owns."""
+    def write(self, *, spawned: bool = False, tcp_ports: Iterable[int] = ()) -> None:
+        """This process's entry; ``spawned`` marks one that a web server owns;
+        ``tcp_ports``: those it listens on, which its successor may share (takeover)."""
         ensure_private_subdir(os.path.dirname(self.directory), PIDS_DIR)
         entry = {"pid": self.pid, "start": _process_start(self.pid) or "",
-                 "config": self.config_path, "argv": sys.argv, "spawned": spawned}
+                 "config": self.config_path, "argv": sys.argv, "spawned": spawned,
+                 "tcp_ports": sorted(tcp_ports)}
         write_private_file(self.path, json.dumps(entry))
+
+    def tcp_ports(self) -> frozenset[int]:
+        """The tcp ports the live processes of the same config listen on (their entries
+        say; one of an earlier version, none)."""
+        ports: set[int] = set()
+        for entry in self.others():
+            listed = entry.get("tcp_ports")
+            if isinstance(listed, list):
+                ports.update(p for p in listed if isinstance(p, int) and not isinstance(p, bool))
+        return frozenset(ports)
 
     def remove(self) -> None:
         try:

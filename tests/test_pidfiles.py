@@ -103,3 +103,20 @@ def test_second_run_takes_over(tmp_path: Path) -> None:
         stop_process(old)
         if new is not None:
             stop_process(new)
+
+
+def test_the_tcp_ports_of_a_previous_process_are_those_its_entry_lists(
+        tmp_path: Path, sibling: Callable[..., int]) -> None:
+    """A successor shares only the tcp ports its predecessor's entry lists (none for an
+    entry of an earlier version, or of a web server's process)."""
+    entries = PidEntries(str(tmp_path), str(tmp_path / "daemons.yaml"))
+    sibling(entries.config_path, tcp_ports=[8080, 8443])
+    assert entries.tcp_ports() == {8080, 8443}
+    sibling(entries.config_path)
+    assert entries.tcp_ports() == frozenset()
+    sibling(entries.config_path, tcp_ports=[8080], spawned=True)
+    assert entries.tcp_ports() == frozenset()
+    entries.write(tcp_ports=[9000])
+    written = json.loads((tmp_path / "pids" / f"{os.getpid()}.json").read_text())
+    assert written["tcp_ports"] == [9000]
+    entries.remove()

@@ -218,18 +218,18 @@ def adopt_fd(fd: int, factory: Factory, reactor: Any) -> IListeningPort:
 
 
 def _listen_tcp_shared(endpoint: TCP4ServerEndpoint | TCP6ServerEndpoint, factory: Factory,
-                       reactor: Any, *, share: bool) -> IListeningPort:
+                       reactor: Any, *, share_ports: frozenset[int]) -> IListeningPort:
     """Listen on a tcp endpoint's port with SO_REUSEPORT, so that the next process of
     the same config (and user) binds it too while this one still serves: a takeover
     of a tcp listener without downtime (DESIGN §4), as PATH.new does for unix. The
     kernel spreads new connections over both until this one drains (its queue
-    accepted first). Unless ``share`` (a previous process of this config listens
-    there), a port already in use is refused, as without SO_REUSEPORT: two apps never
-    split a port by mistake."""
+    accepted first). Unless it is one of ``share_ports`` (those a previous process of
+    this config listens on), a port already in use is refused, as without SO_REUSEPORT:
+    two apps never split a port by mistake."""
     family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
     # What Twisted's parser made of the string (the one owner of its syntax).
     interface, number, backlog = endpoint._interface, endpoint._port, endpoint._backlog
-    if not share and number:
+    if number and number not in share_ports:
         probe = socket.socket(family, socket.SOCK_STREAM)
         try:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -258,7 +258,8 @@ class Prepared:
     """An endpoint bound as far as it can be without taking over anything (see `prepare`)."""
 
     def __init__(self, spec: EndpointSpec, factory: Factory, reactor: Any,
-                 socket_group: str | None = None, *, share_port: bool = False) -> None:
+                 socket_group: str | None = None, *,
+                 share_ports: frozenset[int] = frozenset()) -> None:
         self.spec = spec
         self.factory = factory
         self.reactor = reactor
@@ -276,7 +277,7 @@ class Prepared:
             elif isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) \
                     and isinstance(reactor, PosixReactorBase):  # (a real one: real sockets)
                 listening = defer.succeed(_listen_tcp_shared(endpoint, factory, reactor,
-                                                             share=share_port))
+                                                             share_ports=share_ports))
             else:
                 listening = endpoint.listen(factory)
             if listening.called and isinstance(listening.result, Failure):
@@ -313,10 +314,23 @@ class Prepared:
 
 
 def prepare(spec: EndpointSpec, factory: Factory, reactor: Any,
-            socket_group: str | None = None, *, share_port: bool = False) -> Prepared:
-    """Bind without taking over: unix at ``PATH.new``, ports for real (``share_port``:
-    one a previous process of this config listens on too); raises on errors."""
-    return Prepared(spec, factory, reactor, socket_group, share_port=share_port)
+            socket_group: str | None = None, *,
+            share_ports: frozenset[int] = frozenset()) -> Prepared:
+    """Bind without taking over: unix at ``PATH.new``, ports for real (``share_ports``:
+    those a previous process of this config listens on too); raises on errors."""
+    return Prepared(spec, factory, reactor, socket_group, share_ports=share_ports)
+
+
+def tcp_port(description: str, reactor: Any) -> int | None:
+    """The port of a ``tcp:``/``tcp6:`` endpoint description (None: another kind)."""
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        port: int = endpoint._port
+        return port
+    return None
 
 
 def listen(spec: EndpointSpec, factory: Factory, reactor: Any,

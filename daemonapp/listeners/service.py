@@ -50,8 +50,9 @@ class Listener(service.Service):
         self.reactor = reactor
         self.app = app
         self.socket_group = socket_group
-        #: Bind a tcp port another process of this config still listens on (a takeover).
-        self.share_port = False
+        #: The tcp ports another process of this config still listens on (a takeover):
+        #: bound while it does.
+        self.share_ports: frozenset[int] = frozenset()
         self.drain_grace = drain_grace
         self.name = name or f"{protocol_name}:{endpoint.description}"  # type: ignore[assignment]
         self.port: IListeningPort | None = None
@@ -92,7 +93,7 @@ class Listener(service.Service):
         """
         if self._prepared is None:
             self._prepared = prepare(self.endpoint, self.factory, self.reactor,
-                                     self.socket_group, share_port=self.share_port)
+                                     self.socket_group, share_ports=self.share_ports)
 
     def abandon(self) -> None:
         """Undo `prepare` (the start failed elsewhere)."""

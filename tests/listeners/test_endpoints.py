@@ -157,3 +157,32 @@ def test_unix_endpoint_explicit_mode(tmp_path: Path) -> None:
         assert wait_ready(proc, sock)
         assert proc.poll() is None
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+
+def test_a_shared_tcp_bind_joins_only_the_ports_it_is_told() -> None:
+    """A port another socket listens on (with SO_REUSEPORT, as a previous daemonapp run
+    does) is refused unless it is one of share_ports (a takeover of this config)."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.error import CannotListenError
+
+    from daemonapp.listeners.endpoints import _listen_tcp_shared, tcp_port
+
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(8)
+    number = holder.getsockname()[1]
+    endpoint = TCP4ServerEndpoint(reactor, number, interface="127.0.0.1")
+    try:
+        with pytest.raises(CannotListenError):
+            _listen_tcp_shared(endpoint, _factory(), reactor, share_ports=frozenset())
+        port = _listen_tcp_shared(endpoint, _factory(), reactor,
+                                  share_ports=frozenset({number}))
+        assert port.getHost().port == number
+        port.stopListening()
+    finally:
+        holder.close()
+    assert tcp_port(f"tcp:{number}:interface=127.0.0.1", reactor) == number
+    assert tcp_port("unix:/tmp/x.sock", reactor) is None
