@@ -132,11 +132,11 @@ class DaemonApp(MultiService):
         #: on_failure): webhook URLs, {webhook: URL}, {mail: {...}}, callables.
         self.alert_targets = alerts_module.parse_targets(
             alerts, key="app.alerts", compose_mail=_alert_mail, webhook_retries=3)
-        #: The last ``history`` runs of each daemon (0: none kept), kept in state_dir.
         #: What GET /metrics serves instead of this process's numbers (a worker of
         #: app.processes: its supervisor's, through daemonapp.worker); None: ours.
         self.metrics_from: Callable[[], Deferred[bytes]] | None = None
         self._runs_reactor = False  # run() runs the reactor and returns the status
+        #: The last ``history`` runs of each daemon (0: none kept), kept in state_dir.
         self.run_history = (RunHistory(history, state_dir, seconds=self.seconds,
                                        call_at=scheduler.call_at) if history else None)
         #: The last fire time of each clock-scheduled daemon, kept across restarts.

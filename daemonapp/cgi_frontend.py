@@ -17,8 +17,9 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import _socket
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, MutableMapping
     from types import ModuleType
+    from typing import Any
     from wsgiref.handlers import CGIHandler
 
     _Params = list[tuple[bytes, bytes]]
@@ -1046,14 +1047,20 @@ def cgi_handler() -> CGIHandler:
     from wsgiref.handlers import CGIHandler
 
     handler = CGIHandler()
-    environ = handler.base_env
+    content_headers_as_pep3333(handler.base_env)
+    for name in [name for name in os.environ if name.startswith("HTTP_")]:
+        del os.environ[name]
+    return handler
+
+
+def content_headers_as_pep3333(environ: MutableMapping[str, Any]) -> None:
+    """PEP 3333: CONTENT_TYPE and CONTENT_LENGTH, never as HTTP_* (web servers send the
+    request headers both ways; wsgiref.validate refuses the HTTP_ ones). The one rule
+    for every WSGI environ daemonapp builds (the listeners' and plain CGI's)."""
     content_type = environ.pop("HTTP_CONTENT_TYPE", None)
     if content_type is not None and not environ.get("CONTENT_TYPE"):
         environ["CONTENT_TYPE"] = content_type
     environ.pop("HTTP_CONTENT_LENGTH", None)
-    for name in [name for name in os.environ if name.startswith("HTTP_")]:
-        del os.environ[name]
-    return handler
 
 
 # -- the program --------------------------------------------------------------------------

@@ -223,9 +223,11 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
     if inherited is None:
         inherited = fd0_is_listening()
     assembly = Assembly(config, inherited=inherited)
+    # One entry per pid, never a shared pid file (written once the app is built).
+    entries = PidEntries(config.app.state_dir, config.path)
     # A previous process of this config still serves: bind its tcp ports too (takeover).
     if not inherited:
-        assembly.share_ports = PidEntries(config.app.state_dir, config.path).tcp_ports()
+        assembly.share_ports = entries.tcp_ports()
     try:
         # before the log: a log file in state_dir needs it, and refusals are config errors
         assembly.prepare()
@@ -261,11 +263,10 @@ def run_config(config: Config, *, inherited: bool | None = None) -> int:
     def install_usr1() -> None:
         signal.signal(signal.SIGUSR1, on_usr1)
 
-    # One entry per pid, never a shared pid file. Spawned by a web server, we only
-    # announce ourselves: no takeover of siblings, no sidecar for the CGI frontend.
+    # Spawned by a web server, we only announce ourselves: no takeover of siblings, no
+    # sidecar for the CGI frontend.
     from daemonapp.listeners.endpoints import tcp_port
 
-    entries = PidEntries(config.app.state_dir, config.path)
     ports = [tcp_port(spec.options["endpoint"], reactor) for spec in config.listeners
              if isinstance(spec.options.get("endpoint"), str)]
     try:

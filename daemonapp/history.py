@@ -74,27 +74,20 @@ class RunLog:
 
     A run appends its tuple to ``new``, a plain deque its daemon holds (its C ``append``
     called straight, which a subclass's is not; no other object read), and when ``new``
-    was empty has `mark` called (`RunHistory.mark`): the first run since the last write
-    has the next one arranged. A write moves ``new`` to ``kept``.
+    was empty calls `RunHistory.mark`: the first run since the last write has the next
+    one arranged. A write moves ``new`` to ``kept``.
     """
 
-    __slots__ = ("_mark", "kept", "name", "new", "size")
+    __slots__ = ("kept", "name", "new", "size")
 
-    def __init__(self, name: str, size: int, runs: Iterable[tuple[Any, ...]] = (),
-                 mark: Callable[[RunLog], None] | None = None) -> None:
+    def __init__(self, name: str, size: int, runs: Iterable[tuple[Any, ...]] = ()) -> None:
         self.name = name
         self.size = size
         self.kept: deque[tuple[Any, ...]] = deque(runs, size)
         self.new: deque[tuple[Any, ...]] = deque(maxlen=size)
-        self._mark = mark
 
     def __len__(self) -> int:
         return min(self.size, len(self.kept) + len(self.new))
-
-    def mark(self) -> None:
-        """The first run since the last write: have it written soon."""
-        if self._mark is not None:
-            self._mark(self)
 
     def written(self) -> None:
         """The runs of ``new`` are in the file now."""
@@ -229,8 +222,7 @@ class RunHistory:
         if found is not None:
             return found
         earlier = self._load().pop(name, ())
-        run_log = RunLog(name, self.size, earlier,
-                         mark=self._marked if self.path is not None else None)
+        run_log = RunLog(name, self.size, earlier)
         self.logs[name] = run_log
         return run_log
 
@@ -238,8 +230,8 @@ class RunHistory:
         """The first run of the daemon ``name`` since the last write (its daemon appends
         to the log's ``new`` itself): have the next write arranged."""
         found = self.logs.get(name)
-        if found is not None:
-            found.mark()
+        if found is not None and self.path is not None:  # (memory only: no write)
+            self._marked(found)
 
     def runs(self, name: str, limit: int | None = None) -> list[Run]:
         """The last runs of the daemon ``name``, newest first (also of one that stopped)."""

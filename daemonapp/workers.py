@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -71,6 +71,8 @@ SUMMED = ("requests", "answered", "rejected_503", "timeouts_504", "errors_500",
 #: Of those, the gauges: what a process that ended had then is not kept.
 GAUGES = frozenset(("connections", "in_flight", "queued", "active", "receiving",
                     "buffered_bytes"))
+#: Those kept of a worker that ended, so that sums never go back.
+KEPT = tuple(key for key in SUMMED if key not in GAUGES)
 #: Listener counts by a key of their own ({waiting state: connections}), summed key by key.
 SUMMED_BY_KEY = ("timed_out",)
 
@@ -127,8 +129,12 @@ class WorkerProcess(ProcessProtocol):
             self.supervisor.message(self, message)
 
     def send(self, message: Mapping[str, Any]) -> None:
+        self.send_line(encode(message))
+
+    def send_line(self, line: bytes) -> None:
+        """A message `encode` made already."""
         if self.transport is not None and self.state != ENDED:
-            self.transport.writeToChild(CONTROL_FD, encode(message))  # type: ignore[attr-defined]
+            self.transport.writeToChild(CONTROL_FD, line)  # type: ignore[attr-defined]
 
     def drain(self, stopping: str | None = None) -> None:
         """Ask the worker to drain and exit (it answers what it has first); ``stopping``:
@@ -374,10 +380,10 @@ class Supervisor(Service):
             self._answer_job(worker, message)
         elif kind == "metrics":
             # The app's numbers, summed over the processes (a worker's /metrics); none
-            # (the worker serves its own) when they would not fit in a line.
-            text = self.app.render_metrics().decode()
-            worker.send({"t": "metrics", "id": message.get("id"),
-                         "status": text if len(text) < MAX_LINE_BYTES // 2 else None})
+            # (the worker serves its own) when they do not fit in a line of the pipe.
+            reply = {"t": "metrics", "id": message.get("id"), "status": None}
+            line = encode({**reply, "status": self.app.render_metrics().decode()})
+            worker.send_line(line if len(line) <= MAX_LINE_BYTES else encode(reply))
 
     def _answer_job(self, worker: WorkerProcess, message: Mapping[str, Any]) -> None:
         number = message.get("id")
@@ -441,12 +447,7 @@ class Supervisor(Service):
             while len(self._gone) <= index:
                 self._gone.append({})
             kept = self._gone[index]
-            for key in SUMMED:
-                if key in GAUGES:
-                    continue  # of a process that is gone
-                value = entry.get(key)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    kept[key] = kept.get(key, 0) + value
+            _add_counts(kept, entry, KEPT)  # (not the gauges: of a process that is gone)
             for key in SUMMED_BY_KEY:
                 _add_counts(kept.setdefault(key, {}), entry.get(key))
 
@@ -566,11 +567,7 @@ class Supervisor(Service):
                 if index >= len(source):
                     continue
                 other = source[index]
-                for key in SUMMED:
-                    value = other.get(key)
-                    if isinstance(value, int) and not isinstance(value, bool):
-                        mine = entry.get(key, 0)
-                        entry[key] = (mine if isinstance(mine, int) else 0) + value
+                _add_counts(entry, other, SUMMED)
                 for key in SUMMED_BY_KEY:
                     mine = entry.get(key)
                     if not isinstance(mine, dict):
@@ -583,11 +580,14 @@ class Supervisor(Service):
                 _add_counts(in_flight, worker.snapshot.get("in_flight"))
 
 
-def _add_counts(into: dict[str, Any], counts: object) -> None:
-    """Add ``counts`` ({key: int}, from a worker: checked) to ``into``, key by key."""
+def _add_counts(into: dict[str, Any], counts: object,
+                keys: Iterable[str] | None = None) -> None:
+    """Add ``counts`` ({key: int}, from a worker: checked) to ``into``, key by key (only
+    ``keys``, when given)."""
     if not isinstance(counts, dict):
         return
-    for key, value in counts.items():
+    for key in counts if keys is None else keys:
+        value = counts.get(key)
         if isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool):
             mine = into.get(key, 0)
             into[key] = (mine if isinstance(mine, int) else 0) + value

@@ -230,28 +230,30 @@ def _listen_tcp_shared(endpoint: TCP4ServerEndpoint | TCP6ServerEndpoint, factor
     # What Twisted's parser made of the string (the one owner of its syntax).
     interface, number, backlog = endpoint._interface, endpoint._port, endpoint._backlog
     if number and number not in share_ports:
-        probe = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((interface, number))
-        except OSError as e:
-            raise CannotListenError(interface, number, e) from None
-        finally:
-            probe.close()
-    skt = socket.socket(family, socket.SOCK_STREAM)
+        _bound(family, interface, number, share=False).close()  # in use: refused
+    skt = _bound(family, interface, number, share=True)
     try:
-        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's own
-        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            skt.bind((interface, number))
-        except OSError as e:
-            raise CannotListenError(interface, number, e) from None
         skt.listen(backlog)
         skt.setblocking(False)
         port: IListeningPort = reactor.adoptStreamPort(skt.fileno(), family, factory)
     finally:
         skt.close()  # (the port holds its own duplicate)
     return port
+
+
+def _bound(family: int, interface: str, number: int, *, share: bool) -> socket.socket:
+    """A tcp socket bound to ``interface``:``number`` with SO_REUSEADDR (as Twisted's own)
+    and, when ``share``, SO_REUSEPORT; CannotListenError when it cannot be."""
+    skt = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share:
+            skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        skt.bind((interface, number))
+    except OSError as e:
+        skt.close()
+        raise CannotListenError(interface, number, e) from None
+    return skt
 
 
 class Prepared:

@@ -19,6 +19,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daemonapp.cgi_frontend import content_headers_as_pep3333
 from daemonapp.listeners.budget import SpoolReader
 from daemonapp.listeners.exchange import Exchange, Headers, ascii_digits
 
@@ -601,12 +602,7 @@ class WSGIApp:
         environ = self._base.copy()
         params = exchange.params
         environ.update(params)
-        # PEP 3333: CONTENT_TYPE and CONTENT_LENGTH, never as HTTP_* (web servers send
-        # the request headers both ways; wsgiref.validate refuses the HTTP_ ones)
-        content_type = environ.pop("HTTP_CONTENT_TYPE", None)
-        if content_type is not None and not environ.get("CONTENT_TYPE"):
-            environ["CONTENT_TYPE"] = content_type
-        environ.pop("HTTP_CONTENT_LENGTH", None)
+        content_headers_as_pep3333(environ)
         if exchange.body_complete:
             if exchange.body_len and not environ.get("CONTENT_LENGTH"):
                 # a chunked body that is already whole: tell its length to the apps
